@@ -1,0 +1,187 @@
+"""The `searchlite` command. Thin: parses flags, calls the library, prints.
+
+stdout carries results (TSV, or JSON lines with --json); stderr carries progress and messages.
+Library errors become one-line messages and exit status 1; Ctrl-C exits 130.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+
+from .config import INDEX_ENV
+
+if TYPE_CHECKING:
+    from .engine import SearchEngine
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="Semantic image search over your photos, built on CLIP.",
+)
+
+IndexOpt = Annotated[
+    Optional[Path],
+    typer.Option("--index", envvar=INDEX_ENV, help="Index folder [default: ./index]", show_default=False),
+]
+DeviceOpt = Annotated[Optional[str], typer.Option(help="torch device, e.g. cpu, cuda, cuda:1 [default: cuda when available]")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per line.")]
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens to stderr.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="searchlite: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    from .errors import SearchliteError
+
+    try:
+        yield
+    except SearchliteError as e:
+        typer.echo(f"searchlite: error: {e}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        typer.echo("searchlite: interrupted; run the same command again to resume", err=True)
+        raise typer.Exit(130) from None
+
+
+def _open(index: Path | None, **kwargs: Any) -> SearchEngine:
+    from .engine import SearchEngine
+
+    return SearchEngine.open(index, **kwargs)
+
+
+@app.command()
+def index(
+    folders: Annotated[list[Path], typer.Argument(help="Folders (or files) of photos to index.", show_default=False)],
+    index: IndexOpt = None,
+    model: Annotated[
+        Optional[str], typer.Option(help="open_clip model name or model-config JSON (new index only) [default: ViT-B-32-256]")
+    ] = None,
+    pretrained: Annotated[
+        Optional[str],
+        typer.Option(help="open_clip pretrained tag, hf-hub:ID, or checkpoint file [default: datacomp_s34b_b86k]"),
+    ] = None,
+    device: DeviceOpt = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Images encoded together.")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Decode threads.")] = None,
+) -> None:
+    """Index photo folders: the first run reads everything, later runs only what changed."""
+    from dataclasses import replace
+
+    from .config import IndexSettings
+
+    settings = IndexSettings()
+    if batch_size:
+        settings = replace(settings, batch_size=batch_size)
+    if workers:
+        settings = replace(settings, workers=workers)
+    with _user_errors(), _open(index, model=model, pretrained=pretrained, device=device, settings=settings) as engine:
+        for folder in folders:
+            with _progress(f"indexing {folder}") as progress:
+                report = engine.index(folder, progress=progress)
+            typer.echo(f"{folder}: {report.summary()}", err=True)
+            for path, reason in report.failures[:10]:
+                typer.echo(f"  failed: {_printable(path)}: {reason}", err=True)
+            if len(report.failures) > 10:
+                typer.echo(f"  … and {len(report.failures) - 10} more: searchlite info --failed", err=True)
+
+
+@contextmanager
+def _progress(description: str) -> Iterator[Any]:
+    """A tqdm bar on stderr (only when it is a terminal), created once the total is known."""
+    from tqdm import tqdm
+
+    bar: list[tqdm] = []
+
+    def update(done: int, total: int) -> None:
+        if not bar:
+            bar.append(tqdm(total=total, desc=description, unit="file", file=sys.stderr, disable=None))
+        bar[0].n = done
+        bar[0].refresh() if done == total else bar[0].update(0)
+
+    try:
+        yield update
+    finally:
+        if bar:
+            bar[0].close()
+
+
+@app.command()
+def query(
+    text: Annotated[Optional[list[str]], typer.Argument(help='Texts to search for; "2:beach" weights a term.', show_default=False)] = None,
+    image: Annotated[Optional[list[str]], typer.Option("--image", "-i", help="Find images similar to this file (repeatable).")] = None,
+    negative: Annotated[Optional[list[str]], typer.Option("--not", help="Text to steer away from (repeatable).")] = None,
+    k: Annotated[int, typer.Option("-k", "--top", min=1, help="Number of results.")] = 10,
+    as_json: JsonOpt = False,
+    index: IndexOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Search the index: prints score<TAB>path per line, best first."""
+    with _user_errors(), _open(index, device=device, create=False) as engine:
+        hits = engine.search(text or [], image=image or [], negative=negative or [], k=k)
+    out = sys.stdout.buffer
+    for hit in hits:
+        if as_json:
+            line = _json_line(
+                {"path": hit.path, "score": round(hit.score, 6), "id": hit.id, "width": hit.width, "height": hit.height, "size": hit.size}
+            )
+        else:
+            line = f"{hit.score:.4f}\t".encode() + os.fsencode(hit.path) + b"\n"
+        out.write(line)
+    out.flush()
+
+
+@app.command()
+def info(
+    as_json: JsonOpt = False,
+    failed: Annotated[bool, typer.Option("--failed", help="List the files that failed, with reasons.")] = False,
+    index: IndexOpt = None,
+) -> None:
+    """What the index holds: images indexed and failed, model, dimensions, sizes on disk."""
+    with _user_errors(), _open(index, create=False) as engine:
+        if failed:
+            for row in engine.failures():
+                if as_json:
+                    sys.stdout.buffer.write(_json_line({"path": row.path, "error": row.error}))
+                else:
+                    sys.stdout.buffer.write(os.fsencode(row.path) + f"\t{row.error}\n".encode())
+            return
+        facts = engine.info()
+    if as_json:
+        sys.stdout.buffer.write(_json_line(facts))
+        return
+    for key, value in facts.items():
+        typer.echo(f"{key}:\t{value}")
+
+
+def _json_line(obj: dict[str, Any]) -> bytes:
+    # File names that are not valid UTF-8 hold lone surrogates; backslashreplace turns each into a
+    # JSON \udcXX escape, which json.loads + os.fsencode turn back into the original bytes.
+    return (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
+
+
+def _printable(path: str) -> str:
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,39 @@
+"""Defaults in one place. Precedence everywhere: command-line flag > environment > these defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_MODEL = "ViT-B-32-256"
+DEFAULT_PRETRAINED = "datacomp_s34b_b86k"
+
+INDEX_ENV = "SEARCHLITE_INDEX"
+DEFAULT_INDEX_DIR = "index"
+
+DB_FILENAME = "searchlite.db"
+FAISS_FILENAME = "vectors.faiss"
+LOCK_FILENAME = "write.lock"
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """Tunables of an indexing run."""
+
+    batch_size: int = 32
+    # decode workers; decoding (Pillow releases the GIL) overlaps with encoding
+    workers: int = max(1, min(4, os.cpu_count() or 1))
+    # save the FAISS cache at least this often during long runs (seconds)
+    snapshot_interval_s: float = 300.0
+    # JPEGs are decoded at a reduced scale (Image.draft) to at least this multiple of the model's input
+    # size; 2x keeps cosine vs. a full decode at about 0.99999 (DESIGN.md)
+    draft_factor: int = 2
+
+
+def resolve_index_dir(flag: str | os.PathLike[str] | None) -> Path:
+    """The index directory: the flag, else $SEARCHLITE_INDEX, else ./index."""
+    if flag:
+        return Path(flag)
+    env = os.environ.get(INDEX_ENV)
+    return Path(env) if env else Path(DEFAULT_INDEX_DIR)

@@ -1,0 +1,281 @@
+"""CLIP towers: which model (its identity), loading it, and encoding image batches and texts.
+
+torch and open_clip are imported inside functions: importing them costs seconds, and `--help` or
+`info` must not pay for that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .config import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from .errors import ModelLoadError, ModelMismatchError, WeightsUnavailableError
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+log = logging.getLogger(__name__)
+
+HF_HUB_PREFIX = "hf-hub:"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model an index is built with.
+
+    Exactly one architecture source: `name` (an open_clip model name), `config` (a custom open_clip
+    model config, kept whole so later commands need no flags) or `hf_hub` (config and weights from a
+    Hugging Face hub repo). Weights: `pretrained` (an open_clip tag) or `checkpoint` (a local file,
+    identified by its sha256 so it may move).
+    """
+
+    name: str | None = None
+    config: dict[str, Any] | None = None
+    hf_hub: str | None = None
+    pretrained: str | None = None
+    checkpoint: str | None = None
+    checkpoint_sha256: str | None = None
+
+    def describe(self) -> str:
+        """Short human-readable form, as the user would type it."""
+        arch = self.name or self.hf_hub and f"{HF_HUB_PREFIX}{self.hf_hub}" or (
+            f"custom config {config_name(self.config or {})}"
+        )
+        weights = self.pretrained or (
+            self.checkpoint and f"checkpoint {self.checkpoint} (sha256 {self.checkpoint_sha256[:12]})"
+        )
+        return f"{arch} / {weights}" if weights else arch
+
+    def same_model(self, other: ModelSpec) -> bool:
+        """True when both specs give the same weights (a checkpoint is compared by content)."""
+        return (
+            self.name == other.name
+            and self.config == other.config
+            and self.hf_hub == other.hf_hub
+            and self.pretrained == other.pretrained
+            and self.checkpoint_sha256 == other.checkpoint_sha256
+        )
+
+    def to_record(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> ModelSpec:
+        return cls(**record)
+
+
+def config_name(config: dict[str, Any]) -> str:
+    """A stable open_clip registry name for a custom config."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+    return f"searchlite-custom-{digest[:12]}"
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def spec_from_flags(model: str | None, pretrained: str | None) -> ModelSpec:
+    """Build a spec from --model / --pretrained as a user typed them (no weights are loaded)."""
+    if pretrained and pretrained.startswith(HF_HUB_PREFIX):
+        return ModelSpec(hf_hub=pretrained[len(HF_HUB_PREFIX) :])
+    if model and model.startswith(HF_HUB_PREFIX):
+        return ModelSpec(hf_hub=model[len(HF_HUB_PREFIX) :])
+    model = model or DEFAULT_MODEL
+    if pretrained is None:
+        if model != DEFAULT_MODEL:
+            raise ModelLoadError(
+                f"--model {model} needs --pretrained: an open_clip pretrained tag, an hf-hub: id "
+                "or a local checkpoint file"
+            )
+        pretrained = DEFAULT_PRETRAINED
+
+    name: str | None = model
+    config: dict[str, Any] | None = None
+    if model.endswith(".json") or os.path.isfile(model):
+        config = _read_config(model)
+        name = None
+
+    if os.path.isfile(pretrained):
+        path = os.path.abspath(pretrained)
+        return ModelSpec(name=name, config=config, checkpoint=path, checkpoint_sha256=file_sha256(path))
+    if config is not None:
+        raise ModelLoadError(
+            f"checkpoint file {pretrained} not found: a model config JSON needs a local checkpoint "
+            "as --pretrained"
+        )
+    return ModelSpec(name=name, pretrained=pretrained)
+
+
+def _read_config(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except FileNotFoundError:
+        raise ModelLoadError(f"model config {path} not found: pass an open_clip model name or a config JSON file") from None
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot read model config {path}: {e}") from None
+    if not isinstance(config, dict) or not all(k in config for k in ("embed_dim", "vision_cfg", "text_cfg")):
+        raise ModelLoadError(
+            f"model config {path} is not an open_clip config: it needs embed_dim, vision_cfg and text_cfg"
+        )
+    return config
+
+
+def reconcile(recorded: ModelSpec, requested: ModelSpec | None, index_dir: Path) -> ModelSpec:
+    """The spec to use on an existing index: the recorded one, unless the user asked for another."""
+    if requested is None:
+        return recorded
+    if not requested.same_model(recorded):
+        raise ModelMismatchError(
+            f"the index in {index_dir} was built with {recorded.describe()}, not "
+            f"{requested.describe()}; drop --model/--pretrained to use the index's model, or pass "
+            "--index with a new folder to build a separate index with the new model"
+        )
+    return requested  # same weights; a checkpoint may have moved to the requested path
+
+
+class ClipEncoder:
+    """One loaded CLIP model: images and texts in, unit-length float32 embeddings out."""
+
+    def __init__(self, model: Any, preprocess: Any, tokenizer: Any, device: str, spec: ModelSpec) -> None:
+        self.model = model
+        self._preprocess = preprocess
+        self._tokenizer = tokenizer
+        self.device = device
+        self.spec = spec
+        size = model.visual.image_size
+        self.image_size: int = max(size) if isinstance(size, (tuple, list)) else int(size)
+
+    @cached_property
+    def embed_dim(self) -> int:
+        """Width of the shared embedding space."""
+        return int(self.encode_texts(["a"]).shape[1])
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """RGB PIL image -> model input tensor (3, H, W). Thread-safe."""
+        return self._preprocess(image)
+
+    def encode_images(self, batch: list[torch.Tensor]) -> np.ndarray:
+        """Preprocessed tensors -> (n, d) unit float32."""
+        import torch
+
+        with torch.inference_mode():
+            x = torch.stack(batch).to(self.device)  # (n, 3, H, W)
+            return _to_numpy(self.model.encode_image(x, normalize=True))
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        """Texts -> (n, d) unit float32."""
+        import torch
+
+        with torch.inference_mode():
+            tokens = self._tokenizer(texts).to(self.device)  # (n, context_length)
+            return _to_numpy(self.model.encode_text(tokens, normalize=True))
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(t.float().cpu().numpy(), dtype=np.float32)
+
+
+def resolve_device(device: str | None) -> str:
+    """The flag's device, else CUDA when available, else CPU."""
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as e:
+        raise ModelLoadError(f"device {device!r} is not usable here ({e}); use --device cpu") from None
+    return device
+
+
+def load_encoder(spec: ModelSpec, device: str | None = None) -> ClipEncoder:
+    """Create the model with its weights through open_clip's own factory."""
+    import open_clip
+
+    device = resolve_device(device)
+    if spec.checkpoint is not None:
+        _check_checkpoint(spec)
+
+    if spec.hf_hub is not None:
+        model_name, pretrained = HF_HUB_PREFIX + spec.hf_hub, None
+    elif spec.config is not None:
+        model_name, pretrained = _register_config(spec.config), spec.checkpoint
+    else:
+        model_name, pretrained = spec.name, spec.pretrained or spec.checkpoint
+        if model_name not in open_clip.list_models():
+            raise ModelLoadError(
+                f"unknown model {model_name!r}: pass an open_clip model name "
+                "(python -c 'import open_clip; print(open_clip.list_models())') or a config JSON"
+            )
+        if spec.pretrained and spec.pretrained not in open_clip.list_pretrained_tags_by_model(model_name):
+            tags = ", ".join(open_clip.list_pretrained_tags_by_model(model_name)) or "none"
+            raise ModelLoadError(
+                f"unknown pretrained tag {spec.pretrained!r} for {model_name} (known: {tags}); "
+                "or pass a local checkpoint file"
+            )
+
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            model_name, pretrained=pretrained, device=device, weights_only=True
+        )
+    except RuntimeError as e:
+        msg = str(e)
+        if spec.pretrained and "Failed to download" in msg or spec.hf_hub and "HF Hub" in msg:
+            raise WeightsUnavailableError(
+                f"cannot download the weights of {spec.describe()} and they are not in the Hugging "
+                "Face cache (HF_HOME); connect once to download them, or pass --pretrained "
+                "/path/to/checkpoint (a .bin/.pt/.safetensors open_clip state dict)"
+            ) from None
+        raise ModelLoadError(f"cannot load {spec.describe()}: {_first_line(msg)}") from None
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(model_name)
+    log.info("loaded %s on %s", spec.describe(), device)
+    return ClipEncoder(model, preprocess, tokenizer, device, spec)
+
+
+def _check_checkpoint(spec: ModelSpec) -> None:
+    path = spec.checkpoint
+    assert path is not None
+    if not os.path.isfile(path):
+        raise ModelLoadError(
+            f"checkpoint {path} not found; pass --pretrained with its new location (the same file, "
+            "checked by sha256)"
+        )
+    if spec.checkpoint_sha256 and file_sha256(path) != spec.checkpoint_sha256:
+        raise ModelMismatchError(
+            f"checkpoint {path} has changed since the index was built (sha256 differs); restore it, "
+            "or pass --index with a new folder to index with the new weights"
+        )
+
+
+def _register_config(config: dict[str, Any]) -> str:
+    """Make a custom config known to open_clip under a stable name; returns that name."""
+    import open_clip
+
+    name = config_name(config)
+    if name not in open_clip.list_models():
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"{name}.json"
+            path.write_text(json.dumps(config))
+            open_clip.add_model_config(path)
+    return name
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else "unknown error"

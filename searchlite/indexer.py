@@ -1,0 +1,283 @@
+"""The indexing flow: scan -> diff against the store -> decode in parallel -> encode in batches ->
+one SQLite transaction per batch -> FAISS.
+
+Decoding runs in worker threads (Pillow and the resize release the GIL) while the main thread
+encodes the previous batch, so the model is rarely kept waiting for pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+
+from . import images, scanner
+from .config import IndexSettings
+from .errors import ImageDecodeError
+from .scanner import FileInfo
+from .store import FAILED, INDEXED, SKIPPED, FileRow, Store, Transaction
+from .vector_index import VectorIndex
+
+if TYPE_CHECKING:
+    from .encoder import ClipEncoder
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class IndexReport:
+    """What one `index` run did."""
+
+    added: int = 0  # new files indexed
+    updated: int = 0  # files whose content changed, re-indexed
+    moved: int = 0  # known content at a new path (moved or renamed), no re-encoding
+    removed: int = 0  # files gone from disk, dropped from the index
+    unchanged: int = 0
+    reused: int = 0  # of added/updated: vectors copied from identical content, no re-encoding
+    encoded: int = 0  # images run through the model
+    failed: int = 0
+    skipped: int = 0  # files that are not images
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        parts = [
+            f"{self.added} added",
+            f"{self.updated} updated",
+            f"{self.moved} moved",
+            f"{self.removed} removed",
+            f"{self.unchanged} unchanged",
+            f"{self.failed} failed",
+            f"{self.skipped} not images",
+        ]
+        rate = f", {self.encoded / self.seconds:.1f} img/s" if self.encoded and self.seconds else ""
+        return f"{', '.join(parts)} in {self.seconds:.1f}s ({self.encoded} encoded{rate})"
+
+
+@dataclass
+class _Prepared:
+    """A worker's verdict on one file."""
+
+    file: FileInfo
+    content_hash: str | None = None
+    tensor: Any = None  # model input, when the file needs encoding
+    width: int | None = None
+    height: int | None = None
+    reuse: bool = False  # content already has a vector
+    skipped: bool = False  # not an image
+    error: str | None = None
+
+
+class Indexer:
+    """Brings the store and the vector index in line with one folder."""
+
+    def __init__(
+        self,
+        store: Store,
+        vectors: VectorIndex,
+        get_encoder: Callable[[], ClipEncoder],
+        settings: IndexSettings,
+        on_snapshot: Callable[[], None],
+        exclude: Sequence[str] = (),
+    ) -> None:
+        self.exclude = exclude
+        self.store = store
+        self.vectors = vectors
+        self.get_encoder = get_encoder
+        self.settings = settings
+        self.on_snapshot = on_snapshot
+
+    def run(self, root: str, progress: ProgressFn | None = None) -> IndexReport:
+        started = time.monotonic()
+        report = IndexReport()
+        files = list(scanner.scan(root, self.exclude))
+        known = self.store.rows_under(root)
+        seen = {f.path for f in files}
+        missing = [row for path, row in known.items() if path not in seen]
+        work = []
+        for f in files:
+            row = known.get(f.path)
+            if row is not None and row.size == f.size and row.mtime_ns == f.mtime_ns:
+                report.unchanged += 1
+            else:
+                work.append(f)
+        log.info("%d files: %d to process, %d gone", len(files), len(work), len(missing))
+
+        # content of vanished rows, to recognise moves and renames
+        missing_by_hash: dict[str, list[FileRow]] = {}
+        for row in missing:
+            if row.state == INDEXED and row.content_hash:
+                missing_by_hash.setdefault(row.content_hash, []).append(row)
+
+        if work:
+            run = _Run(self, report, known, missing_by_hash, started)
+            run.process(work, progress)
+        gone = [row for rows in missing_by_hash.values() for row in rows]
+        gone += [row for row in missing if row.state != INDEXED or not row.content_hash]
+        if gone:
+            with self.store.transaction() as tx:
+                tx.delete(row.id for row in gone)
+            self.vectors.remove(np.array([row.id for row in gone], dtype=np.int64))
+            report.removed = len(gone)
+        report.seconds = time.monotonic() - started
+        return report
+
+
+class _Run:
+    """State of one run's processing stage."""
+
+    def __init__(
+        self,
+        indexer: Indexer,
+        report: IndexReport,
+        known: dict[str, FileRow],
+        missing_by_hash: dict[str, list[FileRow]],
+        started: float,
+    ) -> None:
+        self.ix = indexer
+        self.report = report
+        self.known = known
+        self.missing_by_hash = missing_by_hash
+        self.last_snapshot = started
+        self.encoder = indexer.get_encoder()
+        self.known_hashes = indexer.store.indexed_hashes()
+        self.pending: list[_Prepared] = []  # waiting to be encoded or written
+
+    def process(self, work: list[FileInfo], progress: ProgressFn | None) -> None:
+        settings = self.ix.settings
+        with ThreadPoolExecutor(settings.workers, thread_name_prefix="searchlite-decode") as pool:
+            try:
+                window = 2 * settings.batch_size + settings.workers
+                for done, prepared in enumerate(_ordered_map(pool, self._prepare, work, window), 1):
+                    self.pending.append(prepared)
+                    n_tensors = sum(p.tensor is not None for p in self.pending)
+                    if n_tensors >= settings.batch_size or len(self.pending) >= 4 * settings.batch_size:
+                        self._flush()
+                    if progress:
+                        progress(done, len(work))
+                self._flush()
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    def _prepare(self, f: FileInfo) -> _Prepared:
+        """Runs in a worker thread: read, hash, sniff, decode, preprocess. Never raises."""
+        try:
+            with open(f.path, "rb") as fh:
+                data = fh.read()
+        except OSError as e:
+            return _Prepared(f, error=f"cannot read file: {e.strerror or e}")
+        digest = scanner.content_hash(data)
+        if digest in self.known_hashes:
+            return _Prepared(f, digest, reuse=True)
+        if images.detect_format(data[: images.HEADER_BYTES]) is None:
+            return _Prepared(f, digest, skipped=True)
+        try:
+            decoded = images.decode_rgb(data, self.ix.settings.draft_factor * self.encoder.image_size)
+            tensor = self.encoder.preprocess(decoded.image)
+        except ImageDecodeError as e:
+            return _Prepared(f, digest, error=str(e))
+        except Exception as e:  # noqa: BLE001 - one bad file must never stop the run
+            log.debug("unexpected failure on %s", f.path, exc_info=True)
+            return _Prepared(f, digest, error=f"cannot decode image: {type(e).__name__}: {e}")
+        return _Prepared(f, digest, tensor, decoded.width, decoded.height)
+
+    def _flush(self) -> None:
+        """Encode what waits, then write everything pending in one transaction."""
+        if not self.pending:
+            return
+        batch = [p for p in self.pending if p.tensor is not None]
+        encoded = self.encoder.encode_images([p.tensor for p in batch]) if batch else None
+        vectors_of = {id(p): encoded[i] for i, p in enumerate(batch)} if batch else {}
+        report = self.report
+
+        added_ids: list[int] = []
+        added_vectors: list[np.ndarray] = []
+        dropped_ids: list[int] = []
+        with self.ix.store.transaction() as tx:
+            for p in self.pending:
+                f = p.file
+                old = self.known.get(f.path)
+                if p.error is not None or p.skipped:
+                    state, error = (FAILED, p.error) if p.error is not None else (SKIPPED, "not an image")
+                    tx.put(f.path, size=f.size, mtime_ns=f.mtime_ns, content_hash=p.content_hash, state=state, error=error)
+                    if old is not None and old.state == INDEXED:
+                        dropped_ids.append(old.id)
+                    if p.error is not None:
+                        report.failed += 1
+                        report.failures.append((f.path, p.error))
+                    else:
+                        report.skipped += 1
+                    continue
+                if p.reuse:
+                    if self._reuse(tx, p, old):
+                        continue
+                    vector = self.ix.store.vector_for_hash(p.content_hash)
+                    report.reused += 1
+                else:
+                    vector = vectors_of[id(p)]
+                    report.encoded += 1
+                row_id = tx.put(
+                    f.path,
+                    size=f.size,
+                    mtime_ns=f.mtime_ns,
+                    content_hash=p.content_hash,
+                    state=INDEXED,
+                    vector=vector,
+                    width=p.width,
+                    height=p.height,
+                )
+                added_ids.append(row_id)
+                added_vectors.append(vector)
+                if old is None:
+                    report.added += 1
+                else:
+                    report.updated += 1
+        # committed: bring FAISS in line
+        if dropped_ids:
+            self.ix.vectors.remove(np.array(dropped_ids, dtype=np.int64))
+        if added_ids:
+            self.ix.vectors.add(np.array(added_ids, dtype=np.int64), np.stack(added_vectors))
+        self.known_hashes.update(p.content_hash for p in batch)
+        self.pending = []
+        if time.monotonic() - self.last_snapshot >= self.ix.settings.snapshot_interval_s:
+            self.ix.on_snapshot()
+            self.last_snapshot = time.monotonic()
+
+    def _reuse(self, tx: Transaction, p: _Prepared, old: FileRow | None) -> bool:
+        """Handle known content without a new vector row: a touched file or a move. True if done."""
+        f = p.file
+        if old is not None and old.state == INDEXED and old.content_hash == p.content_hash:
+            tx.touch(old.id, size=f.size, mtime_ns=f.mtime_ns)  # same bytes, new mtime
+            self.report.unchanged += 1
+            return True
+        candidates = self.missing_by_hash.get(p.content_hash or "")
+        if old is None and candidates:
+            moved = candidates.pop()
+            tx.move(moved.id, f.path, size=f.size, mtime_ns=f.mtime_ns)
+            self.report.moved += 1
+            return True
+        return False
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _ordered_map(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], window: int) -> Iterator[R]:
+    """pool.map with at most `window` items in flight, so memory stays bounded."""
+    it = iter(items)
+    futures: deque[Future[R]] = deque(pool.submit(fn, item) for _, item in zip(range(window), it))
+    while futures:
+        result = futures.popleft().result()
+        for item in it:
+            futures.append(pool.submit(fn, item))
+            break
+        yield result

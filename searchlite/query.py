@@ -1,0 +1,72 @@
+"""Query terms: parsing "2:beach"-style weights and combining term embeddings into one unit vector."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InvalidQueryError
+
+TEXT = "text"
+IMAGE = "image"
+
+
+@dataclass(frozen=True)
+class Term:
+    """One part of a query: a text or an image file, with a weight (negative for --not terms)."""
+
+    kind: str
+    value: str
+    weight: float = 1.0
+
+
+def split_weight(raw: str, *, is_path: bool = False) -> tuple[float, str]:
+    """'2:beach' -> (2.0, 'beach'); 'beach' -> (1.0, 'beach'). A path that exists as given is never split."""
+    head, sep, rest = raw.partition(":")
+    if not sep or (is_path and os.path.exists(raw)):
+        return 1.0, raw
+    try:
+        weight = float(head)
+    except ValueError:
+        return 1.0, raw
+    if not math.isfinite(weight) or weight <= 0:
+        raise InvalidQueryError(f"weight in {raw!r} must be a positive number, like 2:{rest}")
+    return weight, rest
+
+
+def parse_terms(
+    texts: Sequence[str] = (), images: Sequence[str] = (), negatives: Sequence[str] = ()
+) -> list[Term]:
+    """Terms from a query as typed: texts and images add, negatives (texts) subtract."""
+    terms: list[Term] = []
+    for raw in texts:
+        weight, text = split_weight(raw)
+        terms.append(Term(TEXT, _nonblank(text, raw), weight))
+    for raw in images:
+        weight, path = split_weight(os.fspath(raw), is_path=True)
+        terms.append(Term(IMAGE, path, weight))
+    for raw in negatives:
+        weight, text = split_weight(raw)
+        terms.append(Term(TEXT, _nonblank(text, raw), -weight))
+    if not any(t.weight > 0 for t in terms):
+        raise InvalidQueryError("empty query: give a text, an --image, or both")
+    return terms
+
+
+def _nonblank(text: str, raw: str) -> str:
+    if not text.strip():
+        raise InvalidQueryError(f"empty text in query term {raw!r}")
+    return text
+
+
+def combine(vectors: np.ndarray, weights: Sequence[float]) -> np.ndarray:
+    """Weighted sum of unit vectors (n, d), re-normalised: a (1, d) unit float32 query."""
+    combined = (np.asarray(weights, dtype=np.float64)[:, None] * vectors).sum(axis=0)
+    norm = float(np.linalg.norm(combined))
+    if norm < 1e-6:
+        raise InvalidQueryError("the query terms cancel each other out; change their weights")
+    return (combined / norm).astype(np.float32).reshape(1, -1)

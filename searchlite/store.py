@@ -1,0 +1,314 @@
+"""The metadata store: SQLite through SQLAlchemy 2.0, the source of truth, vectors included.
+
+One row per file seen under an indexed folder. `id` is also the file's id in the FAISS index; ids
+are never reused (AUTOINCREMENT), so a stale FAISS cache can never point at the wrong file.
+Paths are stored as the exact bytes the OS gave (os.fsencode), so any file name round-trips.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import (
+    Column,
+    Engine,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    delete,
+    event,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DatabaseError
+
+from .errors import CorruptIndexError
+
+SCHEMA_VERSION = 1
+
+INDEXED = "indexed"
+FAILED = "failed"
+SKIPPED = "skipped"  # not an image
+
+metadata = MetaData()
+
+images = Table(
+    "images",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("path", LargeBinary, nullable=False, unique=True),
+    Column("size", Integer, nullable=False),
+    Column("mtime_ns", Integer, nullable=False),
+    Column("content_hash", String, index=True),
+    Column("width", Integer),
+    Column("height", Integer),
+    Column("state", String, nullable=False, index=True),
+    Column("error", String),
+    Column("vector", LargeBinary),
+    sqlite_autoincrement=True,
+)
+
+index_info = Table(
+    "index_info",
+    metadata,
+    Column("key", String, primary_key=True),
+    Column("value", String, nullable=False),  # JSON
+)
+
+
+@dataclass(frozen=True)
+class FileRow:
+    """What the store knows about one file, without its vector."""
+
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    content_hash: str | None
+    state: str
+    width: int | None = None
+    height: int | None = None
+    error: str | None = None
+
+
+def _row(r: Any) -> FileRow:
+    return FileRow(
+        id=r.id,
+        path=os.fsdecode(r.path),
+        size=r.size,
+        mtime_ns=r.mtime_ns,
+        content_hash=r.content_hash,
+        state=r.state,
+        width=r.width,
+        height=r.height,
+        error=r.error,
+    )
+
+
+_ROW_COLUMNS = (
+    images.c.id,
+    images.c.path,
+    images.c.size,
+    images.c.mtime_ns,
+    images.c.content_hash,
+    images.c.state,
+    images.c.width,
+    images.c.height,
+    images.c.error,
+)
+
+
+def _pragmas(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL: any number of readers while one writer commits; NORMAL is durable across app crashes
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+class Store:
+    """The SQLite database of one index."""
+
+    def __init__(self, engine: Engine, path: Path) -> None:
+        self._engine = engine
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path, *, create: bool) -> Store:
+        """Open (and with create=True, create) the database at path."""
+        engine = create_engine(
+            f"sqlite:///{path}",
+            connect_args={"timeout": 30, "check_same_thread": False},
+        )
+        event.listen(engine, "connect", _pragmas)
+        store = cls(engine, path)
+        try:
+            if create:
+                metadata.create_all(engine)
+                if store.get_info("schema_version") is None:
+                    store.set_info("schema_version", SCHEMA_VERSION)
+            version = store.get_info("schema_version")
+        except DatabaseError as e:
+            engine.dispose()
+            raise CorruptIndexError(
+                f"{path} is damaged or is not a searchlite database ({e.orig}); "
+                "move it aside and index again into an empty folder"
+            ) from e
+        if version != SCHEMA_VERSION:
+            engine.dispose()
+            raise CorruptIndexError(
+                f"{path} has schema version {version!r}, this searchlite reads version "
+                f"{SCHEMA_VERSION}; use a matching searchlite or index into a new folder"
+            )
+        return store
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    # --- index_info ----------------------------------------------------------------------------
+
+    def get_info(self, key: str) -> Any:
+        with self._engine.connect() as conn:
+            return _get_info(conn, key)
+
+    def set_info(self, key: str, value: Any) -> None:
+        with self._engine.begin() as conn:
+            _set_info(conn, key, value)
+
+    @property
+    def generation(self) -> int:
+        """Bumped by every committed change of vectors; the FAISS cache records the one it holds."""
+        return self.get_info("generation") or 0
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    def rows_under(self, root: str) -> dict[str, FileRow]:
+        """Every row for root itself or for a path inside the folder root, by path."""
+        raw = os.fsencode(root)
+        prefix = raw.rstrip(b"/") + b"/"
+        # b"0" sorts right after b"/": [prefix, prefix_end) is exactly the paths inside root
+        prefix_end = prefix[:-1] + b"0"
+        query = select(*_ROW_COLUMNS).where(
+            or_(images.c.path == raw, (images.c.path >= prefix) & (images.c.path < prefix_end))
+        )
+        with self._engine.connect() as conn:
+            return {row.path: row for row in map(_row, conn.execute(query))}
+
+    def indexed_hashes(self) -> set[str]:
+        """Content hashes that already have a vector."""
+        query = select(images.c.content_hash).where(images.c.state == INDEXED).distinct()
+        with self._engine.connect() as conn:
+            return set(conn.execute(query).scalars())
+
+    def vector_for_hash(self, content_hash: str) -> np.ndarray | None:
+        query = (
+            select(images.c.vector)
+            .where(images.c.content_hash == content_hash, images.c.state == INDEXED)
+            .limit(1)
+        )
+        with self._engine.connect() as conn:
+            blob = conn.execute(query).scalar()
+        return None if blob is None else np.frombuffer(blob, dtype=np.float32)
+
+    def fetch(self, ids: Iterable[int]) -> dict[int, FileRow]:
+        """Indexed rows by id; ids that are gone are simply absent."""
+        ids = list(ids)
+        if not ids:
+            return {}
+        query = select(*_ROW_COLUMNS).where(images.c.id.in_(ids), images.c.state == INDEXED)
+        with self._engine.connect() as conn:
+            return {r.id: r for r in map(_row, conn.execute(query))}
+
+    def rows_in_state(self, state: str) -> list[FileRow]:
+        query = select(*_ROW_COLUMNS).where(images.c.state == state).order_by(images.c.path)
+        with self._engine.connect() as conn:
+            return [_row(r) for r in conn.execute(query)]
+
+    def iter_vectors(self, chunk: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids int64 (n,), vectors float32 (n, d)) of every indexed row, in chunks."""
+        query = (
+            select(images.c.id, images.c.vector)
+            .where(images.c.state == INDEXED)
+            .order_by(images.c.id)
+        )
+        with self._engine.connect() as conn:
+            result = conn.execution_options(stream_results=True).execute(query)
+            while rows := result.fetchmany(chunk):
+                ids = np.fromiter((r.id for r in rows), dtype=np.int64, count=len(rows))
+                vectors = np.frombuffer(b"".join(r.vector for r in rows), dtype=np.float32)
+                yield ids, vectors.reshape(len(rows), -1)
+
+    def counts(self) -> dict[str, int]:
+        query = select(images.c.state, func.count()).group_by(images.c.state)
+        with self._engine.connect() as conn:
+            return {state: n for state, n in conn.execute(query)}
+
+    # --- writes --------------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """One atomic batch of changes; the generation moves on when it commits."""
+        with self._engine.begin() as conn:
+            tx = Transaction(conn)
+            yield tx
+            _set_info(conn, "generation", (_get_info(conn, "generation") or 0) + 1)
+
+
+class Transaction:
+    """Changes inside Store.transaction()."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def put(
+        self,
+        path: str,
+        *,
+        size: int,
+        mtime_ns: int,
+        content_hash: str | None,
+        state: str,
+        vector: np.ndarray | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        error: str | None = None,
+    ) -> int:
+        """Insert or replace the row for path; returns its id (kept when the path existed)."""
+        values = dict(
+            size=size,
+            mtime_ns=mtime_ns,
+            content_hash=content_hash,
+            state=state,
+            vector=None if vector is None else np.ascontiguousarray(vector, np.float32).tobytes(),
+            width=width,
+            height=height,
+            error=error,
+        )
+        stmt = sqlite_insert(images).values(path=os.fsencode(path), **values)
+        stmt = stmt.on_conflict_do_update(index_elements=[images.c.path], set_=values)
+        return self._conn.execute(stmt.returning(images.c.id)).scalar_one()
+
+    def move(self, row_id: int, path: str, *, size: int, mtime_ns: int) -> None:
+        """The file of row_id now lives at path (same content: the vector stays)."""
+        self._conn.execute(
+            update(images)
+            .where(images.c.id == row_id)
+            .values(path=os.fsencode(path), size=size, mtime_ns=mtime_ns)
+        )
+
+    def touch(self, row_id: int, *, size: int, mtime_ns: int) -> None:
+        """Same content, new stat (e.g. the file was copied over itself)."""
+        self._conn.execute(
+            update(images).where(images.c.id == row_id).values(size=size, mtime_ns=mtime_ns)
+        )
+
+    def delete(self, row_ids: Iterable[int]) -> None:
+        row_ids = list(row_ids)
+        for start in range(0, len(row_ids), 10_000):  # stay under SQLite's bound-parameter limit
+            chunk = row_ids[start : start + 10_000]
+            self._conn.execute(delete(images).where(images.c.id.in_(chunk)))
+
+
+def _get_info(conn: Connection, key: str) -> Any:
+    value = conn.execute(select(index_info.c.value).where(index_info.c.key == key)).scalar()
+    return None if value is None else json.loads(value)
+
+
+def _set_info(conn: Connection, key: str, value: Any) -> None:
+    stmt = sqlite_insert(index_info).values(key=key, value=json.dumps(value))
+    conn.execute(stmt.on_conflict_do_update(index_elements=[index_info.c.key], set_={"value": stmt.excluded.value}))
