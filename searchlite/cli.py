@@ -41,11 +41,25 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per line.
 def _main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens to stderr.")] = False,
 ) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="searchlite: %(message)s",
-        stream=sys.stderr,
-    )
+    _configure_logging(verbose)
+
+
+def _configure_logging(verbose: bool) -> None:
+    """Our messages as `searchlite: ...` lines on stderr; other libraries' only with --verbose."""
+    ours = logging.getLogger("searchlite")
+    for handler in list(ours.handlers):
+        ours.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("searchlite: %(message)s"))
+    ours.addHandler(handler)
+    ours.setLevel(logging.INFO if verbose else logging.WARNING)
+    ours.propagate = False
+    root = logging.getLogger()
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
+    elif not root.handlers:
+        # open_clip logs its own errors on the root logger; ours say the same thing better
+        root.addHandler(logging.NullHandler())
 
 
 @contextmanager

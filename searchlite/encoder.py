@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .config import DEFAULT_MODEL, DEFAULT_PRETRAINED
-from .errors import ModelLoadError, ModelMismatchError, WeightsUnavailableError
+from . import weights
+from .errors import ModelLoadError, ModelMismatchError
 
 if TYPE_CHECKING:
     import torch
@@ -212,37 +213,37 @@ def load_encoder(spec: ModelSpec, device: str | None = None) -> ClipEncoder:
     if spec.checkpoint is not None:
         _check_checkpoint(spec)
 
+    kwargs: dict[str, Any] = {}
     if spec.hf_hub is not None:
-        model_name, pretrained = HF_HUB_PREFIX + spec.hf_hub, None
+        cached_dir = weights.hub_model_dir(spec.hf_hub, spec.describe())
+        model_name = f"local-dir:{cached_dir}" if cached_dir else HF_HUB_PREFIX + spec.hf_hub
+        pretrained = None
     elif spec.config is not None:
         model_name, pretrained = _register_config(spec.config), spec.checkpoint
     else:
-        model_name, pretrained = spec.name, spec.pretrained or spec.checkpoint
+        model_name = spec.name
         if model_name not in open_clip.list_models():
             raise ModelLoadError(
                 f"unknown model {model_name!r}: pass an open_clip model name "
                 "(python -c 'import open_clip; print(open_clip.list_models())') or a config JSON"
             )
-        if spec.pretrained and spec.pretrained not in open_clip.list_pretrained_tags_by_model(model_name):
-            tags = ", ".join(open_clip.list_pretrained_tags_by_model(model_name)) or "none"
-            raise ModelLoadError(
-                f"unknown pretrained tag {spec.pretrained!r} for {model_name} (known: {tags}); "
-                "or pass a local checkpoint file"
-            )
+        if spec.pretrained is not None:
+            if spec.pretrained not in open_clip.list_pretrained_tags_by_model(model_name):
+                tags = ", ".join(open_clip.list_pretrained_tags_by_model(model_name)) or "none"
+                raise ModelLoadError(
+                    f"unknown pretrained tag {spec.pretrained!r} for {model_name} (known: {tags}); "
+                    "or pass a local checkpoint file"
+                )
+            pretrained, kwargs = weights.tag_weights(model_name, spec.pretrained, spec.describe())
+        else:
+            pretrained = spec.checkpoint
 
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
-            model_name, pretrained=pretrained, device=device, weights_only=True
+            model_name, pretrained=pretrained, device=device, weights_only=True, **kwargs
         )
-    except RuntimeError as e:
-        msg = str(e)
-        if spec.pretrained and "Failed to download" in msg or spec.hf_hub and "HF Hub" in msg:
-            raise WeightsUnavailableError(
-                f"cannot download the weights of {spec.describe()} and they are not in the Hugging "
-                "Face cache (HF_HOME); connect once to download them, or pass --pretrained "
-                "/path/to/checkpoint (a .bin/.pt/.safetensors open_clip state dict)"
-            ) from None
-        raise ModelLoadError(f"cannot load {spec.describe()}: {_first_line(msg)}") from None
+    except (RuntimeError, OSError, ValueError, KeyError) as e:
+        raise ModelLoadError(f"cannot load {spec.describe()}: {_first_line(str(e))}") from None
     model.eval()
     tokenizer = open_clip.get_tokenizer(model_name)
     log.info("loaded %s on %s", spec.describe(), device)

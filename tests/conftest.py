@@ -7,9 +7,21 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
+import importlib.util
 import pytest
-from PIL import Image
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+def load_script(name: str):
+    """Import one of scripts/*.py as a module (the scripts use only the public API)."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+write_samples = load_script("make_sample_photos").write_samples
 
 TINY_CONFIG = {
     "embed_dim": 64,
@@ -17,7 +29,6 @@ TINY_CONFIG = {
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
 
-SKIMAGE_PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "logo", "hubble_deep_field", "retina", "horse", "camera", "grass"]
 
 
 @pytest.fixture(autouse=True)
@@ -48,38 +59,8 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Real photos (scikit-image's) as JPEG and PNG files in nested folders with awkward names."""
     root = tmp_path_factory.mktemp("photos_master")
-    write_photos(root)
+    write_samples(root)
     return root
-
-
-def write_photos(root: Path) -> list[Path]:
-    import skimage.data
-
-    layout = [
-        "astronaut.jpg",
-        "cats/chelsea the cat.JPG",
-        "cats/über café/coffee.png",
-        "space/rocket.jpeg",
-        "space/hubble deep field.jpg",
-        "logos/skimage logo.webp",
-        "nature/horse.png",
-        "nature/grass.bmp",
-        "misc/retina.tiff",
-        "misc/camera.gif",
-    ]
-    paths = []
-    for name, rel in zip(SKIMAGE_PHOTOS, layout):
-        pixels = getattr(skimage.data, name)()
-        if pixels.dtype != np.uint8:  # horse is a boolean mask
-            pixels = pixels.astype(np.uint8) * 255
-        img = Image.fromarray(pixels)
-        if img.mode not in ("RGB", "L"):
-            img = img.convert("RGB")
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        img.save(path)
-        paths.append(path)
-    return paths
 
 
 @pytest.fixture

@@ -1,0 +1,162 @@
+"""The `searchlite` command as a user types it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from searchlite.cli import app
+
+
+@pytest.fixture
+def cli(tiny_model, index_dir: Path):
+    """Run searchlite with the test index; model flags only where given."""
+    runner = CliRunner()
+
+    def run(*args: str, env: dict | None = None):
+        return runner.invoke(app, [str(a) for a in args], env={"SEARCHLITE_INDEX": str(index_dir), **(env or {})})
+
+    return run
+
+
+@pytest.fixture
+def indexed(cli, photos: Path, tiny_model):
+    config, checkpoint = tiny_model
+    result = cli("index", photos, "--model", config, "--pretrained", checkpoint)
+    assert result.exit_code == 0, result.output
+    return photos
+
+
+def test_index_prints_a_summary_on_stderr_and_nothing_on_stdout(cli, photos: Path, tiny_model) -> None:
+    config, checkpoint = tiny_model
+    result = cli("index", photos, "--model", config, "--pretrained", checkpoint)
+    assert result.exit_code == 0
+    assert result.stdout == ""
+    assert "10 added" in result.stderr and "0 failed" in result.stderr
+    again = cli("index", photos)
+    assert "10 unchanged" in again.stderr
+
+
+def test_query_prints_score_tab_path_best_first(cli, indexed: Path) -> None:
+    result = cli("query", "a cat", "-k", "3")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout_bytes.decode().splitlines()
+    assert len(lines) == 3
+    scores = [float(line.split("\t")[0]) for line in lines]
+    assert scores == sorted(scores, reverse=True)
+    assert all(Path(line.split("\t", 1)[1]).is_file() for line in lines)
+
+
+def test_query_json_lines(cli, indexed: Path) -> None:
+    result = cli("query", "a rocket", "--json")
+    hits = [json.loads(line) for line in result.stdout_bytes.decode().splitlines()]
+    assert len(hits) == 10
+    assert {"path", "score", "width", "height"} <= set(hits[0])
+    assert hits[0]["score"] >= hits[-1]["score"]
+
+
+def test_query_by_image_with_weights_and_negatives(cli, indexed: Path) -> None:
+    rocket = indexed / "space" / "rocket.jpeg"
+    result = cli("query", "--image", rocket, "-k", "1")
+    assert result.stdout_bytes.decode().split("\t")[1].strip() == str(rocket)
+    mixed = cli("query", "2:beach", "--image", rocket, "--not", "people", "-k", "2")
+    assert mixed.exit_code == 0 and len(mixed.stdout_bytes.splitlines()) == 2
+
+
+def test_non_utf8_paths_round_trip_through_text_and_json_output(cli, photos: Path, tiny_model) -> None:
+    raw = os.fsencode(photos) + b"/caf\xe9.jpg"
+    with open(raw, "wb") as f:
+        f.write((photos / "astronaut.jpg").read_bytes()[:-1] + b"\xd9")  # same pixels, new bytes
+    config, checkpoint = tiny_model
+    cli("index", photos, "--model", config, "--pretrained", checkpoint)
+    text = cli("query", "x", "-k", "20").stdout_bytes
+    assert raw in [line.split(b"\t", 1)[1] for line in text.splitlines()]
+    js = cli("query", "x", "-k", "20", "--json").stdout_bytes.decode("utf-8")  # valid UTF-8 JSON
+    assert raw in [os.fsencode(json.loads(line)["path"]) for line in js.splitlines()]
+
+
+def test_info_plain_and_json(cli, indexed: Path) -> None:
+    facts = json.loads(cli("info", "--json").stdout)
+    assert facts["images"] == 10 and facts["failed"] == 0 and facts["dim"] == 64
+    assert facts["database_bytes"] > 0 and facts["vectors_bytes"] > 0
+    assert "images:\t10" in cli("info").stdout
+
+
+def test_info_failed_lists_files_with_reasons(cli, photos: Path, tiny_model) -> None:
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 broken")
+    config, checkpoint = tiny_model
+    result = cli("index", photos, "--model", config, "--pretrained", checkpoint)
+    assert result.exit_code == 0
+    assert "failed: " in result.stderr and "broken.jpg" in result.stderr
+    listed = cli("info", "--failed").stdout
+    assert listed.startswith(str(photos / "broken.jpg") + "\t") and "cannot decode" in listed
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["query", "a cat"], "no index in"),
+        (["info"], "no index in"),
+        (["index", "/no/such/folder"], "folder /no/such/folder not found"),
+    ],
+)
+def test_errors_are_one_line_with_exit_status_1(cli, args: list[str], message: str) -> None:
+    result = cli(*args)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("searchlite: error: ")
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+
+
+def test_bad_queries_and_model_mismatch_are_one_line_errors(cli, indexed: Path, tmp_path: Path, tiny_model) -> None:
+    missing = cli("query", "--image", tmp_path / "nope.jpg")
+    assert missing.exit_code == 1 and "query image" in missing.stderr and "not found" in missing.stderr
+    empty = cli("query")
+    assert empty.exit_code == 1 and "empty query" in empty.stderr
+    config, _ = tiny_model
+    other = tmp_path / "other.pt"
+    other.write_bytes(b"not the same checkpoint")
+    mismatch = cli("index", indexed, "--model", config, "--pretrained", other)
+    assert mismatch.exit_code == 1 and "was built with" in mismatch.stderr
+
+
+def test_index_location_flag_beats_environment(cli, photos: Path, tiny_model, tmp_path: Path) -> None:
+    config, checkpoint = tiny_model
+    flagged = tmp_path / "flagged"
+    cli("index", photos, "--index", flagged, "--model", config, "--pretrained", checkpoint)
+    assert (flagged / "searchlite.db").exists()
+    assert cli("info").exit_code == 1  # the environment's index was never created
+
+
+def _modules_after(argv: list[str], cwd: Path) -> set[str]:
+    code = (
+        "import sys\n"
+        "from searchlite.cli import app\n"
+        f"try:\n    app({argv!r})\nexcept SystemExit:\n    pass\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'open_clip'))), file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, timeout=120)
+    return set(result.stderr.strip().splitlines()[-1].split()) if result.stderr.strip() else set()
+
+
+def test_help_and_info_do_not_import_torch(indexed: Path, index_dir: Path, tmp_path: Path) -> None:
+    assert _modules_after(["--help"], tmp_path) == set()
+    assert _modules_after(["info", "--index", str(index_dir)], tmp_path) == set()
+
+
+def test_python_dash_m_and_the_console_script(indexed: Path, index_dir: Path) -> None:
+    env = {**os.environ, "SEARCHLITE_INDEX": str(index_dir)}
+    module = subprocess.run([sys.executable, "-m", "searchlite", "query", "a cat", "-k", "2"], env=env, capture_output=True, timeout=120)
+    assert module.returncode == 0, module.stderr
+    assert len(module.stdout.splitlines()) == 2
+    script = Path(sys.executable).parent / "searchlite"
+    if script.exists():
+        helped = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
+        assert helped.returncode == 0 and "index" in helped.stdout and "query" in helped.stdout

@@ -1,0 +1,391 @@
+"""The library end to end on the real open_clip code path (a tiny random model from a checkpoint)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from searchlite import (
+    IndexLockedError,
+    IndexNotFoundError,
+    InvalidQueryError,
+    ModelLoadError,
+    ModelMismatchError,
+    PathNotFoundError,
+    SearchEngine,
+)
+from searchlite.config import DB_FILENAME, FAISS_FILENAME, LOCK_FILENAME
+from searchlite.store import Store
+from searchlite.writelock import writer_lock
+
+
+def stored_vectors(index_dir: Path) -> dict[str, np.ndarray]:
+    """Every indexed path and its stored vector, read straight from SQLite."""
+    store = Store.open(index_dir / DB_FILENAME, create=False)
+    try:
+        out = {}
+        for ids, vectors in store.iter_vectors():
+            rows = store.fetch(ids.tolist())
+            out.update({rows[i].path: v for i, v in zip(ids.tolist(), vectors)})
+        return out
+    finally:
+        store.close()
+
+
+def reference_embedding(tiny_model, path: Path) -> np.ndarray:
+    """open_clip's own encode_image(preprocess(img), normalize=True), independent of searchlite."""
+    import open_clip
+    import torch
+
+    config, checkpoint = tiny_model
+    model, _, preprocess = _reference_model(str(config), str(checkpoint))
+    with torch.no_grad():
+        x = preprocess(Image.open(path)).unsqueeze(0)
+        return model.encode_image(x, normalize=True)[0].numpy()
+
+
+_models: dict = {}
+
+
+def _reference_model(config: str, checkpoint: str):
+    import json
+
+    import open_clip
+
+    if config not in _models:
+        name = "reference-tiny-clip"
+        cfg_dir = Path(config).parent / "reference"
+        cfg_dir.mkdir(exist_ok=True)
+        (cfg_dir / f"{name}.json").write_text(Path(config).read_text())
+        open_clip.add_model_config(cfg_dir / f"{name}.json")
+        model = open_clip.create_model_and_transforms(name, pretrained=checkpoint)
+        model[0].eval()
+        _models[config] = model
+    return _models[config]
+
+
+def paths_of(hits) -> list[str]:
+    return [h.path for h in hits]
+
+
+# --- parity and search correctness ----------------------------------------------------------------
+
+
+def test_stored_embeddings_match_open_clip_reference(engine_factory, photos: Path, index_dir: Path, tiny_model) -> None:
+    # a camera-sized JPEG exercises the reduced-scale (draft) decode path
+    big = Image.open(photos / "astronaut.jpg").resize((4000, 3000), Image.BICUBIC)
+    big.save(photos / "camera sized.jpg", quality=92)
+    engine = engine_factory()
+    report = engine.index(photos)
+    assert report.failed == 0 and report.added == 11
+    stored = stored_vectors(index_dir)
+    checked = 0
+    for path, vector in stored.items():
+        if Image.open(path).mode not in ("RGB", "L"):
+            continue  # open_clip drops alpha instead of compositing it; compared elsewhere
+        cosine = float(vector @ reference_embedding(tiny_model, Path(path)))
+        assert cosine >= 0.999, (path, cosine)
+        checked += 1
+    assert checked >= 8
+    for vector in stored.values():
+        assert abs(np.linalg.norm(vector) - 1) < 1e-4
+
+
+def test_search_matches_a_brute_force_ranking_with_true_cosines(engine_factory, photos: Path, index_dir: Path) -> None:
+    engine = engine_factory()
+    engine.index(photos)
+    stored = stored_vectors(index_dir)
+    paths = list(stored)
+    matrix = np.stack([stored[p] for p in paths])
+    for text in ["a cat", "a rocket in space", "coffee"]:
+        q = engine.embed_text([text])[0]
+        scores = matrix @ q
+        order = np.argsort(-scores)[:5]
+        hits = engine.search(text, k=5)
+        assert paths_of(hits) == [paths[i] for i in order]
+        np.testing.assert_allclose([h.score for h in hits], scores[order], atol=1e-5)
+
+
+def test_image_query_finds_the_same_image_first_and_query_images_need_not_be_indexed(
+    engine_factory, photos: Path, tmp_path: Path
+) -> None:
+    engine = engine_factory()
+    engine.index(photos)
+    outside = tmp_path / "query.png"
+    shutil.copy(photos / "space" / "rocket.jpeg", outside)
+    hits = engine.search(image=str(outside), k=3)
+    assert hits[0].path == str(photos / "space" / "rocket.jpeg")
+    assert hits[0].score == pytest.approx(1.0, abs=1e-3)
+
+
+def test_mixed_query_is_the_weighted_combination(engine_factory, photos: Path) -> None:
+    engine = engine_factory()
+    engine.index(photos)
+    img = str(photos / "astronaut.jpg")
+    t = engine.embed_text(["beach", "people"])
+    v = engine.embed_images([img])[0]
+    q = 2 * t[0] + v - t[1]
+    q /= np.linalg.norm(q)
+    hits = engine.search("2:beach", image=img, negative="people", k=3)
+    for hit in hits:
+        assert hit.score == pytest.approx(float(q @ engine.embed_images([hit.path])[0]), abs=1e-4)
+
+
+def test_results_have_no_duplicates_and_k_is_respected(engine_factory, photos: Path) -> None:
+    engine = engine_factory()
+    engine.index(photos)
+    engine.index(photos)
+    hits = engine.search("anything", k=100)
+    assert len(hits) == 10
+    assert len(set(paths_of(hits))) == 10
+    assert len(engine.search("anything", k=3)) == 3
+
+
+# --- incremental indexing -------------------------------------------------------------------------
+
+
+def test_second_run_reads_nothing_and_loads_no_model(tiny_model, photos: Path, index_dir: Path) -> None:
+    config, checkpoint = tiny_model
+    with SearchEngine.open(index_dir, model=str(config), pretrained=str(checkpoint)) as engine:
+        engine.index(photos)
+
+    def no_model(*_args):
+        raise AssertionError("the model was loaded for an unchanged folder")
+
+    with SearchEngine.open(index_dir, encoder_factory=no_model) as engine:
+        report = engine.index(photos)
+    assert (report.added, report.updated, report.unchanged, report.encoded) == (0, 0, 10, 0)
+
+
+def test_added_modified_and_deleted_files(engine_factory, photos: Path, index_dir: Path) -> None:
+    engine = engine_factory()
+    engine.index(photos)
+    before = stored_vectors(index_dir)
+
+    shutil.copy(photos / "astronaut.jpg", photos / "tmp.jpg")
+    Image.open(photos / "cats" / "chelsea the cat.JPG").rotate(90).save(photos / "new.jpg")
+    Image.open(photos / "nature" / "horse.png").transpose(Image.FLIP_LEFT_RIGHT).save(photos / "space" / "rocket.jpeg")
+    (photos / "nature" / "grass.bmp").unlink()
+    os.unlink(photos / "tmp.jpg")
+
+    report = engine.index(photos)
+    assert (report.added, report.updated, report.removed, report.encoded) == (1, 1, 1, 2)
+    after = stored_vectors(index_dir)
+    rocket = str(photos / "space" / "rocket.jpeg")
+    assert float(before[rocket] @ after[rocket]) < 0.999  # re-encoded
+    assert str(photos / "nature" / "grass.bmp") not in after
+    hits = engine.search("grass", k=100)
+    assert str(photos / "nature" / "grass.bmp") not in paths_of(hits)
+    assert str(photos / "new.jpg") in paths_of(hits)
+    assert len(hits) == 10
+
+
+def test_moves_and_renames_keep_their_vectors_without_encoding(engine_factory, photos: Path, index_dir: Path) -> None:
+    engine = engine_factory()
+    engine.index(photos)
+    before = stored_vectors(index_dir)
+    old = photos / "cats" / "chelsea the cat.JPG"
+    new = photos / "renamed" / "Chelsea.jpg"
+    new.parent.mkdir()
+    os.rename(old, new)
+    report = engine.index(photos)
+    assert (report.moved, report.added, report.removed, report.encoded) == (1, 0, 0, 0)
+    after = stored_vectors(index_dir)
+    np.testing.assert_array_equal(after[str(new)], before[str(old)])
+    assert str(old) not in after
+    hits = engine.search(image=str(new), k=1)
+    assert hits[0].path == str(new)
+
+
+def test_duplicates_reuse_the_vector_and_both_are_found(engine_factory, photos: Path, index_dir: Path) -> None:
+    engine = engine_factory()
+    engine.index(photos)
+    shutil.copy(photos / "astronaut.jpg", photos / "copy of astronaut.jpg")
+    report = engine.index(photos)
+    assert (report.added, report.reused, report.encoded) == (1, 1, 0)
+    hits = engine.search(image=str(photos / "astronaut.jpg"), k=2)
+    assert sorted(paths_of(hits)) == sorted([str(photos / "astronaut.jpg"), str(photos / "copy of astronaut.jpg")])
+
+
+def test_touching_a_file_does_not_re_encode_it(engine_factory, photos: Path) -> None:
+    engine = engine_factory()
+    engine.index(photos)
+    os.utime(photos / "astronaut.jpg", ns=(1, 1))
+    report = engine.index(photos)
+    assert (report.encoded, report.updated, report.unchanged) == (0, 0, 10)
+
+
+def test_indexing_a_subfolder_leaves_the_rest_alone(engine_factory, photos: Path) -> None:
+    engine = engine_factory()
+    engine.index(photos)
+    report = engine.index(photos / "cats")
+    assert report.removed == 0 and report.unchanged == 2
+    assert engine.info()["images"] == 10
+
+
+# --- file names and bad files ---------------------------------------------------------------------
+
+
+def test_odd_file_names_round_trip(engine_factory, photos: Path) -> None:
+    raw_dir = os.fsencode(photos)
+    odd = [raw_dir + b"/caf\xe9 latin1.jpg", raw_dir + "/日本 語 'quoted' $x.jpg".encode(), raw_dir + b"/UPPER.PNG"]
+    source = (photos / "astronaut.jpg").read_bytes()
+    for i, name in enumerate(odd):
+        img = Image.open(photos / "nature" / "horse.png").rotate(30 * (i + 1))
+        img.save(os.fsdecode(name), "PNG" if name.endswith(b".PNG") else "JPEG")
+    engine = engine_factory()
+    engine.index(photos)
+    found = {os.fsencode(h.path) for h in engine.search("x", k=100)}
+    assert set(odd) <= found
+    assert source  # the copy source is untouched
+
+
+def test_bad_files_are_recorded_and_the_run_goes_on(engine_factory, photos: Path) -> None:
+    (photos / "notes.txt").write_text("not an image")
+    (photos / "fake.png").write_text("a text file named .png")
+    (photos / "truncated.jpg").write_bytes((photos / "astronaut.jpg").read_bytes()[:200])
+    (photos / "empty.jpg").write_bytes(b"")
+    engine = engine_factory()
+    report = engine.index(photos)
+    assert report.added == 10
+    assert report.skipped == 3  # notes.txt, fake.png, empty.jpg: not images by content
+    assert report.failed == 1
+    assert report.failures[0][0] == str(photos / "truncated.jpg")
+    info = engine.info()
+    assert (info["images"], info["failed"], info["not_images"]) == (10, 1, 3)
+    assert [r.path for r in engine.failures()] == [str(photos / "truncated.jpg")]
+    # a later run does not retry unchanged bad files
+    assert engine.index(photos).failed == 0
+
+
+def test_a_file_that_turns_bad_leaves_the_results(engine_factory, photos: Path) -> None:
+    engine = engine_factory()
+    engine.index(photos)
+    (photos / "astronaut.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    report = engine.index(photos)
+    assert report.failed == 1
+    assert str(photos / "astronaut.jpg") not in paths_of(engine.search("x", k=100))
+
+
+def test_missing_folder_is_a_clear_error(engine_factory, tmp_path: Path) -> None:
+    with pytest.raises(PathNotFoundError, match="folder .*nope not found"):
+        engine_factory().index(tmp_path / "nope")
+
+
+# --- the FAISS cache and the model record ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate", "stale"])
+def test_damaged_or_stale_vector_cache_is_rebuilt_from_sqlite(
+    damage: str, engine_factory, photos: Path, index_dir: Path, caplog
+) -> None:
+    engine = engine_factory()
+    engine.index(photos)
+    want = engine.search("a cat", k=10)
+    engine.close()
+    faiss_file = index_dir / FAISS_FILENAME
+    if damage == "delete":
+        faiss_file.unlink()
+    elif damage == "truncate":
+        faiss_file.write_bytes(faiss_file.read_bytes()[:100])
+    else:  # a cache from an older generation
+        old = faiss_file.read_bytes()
+        engine = engine_factory()
+        (photos / "nature" / "grass.bmp").unlink()
+        engine.index(photos)
+        want = engine.search("a cat", k=10)
+        engine.close()
+        faiss_file.write_bytes(old)
+    def no_model_for_rebuild(*_args):
+        raise AssertionError("rebuilding must not run CLIP")
+    with SearchEngine.open(index_dir, encoder_factory=no_model_for_rebuild) as reopened:
+        reopened._get_vectors(writer=False)  # the rebuild itself needs no model
+    got = engine_factory().search("a cat", k=10)
+    assert paths_of(got) == paths_of(want)
+    assert "rebuilt the vector cache" in caplog.text
+
+
+def test_a_different_model_is_refused_naming_both(engine_factory, photos: Path, tmp_path: Path, tiny_model) -> None:
+    import torch
+
+    engine_factory().index(photos)
+    config, checkpoint = tiny_model
+    other = tmp_path / "other.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    state["logit_scale"] = state["logit_scale"] + 1
+    torch.save(state, other)
+    with pytest.raises(ModelMismatchError) as e:
+        engine_factory(pretrained=str(other))
+    msg = str(e.value)
+    assert str(checkpoint) in msg and str(other) in msg and "--index" in msg
+
+
+def test_the_index_remembers_its_model(engine_factory, photos: Path, index_dir: Path) -> None:
+    engine_factory().index(photos)
+    with SearchEngine.open(index_dir) as engine:  # no model flags
+        assert engine.search("a cat", k=3)
+        assert engine.info()["dim"] == 64
+
+
+def test_a_moved_checkpoint_is_accepted_by_content(engine_factory, photos: Path, index_dir: Path, tmp_path: Path, tiny_model) -> None:
+    engine_factory().index(photos)
+    config, checkpoint = tiny_model
+    moved = tmp_path / "elsewhere.pt"
+    shutil.copy(checkpoint, moved)
+    engine = engine_factory(pretrained=str(moved))
+    assert engine.search("a cat", k=1)
+
+
+def test_searching_a_missing_or_empty_index_says_what_to_do(engine_factory, tmp_path: Path) -> None:
+    with pytest.raises(IndexNotFoundError, match="searchlite index FOLDER"):
+        SearchEngine.open(tmp_path / "nothing", create=False)
+    with pytest.raises(IndexNotFoundError, match="empty"):
+        engine_factory().search("a cat")
+
+
+def test_bad_queries_are_refused(engine_factory, photos: Path, tmp_path: Path) -> None:
+    engine = engine_factory()
+    engine.index(photos)
+    with pytest.raises(InvalidQueryError, match="query image .*missing.jpg not found"):
+        engine.search(image=str(tmp_path / "missing.jpg"))
+    (tmp_path / "bad.jpg").write_bytes(b"garbage")
+    with pytest.raises(InvalidQueryError, match="query image .*bad.jpg"):
+        engine.search(image=str(tmp_path / "bad.jpg"))
+    with pytest.raises(InvalidQueryError, match="k must be"):
+        engine.search("x", k=0)
+
+
+def test_model_flags_are_checked_before_any_work(tmp_path: Path, tiny_model) -> None:
+    config, checkpoint = tiny_model
+    with pytest.raises(ModelLoadError, match="needs --pretrained"):
+        SearchEngine.open(tmp_path / "i", model="ViT-B-16")
+    with pytest.raises(ModelLoadError, match="model config .*nope.json not found"):
+        SearchEngine.open(tmp_path / "i", model=str(tmp_path / "nope.json"), pretrained=str(checkpoint))
+    (tmp_path / "bad.json").write_text('{"foo": 1}')
+    with pytest.raises(ModelLoadError, match="not an open_clip config"):
+        SearchEngine.open(tmp_path / "i", model=str(tmp_path / "bad.json"), pretrained=str(checkpoint))
+    with pytest.raises(ModelLoadError, match="needs a local checkpoint"):
+        SearchEngine.open(tmp_path / "i", model=str(config), pretrained="laion2b")
+
+
+def test_unknown_model_name_or_tag_is_a_clear_error(tmp_path: Path, photos: Path) -> None:
+    with SearchEngine.open(tmp_path / "i", model="NoSuchModel", pretrained="x") as engine:
+        with pytest.raises(ModelLoadError, match="unknown model 'NoSuchModel'"):
+            engine.index(photos)
+    with SearchEngine.open(tmp_path / "j", model="ViT-B-32", pretrained="nosuchtag") as engine:
+        with pytest.raises(ModelLoadError, match="unknown pretrained tag 'nosuchtag' for ViT-B-32"):
+            engine.index(photos)
+
+
+def test_a_second_writer_is_refused(engine_factory, photos: Path, index_dir: Path) -> None:
+    engine = engine_factory()
+    engine.index(photos)
+    with writer_lock(index_dir / LOCK_FILENAME):
+        with pytest.raises(IndexLockedError, match=f"pid {os.getpid()}"):
+            engine.index(photos)
+        assert engine.search("a cat", k=1)  # readers are not blocked

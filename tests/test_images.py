@@ -1,0 +1,118 @@
+"""Decoding: content sniffing, every mode to the RGB a viewer shows, orientation, draft, failures."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from searchlite.errors import ImageDecodeError
+from searchlite.images import decode_rgb, detect_format
+
+
+def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP"])
+def test_formats_are_recognised_by_content_and_decoded(fmt: str) -> None:
+    data = encode(Image.new("RGB", (40, 30), (200, 10, 10)), fmt)
+    assert detect_format(data[:16]) == fmt
+    decoded = decode_rgb(data)
+    assert decoded.image.mode == "RGB"
+    assert (decoded.width, decoded.height) == (40, 30)
+    r, g, b = decoded.image.getpixel((20, 15))
+    assert r > 150 and g < 80 and b < 80
+
+
+@pytest.mark.parametrize("data", [b"", b"hello world, not an image", b"%PDF-1.4 ...", bytes(range(16))])
+def test_non_images_are_not_recognised(data: bytes) -> None:
+    assert detect_format(data[:16]) is None
+
+
+def test_transparency_is_composited_over_white() -> None:
+    rgba = Image.new("RGBA", (10, 10), (255, 0, 0, 0))  # fully transparent red
+    assert decode_rgb(encode(rgba, "PNG")).image.getpixel((5, 5)) == (255, 255, 255)
+    la = Image.new("LA", (10, 10), (0, 0))  # transparent black
+    assert decode_rgb(encode(la, "PNG")).image.getpixel((5, 5)) == (255, 255, 255)
+    palette = Image.new("P", (10, 10), 0)
+    palette.putpalette([0, 0, 0] * 256)
+    assert decode_rgb(encode(palette, "PNG", transparency=0)).image.getpixel((5, 5)) == (255, 255, 255)
+
+
+def test_opaque_pixels_keep_their_color() -> None:
+    rgba = Image.new("RGBA", (10, 10), (0, 0, 255, 255))
+    assert decode_rgb(encode(rgba, "PNG")).image.getpixel((5, 5)) == (0, 0, 255)
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_clipped() -> None:
+    pixels = np.full((8, 8), 32768, dtype=np.uint16)  # mid grey in 16 bits
+    data = encode(Image.fromarray(pixels), "PNG")
+    r, g, b = decode_rgb(data).image.getpixel((4, 4))
+    assert r == g == b and 120 <= r <= 135
+
+
+def test_float_grayscale_in_unit_range_is_scaled() -> None:
+    pixels = np.full((8, 8), 0.5, dtype=np.float32)
+    data = encode(Image.fromarray(pixels, "F"), "TIFF")
+    r, _, _ = decode_rgb(data).image.getpixel((4, 4))
+    assert 125 <= r <= 130
+
+
+def test_cmyk_and_one_bit_become_rgb() -> None:
+    cmyk = Image.new("CMYK", (10, 10), (0, 255, 255, 0))  # red in CMYK
+    r, g, b = decode_rgb(encode(cmyk, "JPEG")).image.getpixel((5, 5))
+    assert r > 200 and g < 60 and b < 60
+    one_bit = Image.new("1", (10, 10), 1)
+    assert decode_rgb(encode(one_bit, "PNG")).image.getpixel((5, 5)) == (255, 255, 255)
+
+
+def test_exif_orientation_is_applied_and_size_is_as_displayed() -> None:
+    img = Image.new("RGB", (60, 20), (0, 0, 0))
+    img.paste((255, 255, 255), (0, 0, 10, 20))  # white band on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when displayed
+    decoded = decode_rgb(encode(img, "JPEG", exif=exif))
+    assert (decoded.width, decoded.height) == (20, 60)
+    assert decoded.image.size == (20, 60)
+    assert decoded.image.getpixel((10, 2))[0] > 200  # the band is now on top
+
+
+def test_animated_gif_gives_the_first_frame() -> None:
+    frames = [Image.new("RGB", (10, 10), c) for c in [(255, 0, 0), (0, 0, 255)]]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    r, g, b = decode_rgb(buf.getvalue()).image.getpixel((5, 5))
+    assert r > 200 and b < 60
+
+
+def test_draft_decodes_large_jpegs_at_reduced_scale_but_never_below_min_side() -> None:
+    data = encode(Image.new("RGB", (4000, 3000), (10, 200, 10)), "JPEG")
+    decoded = decode_rgb(data, min_side=448)
+    assert (decoded.width, decoded.height) == (4000, 3000)  # the original's size is reported
+    assert min(decoded.image.size) >= 448
+    assert decoded.image.size[0] < 4000  # but fewer pixels were decoded
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x89PNG\r\n\x1a\n" + b"\x00" * 40,  # PNG signature, garbage after
+        b"\xff\xd8\xff" + b"\x00" * 40,  # JPEG marker, garbage after
+        b"GIF89a",
+        b"not an image at all",
+    ],
+)
+def test_garbage_raises_a_readable_decode_error(data: bytes) -> None:
+    with pytest.raises(ImageDecodeError, match="cannot decode image|unsupported"):
+        decode_rgb(data)
+
+
+def test_unsupported_formats_are_refused() -> None:
+    data = encode(Image.new("RGB", (10, 10)), "PPM")
+    with pytest.raises(ImageDecodeError, match="unsupported image format PPM"):
+        decode_rgb(data)

@@ -1,0 +1,62 @@
+"""Walking folders: what is seen, what is skipped, in which order."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from searchlite.scanner import content_hash, scan
+
+
+def touch(path: Path, data: bytes = b"x") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def test_scan_is_recursive_sorted_and_skips_hidden_entries(tmp_path: Path) -> None:
+    touch(tmp_path / "b.jpg")
+    touch(tmp_path / "a" / "c.png")
+    touch(tmp_path / ".hidden.jpg")
+    touch(tmp_path / "._b.jpg")  # macOS AppleDouble
+    touch(tmp_path / ".thumbnails" / "t.jpg")
+    found = [f.path for f in scan(tmp_path)]
+    assert found == [str(tmp_path / "a" / "c.png"), str(tmp_path / "b.jpg")]
+
+
+def test_scan_reports_size_and_mtime(tmp_path: Path) -> None:
+    path = touch(tmp_path / "a.jpg", b"12345")
+    (info,) = scan(tmp_path)
+    assert info.size == 5
+    assert info.mtime_ns == os.stat(path).st_mtime_ns
+
+
+def test_a_single_file_can_be_scanned(tmp_path: Path) -> None:
+    path = touch(tmp_path / "a.jpg")
+    assert [f.path for f in scan(path)] == [str(path)]
+
+
+def test_directory_symlinks_are_not_followed_so_loops_end(tmp_path: Path) -> None:
+    touch(tmp_path / "a" / "x.jpg")
+    os.symlink(tmp_path, tmp_path / "a" / "loop")
+    os.symlink(tmp_path / "missing", tmp_path / "dangling.jpg")
+    assert [f.path for f in scan(tmp_path)] == [str(tmp_path / "a" / "x.jpg")]
+
+
+def test_excluded_folders_are_skipped(tmp_path: Path) -> None:
+    touch(tmp_path / "index" / "searchlite.db")
+    touch(tmp_path / "x.jpg")
+    found = [f.path for f in scan(tmp_path, exclude=[str(tmp_path / "index")])]
+    assert found == [str(tmp_path / "x.jpg")]
+
+
+def test_non_utf8_names_round_trip_to_the_original_bytes(tmp_path: Path) -> None:
+    raw = os.fsencode(tmp_path) + b"/caf\xe9.jpg"  # latin-1, not valid UTF-8
+    with open(raw, "wb") as f:
+        f.write(b"x")
+    (info,) = scan(tmp_path)
+    assert os.fsencode(info.path) == raw
+
+
+def test_content_hash_depends_only_on_content() -> None:
+    assert content_hash(b"abc") == content_hash(b"abc") != content_hash(b"abd")

@@ -1,0 +1,82 @@
+"""The FAISS layer, checked against brute-force numpy."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from searchlite import VectorIndex
+
+
+def unit(n: int, d: int, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def brute_force(ids: np.ndarray, vectors: np.ndarray, queries: np.ndarray, k: int):
+    scores = queries @ vectors.T
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, 1), ids[order]
+
+
+def test_search_matches_brute_force() -> None:
+    vectors, queries = unit(500, 32), unit(7, 32, seed=1)
+    ids = np.arange(1000, 1500, dtype=np.int64)
+    index = VectorIndex(32)
+    index.add(ids, vectors)
+    scores, found = index.search(queries, 10)
+    want_scores, want_ids = brute_force(ids, vectors, queries, 10)
+    np.testing.assert_allclose(scores, want_scores, atol=1e-5)
+    assert (found == want_ids).all()
+
+
+def test_re_adding_an_id_replaces_it_instead_of_duplicating() -> None:
+    index = VectorIndex(8)
+    v = unit(2, 8)
+    index.add(np.array([5]), v[:1])
+    index.add(np.array([5]), v[1:])
+    assert len(index) == 1
+    scores, ids = index.search(v[1:], 5)
+    assert ids.tolist() == [[5]]
+    assert scores[0, 0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_remove_drops_ids_and_ignores_unknown_ones() -> None:
+    index = VectorIndex(8)
+    index.add(np.arange(10), unit(10, 8))
+    assert index.remove(np.array([3, 4, 99])) == 2
+    _, ids = index.search(unit(1, 8, seed=3), 10)
+    assert sorted(ids[0].tolist()) == [0, 1, 2, 5, 6, 7, 8, 9]
+
+
+def test_k_larger_than_the_index_returns_what_there_is() -> None:
+    index = VectorIndex(8)
+    assert index.search(unit(1, 8), 5)[1].shape == (1, 0)
+    index.add(np.arange(3), unit(3, 8))
+    assert index.search(unit(1, 8), 5)[1].shape == (1, 3)
+
+
+def test_wrong_shapes_are_refused() -> None:
+    index = VectorIndex(8)
+    with pytest.raises(ValueError, match=r"shape \(n, 8\)"):
+        index.add(np.arange(2), unit(2, 9))
+    with pytest.raises(ValueError, match="ids for"):
+        index.add(np.arange(3), unit(2, 8))
+    with pytest.raises(ValueError, match="unique"):
+        index.add(np.array([1, 1]), unit(2, 8))
+
+
+def test_save_and_load_round_trip_without_leaving_temp_files(tmp_path: Path) -> None:
+    index = VectorIndex(16)
+    vectors = unit(50, 16)
+    index.add(np.arange(50) * 3, vectors)
+    index.save(tmp_path / "v.faiss")
+    assert os.listdir(tmp_path) == ["v.faiss"]
+    loaded = VectorIndex.load(tmp_path / "v.faiss")
+    assert len(loaded) == 50 and loaded.dim == 16
+    q = unit(3, 16, seed=2)
+    for a, b in zip(index.search(q, 5), loaded.search(q, 5)):
+        np.testing.assert_array_equal(a, b)

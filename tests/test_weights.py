@@ -1,0 +1,47 @@
+"""Default weights through the Hugging Face cache, offline: the download path users take."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from searchlite import SearchEngine, WeightsUnavailableError
+from tests.conftest import load_script
+
+
+def test_missing_weights_offline_fail_at_once_with_what_to_do(photos: Path, tmp_path: Path) -> None:
+    started = time.monotonic()
+    with SearchEngine.open(tmp_path / "index") as engine:  # the default model
+        with pytest.raises(WeightsUnavailableError) as e:
+            engine.index(photos)
+    assert time.monotonic() - started < 30
+    msg = str(e.value)
+    assert "ViT-B-32-256 / datacomp_s34b_b86k" in msg
+    assert "HF_HOME" in msg and "--pretrained" in msg
+    assert "\n" not in msg
+
+
+def test_main_job_runs_on_default_weights_from_a_prefilled_hf_cache(photos: Path, tmp_path: Path) -> None:
+    """The README's main job in a real process, as a user runs it, with the cache filled offline."""
+    hf_home = tmp_path / "hf"
+    load_script("prefill_hf_cache").prefill(hf_home)  # random weights: plumbing only
+    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "SEARCHLITE_INDEX": str(tmp_path / "index")}
+    run = [sys.executable, "-m", "searchlite"]
+    indexed = subprocess.run([*run, "index", str(photos)], env=env, capture_output=True, text=True, timeout=300)
+    assert indexed.returncode == 0, indexed.stderr
+    assert "10 added" in indexed.stderr and "0 failed" in indexed.stderr
+    found = subprocess.run(
+        [*run, "query", "--image", str(photos / "astronaut.jpg"), "-k", "1"], env=env, capture_output=True, timeout=300
+    )
+    assert found.returncode == 0, found.stderr
+    score, path = found.stdout.decode().rstrip("\n").split("\t")
+    assert path == str(photos / "astronaut.jpg") and float(score) > 0.999
+    info = subprocess.run([*run, "info", "--json"], env=env, capture_output=True, text=True, timeout=60)
+    facts = json.loads(info.stdout)
+    assert (facts["model"], facts["dim"], facts["images"]) == ("ViT-B-32-256 / datacomp_s34b_b86k", 512, 10)
