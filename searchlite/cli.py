@@ -31,9 +31,9 @@ app = typer.Typer(
 
 IndexOpt = Annotated[
     Optional[Path],
-    typer.Option("--index", envvar=INDEX_ENV, help="Index folder [default: ./index]", show_default=False),
+    typer.Option("--index", envvar=INDEX_ENV, metavar="DIR", help="Index folder [default: ./index]", show_default=False),
 ]
-DeviceOpt = Annotated[Optional[str], typer.Option(help="torch device, e.g. cpu, cuda, cuda:1 [default: cuda when available]")]
+DeviceOpt = Annotated[Optional[str], typer.Option(metavar="DEVICE", help="torch device, e.g. cpu, cuda, cuda:1 [default: cuda when available]")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per line.")]
 
 
@@ -84,18 +84,18 @@ def _open(index: Path | None, **kwargs: Any) -> SearchEngine:
 
 @app.command()
 def index(
-    folders: Annotated[list[Path], typer.Argument(help="Folders (or files) of photos to index.", show_default=False)],
+    folders: Annotated[list[Path], typer.Argument(metavar="FOLDER...", help="Folders (or files) of photos to index.", show_default=False)],
     index: IndexOpt = None,
     model: Annotated[
-        Optional[str], typer.Option(help="open_clip model name or model-config JSON (new index only) [default: ViT-B-32-256]")
+        Optional[str], typer.Option(metavar="NAME|CONFIG.json", help="open_clip model name or model-config JSON (new index only) [default: ViT-B-32-256]")
     ] = None,
     pretrained: Annotated[
         Optional[str],
-        typer.Option(help="open_clip pretrained tag, hf-hub:ID, or checkpoint file [default: datacomp_s34b_b86k]"),
+        typer.Option(metavar="TAG|hf-hub:ID|CHECKPOINT", help="open_clip pretrained tag, hf-hub:ID, or checkpoint file [default: datacomp_s34b_b86k]"),
     ] = None,
     device: DeviceOpt = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Images encoded together.")] = None,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="Decode threads.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, metavar="N", help="Images encoded together.")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, metavar="N", help="Decode threads.")] = None,
 ) -> None:
     """Index photo folders: the first run reads everything, later runs only what changed."""
     from dataclasses import replace
@@ -140,10 +140,10 @@ def _progress(description: str) -> Iterator[Any]:
 
 @app.command()
 def query(
-    text: Annotated[Optional[list[str]], typer.Argument(help='Texts to search for; "2:beach" weights a term.', show_default=False)] = None,
-    image: Annotated[Optional[list[str]], typer.Option("--image", "-i", help="Find images similar to this file (repeatable).")] = None,
-    negative: Annotated[Optional[list[str]], typer.Option("--not", help="Text to steer away from (repeatable).")] = None,
-    k: Annotated[int, typer.Option("-k", "--top", min=1, help="Number of results.")] = 10,
+    text: Annotated[Optional[list[str]], typer.Argument(metavar="[TEXT]...", help='Texts to search for; "2:beach" weights a term.', show_default=False)] = None,
+    image: Annotated[Optional[list[str]], typer.Option("--image", "-i", metavar="PATH", help="Find images similar to this file (repeatable).")] = None,
+    negative: Annotated[Optional[list[str]], typer.Option("--not", metavar="TEXT", help="Text to steer away from (repeatable).")] = None,
+    k: Annotated[int, typer.Option("-k", "--top", min=1, metavar="K", help="Number of results.")] = 10,
     as_json: JsonOpt = False,
     index: IndexOpt = None,
     device: DeviceOpt = None,

@@ -1,0 +1,87 @@
+"""Indexing throughput: end-to-end `SearchEngine.index` on camera-sized JPEGs vs. the model alone
+(open_clip encode_image on ready tensors, same model, same machine, same run). Prints JSON.
+
+    python scripts/bench_index.py --images 64                      # default model (needs its weights)
+    HF_HOME=/tmp/hf HF_HUB_OFFLINE=1 python scripts/bench_index.py  # after scripts/prefill_hf_cache.py /tmp/hf
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from searchlite import SearchEngine
+from searchlite.config import IndexSettings
+
+
+def make_photos(folder: Path, n: int, size: tuple[int, int]) -> None:
+    """n distinct camera-sized JPEGs made from scikit-image's photos (rotated, shifted, tinted)."""
+    import skimage.data
+
+    sources = [getattr(skimage.data, name)() for name in ("astronaut", "chelsea", "coffee", "rocket")]
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        base = Image.fromarray(sources[i % len(sources)]).convert("RGB")
+        img = base.rotate(float(rng.uniform(-20, 20)), expand=False).resize(size, Image.BICUBIC)
+        tint = Image.new("RGB", size, tuple(int(c) for c in rng.integers(0, 255, 3)))
+        Image.blend(img, tint, 0.1).save(folder / f"photo_{i:04d}.jpg", quality=90)
+
+
+def model_only(engine: SearchEngine, folder: Path, batch_size: int, repeats: int) -> float:
+    """img/s of encode_image on ready (already decoded and preprocessed) tensors."""
+    encoder = engine._get_encoder()
+    img = Image.open(next(folder.glob("*.jpg"))).convert("RGB")
+    batch = [encoder.preprocess(img)] * batch_size
+    encoder.encode_images(batch)  # warm-up
+    started = time.perf_counter()
+    for _ in range(repeats):
+        encoder.encode_images(batch)
+    return batch_size * repeats / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--width", type=int, default=4000)
+    parser.add_argument("--height", type=int, default=3000)
+    parser.add_argument("--model")
+    parser.add_argument("--pretrained")
+    parser.add_argument("--batch-size", type=int, default=IndexSettings.batch_size)
+    parser.add_argument("--workers", type=int, default=IndexSettings.workers)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        photos, index = Path(tmp) / "photos", Path(tmp) / "index"
+        photos.mkdir()
+        make_photos(photos, args.images, (args.width, args.height))
+        settings = IndexSettings(batch_size=args.batch_size, workers=args.workers)
+        with SearchEngine.open(index, model=args.model, pretrained=args.pretrained, settings=settings) as engine:
+            engine._get_encoder()  # load the model before the clock starts
+            started = time.perf_counter()
+            report = engine.index(photos)
+            seconds = time.perf_counter() - started
+            reference = model_only(engine, photos, args.batch_size, repeats=max(1, args.images // args.batch_size))
+            result = {
+                "model": engine.spec.describe(),
+                "images": report.encoded,
+                "image_size": [args.width, args.height],
+                "batch_size": args.batch_size,
+                "workers": args.workers,
+                "index_seconds": round(seconds, 2),
+                "index_img_per_s": round(report.encoded / seconds, 2),
+                "model_only_img_per_s": round(reference, 2),
+                "ratio": round(report.encoded / seconds / reference, 3),
+            }
+    json.dump(result, sys.stdout)
+    print()
+
+
+if __name__ == "__main__":
+    main()
