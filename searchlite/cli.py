@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
@@ -128,8 +128,7 @@ def _progress(description: str) -> Iterator[Any]:
     def update(done: int, total: int) -> None:
         if not bar:
             bar.append(tqdm(total=total, desc=description, unit="file", file=sys.stderr, disable=None))
-        bar[0].n = done
-        bar[0].refresh() if done == total else bar[0].update(0)
+        bar[0].update(done - bar[0].n)
 
     try:
         yield update
@@ -151,16 +150,12 @@ def query(
     """Search the index: prints score<TAB>path per line, best first."""
     with _user_errors(), _open(index, device=device, create=False) as engine:
         hits = engine.search(text or [], image=image or [], negative=negative or [], k=k)
-    out = sys.stdout.buffer
-    for hit in hits:
-        if as_json:
-            line = _json_line(
-                {"path": hit.path, "score": round(hit.score, 6), "id": hit.id, "width": hit.width, "height": hit.height, "size": hit.size}
-            )
-        else:
-            line = f"{hit.score:.4f}\t".encode() + os.fsencode(hit.path) + b"\n"
-        out.write(line)
-    out.flush()
+    _write(
+        _json_line({"path": h.path, "score": round(h.score, 6), "id": h.id, "width": h.width, "height": h.height, "size": h.size})
+        if as_json
+        else f"{h.score:.4f}\t".encode() + os.fsencode(h.path) + b"\n"
+        for h in hits
+    )
 
 
 @app.command()
@@ -171,19 +166,28 @@ def info(
 ) -> None:
     """What the index holds: images indexed and failed, model, dimensions, sizes on disk."""
     with _user_errors(), _open(index, create=False) as engine:
-        if failed:
-            for row in engine.failures():
-                if as_json:
-                    sys.stdout.buffer.write(_json_line({"path": row.path, "error": row.error}))
-                else:
-                    sys.stdout.buffer.write(os.fsencode(row.path) + f"\t{row.error}\n".encode())
-            return
+        rows = engine.failures() if failed else []
         facts = engine.info()
-    if as_json:
-        sys.stdout.buffer.write(_json_line(facts))
-        return
-    for key, value in facts.items():
-        typer.echo(f"{key}:\t{value}")
+    if failed:
+        _write(
+            _json_line({"path": r.path, "error": r.error}) if as_json else os.fsencode(r.path) + f"\t{r.error}\n".encode()
+            for r in rows
+        )
+    elif as_json:
+        _write([_json_line(facts)])
+    else:
+        _write(f"{key}:\t{value}\n".encode() for key, value in facts.items())
+
+
+def _write(lines: Iterable[bytes]) -> None:
+    """Results to stdout as bytes (paths are written exactly as the OS has them)."""
+    out = sys.stdout.buffer
+    try:
+        for line in lines:
+            out.write(line)
+        out.flush()
+    except BrokenPipeError:  # `searchlite query ... | head -1`: the reader has all it wants
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _json_line(obj: dict[str, Any]) -> bytes:

@@ -147,7 +147,6 @@ class _Run:
         self.known = known
         self.missing_by_hash = missing_by_hash
         self.last_snapshot = started
-        self.encoder = indexer.get_encoder()
         self.known_hashes = indexer.store.indexed_hashes()
         self.pending: list[_Prepared] = []  # waiting to be encoded or written
 
@@ -179,9 +178,10 @@ class _Run:
             return _Prepared(f, digest, reuse=True)
         if images.detect_format(data[: images.HEADER_BYTES]) is None:
             return _Prepared(f, digest, skipped=True)
+        encoder = self.ix.get_encoder()  # the model loads on first need; its errors stop the run
         try:
-            decoded = images.decode_rgb(data, self.ix.settings.draft_factor * self.encoder.image_size)
-            tensor = self.encoder.preprocess(decoded.image)
+            decoded = images.decode_rgb(data, self.ix.settings.draft_factor * encoder.image_size)
+            tensor = encoder.preprocess(decoded.image)
         except ImageDecodeError as e:
             return _Prepared(f, digest, error=str(e))
         except Exception as e:  # noqa: BLE001 - one bad file must never stop the run
@@ -194,7 +194,7 @@ class _Run:
         if not self.pending:
             return
         batch = [p for p in self.pending if p.tensor is not None]
-        encoded = self.encoder.encode_images([p.tensor for p in batch]) if batch else None
+        encoded = self.ix.get_encoder().encode_images([p.tensor for p in batch]) if batch else None
         vectors_of = {id(p): encoded[i] for i, p in enumerate(batch)} if batch else {}
         report = self.report
 
@@ -220,6 +220,7 @@ class _Run:
                     if self._reuse(tx, p, old):
                         continue
                     vector = self.ix.store.vector_for_hash(p.content_hash)
+                    assert vector is not None  # hashes are only deleted at the end of a run
                     report.reused += 1
                 else:
                     vector = vectors_of[id(p)]

@@ -389,3 +389,78 @@ def test_a_second_writer_is_refused(engine_factory, photos: Path, index_dir: Pat
         with pytest.raises(IndexLockedError, match=f"pid {os.getpid()}"):
             engine.index(photos)
         assert engine.search("a cat", k=1)  # readers are not blocked
+
+
+def test_an_unusable_device_is_a_clear_error(engine_factory, photos: Path) -> None:
+    engine = engine_factory(device="cuda:99")
+    with pytest.raises(ModelLoadError, match="device 'cuda:99' is not usable here.*--device cpu"):
+        engine.index(photos)
+
+
+def test_device_defaults_to_cuda_only_when_available(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from searchlite.encoder import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device(None) == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device(None) == "cuda"
+    assert resolve_device("cpu") == "cpu"
+
+
+def test_a_damaged_database_is_reported_and_left_alone(tmp_path: Path) -> None:
+    from searchlite import CorruptIndexError
+
+    index = tmp_path / "index"
+    index.mkdir()
+    garbage = b"this is not sqlite" * 100
+    (index / DB_FILENAME).write_bytes(garbage)
+    with pytest.raises(CorruptIndexError, match="damaged or is not a searchlite database"):
+        SearchEngine.open(index)
+    assert (index / DB_FILENAME).read_bytes() == garbage
+
+
+def test_searches_from_many_threads_agree(engine_factory, photos: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    engine = engine_factory()
+    engine.index(photos)
+    texts = ["a cat", "a rocket", "coffee", "grass"] * 5
+    want = {t: paths_of(engine.search(t, k=5)) for t in set(texts)}
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda t: paths_of(engine.search(t, k=5)), texts))
+    assert got == [want[t] for t in texts]
+
+
+def test_touched_and_moved_files_need_no_model(tiny_model, photos: Path, index_dir: Path) -> None:
+    config, checkpoint = tiny_model
+    with SearchEngine.open(index_dir, model=str(config), pretrained=str(checkpoint)) as engine:
+        engine.index(photos)
+    os.utime(photos / "astronaut.jpg", ns=(5, 5))
+    os.rename(photos / "misc" / "camera.gif", photos / "camera.gif")
+
+    def no_model(*_args):
+        raise AssertionError("the model was loaded though nothing needed encoding")
+
+    with SearchEngine.open(index_dir, encoder_factory=no_model) as engine:
+        report = engine.index(photos)
+    assert (report.moved, report.unchanged, report.encoded) == (1, 10 - 1, 0)
+
+
+def test_a_model_that_cannot_load_stops_the_run_instead_of_failing_files(
+    engine_factory, photos: Path, index_dir: Path
+) -> None:
+    from searchlite import WeightsUnavailableError
+
+    engine_factory().index(photos)
+    Image.open(photos / "astronaut.jpg").rotate(45).save(photos / "new.jpg")
+
+    def unavailable(*_args):
+        raise WeightsUnavailableError("no weights here")
+
+    with SearchEngine.open(index_dir, encoder_factory=unavailable) as engine:
+        with pytest.raises(WeightsUnavailableError):
+            engine.index(photos)
+        assert engine.info()["failed"] == 0
+        assert engine.info()["images"] == 10
