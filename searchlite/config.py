@@ -29,6 +29,21 @@ class IndexSettings:
     # JPEGs are decoded at a reduced scale (Image.draft) to at least this multiple of the model's input
     # size; 2x keeps cosine vs. a full decode at about 0.99999 (DESIGN.md)
     draft_factor: int = 2
+    # larger images are refused from their header alone, before any pixel is decoded
+    max_megapixels: float = 150.0
+    # a file whose decoding takes longer is recorded as failed (its decoder process is killed)
+    decode_timeout_s: float = 30.0
+    # follow symbolic links to folders and out of the collection
+    follow_links: bool = False
+
+    @property
+    def max_pixels(self) -> int:
+        return int(self.max_megapixels * 1e6)
+
+    @property
+    def decoder_memory_limit(self) -> int:
+        """Address-space cap of a decoder process: room for the largest allowed image, a few copies."""
+        return (1 << 30) + 16 * self.max_pixels
 
 
 def resolve_index_dir(flag: str | os.PathLike[str] | None) -> Path:

@@ -161,6 +161,8 @@ class ClipEncoder:
         self.spec = spec
         size = model.visual.image_size
         self.image_size: int = max(size) if isinstance(size, (tuple, list)) else int(size)
+        # the model resizes the shorter side and crops the centre: decoding may crop long strips
+        self.crops_center = _preprocess_cfg(model).get("resize_mode", "shortest") == "shortest"
 
     @cached_property
     def embed_dim(self) -> int:
@@ -186,6 +188,12 @@ class ClipEncoder:
         with torch.inference_mode():
             tokens = self._tokenizer(texts).to(self.device)  # (n, context_length)
             return _to_numpy(self.model.encode_text(tokens, normalize=True))
+
+
+def _preprocess_cfg(model: Any) -> dict[str, Any]:
+    import open_clip
+
+    return open_clip.get_model_preprocess_cfg(model)
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:

@@ -7,7 +7,9 @@ encodes the previous batch, so the model is rarely kept waiting for pixels.
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -19,6 +21,7 @@ import numpy as np
 
 from . import images, scanner
 from .config import IndexSettings
+from .decode_worker import DecodeCancelled, DecodePool
 from .errors import ImageDecodeError
 from .scanner import FileInfo
 from .store import FAILED, INDEXED, SKIPPED, FileRow, Store, Transaction
@@ -44,7 +47,8 @@ class IndexReport:
     reused: int = 0  # of added/updated: vectors copied from identical content, no re-encoding
     encoded: int = 0  # images run through the model
     failed: int = 0
-    skipped: int = 0  # files that are not images
+    skipped: int = 0  # files that are not images (or links not followed)
+    retry_later: int = 0  # files that changed while being read: the next run takes them
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     seconds: float = 0.0
 
@@ -58,6 +62,8 @@ class IndexReport:
             f"{self.failed} failed",
             f"{self.skipped} not images",
         ]
+        if self.retry_later:
+            parts.append(f"{self.retry_later} changing (next run)")
         rate = f", {self.encoded / self.seconds:.1f} img/s" if self.encoded and self.seconds else ""
         return f"{', '.join(parts)} in {self.seconds:.1f}s ({self.encoded} encoded{rate})"
 
@@ -72,8 +78,10 @@ class _Prepared:
     width: int | None = None
     height: int | None = None
     reuse: bool = False  # content already has a vector
-    skipped: bool = False  # not an image
-    error: str | None = None
+    skipped: str | None = None  # why it is not indexed (not an image, a link out of the collection)
+    error: str | None = None  # why it failed
+    vanished: bool = False  # deleted while the run went on
+    changing: bool = False  # written to while it was read: left for the next run
 
 
 class Indexer:
@@ -98,7 +106,7 @@ class Indexer:
     def run(self, root: str, progress: ProgressFn | None = None) -> IndexReport:
         started = time.monotonic()
         report = IndexReport()
-        files = list(scanner.scan(root, self.exclude))
+        files = list(scanner.scan(root, self.exclude, follow_links=self.settings.follow_links))
         known = self.store.rows_under(root)
         seen = {f.path for f in files}
         missing = [row for path, row in known.items() if path not in seen]
@@ -126,7 +134,7 @@ class Indexer:
             with self.store.transaction() as tx:
                 tx.delete(row.id for row in gone)
             self.vectors.remove(np.array([row.id for row in gone], dtype=np.int64))
-            report.removed = len(gone)
+            report.removed += len(gone)
         report.seconds = time.monotonic() - started
         return report
 
@@ -152,38 +160,61 @@ class _Run:
 
     def process(self, work: list[FileInfo], progress: ProgressFn | None) -> None:
         settings = self.ix.settings
-        with ThreadPoolExecutor(settings.workers, thread_name_prefix="searchlite-decode") as pool:
-            try:
-                window = 2 * settings.batch_size + settings.workers
-                for done, prepared in enumerate(_ordered_map(pool, self._prepare, work, window), 1):
-                    self.pending.append(prepared)
-                    n_tensors = sum(p.tensor is not None for p in self.pending)
-                    if n_tensors >= settings.batch_size or len(self.pending) >= 4 * settings.batch_size:
-                        self._flush()
-                    if progress:
-                        progress(done, len(work))
-                self._flush()
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
+        decoders = DecodePool(settings.workers, settings.decode_timeout_s, settings.decoder_memory_limit)
+        pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="searchlite-decode")
+        try:
+            window = 2 * settings.batch_size + settings.workers
+            prepare = functools.partial(self._prepare, decoders)
+            for done, prepared in enumerate(_ordered_map(pool, prepare, work, window), 1):
+                self.pending.append(prepared)
+                n_tensors = sum(p.tensor is not None for p in self.pending)
+                if n_tensors >= settings.batch_size or len(self.pending) >= 4 * settings.batch_size:
+                    self._flush()
+                if progress:
+                    progress(done, len(work))
+            self._flush()
+        except BaseException:
+            decoders.cancel()  # interrupted or failed: stop decoding now, keep what was committed
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            decoders.close()
 
-    def _prepare(self, f: FileInfo) -> _Prepared:
-        """Runs in a worker thread: read, hash, sniff, decode, preprocess. Never raises."""
+    def _prepare(self, decoders: DecodePool, f: FileInfo) -> _Prepared:
+        """Runs in a worker thread: read, hash, sniff, decode (in a child process), preprocess.
+        Returns a verdict for every file; raises only when the model cannot be loaded."""
+        if f.error is not None or f.skip is not None:
+            return _Prepared(f, error=f.error, skipped=f.skip)
         try:
             with open(f.path, "rb") as fh:
                 data = fh.read()
+                st = os.fstat(fh.fileno())
+        except FileNotFoundError:
+            return _Prepared(f, vanished=True)
         except OSError as e:
             return _Prepared(f, error=f"cannot read file: {e.strerror or e}")
+        if (st.st_size, st.st_mtime_ns) != (f.size, f.mtime_ns) or len(data) != st.st_size:
+            return _Prepared(f, changing=True)
         digest = scanner.content_hash(data)
         if digest in self.known_hashes:
             return _Prepared(f, digest, reuse=True)
         if images.detect_format(data[: images.HEADER_BYTES]) is None:
-            return _Prepared(f, digest, skipped=True)
+            return _Prepared(f, digest, skipped="not an image")
         encoder = self.ix.get_encoder()  # the model loads on first need; its errors stop the run
+        settings = self.ix.settings
         try:
-            decoded = images.decode_rgb(data, self.ix.settings.draft_factor * encoder.image_size)
+            with decoders.worker() as decoder:
+                decoded = decoder.decode(
+                    data,
+                    min_side=settings.draft_factor * encoder.image_size,
+                    max_pixels=settings.max_pixels,
+                    center_crop=encoder.crops_center,
+                )
             tensor = encoder.preprocess(decoded.image)
         except ImageDecodeError as e:
             return _Prepared(f, digest, error=str(e))
+        except DecodeCancelled:
+            return _Prepared(f, changing=True)  # not judged: the run is stopping
         except Exception as e:  # noqa: BLE001 - one bad file must never stop the run
             log.debug("unexpected failure on %s", f.path, exc_info=True)
             return _Prepared(f, digest, error=f"cannot decode image: {type(e).__name__}: {e}")
@@ -205,9 +236,18 @@ class _Run:
             for p in self.pending:
                 f = p.file
                 old = self.known.get(f.path)
-                if p.error is not None or p.skipped:
-                    state, error = (FAILED, p.error) if p.error is not None else (SKIPPED, "not an image")
-                    tx.put(f.path, size=f.size, mtime_ns=f.mtime_ns, content_hash=p.content_hash, state=state, error=error)
+                if p.changing:
+                    report.retry_later += 1
+                    continue
+                if p.vanished:
+                    if old is not None:
+                        tx.delete([old.id])
+                        dropped_ids.append(old.id)
+                        report.removed += 1
+                    continue
+                if p.error is not None or p.skipped is not None:
+                    state, reason = (FAILED, p.error) if p.error is not None else (SKIPPED, p.skipped)
+                    tx.put(f.path, size=f.size, mtime_ns=f.mtime_ns, content_hash=p.content_hash, state=state, error=reason)
                     if old is not None and old.state == INDEXED:
                         dropped_ids.append(old.id)
                     if p.error is not None:

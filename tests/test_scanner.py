@@ -36,11 +36,41 @@ def test_a_single_file_can_be_scanned(tmp_path: Path) -> None:
     assert [f.path for f in scan(path)] == [str(path)]
 
 
-def test_directory_symlinks_are_not_followed_so_loops_end(tmp_path: Path) -> None:
+def test_links_to_folders_are_not_followed_so_loops_end(tmp_path: Path) -> None:
     touch(tmp_path / "a" / "x.jpg")
     os.symlink(tmp_path, tmp_path / "a" / "loop")
-    os.symlink(tmp_path / "missing", tmp_path / "dangling.jpg")
     assert [f.path for f in scan(tmp_path)] == [str(tmp_path / "a" / "x.jpg")]
+
+
+def test_dangling_links_are_reported_as_errors(tmp_path: Path) -> None:
+    os.symlink(tmp_path / "missing", tmp_path / "dangling.jpg")
+    (info,) = scan(tmp_path)
+    assert info.path == str(tmp_path / "dangling.jpg") and info.error == "dangling symbolic link"
+
+
+def test_links_to_files_inside_are_indexed_but_links_out_are_only_reported(tmp_path: Path) -> None:
+    collection, outside = tmp_path / "photos", tmp_path / "elsewhere"
+    touch(collection / "a.jpg")
+    touch(outside / "b.jpg")
+    os.symlink(collection / "a.jpg", collection / "inside-link.jpg")
+    os.symlink(outside / "b.jpg", collection / "outside-link.jpg")
+    os.symlink(outside, collection / "outside-folder")
+    found = {os.path.basename(f.path): f for f in scan(collection)}
+    assert set(found) == {"a.jpg", "inside-link.jpg", "outside-link.jpg"}
+    assert found["inside-link.jpg"].skip is None
+    assert "--follow-links" in found["outside-link.jpg"].skip
+
+
+def test_follow_links_follows_everything_and_still_ends_on_loops(tmp_path: Path) -> None:
+    collection, outside = tmp_path / "photos", tmp_path / "elsewhere"
+    touch(collection / "a.jpg")
+    touch(outside / "b.jpg")
+    os.symlink(outside, collection / "outside-folder")
+    os.symlink(collection, outside / "back")  # a loop through two folders
+    os.symlink(collection, collection / "self")
+    found = [os.path.relpath(f.path, collection) for f in scan(collection, follow_links=True)]
+    assert found == ["a.jpg", "outside-folder/b.jpg"]
+    assert all(f.skip is None and f.error is None for f in scan(collection, follow_links=True))
 
 
 def test_excluded_folders_are_skipped(tmp_path: Path) -> None:

@@ -1,0 +1,168 @@
+"""Image decoding in child processes, so that a decoder that crashes, hangs or eats memory on a
+hostile file costs one worker and one verdict ("failed"), never the indexing run.
+
+Each child runs images.decode_rgb under a memory cap; the parent waits at most a time limit per
+file, kills and replaces a child that crashed or overran, and retries a crashed file once.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from multiprocessing.connection import Connection
+from typing import Any
+
+from .errors import ImageDecodeError
+from .images import Decoded
+
+log = logging.getLogger(__name__)
+
+# a crash may be bad luck (the OOM killer picked the child); a second one is the file's doing
+CRASH_ATTEMPTS = 2
+
+
+class DecodeCancelled(Exception):
+    """The pool was closed while a decode was waiting (the run is being interrupted)."""
+
+
+# The child is a fresh interpreter (not a multiprocessing child), so it never re-imports the
+# embedding application's main module, and it shares no threads or locks with the parent.
+_CHILD_CODE = "import sys; from searchlite.decode_worker import serve; serve(int(sys.argv[1]), int(sys.argv[2]))"
+
+
+def serve(fd: int, memory_limit: int) -> None:
+    """The child's loop: receive (bytes, kwargs) on fd, reply with pixels or a reason."""
+    conn = Connection(fd)
+    import resource
+    import signal
+
+    from PIL import Image
+
+    from .images import decode_rgb
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    if memory_limit > 0:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+    Image.MAX_IMAGE_PIXELS = None  # decode_rgb's own max_pixels check applies instead
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        data, kwargs = message
+        try:
+            decoded = decode_rgb(data, **kwargs)
+            conn.send(("ok", decoded.width, decoded.height, decoded.image.size, decoded.image.tobytes()))
+        except ImageDecodeError as e:
+            conn.send(("error", str(e)))
+        except MemoryError:
+            conn.send(("error", "not enough memory to decode this image"))
+
+
+class DecodeWorker:
+    """One child process, started on first use and replaced when it dies."""
+
+    def __init__(self, time_limit: float, memory_limit: int | None) -> None:
+        self.time_limit = time_limit
+        self.memory_limit = memory_limit
+        self._process: subprocess.Popen[bytes] | None = None
+        self._conn: Connection | None = None
+        self.closed = False
+
+    def decode(self, data: bytes, **kwargs: Any) -> Decoded:
+        """decode_rgb(data, **kwargs) in the child. Raises ImageDecodeError with the reason."""
+        from PIL import Image
+
+        reason = ""
+        for _ in range(CRASH_ATTEMPTS):
+            conn = self._ensure_started()
+            try:
+                conn.send((data, kwargs))
+                if not conn.poll(self.time_limit):
+                    self.kill()
+                    raise ImageDecodeError(f"decoding took longer than {self.time_limit:g}s; the file was skipped")
+                reply = conn.recv()
+            except (EOFError, OSError):
+                if self.closed:
+                    raise DecodeCancelled() from None
+                code = self._process.wait(5) if self._process else None
+                self.kill()
+                reason = f"the image decoder crashed on this file (exit code {code})"
+                continue
+            if reply[0] == "error":
+                raise ImageDecodeError(reply[1])
+            _, width, height, size, pixels = reply
+            return Decoded(Image.frombytes("RGB", size, pixels), width, height)
+        raise ImageDecodeError(f"{reason}, {CRASH_ATTEMPTS} times")
+
+    def _ensure_started(self) -> Connection:
+        if self.closed:
+            raise DecodeCancelled()
+        if self._conn is None or self._process is None or self._process.poll() is not None:
+            self.kill()
+            ours, theirs = socket.socketpair()
+            self._process = subprocess.Popen(
+                [sys.executable, "-c", _CHILD_CODE, str(theirs.fileno()), str(self.memory_limit or 0)],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+            )
+            theirs.close()
+            self._conn = Connection(ours.detach())
+        return self._conn
+
+    def kill(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+        if self._conn is not None:
+            self._conn.close()
+        self._process = self._conn = None
+
+    def close(self) -> None:
+        """Ask the child to exit; kill it if it does not."""
+        if self._conn is not None and self._process is not None:
+            try:
+                self._conn.send(None)
+                self._process.wait(2)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        self.kill()
+
+
+class DecodePool:
+    """A fixed set of DecodeWorkers shared by the indexing threads."""
+
+    def __init__(self, size: int, time_limit: float, memory_limit: int | None) -> None:
+        self._workers = [DecodeWorker(time_limit, memory_limit) for _ in range(size)]
+        self._free: queue.Queue[DecodeWorker] = queue.Queue()
+        for worker in self._workers:
+            self._free.put(worker)
+
+    @contextmanager
+    def worker(self) -> Iterator[DecodeWorker]:
+        worker = self._free.get()
+        try:
+            yield worker
+        finally:
+            self._free.put(worker)
+
+    def cancel(self) -> None:
+        """Kill every child at once (on interruption): waiting decodes raise DecodeCancelled."""
+        for worker in self._workers:
+            worker.closed = True
+            process = worker._process
+            if process is not None:
+                process.kill()
+
+    def close(self) -> None:
+        """Stop every child; call when no thread uses the pool any more."""
+        for worker in self._workers:
+            worker.closed = True
+            worker.close()
