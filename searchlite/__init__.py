@@ -6,12 +6,17 @@
         hits = engine.search("a dog on grass", k=10)
 """
 
-from .engine import Hit, SearchEngine
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     CorruptIndexError,
     ImageDecodeError,
     IndexLockedError,
     IndexNotFoundError,
+    IndexWriteError,
     InvalidQueryError,
     ModelLoadError,
     ModelMismatchError,
@@ -19,8 +24,21 @@ from .errors import (
     SearchliteError,
     WeightsUnavailableError,
 )
-from .indexer import IndexReport
-from .vector_index import VectorIndex
+
+if TYPE_CHECKING:
+    from .engine import Hit, SearchEngine
+    from .indexer import IndexReport
+    from .vector_index import VectorIndex
+
+# Imported on first use, so that `searchlite --help` and the decoder processes start fast.
+_LAZY = {"SearchEngine": "engine", "Hit": "engine", "IndexReport": "indexer", "VectorIndex": "vector_index"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'searchlite' has no attribute {name!r}")
+
 
 __all__ = [
     "CorruptIndexError",
@@ -29,6 +47,7 @@ __all__ = [
     "IndexLockedError",
     "IndexNotFoundError",
     "IndexReport",
+    "IndexWriteError",
     "InvalidQueryError",
     "ModelLoadError",
     "ModelMismatchError",

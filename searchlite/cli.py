@@ -72,7 +72,7 @@ def _user_errors() -> Iterator[None]:
         typer.echo(f"searchlite: error: {e}", err=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        typer.echo("searchlite: interrupted; run the same command again to resume", err=True)
+        typer.echo("searchlite: interrupted; what was done is saved: run the same command again to resume", err=True)
         raise typer.Exit(130) from None
 
 
@@ -95,18 +95,21 @@ def index(
     ] = None,
     device: DeviceOpt = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, metavar="N", help="Images encoded together.")] = None,
-    workers: Annotated[Optional[int], typer.Option(min=1, metavar="N", help="Decode threads.")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, metavar="N", help="Decode workers.")] = None,
+    max_megapixels: Annotated[
+        Optional[float], typer.Option(min=0.001, metavar="MP", help="Refuse larger images (read from the header). [default: 150]")
+    ] = None,
+    follow_links: Annotated[
+        bool, typer.Option("--follow-links", help="Follow symbolic links to folders and out of the collection.")
+    ] = False,
 ) -> None:
     """Index photo folders: the first run reads everything, later runs only what changed."""
     from dataclasses import replace
 
     from .config import IndexSettings
 
-    settings = IndexSettings()
-    if batch_size:
-        settings = replace(settings, batch_size=batch_size)
-    if workers:
-        settings = replace(settings, workers=workers)
+    flags = {"batch_size": batch_size, "workers": workers, "max_megapixels": max_megapixels, "follow_links": follow_links}
+    settings = replace(IndexSettings(), **{k: v for k, v in flags.items() if v})
     with _user_errors(), _open(index, model=model, pretrained=pretrained, device=device, settings=settings) as engine:
         for folder in folders:
             with _progress(f"indexing {folder}") as progress:
@@ -144,6 +147,9 @@ def query(
     negative: Annotated[Optional[list[str]], typer.Option("--not", metavar="TEXT", help="Text to steer away from (repeatable).")] = None,
     k: Annotated[int, typer.Option("-k", "--top", min=1, metavar="K", help="Number of results.")] = 10,
     as_json: JsonOpt = False,
+    null: Annotated[
+        bool, typer.Option("--null", "-0", help="End each score<TAB>path record with NUL, not newline (any file name is safe).")
+    ] = False,
     index: IndexOpt = None,
     device: DeviceOpt = None,
 ) -> None:
@@ -153,7 +159,7 @@ def query(
     _write(
         _json_line({"path": h.path, "score": round(h.score, 6), "id": h.id, "width": h.width, "height": h.height, "size": h.size})
         if as_json
-        else f"{h.score:.4f}\t".encode() + os.fsencode(h.path) + b"\n"
+        else f"{h.score:.4f}\t".encode() + os.fsencode(h.path) + (b"\0" if null else b"\n")
         for h in hits
     )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +21,13 @@ from .errors import (
     ImageDecodeError,
     IndexLockedError,
     IndexNotFoundError,
+    IndexWriteError,
     InvalidQueryError,
     PathNotFoundError,
 )
 from .indexer import Indexer, IndexReport, ProgressFn
 from .store import FAILED, INDEXED, SKIPPED, FileRow, Store
-from .vector_index import VectorIndex
+from .vector_index import VectorIndex, write_atomic
 from .writelock import writer_lock
 
 log = logging.getLogger(__name__)
@@ -261,9 +263,11 @@ class SearchEngine:
         state = self._store.get_info("faiss")
         if state and state.get("generation") == self._store.generation and path.exists():
             try:
-                vectors = VectorIndex.load(path)
-                if vectors.dim == dim and len(vectors) == state.get("count"):
-                    return vectors
+                data = path.read_bytes()
+                if zlib.crc32(data) == state.get("crc32"):
+                    vectors = VectorIndex.from_bytes(data)
+                    if vectors.dim == dim and len(vectors) == state.get("count"):
+                        return vectors
             except Exception as e:  # noqa: BLE001 - any unreadable cache is rebuilt below
                 log.debug("cannot load %s: %s", path, e)
         vectors = VectorIndex(dim)
@@ -278,14 +282,23 @@ class SearchEngine:
             try:  # save the rebuilt cache unless an indexer is running, which will save it anyway
                 with writer_lock(self.index_dir / LOCK_FILENAME):
                     self._save_vectors()
-            except (IndexLockedError, OSError):
+            except (IndexLockedError, IndexWriteError, OSError):
                 pass
         return vectors
 
     def _save_vectors(self) -> None:
+        """Write the FAISS cache and record which database generation it holds (with a checksum)."""
         assert self._vectors is not None
-        self._vectors.save(self.index_dir / FAISS_FILENAME)
-        state = {"generation": self._store.generation, "count": len(self._vectors)}
+        path = self.index_dir / FAISS_FILENAME
+        data = self._vectors.to_bytes()
+        try:
+            write_atomic(path, data)
+        except OSError as e:
+            raise IndexWriteError(
+                f"cannot save {path} ({e.strerror or e}); the index is intact and still answers "
+                "queries: free disk space or fix the disk, then run the same command again"
+            ) from None
+        state = {"generation": self._store.generation, "count": len(self._vectors), "crc32": zlib.crc32(data)}
         self._store.set_info("faiss", state)
 
 

@@ -41,3 +41,7 @@ class CorruptIndexError(SearchliteError):
 
 class PathNotFoundError(SearchliteError):
     """A folder or file named by the user does not exist."""
+
+
+class IndexWriteError(SearchliteError):
+    """The index could not be written (disk full, I/O error); the previous state is intact."""

@@ -37,7 +37,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DatabaseError
 
-from .errors import CorruptIndexError
+from .errors import CorruptIndexError, IndexWriteError
 
 SCHEMA_VERSION = 1
 
@@ -167,7 +167,7 @@ class Store:
             return _get_info(conn, key)
 
     def set_info(self, key: str, value: Any) -> None:
-        with self._engine.begin() as conn:
+        with self._write_errors(), self._engine.begin() as conn:
             _set_info(conn, key, value)
 
     @property
@@ -241,9 +241,20 @@ class Store:
     # --- writes --------------------------------------------------------------------------------
 
     @contextmanager
+    def _write_errors(self) -> Iterator[None]:
+        """A failed write (disk full, I/O error) rolls back and becomes one clear error."""
+        try:
+            yield
+        except DatabaseError as e:
+            raise IndexWriteError(
+                f"cannot write to the index database {self.path} ({e.orig}); nothing committed "
+                "before is lost: free disk space or fix the disk, then run the same command again"
+            ) from None
+
+    @contextmanager
     def transaction(self) -> Iterator[Transaction]:
         """One atomic batch of changes; the generation moves on when it commits."""
-        with self._engine.begin() as conn:
+        with self._write_errors(), self._engine.begin() as conn:
             tx = Transaction(conn)
             yield tx
             _set_info(conn, "generation", (_get_info(conn, "generation") or 0) + 1)
