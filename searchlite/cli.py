@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,6 +43,8 @@ def _main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens to stderr.")] = False,
 ) -> None:
     _configure_logging(verbose)
+    if not verbose:  # Pillow warns about odd files it still reads; the verdicts say what matters
+        warnings.filterwarnings("ignore", module="PIL")
 
 
 def _configure_logging(verbose: bool) -> None:

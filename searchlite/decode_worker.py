@@ -40,12 +40,14 @@ def serve(fd: int, memory_limit: int) -> None:
     conn = Connection(fd)
     import resource
     import signal
+    import warnings
 
     from PIL import Image
 
     from .images import decode_rgb
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    warnings.simplefilter("ignore")  # Pillow's warnings on odd files; verdicts say what matters
     if memory_limit > 0:
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
     Image.MAX_IMAGE_PIXELS = None  # decode_rgb's own max_pixels check applies instead

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageDecodeError
 
@@ -97,8 +97,13 @@ def decode_rgb(
         raise
     except Image.DecompressionBombError as e:
         raise ImageDecodeError(f"image too large to decode safely ({e}); raise --max-megapixels to index it") from e
-    except (OSError, ValueError, SyntaxError, EOFError, MemoryError, Image.DecompressionBombWarning) as e:
-        # Pillow signals unreadable and truncated data with these
+    except UnidentifiedImageError as e:
+        raise ImageDecodeError("cannot decode image: damaged or unrecognised image data") from e
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:
+        # Pillow signals unreadable and truncated data with these; truncated files are rejected,
+        # never indexed from the part that decoded
+        if "truncated" in str(e).lower():
+            raise ImageDecodeError("cannot decode image: the file is truncated (its data ends early)") from e
         raise ImageDecodeError(f"cannot decode image: {e}") from e
 
 
