@@ -61,11 +61,15 @@ def serve(fd: int, memory_limit: int) -> None:
         data, kwargs = message
         try:
             decoded = decode_rgb(data, **kwargs)
-            conn.send(("ok", decoded.width, decoded.height, decoded.image.size, decoded.image.tobytes()))
+            reply: tuple[Any, ...] = ("ok", decoded.width, decoded.height, decoded.image.size, decoded.image.tobytes())
         except ImageDecodeError as e:
-            conn.send(("error", str(e)))
+            reply = ("error", str(e))
         except MemoryError:
-            conn.send(("error", "not enough memory to decode this image"))
+            reply = ("error", "not enough memory to decode this image")
+        try:
+            conn.send(reply)
+        except OSError:  # the parent is gone (killed or interrupted): nothing left to do
+            return
 
 
 class DecodeWorker:

@@ -164,13 +164,20 @@ class SearchEngine:
             raise IndexNotFoundError(f"the index in {self.index_dir} is empty: run `searchlite index FOLDER` first")
         vectors = self._get_vectors(writer=False)
         q = query.combine(self._embed(terms), [t.weight for t in terms])
-        scores, ids = vectors.search(q, k)
-        rows = self._store.fetch(int(i) for i in ids[0] if i >= 0)
-        return [
-            Hit(r.path, float(s), r.id, r.width, r.height, r.size)
-            for s, i in zip(scores[0], ids[0])
-            if (r := rows.get(int(i))) is not None
-        ]
+        # Files deleted since the last `index` run are left out (one stat per hit), so ask FAISS
+        # for more until k existing files are found or the index is exhausted.
+        wanted = k
+        while True:
+            scores, ids = vectors.search(q, wanted)
+            rows = self._store.fetch(int(i) for i in ids[0] if i >= 0)
+            hits = [
+                Hit(r.path, float(s), r.id, r.width, r.height, r.size)
+                for s, i in zip(scores[0], ids[0])
+                if (r := rows.get(int(i))) is not None and os.path.exists(r.path)
+            ]
+            if len(hits) >= k or wanted >= len(vectors):
+                return hits[:k]
+            wanted *= 2
 
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:
         """Unit text embeddings (n, d) from the index's model."""

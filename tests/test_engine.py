@@ -481,3 +481,14 @@ def test_a_model_that_cannot_load_stops_the_run_instead_of_failing_files(
             engine.index(photos)
         assert engine.info()["failed"] == 0
         assert engine.info()["images"] == 10
+
+
+def test_files_deleted_since_the_last_run_are_left_out_of_results(engine_factory, photos: Path) -> None:
+    engine = engine_factory()
+    engine.index(photos)
+    first = engine.search("a cat", k=3)
+    os.unlink(first[0].path)
+    after = engine.search("a cat", k=3)
+    assert first[0].path not in paths_of(after)
+    assert paths_of(after) == paths_of(engine.search("a cat", k=4))[:3]
+    assert len(after) == 3

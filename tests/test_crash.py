@@ -1,0 +1,202 @@
+"""Interruptions, crashes, full disks and concurrent use: nothing lost, nothing crashes."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from searchlite import IndexWriteError, SearchEngine
+from searchlite.config import FAISS_FILENAME, LOCK_FILENAME
+from tests.conftest import load_script
+
+kill_loop = load_script("kill_loop")
+
+
+def paths_of(hits) -> list[str]:
+    return [h.path for h in hits]
+
+
+def test_kill_9_at_random_moments_and_crashes_in_the_save_path(tmp_path: Path, tiny_model) -> None:
+    """20 random SIGKILLs while indexing a changing folder, then a crash at each targeted point of
+    the save path; after each one searches work; the resumed index equals an uninterrupted one."""
+    config, checkpoint = tiny_model
+    result = kill_loop.kill_loop(tmp_path, rounds=20, seed=1, model_args=["--model", str(config), "--pretrained", str(checkpoint)])
+    assert result["killed_mid_run"] >= 5  # the harness really killed runs in flight
+    assert result["crashed_at_point"] == len(kill_loop.CRASH_POINTS)
+
+
+# --- Ctrl-C -------------------------------------------------------------------------------------
+
+
+def indexed_so_far(index: Path) -> int:
+    try:
+        with SearchEngine.open(index, create=False) as engine:
+            return engine.info()["images"]
+    except Exception:  # noqa: BLE001 - not created yet
+        return 0
+
+
+def test_ctrl_c_saves_says_how_to_resume_and_exits_130(tmp_path: Path, tiny_model, photos: Path) -> None:
+    for i in range(150):  # enough work to be interrupted in the middle of it
+        Image.open(photos / "astronaut.jpg").rotate(i).resize((800, 800)).save(photos / f"many {i:03d}.png")
+    config, checkpoint = tiny_model
+    index = tmp_path / "index"
+    cmd = [sys.executable, "-m", "searchlite", "index", str(photos), "--index", str(index),
+           "--model", str(config), "--pretrained", str(checkpoint), "--batch-size", "4"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while indexed_so_far(index) < 8:  # wait until batches are being committed
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "interrupted" in stderr and "run the same command again" in stderr
+    assert "Traceback" not in stderr
+    with SearchEngine.open(index, create=False) as engine:
+        done = engine.info()["images"]
+        assert 0 < done < 160
+        hits = engine.search("x", k=1000)
+        assert len(hits) == len(set(paths_of(hits))) == done
+        report = engine.index(photos)  # resume
+        assert report.added == 160 - done
+    assert not list(index.glob("*.tmp"))
+
+
+# --- one writer, many readers ---------------------------------------------------------------------
+
+HOLD_LOCK = """
+import sys
+from pathlib import Path
+from searchlite.writelock import writer_lock
+with writer_lock(Path(sys.argv[1])):
+    print("locked", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_second_indexer_is_refused_at_once_and_a_dead_ones_lock_does_not_block(
+    engine_factory, photos: Path, index_dir: Path, tiny_model
+) -> None:
+    engine_factory().index(photos)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(index_dir / LOCK_FILENAME)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    cmd = [sys.executable, "-m", "searchlite", "index", str(photos), "--index", str(index_dir)]
+    started = time.monotonic()
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    elapsed = time.monotonic() - started
+    assert second.returncode == 1
+    assert f"pid {holder.pid}" in second.stderr and "is writing to the index" in second.stderr
+    assert elapsed < 5  # a new Python process included; the refusal itself is immediate
+    holder.kill()  # kill -9: the kernel drops its lock
+    holder.wait()
+    third = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert third.returncode == 0, third.stderr
+
+
+def test_searches_keep_working_while_an_index_run_goes_on(engine_factory, photos: Path, index_dir: Path) -> None:
+    writer = engine_factory()
+    writer.index(photos)
+    for i in range(60):
+        Image.open(photos / "cats" / "chelsea the cat.JPG").rotate(i * 6).save(photos / f"new {i:02d}.jpg")
+    errors: list[BaseException] = []
+    counts: list[int] = []
+    running = threading.Event()
+    running.set()
+
+    def slow_progress(done: int, total: int) -> None:
+        time.sleep(0.02)  # keep the run going while readers search
+
+    def reader() -> None:
+        with SearchEngine.open(index_dir, create=False) as engine:
+            while running.is_set():
+                try:
+                    hits = engine.search("a cat", k=1000)
+                    assert len(hits) == len(set(paths_of(hits)))
+                    assert all(os.path.exists(p) for p in paths_of(hits))
+                    counts.append(len(hits))
+                except BaseException as e:  # noqa: BLE001 - reported below
+                    errors.append(e)
+                    return
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        writer.index(photos, progress=slow_progress)
+    finally:
+        running.clear()
+        for t in threads:
+            t.join()
+    assert not errors, errors[0]
+    assert min(counts) >= 10 and len(counts) >= 3
+
+
+# --- full disks and I/O errors --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fault", ["enospc-fsync", "eio-replace"])
+def test_a_failed_vector_save_is_a_clear_error_and_loses_nothing(
+    fault: str, engine_factory, photos: Path, index_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = engine_factory()
+    engine.index(photos)
+    before = paths_of(engine.search("a cat", k=10))
+    old_file = (index_dir / FAISS_FILENAME).read_bytes()
+    Image.open(photos / "astronaut.jpg").rotate(30).save(photos / "new.jpg")
+
+    code, call = (errno.ENOSPC, "fsync") if fault == "enospc-fsync" else (errno.EIO, "replace")
+
+    def broken(*_args, **_kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, call, broken)
+    with pytest.raises(IndexWriteError) as e:
+        engine.index(photos)
+    monkeypatch.undo()
+    assert os.strerror(code) in str(e.value) and "run the same command again" in str(e.value)
+    assert (index_dir / FAISS_FILENAME).read_bytes() == old_file  # the old file is untouched
+    assert sorted(p.name for p in index_dir.iterdir() if p.name.endswith(".tmp")) == []
+    engine.close()
+    with SearchEngine.open(index_dir) as reopened:  # loads, and has lost nothing committed
+        hits = paths_of(reopened.search("a cat", k=11))
+        assert set(before) <= set(hits) and str(photos / "new.jpg") in hits
+
+
+def test_a_full_database_rolls_back_the_batch_and_keeps_the_previous_index(
+    engine_factory, photos: Path, index_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    import searchlite.store as store
+
+    engine = engine_factory()
+    engine.index(photos)
+    before = [(h.path, round(h.score, 5)) for h in engine.search("a cat", k=10)]
+    for i in range(5):
+        Image.open(photos / "astronaut.jpg").rotate(i * 20 + 10).save(photos / f"new {i}.jpg")
+
+    def disk_full(*_args, **_kwargs):
+        raise OperationalError("INSERT", {}, sqlite3.OperationalError("database or disk is full"))
+
+    monkeypatch.setattr(store.Transaction, "put", disk_full)
+    with pytest.raises(IndexWriteError, match="database or disk is full.*nothing committed before is lost"):
+        engine.index(photos)
+    monkeypatch.undo()
+    engine.close()
+    with SearchEngine.open(index_dir) as reopened:
+        assert [(h.path, round(h.score, 5)) for h in reopened.search("a cat", k=10)] == before
+        assert reopened.info()["images"] == 10
+        assert reopened.index(photos).added == 5  # and the next run catches up
