@@ -145,10 +145,7 @@ class Store:
             version = store.get_info("schema_version")
         except DatabaseError as e:
             engine.dispose()
-            raise CorruptIndexError(
-                f"{path} is damaged or is not a searchlite database ({e.orig}); "
-                "move it aside and index again into an empty folder"
-            ) from e
+            raise _damaged(path, e) from None
         if version != SCHEMA_VERSION:
             engine.dispose()
             raise CorruptIndexError(
@@ -162,8 +159,17 @@ class Store:
 
     # --- index_info ----------------------------------------------------------------------------
 
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        """A connection for reads; a damaged file becomes one clear error (and is never touched)."""
+        try:
+            with self._engine.connect() as conn:
+                yield conn
+        except DatabaseError as e:
+            raise _damaged(self.path, e) from None
+
     def get_info(self, key: str) -> Any:
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             return _get_info(conn, key)
 
     def set_info(self, key: str, value: Any) -> None:
@@ -186,13 +192,13 @@ class Store:
         query = select(*_ROW_COLUMNS).where(
             or_(images.c.path == raw, (images.c.path >= prefix) & (images.c.path < prefix_end))
         )
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             return {row.path: row for row in map(_row, conn.execute(query))}
 
     def indexed_hashes(self) -> set[str]:
         """Content hashes that already have a vector."""
         query = select(images.c.content_hash).where(images.c.state == INDEXED).distinct()
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             return set(conn.execute(query).scalars())
 
     def vector_for_hash(self, content_hash: str) -> np.ndarray | None:
@@ -201,7 +207,7 @@ class Store:
             .where(images.c.content_hash == content_hash, images.c.state == INDEXED)
             .limit(1)
         )
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             blob = conn.execute(query).scalar()
         return None if blob is None else np.frombuffer(blob, dtype=np.float32)
 
@@ -211,12 +217,12 @@ class Store:
         if not ids:
             return {}
         query = select(*_ROW_COLUMNS).where(images.c.id.in_(ids), images.c.state == INDEXED)
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             return {r.id: r for r in map(_row, conn.execute(query))}
 
     def rows_in_state(self, state: str) -> list[FileRow]:
         query = select(*_ROW_COLUMNS).where(images.c.state == state).order_by(images.c.path)
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             return [_row(r) for r in conn.execute(query)]
 
     def iter_vectors(self, chunk: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -226,7 +232,7 @@ class Store:
             .where(images.c.state == INDEXED)
             .order_by(images.c.id)
         )
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             result = conn.execution_options(stream_results=True).execute(query)
             while rows := result.fetchmany(chunk):
                 ids = np.fromiter((r.id for r in rows), dtype=np.int64, count=len(rows))
@@ -235,7 +241,7 @@ class Store:
 
     def counts(self) -> dict[str, int]:
         query = select(images.c.state, func.count()).group_by(images.c.state)
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             return {state: n for state, n in conn.execute(query)}
 
     # --- writes --------------------------------------------------------------------------------
@@ -246,6 +252,8 @@ class Store:
         try:
             yield
         except DatabaseError as e:
+            if not isinstance(e.orig, sqlite3.OperationalError):  # malformed, not full
+                raise _damaged(self.path, e) from None
             raise IndexWriteError(
                 f"cannot write to the index database {self.path} ({e.orig}); nothing committed "
                 "before is lost: free disk space or fix the disk, then run the same command again"
@@ -313,6 +321,13 @@ class Transaction:
         for start in range(0, len(row_ids), 10_000):  # stay under SQLite's bound-parameter limit
             chunk = row_ids[start : start + 10_000]
             self._conn.execute(delete(images).where(images.c.id.in_(chunk)))
+
+
+def _damaged(path: Path, e: DatabaseError) -> CorruptIndexError:
+    return CorruptIndexError(
+        f"{path} is damaged or is not a searchlite database ({e.orig}); searchlite will not modify "
+        "it: move it aside (or restore a backup) and index again into an empty folder"
+    )
 
 
 def _get_info(conn: Connection, key: str) -> Any:

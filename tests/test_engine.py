@@ -297,7 +297,7 @@ def test_missing_folder_is_a_clear_error(engine_factory, tmp_path: Path) -> None
 # --- the FAISS cache and the model record ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("damage", ["delete", "truncate", "stale"])
+@pytest.mark.parametrize("damage", ["delete", "truncate", "stale", "foreign"])
 def test_damaged_or_stale_vector_cache_is_rebuilt_from_sqlite(
     damage: str, engine_factory, photos: Path, index_dir: Path, caplog
 ) -> None:
@@ -310,6 +310,14 @@ def test_damaged_or_stale_vector_cache_is_rebuilt_from_sqlite(
         faiss_file.unlink()
     elif damage == "truncate":
         faiss_file.write_bytes(faiss_file.read_bytes()[:100])
+    elif damage == "foreign":  # another index's file: same size and count, other vectors
+        from searchlite import VectorIndex
+
+        other = VectorIndex(64)
+        rng = np.random.default_rng(5)
+        vectors = rng.standard_normal((10, 64)).astype(np.float32)
+        other.add(np.arange(1, 11), vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+        other.save(faiss_file)
     else:  # a cache from an older generation
         old = faiss_file.read_bytes()
         engine = engine_factory()
@@ -492,3 +500,23 @@ def test_files_deleted_since_the_last_run_are_left_out_of_results(engine_factory
     assert first[0].path not in paths_of(after)
     assert paths_of(after) == paths_of(engine.search("a cat", k=4))[:3]
     assert len(after) == 3
+
+
+def test_a_database_damaged_inside_is_reported_not_crashed_on(engine_factory, photos: Path, index_dir: Path) -> None:
+    from searchlite import CorruptIndexError, SearchliteError
+
+    engine = engine_factory()
+    engine.index(photos)
+    engine.close()
+    db = index_dir / DB_FILENAME
+    data = bytearray(db.read_bytes())
+    for offset in range(4096, len(data), 4096):  # garble every page but the header page
+        data[offset + 100 : offset + 600] = os.urandom(500)
+    db.write_bytes(bytes(data))
+    damaged = bytes(data)
+    with pytest.raises(SearchliteError) as e:
+        with SearchEngine.open(index_dir) as reopened:
+            reopened.search("a cat")
+            reopened.index(photos)
+    assert isinstance(e.value, CorruptIndexError) and "damaged" in str(e.value)
+    assert db.read_bytes() == damaged
