@@ -153,14 +153,17 @@ def query(
     null: Annotated[
         bool, typer.Option("--null", "-0", help="End each score<TAB>path record with NUL, not newline (any file name is safe).")
     ] = False,
+    tag: Annotated[Optional[str], typer.Option(metavar="LABEL", help="Only images carrying this tag (see `searchlite tag`).")] = None,
     index: IndexOpt = None,
     device: DeviceOpt = None,
 ) -> None:
     """Search the index: prints score<TAB>path per line, best first."""
     with _user_errors(), _open(index, device=device, create=False) as engine:
-        hits = engine.search(text or [], image=image or [], negative=negative or [], k=k)
+        hits = engine.search(text or [], image=image or [], negative=negative or [], k=k, tag=tag)
     _write(
-        _json_line({"path": h.path, "score": round(h.score, 6), "id": h.id, "width": h.width, "height": h.height, "size": h.size})
+        _json_line(
+            {"path": h.path, "score": round(h.score, 6), "id": h.id, "width": h.width, "height": h.height, "size": h.size, "tags": list(h.tags)}
+        )
         if as_json
         else f"{h.score:.4f}\t".encode() + os.fsencode(h.path) + (b"\0" if null else b"\n")
         for h in hits
@@ -186,6 +189,93 @@ def info(
         _write([_json_line(facts)])
     else:
         _write(f"{key}:\t{value}\n".encode() for key, value in facts.items())
+
+
+LabelsOpt = Annotated[str, typer.Option("--labels", metavar="A,B,C", help="Comma-separated labels.", show_default=False)]
+TemplatesOpt = Annotated[
+    Optional[str],
+    typer.Option(metavar="single|imagenet|FILE", help='Prompt templates: "a photo of a {}.", the CLIP paper\'s 80 ImageNet templates, or a file of templates. [default: single]'),
+]
+ThresholdOpt = Annotated[
+    float, typer.Option(min=0.0, max=1.0, help="Also tag an image with every label whose probability reaches this (its best label always).")
+]
+
+
+@app.command()
+def classify(
+    files: Annotated[list[Path], typer.Argument(metavar="IMAGE...", help="Image files (indexed or not).", show_default=False)],
+    labels: LabelsOpt,
+    templates: TemplatesOpt = None,
+    top: Annotated[int, typer.Option(min=1, metavar="N", help="Labels listed per file.")] = 3,
+    as_json: JsonOpt = False,
+    index: IndexOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Zero-shot classify images: path<TAB>label<TAB>probability<TAB>runner-ups per file."""
+    with _user_errors(), _open(index, device=device, create=False) as engine:
+        results = engine.classify(files, labels, templates)
+    lines = []
+    for r in results:
+        if as_json:
+            ranking = [{"label": label, "score": round(p, 6)} for label, p in r.ranking[:top]]
+            obj = {"path": r.path, "label": r.label, "score": None if r.score is None else round(r.score, 6), "labels": ranking}
+            lines.append(_json_line(obj | ({"error": r.error} if r.error else {})))
+        elif r.error:
+            typer.echo(f"searchlite: {_printable(r.path)}: {r.error}", err=True)
+        else:
+            others = ", ".join(f"{label} {p:.3f}" for label, p in r.ranking[1:top])
+            lines.append(os.fsencode(r.path) + f"\t{r.label}\t{r.score:.4f}\t{others}\n".encode())
+    _write(lines)
+
+
+@app.command()
+def tag(
+    labels: LabelsOpt,
+    templates: TemplatesOpt = None,
+    name: Annotated[str, typer.Option(help="Tag set name: a new label set under the same name replaces the old.")] = "tags",
+    threshold: ThresholdOpt = 0.3,
+    index: IndexOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Tag the indexed images by zero-shot classification; later index runs tag new images too."""
+    with _user_errors(), _open(index, device=device, create=False) as engine:
+        tagged = engine.tag(labels, templates, name=name, threshold=threshold)
+        counts = engine.info()["tags"]
+    typer.echo(f"tagged {tagged} images; " + ", ".join(f"{label}: {n}" for label, n in counts.items()), err=True)
+
+
+probe_app = typer.Typer(help="Few-shot linear probes: train on labelled examples, tag the index.", no_args_is_help=True)
+app.add_typer(probe_app, name="probe")
+
+
+@probe_app.command("train")
+def probe_train(
+    folder: Annotated[Path, typer.Argument(metavar="DIR", help="One subfolder of example images per label.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", metavar="FILE", help="Where to write the probe (.npz).", show_default=False)],
+    index: IndexOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Fit a logistic-regression probe on the index model's image embeddings."""
+    with _user_errors(), _open(index, device=device, create=False) as engine:
+        fitted = engine.train_probe(folder)
+        engine.save_probe(fitted, output)
+    accuracy = "n/a (too few examples)" if fitted.cv_accuracy is None else f"{fitted.cv_accuracy:.3f}"
+    counts = ", ".join(f"{label}: {n}" for label, n in fitted.counts.items())
+    typer.echo(f"wrote {output}: {len(fitted.counts)} labels ({counts}); {fitted.folds}-fold cross-validated accuracy {accuracy}", err=True)
+
+
+@probe_app.command("apply")
+def probe_apply(
+    probe_file: Annotated[Path, typer.Argument(metavar="FILE", help="A probe from `searchlite probe train`.", show_default=False)],
+    name: Annotated[Optional[str], typer.Option(help="Tag set name [default: the file's name]")] = None,
+    threshold: ThresholdOpt = 0.3,
+    index: IndexOpt = None,
+) -> None:
+    """Tag the indexed images with a probe, like `searchlite tag` does."""
+    with _user_errors(), _open(index, create=False) as engine:
+        tagged = engine.apply_probe(probe_file, name=name, threshold=threshold)
+        counts = engine.info()["tags"]
+    typer.echo(f"tagged {tagged} images; " + ", ".join(f"{label}: {n}" for label, n in counts.items()), err=True)
 
 
 def _write(lines: Iterable[bytes]) -> None:

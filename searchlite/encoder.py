@@ -163,6 +163,9 @@ class ClipEncoder:
         self.image_size: int = max(size) if isinstance(size, (tuple, list)) else int(size)
         # the model resizes the shorter side and crops the centre: decoding may crop long strips
         self.crops_center = _preprocess_cfg(model).get("resize_mode", "shortest") == "shortest"
+        # the learned temperature of the contrastive loss: logits = scale x cosine
+        scale = getattr(model, "logit_scale", None)
+        self.logit_scale = float(scale.detach().exp()) if scale is not None else 100.0
 
     @cached_property
     def embed_dim(self) -> int:

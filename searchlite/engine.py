@@ -3,6 +3,8 @@ searches it by text and image, reports on it. Owns the store, the vector index a
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import threading
@@ -14,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from . import images, query
+from . import images, probe, query, scanner, zeroshot
+from .classifier import DEFAULT_TAG_THRESHOLD, LinearClassifier
 from .config import DB_FILENAME, FAISS_FILENAME, LOCK_FILENAME, IndexSettings, resolve_index_dir
 from .encoder import ClipEncoder, ModelSpec, load_encoder, reconcile, spec_from_flags
 from .errors import (
@@ -23,10 +26,11 @@ from .errors import (
     IndexNotFoundError,
     IndexWriteError,
     InvalidQueryError,
+    ModelMismatchError,
     PathNotFoundError,
 )
 from .indexer import Indexer, IndexReport, ProgressFn
-from .store import FAILED, INDEXED, SKIPPED, FileRow, Store
+from .store import FAILED, INDEXED, SKIPPED, FileRow, Store, TagSetRow
 from .vector_index import VectorIndex, write_atomic
 from .writelock import writer_lock
 
@@ -45,6 +49,18 @@ class Hit:
     width: int | None = None
     height: int | None = None
     size: int | None = None
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Classification:
+    """Zero-shot verdict on one file: best label, its probability, and all labels ranked."""
+
+    path: str
+    label: str | None
+    score: float | None
+    ranking: tuple[tuple[str, float], ...] = ()
+    error: str | None = None  # the file could not be read as an image
 
 
 class SearchEngine:
@@ -137,9 +153,11 @@ class SearchEngine:
                 exclude=[str(self.index_dir.resolve()), os.path.abspath(self.index_dir)],
             )
             try:
-                return indexer.run(root, progress)
+                report = indexer.run(root, progress)
             finally:
                 self._save_vectors()
+            report.tagged = self._refresh_tags()
+            return report
 
     # --- search --------------------------------------------------------------------------------
 
@@ -150,12 +168,13 @@ class SearchEngine:
         image: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
         negative: str | Sequence[str] | None = None,
         k: int = 10,
+        tag: str | None = None,
     ) -> list[Hit]:
         """Top-k images by cosine similarity to the query.
 
         text, image and negative each take one item or a list; a text or image term may carry a
         weight as "2:beach". Texts and images add up, negatives subtract, and the sum is
-        re-normalised.
+        re-normalised. tag keeps only images carrying that tag (see tag()).
         """
         if k < 1:
             raise InvalidQueryError(f"k must be at least 1, got {k}")
@@ -163,6 +182,9 @@ class SearchEngine:
         if self._store.get_info("model") is None:
             raise IndexNotFoundError(f"the index in {self.index_dir} is empty: run `searchlite index FOLDER` first")
         vectors = self._get_vectors(writer=False)
+        allowed = self._store.ids_tagged(tag) if tag is not None else None
+        if allowed is not None and not allowed:
+            return []
         q = query.combine(self._embed(terms), [t.weight for t in terms])
         # Files deleted since the last `index` run are left out (one stat per hit), so ask FAISS
         # for more until k existing files are found or the index is exhausted.
@@ -170,24 +192,29 @@ class SearchEngine:
         while True:
             scores, ids = vectors.search(q, wanted)
             rows = self._store.fetch(int(i) for i in ids[0] if i >= 0)
-            hits = [
-                Hit(r.path, float(s), r.id, r.width, r.height, r.size)
+            found = [
+                (float(s), r)
                 for s, i in zip(scores[0], ids[0])
-                if (r := rows.get(int(i))) is not None and os.path.exists(r.path)
-            ]
-            if len(hits) >= k or wanted >= len(vectors):
-                return hits[:k]
+                if (r := rows.get(int(i))) is not None
+                and (allowed is None or r.id in allowed)
+                and os.path.exists(r.path)
+            ][:k]
+            if len(found) >= k or wanted >= len(vectors):
+                break
             wanted *= 2
+        tags_of = self._store.tags_of(r.id for _, r in found)
+        return [Hit(r.path, s, r.id, r.width, r.height, r.size, tuple(tags_of[r.id])) for s, r in found]
 
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:
         """Unit text embeddings (n, d) from the index's model."""
         return self._get_encoder().encode_texts(list(texts))
 
     def embed_images(self, paths: Sequence[str | os.PathLike[str]]) -> np.ndarray:
-        """Unit image embeddings (n, d), decoded exactly as indexing decodes."""
-        encoder = self._get_encoder()
-        tensors = [encoder.preprocess(self._decode_query_image(os.fspath(p))) for p in paths]
-        return encoder.encode_images(tensors)
+        """Unit image embeddings (n, d), decoded as indexing decodes; a bad file raises."""
+        vectors, errors = self._embed_files([os.fspath(p) for p in paths])
+        if errors:
+            raise InvalidQueryError(next(iter(errors.values())))
+        return np.stack([vectors[os.fspath(p)] for p in paths])
 
     def _embed(self, terms: list[query.Term]) -> np.ndarray:
         texts = [t.value for t in terms if t.kind == query.TEXT]
@@ -239,7 +266,133 @@ class SearchEngine:
             "dim": self._store.get_info("embed_dim"),
             "database_bytes": db_bytes,
             "vectors_bytes": faiss_file.stat().st_size if faiss_file.exists() else 0,
+            "tags": self._store.tag_counts(),
         }
+
+    # --- CLIP beyond search: zero-shot classification, tags, linear probes ----------------------
+
+    def zero_shot(self, labels: str | Sequence[str], templates: str | None = None) -> LinearClassifier:
+        """The zero-shot classifier for labels; templates: None/"single", "imagenet" (the CLIP
+        paper's 80-template ensemble) or a file. Its class weights are cached in the index."""
+        label_set = zeroshot.LabelSet(tuple(zeroshot.parse_labels(labels)), tuple(zeroshot.resolve_templates(templates)))
+        key = label_set.key(self.model_key())
+        cached = self._store.cached_weights(key)
+        if cached is not None:
+            n = len(label_set.labels)
+            return LinearClassifier(label_set.labels, cached.reshape(n, -1), np.zeros(n, np.float32))
+        encoder = self._get_encoder()
+        classifier = zeroshot.build(label_set, encoder.encode_texts, encoder.logit_scale)
+        self._store.cache_weights(key, classifier.weights)
+        return classifier
+
+    def classify(
+        self, paths: Sequence[str | os.PathLike[str]], labels: str | Sequence[str], templates: str | None = None
+    ) -> list[Classification]:
+        """Zero-shot classify image files (indexed or not); a file that cannot be read gets an error."""
+        classifier = self.zero_shot(labels, templates)
+        vectors, errors = self._embed_files([os.fspath(p) for p in paths])
+        out = []
+        for path in map(os.fspath, paths):
+            if path in errors:
+                out.append(Classification(path, None, None, error=errors[path]))
+                continue
+            probs = classifier.probabilities(vectors[path][None, :])[0]
+            ranking = tuple(sorted(zip(classifier.labels, map(float, probs)), key=lambda x: -x[1]))
+            out.append(Classification(path, ranking[0][0], ranking[0][1], ranking))
+        return out
+
+    def tag(
+        self,
+        labels: str | Sequence[str],
+        templates: str | None = None,
+        *,
+        name: str = "tags",
+        threshold: float = DEFAULT_TAG_THRESHOLD,
+    ) -> int:
+        """Tag every indexed image with the zero-shot labels (kept up to date by later index runs).
+        An image carries its best label, and any other label whose probability reaches threshold.
+        A new label set under the same name replaces the old one. Returns images newly tagged."""
+        classifier = self.zero_shot(labels, templates)
+        key = zeroshot.LabelSet(classifier.labels, tuple(zeroshot.resolve_templates(templates))).key(self.model_key())
+        source = f"zero-shot, templates: {templates or 'single'}"
+        return self.apply_classifier(name, classifier, key=f"{key}:{threshold}", threshold=threshold, source=source)
+
+    def train_probe(self, folder: str | os.PathLike[str]) -> probe.ProbeFit:
+        """Fit a linear probe on a folder with one subfolder of example images per label."""
+        root = Path(folder)
+        if not root.is_dir():
+            raise PathNotFoundError(f"folder {folder} not found")
+        paths, labels = [], []
+        for sub in sorted(p for p in root.iterdir() if p.is_dir() and not scanner.is_hidden(p.name)):
+            for f in scanner.scan(sub):
+                if f.error is None and f.skip is None:
+                    paths.append(f.path)
+                    labels.append(sub.name)
+        vectors, errors = self._embed_files(paths)
+        for path, reason in errors.items():
+            log.warning("skipping %s: %s", path, reason)
+        kept = [i for i, p in enumerate(paths) if p not in errors]
+        if not kept:
+            raise InvalidQueryError(f"no images in the subfolders of {folder}: make one subfolder of examples per label")
+        return probe.fit(np.stack([vectors[paths[i]] for i in kept]), [labels[i] for i in kept])
+
+    def save_probe(self, fitted: probe.ProbeFit, path: str | os.PathLike[str]) -> None:
+        probe.save(path, fitted, self.model_key())
+
+    def apply_probe(self, path: str | os.PathLike[str], *, name: str | None = None, threshold: float = DEFAULT_TAG_THRESHOLD) -> int:
+        """Tag the index with a saved probe (its name defaults to the file's stem)."""
+        classifier, model_key = probe.load(path)
+        if model_key != self.model_key():
+            raise ModelMismatchError(
+                f"probe {path} was trained with another model than this index's ({self.spec.describe()}); "
+                "train it again with `searchlite probe train` on this index"
+            )
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        return self.apply_classifier(
+            name or Path(path).stem, classifier, key=f"{digest}:{threshold}", threshold=threshold, source=f"probe {path}"
+        )
+
+    def apply_classifier(self, name: str, classifier: LinearClassifier, *, key: str, threshold: float, source: str) -> int:
+        """Store a classifier as the tag set `name` and tag the images it has not seen yet."""
+        with writer_lock(self.index_dir / LOCK_FILENAME):
+            row = TagSetRow(name, key, classifier.labels, classifier.weights, classifier.bias, threshold, source)
+            with self._store.transaction(vectors_changed=False) as tx:
+                tx.set_tag_set(row)
+            return self._refresh_tags()
+
+    def _refresh_tags(self) -> int:
+        """Apply every stored tag set to the images it has not tagged yet (no model needed)."""
+        tagged = 0
+        for ts in self._store.tag_sets():
+            ids, vectors = self._store.untagged_vectors(ts.name)
+            if len(ids):
+                rows = LinearClassifier(ts.labels, ts.weights, ts.bias).tags(ids, vectors, ts.threshold)
+                with self._store.transaction(vectors_changed=False) as tx:
+                    tx.add_tags(ts.name, rows)
+                tagged = max(tagged, len(ids))
+        return tagged
+
+    def model_key(self) -> str:
+        """Identifies the model's weights (not where its checkpoint lives)."""
+        record = {k: v for k, v in self.spec.to_record().items() if k != "checkpoint"}
+        return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+
+    def _embed_files(self, paths: list[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """Unit embeddings of image files by path, and the reasons for those that failed."""
+        vectors: dict[str, np.ndarray] = {}
+        errors: dict[str, str] = {}
+        for start in range(0, len(paths), self.settings.batch_size):
+            batch = []
+            for path in paths[start : start + self.settings.batch_size]:
+                try:
+                    batch.append((path, self._decode_query_image(path)))
+                except InvalidQueryError as e:
+                    errors[path] = str(e)
+            if batch:
+                encoder = self._get_encoder()
+                encoded = encoder.encode_images([encoder.preprocess(img) for _, img in batch])
+                vectors.update({path: v for (path, _), v in zip(batch, encoded)})
+        return vectors, errors
 
     def failures(self) -> list[FileRow]:
         """Files that could not be indexed, with the reason in .error."""

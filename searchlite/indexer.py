@@ -49,6 +49,7 @@ class IndexReport:
     failed: int = 0
     skipped: int = 0  # files that are not images (or links not followed)
     retry_later: int = 0  # files that changed while being read: the next run takes them
+    tagged: int = 0  # images given tags by the index's tag sets
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     seconds: float = 0.0
 

@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import (
+    Boolean,
     Column,
+    Float,
     Engine,
     Integer,
     LargeBinary,
@@ -63,12 +65,56 @@ images = Table(
     sqlite_autoincrement=True,
 )
 
+# A named tag set: a linear classifier (zero-shot or probe) whose verdicts are stored as tags.
+tag_sets = Table(
+    "tag_sets",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column("key", String, nullable=False),  # identifies the classifier: same key, same tags
+    Column("labels", String, nullable=False),  # JSON list
+    Column("weights", LargeBinary, nullable=False),  # float32 (n_labels, d)
+    Column("bias", LargeBinary, nullable=False),  # float32 (n_labels,)
+    Column("threshold", Float, nullable=False),
+    Column("source", String, nullable=False),  # for people: how the classifier was made
+)
+
+tags = Table(
+    "tags",
+    metadata,
+    Column("image_id", Integer, primary_key=True),
+    Column("tag_set", String, primary_key=True),
+    Column("label", String, primary_key=True, index=True),
+    Column("score", Float, nullable=False),
+    Column("best", Boolean, nullable=False),
+)
+
+# zero-shot class-weight matrices by (model, labels, templates): text is embedded once
+class_weights = Table(
+    "class_weights",
+    metadata,
+    Column("key", String, primary_key=True),
+    Column("weights", LargeBinary, nullable=False),  # float32 (n_labels, d)
+)
+
 index_info = Table(
     "index_info",
     metadata,
     Column("key", String, primary_key=True),
     Column("value", String, nullable=False),  # JSON
 )
+
+
+@dataclass(frozen=True)
+class TagSetRow:
+    """A stored tag set: its classifier and how it was made."""
+
+    name: str
+    key: str
+    labels: tuple[str, ...]
+    weights: Any  # float32 (n_labels, d)
+    bias: Any  # float32 (n_labels,)
+    threshold: float
+    source: str
 
 
 @dataclass(frozen=True)
@@ -239,6 +285,54 @@ class Store:
                 vectors = np.frombuffer(b"".join(r.vector for r in rows), dtype=np.float32)
                 yield ids, vectors.reshape(len(rows), -1)
 
+    def cached_weights(self, key: str) -> np.ndarray | None:
+        with self._reading() as conn:
+            blob = conn.execute(select(class_weights.c.weights).where(class_weights.c.key == key)).scalar()
+        return None if blob is None else np.frombuffer(blob, dtype=np.float32)
+
+    def cache_weights(self, key: str, weights: np.ndarray) -> None:
+        stmt = sqlite_insert(class_weights).values(key=key, weights=np.ascontiguousarray(weights, np.float32).tobytes())
+        with self._write_errors(), self._engine.begin() as conn:
+            conn.execute(stmt.on_conflict_do_nothing())
+
+    def tag_sets(self) -> list[TagSetRow]:
+        with self._reading() as conn:
+            return [
+                TagSetRow(r.name, r.key, tuple(json.loads(r.labels)), np.frombuffer(r.weights, np.float32).reshape(len(json.loads(r.labels)), -1),
+                          np.frombuffer(r.bias, np.float32), r.threshold, r.source)
+                for r in conn.execute(select(tag_sets).order_by(tag_sets.c.name))
+            ]
+
+    def untagged_vectors(self, tag_set: str) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of indexed images without tags from tag_set."""
+        tagged = select(tags.c.image_id).where(tags.c.tag_set == tag_set)
+        query = select(images.c.id, images.c.vector).where(images.c.state == INDEXED, images.c.id.not_in(tagged))
+        with self._reading() as conn:
+            rows = conn.execute(query).all()
+        ids = np.array([r.id for r in rows], dtype=np.int64)
+        if not rows:
+            return ids, np.zeros((0, 0), np.float32)
+        return ids, np.frombuffer(b"".join(r.vector for r in rows), dtype=np.float32).reshape(len(rows), -1)
+
+    def ids_tagged(self, label: str) -> set[int]:
+        with self._reading() as conn:
+            return set(conn.execute(select(tags.c.image_id).where(tags.c.label == label).distinct()).scalars())
+
+    def tag_counts(self) -> dict[str, int]:
+        query = select(tags.c.label, func.count(tags.c.image_id.distinct())).group_by(tags.c.label).order_by(tags.c.label)
+        with self._reading() as conn:
+            return {label: n for label, n in conn.execute(query)}
+
+    def tags_of(self, image_ids: Iterable[int]) -> dict[int, list[str]]:
+        ids = list(image_ids)
+        out: dict[int, list[str]] = {i: [] for i in ids}
+        if ids:
+            query = select(tags.c.image_id, tags.c.label).where(tags.c.image_id.in_(ids)).order_by(tags.c.score.desc())
+            with self._reading() as conn:
+                for image_id, label in conn.execute(query):
+                    out[image_id].append(label)
+        return out
+
     def counts(self) -> dict[str, int]:
         query = select(images.c.state, func.count()).group_by(images.c.state)
         with self._reading() as conn:
@@ -260,12 +354,13 @@ class Store:
             ) from None
 
     @contextmanager
-    def transaction(self) -> Iterator[Transaction]:
-        """One atomic batch of changes; the generation moves on when it commits."""
+    def transaction(self, *, vectors_changed: bool = True) -> Iterator[Transaction]:
+        """One atomic batch of changes; when vectors change, the generation moves on as it commits."""
         with self._write_errors(), self._engine.begin() as conn:
             tx = Transaction(conn)
             yield tx
-            _set_info(conn, "generation", (_get_info(conn, "generation") or 0) + 1)
+            if vectors_changed:
+                _set_info(conn, "generation", (_get_info(conn, "generation") or 0) + 1)
 
 
 class Transaction:
@@ -300,7 +395,9 @@ class Transaction:
         )
         stmt = sqlite_insert(images).values(path=os.fsencode(path), **values)
         stmt = stmt.on_conflict_do_update(index_elements=[images.c.path], set_=values)
-        return self._conn.execute(stmt.returning(images.c.id)).scalar_one()
+        row_id = self._conn.execute(stmt.returning(images.c.id)).scalar_one()
+        self._conn.execute(delete(tags).where(tags.c.image_id == row_id))  # recomputed for the new content
+        return row_id
 
     def move(self, row_id: int, path: str, *, size: int, mtime_ns: int) -> None:
         """The file of row_id now lives at path (same content: the vector stays)."""
@@ -321,6 +418,26 @@ class Transaction:
         for start in range(0, len(row_ids), 10_000):  # stay under SQLite's bound-parameter limit
             chunk = row_ids[start : start + 10_000]
             self._conn.execute(delete(images).where(images.c.id.in_(chunk)))
+            self._conn.execute(delete(tags).where(tags.c.image_id.in_(chunk)))
+
+    def set_tag_set(self, row: TagSetRow) -> None:
+        """Create or replace a tag set; tags of a replaced classifier are dropped."""
+        old_key = self._conn.execute(select(tag_sets.c.key).where(tag_sets.c.name == row.name)).scalar()
+        if old_key is not None and old_key != row.key:
+            self._conn.execute(delete(tags).where(tags.c.tag_set == row.name))
+        values = dict(
+            key=row.key, labels=json.dumps(list(row.labels)), weights=np.ascontiguousarray(row.weights, np.float32).tobytes(),
+            bias=np.ascontiguousarray(row.bias, np.float32).tobytes(), threshold=row.threshold, source=row.source,
+        )
+        stmt = sqlite_insert(tag_sets).values(name=row.name, **values)
+        self._conn.execute(stmt.on_conflict_do_update(index_elements=[tag_sets.c.name], set_=values))
+
+    def add_tags(self, tag_set: str, rows: list[tuple[int, str, float, bool]]) -> None:
+        if rows:
+            self._conn.execute(
+                tags.insert(),
+                [{"image_id": i, "tag_set": tag_set, "label": label, "score": score, "best": best} for i, label, score, best in rows],
+            )
 
 
 def _damaged(path: Path, e: DatabaseError) -> CorruptIndexError:
