@@ -125,15 +125,18 @@ def index(
 
 
 @contextmanager
-def _progress(description: str) -> Iterator[Any]:
-    """A tqdm bar on stderr (only when it is a terminal), created once the total is known."""
+def _progress(description: str, unit: str = "file") -> Iterator[Any]:
+    """A tqdm bar on stderr (only when it is a terminal), created once the total is known;
+    a third argument, when given, is shown as the loss."""
     from tqdm import tqdm
 
     bar: list[tqdm] = []
 
-    def update(done: int, total: int) -> None:
+    def update(done: int, total: int, loss: float | None = None) -> None:
         if not bar:
-            bar.append(tqdm(total=total, desc=description, unit="file", file=sys.stderr, disable=None))
+            bar.append(tqdm(total=total, initial=done - 1, desc=description, unit=unit, file=sys.stderr, disable=None))
+        if loss is not None:
+            bar[0].set_postfix(loss=f"{loss:.3f}", refresh=False)
         bar[0].update(done - bar[0].n)
 
     try:
@@ -276,6 +279,40 @@ def probe_apply(
         tagged = engine.apply_probe(probe_file, name=name, threshold=threshold)
         counts = engine.info()["tags"]
     typer.echo(f"tagged {tagged} images; " + ", ".join(f"{label}: {n}" for label, n in counts.items()), err=True)
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Argument(metavar="DATA", help="Folder of images with same-name .txt captions, or a .csv/.jsonl of image,caption.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", metavar="CKPT", help="Where to write the trained weights (.pt or .safetensors).", show_default=False)],
+    model: Annotated[Optional[str], typer.Option(metavar="NAME|CONFIG.json", help="Architecture. [default: ViT-B-32-256]")] = None,
+    pretrained: Annotated[Optional[str], typer.Option(metavar="TAG|hf-hub:ID|CHECKPOINT", help="Start from these weights (fine-tuning) [default: random weights]")] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, metavar="N", help="Passes over the data. [default: 1]")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, metavar="N", help="Optimizer steps (instead of --epochs).")] = None,
+    batch_size: Annotated[int, typer.Option(min=2, metavar="N", help="Pairs per micro-batch.")] = 64,
+    accumulate: Annotated[int, typer.Option(min=1, metavar="N", help="Micro-batches per optimizer step.")] = 1,
+    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (AdamW, warmup then cosine decay).")] = 5e-4,
+    device: DeviceOpt = None,
+) -> None:
+    """Contrastive training or fine-tuning on image-caption pairs; resumes an interrupted run."""
+    from .encoder import load_encoder, spec_from_flags
+    from .training import TrainSettings, read_pairs
+    from .training import train as run_training
+
+    if epochs and steps:
+        typer.echo("searchlite: error: give --epochs or --steps, not both", err=True)
+        raise typer.Exit(2)
+    settings = TrainSettings(epochs=epochs, steps=steps, batch_size=batch_size, accumulate=accumulate, lr=lr)
+    with _user_errors():
+        pairs = read_pairs(data)
+        encoder = load_encoder(spec_from_flags(model, pretrained, random_init=True), device)
+        with _progress("training", unit="step") as progress:
+            report = run_training(encoder, pairs, output, settings, progress=progress)
+    typer.echo(
+        f"wrote {output}: {report.steps} steps over {report.pairs} pairs in {report.seconds:.0f}s, "
+        f"loss {report.first_loss:.3f} -> {report.last_loss:.3f}; use it with --pretrained {output}",
+        err=True,
+    )
 
 
 def _write(lines: Iterable[bytes]) -> None:

@@ -90,13 +90,21 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def spec_from_flags(model: str | None, pretrained: str | None) -> ModelSpec:
-    """Build a spec from --model / --pretrained as a user typed them (no weights are loaded)."""
+def spec_from_flags(model: str | None, pretrained: str | None, *, random_init: bool = False) -> ModelSpec:
+    """Build a spec from --model / --pretrained as a user typed them (no weights are loaded).
+    random_init: a model without --pretrained starts from random weights (for training)."""
     if pretrained and pretrained.startswith(HF_HUB_PREFIX):
         return ModelSpec(hf_hub=pretrained[len(HF_HUB_PREFIX) :])
     if model and model.startswith(HF_HUB_PREFIX):
         return ModelSpec(hf_hub=model[len(HF_HUB_PREFIX) :])
     model = model or DEFAULT_MODEL
+    if model in BUNDLED_MODELS:
+        config_path, checkpoint = bundled_model(model)
+        return spec_from_flags(str(config_path), pretrained or str(checkpoint))
+    if pretrained is None and random_init:
+        if model.endswith(".json") or os.path.isfile(model):
+            return ModelSpec(config=_read_config(model))
+        return ModelSpec(name=model)
     if pretrained is None:
         if model != DEFAULT_MODEL:
             raise ModelLoadError(
@@ -120,6 +128,17 @@ def spec_from_flags(model: str | None, pretrained: str | None) -> ModelSpec:
             "as --pretrained"
         )
     return ModelSpec(name=name, pretrained=pretrained)
+
+
+# Models that ship inside the package: name -> file stem under searchlite/models/
+BUNDLED_MODELS = {"searchlite-shapes": "searchlite-shapes"}
+
+
+def bundled_model(name: str) -> tuple[Path, Path]:
+    """(config JSON, checkpoint) of a model shipped with searchlite."""
+    folder = Path(__file__).parent / "models"
+    stem = BUNDLED_MODELS[name]
+    return folder / f"{stem}.json", folder / f"{stem}.safetensors"
 
 
 def _read_config(path: str) -> dict[str, Any]:
@@ -184,12 +203,16 @@ class ClipEncoder:
             x = torch.stack(batch).to(self.device)  # (n, 3, H, W)
             return _to_numpy(self.model.encode_image(x, normalize=True))
 
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """Texts -> token ids (n, context_length)."""
+        return self._tokenizer(texts)
+
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """Texts -> (n, d) unit float32."""
         import torch
 
         with torch.inference_mode():
-            tokens = self._tokenizer(texts).to(self.device)  # (n, context_length)
+            tokens = self.tokenize(texts).to(self.device)  # (n, context_length)
             return _to_numpy(self.model.encode_text(tokens, normalize=True))
 
 

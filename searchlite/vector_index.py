@@ -100,6 +100,8 @@ def write_atomic(path: Path, data: bytes) -> None:
     """Temp file in the same folder, fsync, os.replace, fsync the folder."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file private (0600); keep the permissions of the file it replaces
+        os.fchmod(fd, path.stat().st_mode & 0o777 if path.exists() else 0o644)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

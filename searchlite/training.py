@@ -1,0 +1,248 @@
+"""Contrastive training and fine-tuning (CLIP paper, section 2.3) on image-caption pairs.
+
+Symmetric InfoNCE with a learned temperature (open_clip's ClipLoss), AdamW with linear warmup and
+cosine decay, gradient accumulation, resumable checkpoints. The output is a plain state dict that
+loads anywhere a checkpoint does (`--pretrained CKPT`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import random
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from . import images
+from .encoder import ClipEncoder
+from .errors import InvalidQueryError, PathNotFoundError
+from .vector_index import write_atomic
+
+log = logging.getLogger(__name__)
+
+TrainProgress = Callable[[int, int, float], None]  # (step, total steps, loss)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Tunables of a training run. Give epochs or steps (optimizer steps)."""
+
+    epochs: int | None = None
+    steps: int | None = None
+    batch_size: int = 64  # pairs per micro-batch (the contrastive loss sees this many at once)
+    accumulate: int = 1  # micro-batches per optimizer step
+    lr: float = 5e-4
+    weight_decay: float = 0.1
+    warmup: float = 0.05  # fraction of the steps spent warming the learning rate up
+    seed: int = 0
+    checkpoint_every: int = 500  # optimizer steps between resumable checkpoints
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    steps: int
+    pairs: int
+    first_loss: float
+    last_loss: float
+    seconds: float
+    resumed_from: int
+
+
+def read_pairs(data: str | os.PathLike[str]) -> list[tuple[str, str]]:
+    """(image path, caption) pairs: a folder of images with same-name .txt captions, or a
+    .csv (columns image,caption) or .jsonl ({"image": ..., "caption": ...}) file; relative image
+    paths are taken relative to the file."""
+    path = Path(data)
+    if not path.exists():
+        raise PathNotFoundError(f"training data {data} not found")
+    if path.is_dir():
+        pairs = []
+        by_stem: dict[tuple[Path, str], list[Path]] = {}
+        for f in sorted(path.rglob("*")):
+            if f.is_file() and not f.name.startswith("."):
+                by_stem.setdefault((f.parent, f.stem), []).append(f)
+        for files in by_stem.values():
+            captions = [f for f in files if f.suffix == ".txt"]
+            pictures = [f for f in files if f.suffix != ".txt"]
+            if captions and pictures:
+                pairs.append((str(pictures[0]), captions[0].read_text(encoding="utf-8").strip()))
+    elif path.suffix.lower() == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        if rows and not {"image", "caption"} <= set(rows[0]):
+            raise InvalidQueryError(f"{data}: a CSV needs the columns image and caption")
+        pairs = [(str(path.parent / r["image"]), r["caption"].strip()) for r in rows]
+    elif path.suffix.lower() == ".jsonl":
+        pairs = []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                    pairs.append((str(path.parent / row["image"]), str(row["caption"]).strip()))
+                except (ValueError, KeyError, TypeError):
+                    raise InvalidQueryError(f"{data} line {n}: expected {{\"image\": ..., \"caption\": ...}}") from None
+    else:
+        raise InvalidQueryError(f"training data {data}: give a folder of images with .txt captions, a .csv or a .jsonl")
+    pairs = [(image, caption) for image, caption in pairs if caption]
+    if len(pairs) < 2:
+        raise InvalidQueryError(f"training data {data}: found {len(pairs)} image-caption pairs, need at least 2")
+    return pairs
+
+
+def train(
+    encoder: ClipEncoder,
+    pairs: list[tuple[str, str]],
+    output: str | os.PathLike[str],
+    settings: TrainSettings,
+    progress: TrainProgress | None = None,
+) -> TrainReport:
+    """Train encoder.model on pairs; write its weights to output (resuming output's unfinished run)."""
+    import time
+
+    import open_clip
+    import torch
+    from open_clip.loss import ClipLoss
+
+    output = Path(output)
+    started = time.monotonic()
+    model, device = encoder.model, encoder.device
+    steps_per_epoch = max(1, len(pairs) // (settings.batch_size * settings.accumulate))
+    total = settings.steps or (settings.epochs or 1) * steps_per_epoch
+
+    torch.manual_seed(settings.seed)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "logit_scale" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "logit_scale" in n]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=settings.lr
+    )
+    warmup = max(1, int(settings.warmup * total))
+
+    def lr_factor(step: int) -> float:  # linear warmup, then cosine decay to zero
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    state_path = output.with_name(output.name + ".train-state")
+    step = _resume(state_path, model, optimizer, scheduler, settings, len(pairs))
+    resumed_from = step
+
+    cfg = open_clip.get_model_preprocess_cfg(model)
+    transform = open_clip.image_transform(
+        cfg["size"], is_train=True, mean=cfg["mean"], std=cfg["std"], interpolation=cfg["interpolation"], resize_mode=cfg["resize_mode"]
+    )
+    loss_fn = ClipLoss()
+    model.train()
+    first_loss = last_loss = float("nan")
+    batches = _batches(pairs, settings, transform, encoder, start_step=step)
+    while step < total:
+        optimizer.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for _ in range(settings.accumulate):
+            pixels, tokens = next(batches)
+            image_features = model.encode_image(pixels.to(device), normalize=True)  # (b, d)
+            text_features = model.encode_text(tokens.to(device), normalize=True)  # (b, d)
+            loss = loss_fn(image_features, text_features, model.logit_scale.exp()) / settings.accumulate
+            loss.backward()
+            step_loss += loss.item()
+        optimizer.step()
+        scheduler.step()
+        with torch.no_grad():  # as in CLIP: the temperature may not go below 1/100
+            model.logit_scale.clamp_(0, math.log(100))
+        step += 1
+        first_loss = step_loss if math.isnan(first_loss) else first_loss
+        last_loss = step_loss
+        if progress:
+            progress(step, total, step_loss)
+        if step % settings.checkpoint_every == 0 and step < total:
+            _save_state(state_path, model, optimizer, scheduler, step, settings, len(pairs))
+    model.eval()
+    _save_weights(output, model)
+    state_path.unlink(missing_ok=True)
+    return TrainReport(total, len(pairs), first_loss, last_loss, time.monotonic() - started, resumed_from)
+
+
+def _batches(pairs: list[tuple[str, str]], settings: TrainSettings, transform: Any, encoder: ClipEncoder, start_step: int) -> Iterator[Any]:
+    """Shuffled micro-batches (pixels (b, 3, H, W), tokens (b, L)), decoded ahead in threads."""
+    import torch
+
+    rng = random.Random(settings.seed)
+    order: list[int] = []
+    skip = start_step * settings.accumulate  # micro-batches already seen by a resumed run
+
+    def load(i: int) -> Any:
+        with open(pairs[i][0], "rb") as f:
+            return transform(images.decode_rgb(f.read()).image)
+
+    def micro_batches() -> Iterator[list[int]]:
+        while True:
+            order[:] = list(range(len(pairs)))
+            rng.shuffle(order)
+            for start in range(0, len(order) - settings.batch_size + 1, settings.batch_size):
+                yield order[start : start + settings.batch_size]
+
+    with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
+        upcoming = None
+        for n, indices in enumerate(micro_batches()):
+            if n < skip:
+                continue
+            current = upcoming
+            upcoming = (pool.map(load, indices), [pairs[i][1] for i in indices])
+            if current is not None:
+                pixels, captions = current
+                yield torch.stack(list(pixels)), encoder.tokenize(captions)
+
+
+def _save_weights(output: Path, model: Any) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if output.suffix == ".safetensors":
+        from safetensors.torch import save
+
+        write_atomic(output, save(state))
+    else:
+        import io
+
+        import torch
+
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        write_atomic(output, buf.getvalue())
+
+
+def _save_state(path: Path, model: Any, optimizer: Any, scheduler: Any, step: int, settings: TrainSettings, n_pairs: int) -> None:
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(
+        {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+         "step": step, "settings": json.dumps(asdict(settings)), "pairs": n_pairs},
+        buf,
+    )
+    write_atomic(path, buf.getvalue())
+    log.info("checkpoint at step %d: %s", step, path)
+
+
+def _resume(path: Path, model: Any, optimizer: Any, scheduler: Any, settings: TrainSettings, n_pairs: int) -> int:
+    """Continue an unfinished run of the same settings on the same data; returns its step."""
+    import torch
+
+    if not path.exists():
+        return 0
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("settings") != json.dumps(asdict(settings)) or state.get("pairs") != n_pairs:
+        log.warning("ignoring %s: it is from a run with other settings or data", path)
+        return 0
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    log.warning("resuming training at step %d from %s", state["step"], path)
+    return int(state["step"])
+
