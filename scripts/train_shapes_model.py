@@ -26,6 +26,14 @@ from searchlite.encoder import bundled_model, load_encoder, spec_from_flags  # n
 from searchlite.training import TrainSettings, read_pairs, train  # noqa: E402
 
 
+def halve(checkpoint: Path) -> None:
+    """Store the weights as float16 so the package stays small; they load into float32 models."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(checkpoint))
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, str(checkpoint))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenes", type=int, default=20000)
@@ -40,6 +48,7 @@ def main() -> None:
         encoder = load_encoder(spec_from_flags(str(config), None, random_init=True), "cpu")
         settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr)
         report = train(encoder, read_pairs(data), checkpoint, settings)
+    halve(checkpoint)
     result = {"steps": report.steps, "train_seconds": round(report.seconds), "loss": [round(report.first_loss, 3), round(report.last_loss, 3)]}
     result |= evaluate(str(config), str(checkpoint))
     print(json.dumps(result))

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -100,7 +100,7 @@ def spec_from_flags(model: str | None, pretrained: str | None, *, random_init: b
     model = model or DEFAULT_MODEL
     if model in BUNDLED_MODELS:
         config_path, checkpoint = bundled_model(model)
-        return spec_from_flags(str(config_path), pretrained or str(checkpoint))
+        return replace(spec_from_flags(str(config_path), pretrained or str(checkpoint)), name=model)
     if pretrained is None and random_init:
         if model.endswith(".json") or os.path.isfile(model):
             return ModelSpec(config=_read_config(model))

@@ -274,7 +274,9 @@ class SearchEngine:
     def zero_shot(self, labels: str | Sequence[str], templates: str | None = None) -> LinearClassifier:
         """The zero-shot classifier for labels; templates: None/"single", "imagenet" (the CLIP
         paper's 80-template ensemble) or a file. Its class weights are cached in the index."""
-        label_set = zeroshot.LabelSet(tuple(zeroshot.parse_labels(labels)), tuple(zeroshot.resolve_templates(templates)))
+        return self._zero_shot(_label_set(labels, templates))
+
+    def _zero_shot(self, label_set: zeroshot.LabelSet) -> LinearClassifier:
         key = label_set.key(self.model_key())
         cached = self._store.cached_weights(key)
         if cached is not None:
@@ -312,8 +314,9 @@ class SearchEngine:
         """Tag every indexed image with the zero-shot labels (kept up to date by later index runs).
         An image carries its best label, and any other label whose probability reaches threshold.
         A new label set under the same name replaces the old one. Returns images newly tagged."""
-        classifier = self.zero_shot(labels, templates)
-        key = zeroshot.LabelSet(classifier.labels, tuple(zeroshot.resolve_templates(templates))).key(self.model_key())
+        label_set = _label_set(labels, templates)
+        classifier = self._zero_shot(label_set)
+        key = label_set.key(self.model_key())
         source = f"zero-shot, templates: {templates or 'single'}"
         return self.apply_classifier(name, classifier, key=f"{key}:{threshold}", threshold=threshold, source=source)
 
@@ -460,6 +463,10 @@ class SearchEngine:
             ) from None
         state = {"generation": self._store.generation, "count": len(self._vectors), "crc32": zlib.crc32(data)}
         self._store.set_info("faiss", state)
+
+
+def _label_set(labels: str | Sequence[str], templates: str | None) -> zeroshot.LabelSet:
+    return zeroshot.LabelSet(tuple(zeroshot.parse_labels(labels)), tuple(zeroshot.resolve_templates(templates)))
 
 
 def _as_list(value: Any) -> list[Any]:
