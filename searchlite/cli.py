@@ -295,19 +295,14 @@ def train(
     device: DeviceOpt = None,
 ) -> None:
     """Contrastive training or fine-tuning on image-caption pairs; resumes an interrupted run."""
-    from .encoder import load_encoder, spec_from_flags
-    from .training import TrainSettings, read_pairs
-    from .training import train as run_training
+    from .training import TrainSettings, train_from_flags
 
     if epochs and steps:
         typer.echo("searchlite: error: give --epochs or --steps, not both", err=True)
         raise typer.Exit(2)
     settings = TrainSettings(epochs=epochs, steps=steps, batch_size=batch_size, accumulate=accumulate, lr=lr)
-    with _user_errors():
-        pairs = read_pairs(data)
-        encoder = load_encoder(spec_from_flags(model, pretrained, random_init=True), device)
-        with _progress("training", unit="step") as progress:
-            report = run_training(encoder, pairs, output, settings, progress=progress)
+    with _user_errors(), _progress("training", unit="step") as progress:
+        report = train_from_flags(data, output, model=model, pretrained=pretrained, device=device, settings=settings, progress=progress)
     typer.echo(
         f"wrote {output}: {report.steps} steps over {report.pairs} pairs in {report.seconds:.0f}s, "
         f"loss {report.first_loss:.3f} -> {report.last_loss:.3f}; use it with --pretrained {output}",

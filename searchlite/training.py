@@ -95,6 +95,24 @@ def read_pairs(data: str | os.PathLike[str]) -> list[tuple[str, str]]:
     return pairs
 
 
+def train_from_flags(
+    data: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    model: str | None,
+    pretrained: str | None,
+    device: str | None,
+    settings: TrainSettings,
+    progress: TrainProgress | None = None,
+) -> TrainReport:
+    """`searchlite train`: read the pairs, load the model (random weights without pretrained), train."""
+    from .encoder import load_encoder, spec_from_flags
+
+    pairs = read_pairs(data)
+    encoder = load_encoder(spec_from_flags(model, pretrained, random_init=True), device)
+    return train(encoder, pairs, output, settings, progress)
+
+
 def train(
     encoder: ClipEncoder,
     pairs: list[tuple[str, str]],
