@@ -39,7 +39,6 @@ def stored_vectors(index_dir: Path) -> dict[str, np.ndarray]:
 
 def reference_embedding(tiny_model, path: Path) -> np.ndarray:
     """open_clip's own encode_image(preprocess(img), normalize=True), independent of searchlite."""
-    import open_clip
     import torch
 
     config, checkpoint = tiny_model
@@ -53,7 +52,6 @@ _models: dict = {}
 
 
 def _reference_model(config: str, checkpoint: str):
-    import json
 
     import open_clip
 

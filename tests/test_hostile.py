@@ -12,7 +12,6 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
