@@ -98,7 +98,7 @@ class DecodeWorker:
             except (EOFError, OSError):
                 if self.closed:
                     raise DecodeCancelled() from None
-                code = self._process.wait(5) if self._process else None
+                code = self._exit_code()
                 self.kill()
                 reason = f"the image decoder crashed on this file (exit code {code})"
                 continue
@@ -122,6 +122,19 @@ class DecodeWorker:
             theirs.close()
             self._conn = Connection(ours.detach())
         return self._conn
+
+    def _exit_code(self) -> int | None:
+        try:
+            return self._process.wait(5) if self._process else None
+        except subprocess.TimeoutExpired:
+            return None
+
+    def cancel(self) -> None:
+        """Kill the child at once (from another thread): a waiting decode raises DecodeCancelled."""
+        self.closed = True
+        process = self._process
+        if process is not None:
+            process.kill()
 
     def kill(self) -> None:
         if self._process is not None:
@@ -162,10 +175,7 @@ class DecodePool:
     def cancel(self) -> None:
         """Kill every child at once (on interruption): waiting decodes raise DecodeCancelled."""
         for worker in self._workers:
-            worker.closed = True
-            process = worker._process
-            if process is not None:
-                process.kill()
+            worker.cancel()
 
     def close(self) -> None:
         """Stop every child; call when no thread uses the pool any more."""
