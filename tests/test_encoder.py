@@ -1,0 +1,38 @@
+"""The text tower shortcut (tokens up to end-of-text only) and the text cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from searchlite.encoder import _truncatable, load_encoder, spec_from_flags
+
+TEXTS = ["", "a", "a dog on grass", "a red car parked on the street at night " * 3, "word " * 200]  # the last is cut at 77 tokens
+
+
+def test_encoding_only_up_to_end_of_text_matches_open_clip(tiny_model) -> None:
+    config, checkpoint = tiny_model
+    encoder = load_encoder(spec_from_flags(str(config), str(checkpoint)), "cpu")
+    assert _truncatable(encoder.model)  # the shortcut is what is being tested
+    ours = encoder.encode_texts(TEXTS)
+    with torch.inference_mode():
+        reference = encoder.model.encode_text(encoder.tokenize(TEXTS), normalize=True).numpy()
+    cosines = (ours * reference).sum(axis=1)
+    assert cosines.min() >= 0.9999, cosines
+    # one at a time (different lengths) gives the same as in a batch
+    for text, vector in zip(TEXTS, ours):
+        np.testing.assert_allclose(encoder.encode_texts([text + " "])[0], encoder._encode_texts([text + " "])[0], atol=1e-6)
+        assert float(vector @ encoder._encode_texts([text])[0]) >= 0.99999
+
+
+def test_repeated_texts_come_from_the_cache(tiny_model, monkeypatch) -> None:
+    config, checkpoint = tiny_model
+    encoder = load_encoder(spec_from_flags(str(config), str(checkpoint)), "cpu")
+    calls: list[list[str]] = []
+    real = encoder._encode_texts
+    monkeypatch.setattr(encoder, "_encode_texts", lambda texts: calls.append(texts) or real(texts))
+    first = encoder.encode_texts(["a cat", "a dog", "a cat"])
+    second = encoder.encode_texts(["a dog", "a bird"])
+    assert calls == [["a cat", "a dog"], ["a bird"]]
+    np.testing.assert_array_equal(first[1], second[0])
+    np.testing.assert_array_equal(first[0], first[2])
