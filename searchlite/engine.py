@@ -31,7 +31,7 @@ from .errors import (
 )
 from .indexer import Indexer, IndexReport, ProgressFn
 from .store import FAILED, INDEXED, SKIPPED, FileRow, Store, TagSetRow
-from .vector_index import VectorIndex, write_atomic
+from .vector_index import ANN_MIN_VECTORS, VectorIndex, write_atomic
 from .writelock import writer_lock
 
 log = logging.getLogger(__name__)
@@ -154,6 +154,9 @@ class SearchEngine:
             )
             try:
                 report = indexer.run(root, progress)
+                if vectors.kind == "exact" and len(vectors) >= ANN_MIN_VECTORS:
+                    log.warning("%d vectors: building an approximate index (once; `searchlite optimize` redoes it)", len(vectors))
+                    vectors.optimize()
             finally:
                 self._save_vectors()
             report.tagged = self._refresh_tags()
@@ -266,8 +269,18 @@ class SearchEngine:
             "dim": self._store.get_info("embed_dim"),
             "database_bytes": db_bytes,
             "vectors_bytes": faiss_file.stat().st_size if faiss_file.exists() else 0,
+            "vector_index": (self._store.get_info("faiss") or {}).get("kind", "exact"),
             "tags": self._store.tag_counts(),
         }
+
+    def optimize(self, *, force: bool = True) -> dict[str, Any]:
+        """Rebuild the vector index for its size: approximate (IVF, tuned on the data) when large or
+        forced, exact otherwise. Searches keep working meanwhile; returns what was chosen."""
+        with writer_lock(self.index_dir / LOCK_FILENAME):
+            vectors = self._get_vectors(writer=True)
+            chosen = vectors.optimize(force=force)
+            self._save_vectors()
+            return chosen
 
     # --- CLIP beyond search: zero-shot classification, tags, linear probes ----------------------
 
@@ -436,6 +449,8 @@ class SearchEngine:
         vectors = VectorIndex(dim)
         for ids, chunk in self._store.iter_vectors():
             vectors.add(ids, chunk)
+        if len(vectors) >= ANN_MIN_VECTORS:
+            vectors.optimize()
         if len(vectors) or path.exists():
             log.warning("rebuilt the vector cache %s from the database (%d vectors)", path, len(vectors))
         self._vectors = vectors
@@ -461,7 +476,7 @@ class SearchEngine:
                 f"cannot save {path} ({e.strerror or e}); the index is intact and still answers "
                 "queries: free disk space or fix the disk, then run the same command again"
             ) from None
-        state = {"generation": self._store.generation, "count": len(self._vectors), "crc32": zlib.crc32(data)}
+        state = {"generation": self._store.generation, "count": len(self._vectors), "crc32": zlib.crc32(data), "kind": self._vectors.kind}
         self._store.set_info("faiss", state)
 
 

@@ -160,3 +160,8 @@ def test_python_dash_m_and_the_console_script(indexed: Path, index_dir: Path) ->
     if script.exists():
         helped = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
         assert helped.returncode == 0 and "index" in helped.stdout and "query" in helped.stdout
+
+
+def test_optimize_command(cli, indexed: Path) -> None:
+    result = cli("optimize")
+    assert result.exit_code == 0 and "vector index: exact" in result.stderr  # too few vectors for inverted lists

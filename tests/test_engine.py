@@ -518,3 +518,20 @@ def test_a_database_damaged_inside_is_reported_not_crashed_on(engine_factory, ph
             reopened.index(photos)
     assert isinstance(e.value, CorruptIndexError) and "damaged" in str(e.value)
     assert db.read_bytes() == damaged
+
+
+def test_optimize_switches_to_an_approximate_index_that_keeps_answering(engine_factory, photos: Path, index_dir: Path) -> None:
+    engine = engine_factory()
+    for i in range(40):  # enough vectors for a small inverted file
+        Image.open(photos / "astronaut.jpg").rotate(i * 9).save(photos / f"r{i:02d}.jpg")
+    engine.index(photos)
+    want = paths_of(engine.search(image=str(photos / "r05.jpg"), k=1))
+    chosen = engine.optimize()
+    assert chosen["kind"] == "ivf" and engine.info()["vector_index"] == "ivf"
+    assert paths_of(engine.search(image=str(photos / "r05.jpg"), k=1)) == want
+    engine.close()
+    with SearchEngine.open(index_dir) as reopened:  # saved as it is, and still incremental
+        Image.open(photos / "astronaut.jpg").rotate(200).save(photos / "late.jpg")
+        assert reopened.index(photos).added == 1
+        assert paths_of(reopened.search(image=str(photos / "late.jpg"), k=1)) == [str(photos / "late.jpg")]
+        assert reopened.info()["vector_index"] == "ivf"

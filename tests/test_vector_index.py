@@ -80,3 +80,43 @@ def test_save_and_load_round_trip_without_leaving_temp_files(tmp_path: Path) -> 
     q = unit(3, 16, seed=2)
     for a, b in zip(index.search(q, 5), loaded.search(q, 5)):
         np.testing.assert_array_equal(a, b)
+
+
+def clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
+    """Unit vectors around 50 centres: structured like real embeddings, unlike uniform noise."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((50, d)).astype(np.float32)
+    x = centres[rng.integers(0, 50, n)] + 0.6 * rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_ann_index_is_tuned_to_the_recall_target_and_keeps_working(tmp_path: Path) -> None:
+    both = clustered(20100, 32)
+    vectors, queries = both[:20000], both[20000:]  # queries from the same distribution, not indexed
+    ids = np.arange(20000, dtype=np.int64) * 5 + 1
+    index = VectorIndex(32)
+    index.add(ids, vectors)
+    assert index.optimize()["kind"] == "exact"  # small: exact stays
+    chosen = index.optimize(force=True)
+    assert index.kind == "ivf" and chosen["recall_at_10"] >= 0.95 and len(index) == 20000
+    _, want = brute_force(ids, vectors, queries, 10)
+    _, got = index.search(queries, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(want.tolist(), got.tolist())])
+    assert recall >= 0.95
+    # incremental adds and removes after the ANN structure exists
+    index.remove(ids[:100])
+    assert len(index) == 19900
+    assert not set(index.search(vectors[:100], 10)[1].ravel().tolist()) & set(ids[:100].tolist())
+    fresh = clustered(10, 32, seed=3)
+    index.add(np.arange(10) + 10**9, fresh)
+    assert index.search(fresh, 1)[1].ravel().tolist() == list(range(10**9, 10**9 + 10))
+    index.add(np.arange(10) + 10**9, fresh)  # re-adding replaces
+    assert len(index) == 19910
+    # it saves and loads with its structure and tuned probes
+    index.save(tmp_path / "ivf.faiss")
+    loaded = VectorIndex.load(tmp_path / "ivf.faiss")
+    assert loaded.kind == "ivf" and loaded._index.nprobe == index._index.nprobe
+    for a, b in zip(index.search(queries, 5), loaded.search(queries, 5)):
+        np.testing.assert_array_equal(a, b)
+    # and goes back to exact search when asked to fit a small size
+    assert index.optimize()["kind"] == "exact" and len(index) == 19910
