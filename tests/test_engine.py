@@ -20,21 +20,13 @@ from searchlite import (
     SearchEngine,
 )
 from searchlite.config import DB_FILENAME, FAISS_FILENAME, LOCK_FILENAME
-from searchlite.store import Store
 from searchlite.writelock import writer_lock
+from tests.conftest import load_script
 
 
 def stored_vectors(index_dir: Path) -> dict[str, np.ndarray]:
     """Every indexed path and its stored vector, read straight from SQLite."""
-    store = Store.open(index_dir / DB_FILENAME, create=False)
-    try:
-        out = {}
-        for ids, vectors in store.iter_vectors():
-            rows = store.fetch(ids.tolist())
-            out.update({rows[i].path: v for i, v in zip(ids.tolist(), vectors)})
-        return out
-    finally:
-        store.close()
+    return {path: vector for path, (_, vector) in load_script("kill_loop").snapshot(index_dir).items() if vector is not None}
 
 
 def reference_embedding(tiny_model, path: Path) -> np.ndarray:
