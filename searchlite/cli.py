@@ -115,9 +115,9 @@ def index(
     settings = replace(IndexSettings(), **{k: v for k, v in flags.items() if v})
     with _user_errors(), _open(index, model=model, pretrained=pretrained, device=device, settings=settings) as engine:
         for folder in folders:
-            with _progress(f"indexing {folder}") as progress:
+            with _progress(f"indexing {_printable(str(folder))}") as progress:
                 report = engine.index(folder, progress=progress)
-            typer.echo(f"{folder}: {report.summary()}", err=True)
+            typer.echo(f"{_printable(str(folder))}: {report.summary()}", err=True)
             for path, reason in report.failures[:10]:
                 typer.echo(f"  failed: {_printable(path)}: {reason}", err=True)
             if len(report.failures) > 10:
