@@ -204,6 +204,32 @@ def optimize(index: IndexOpt = None) -> None:
     typer.echo(f"vector index: {chosen['kind']} ({details})", err=True)
 
 
+@app.command("export")
+def export_(
+    output: Annotated[Path, typer.Argument(metavar="OUT.npy", help="Embeddings file; paths go to OUT.jsonl beside it.", show_default=False)],
+    index: IndexOpt = None,
+) -> None:
+    """Write the stored embeddings (.npy) and their paths (.jsonl, same order)."""
+    with _user_errors(), _open(index, create=False) as engine:
+        n = engine.export_embeddings(output)
+    typer.echo(f"wrote {n} embeddings to {output} and their paths to {output.with_suffix('.jsonl')}", err=True)
+
+
+@app.command("import")
+def import_(
+    embeddings: Annotated[Path, typer.Argument(metavar="EMB.npy", help="float32 (n, d) embeddings from this index's model.", show_default=False)],
+    paths: Annotated[Path, typer.Argument(metavar="PATHS", help='The n image paths: .jsonl of {"path": ...} or one per line.', show_default=False)],
+    index: IndexOpt = None,
+    model: Annotated[Optional[str], typer.Option(metavar="NAME|CONFIG.json", help="The model that made the embeddings (new index only).")] = None,
+    pretrained: Annotated[Optional[str], typer.Option(metavar="TAG|hf-hub:ID|CHECKPOINT", help="Its weights (new index only).")] = None,
+) -> None:
+    """Load embeddings computed elsewhere (e.g. on a GPU cluster) without re-encoding."""
+    with _user_errors(), _open(index, model=model, pretrained=pretrained) as engine:
+        imported, missing = engine.import_embeddings(embeddings, paths)
+    note = f"; {missing} paths are not on this machine and were left out" if missing else ""
+    typer.echo(f"imported {imported} embeddings{note}", err=True)
+
+
 LabelsOpt = Annotated[str, typer.Option("--labels", metavar="A,B,C", help="Comma-separated labels.", show_default=False)]
 TemplatesOpt = Annotated[
     Optional[str],

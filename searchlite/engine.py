@@ -4,6 +4,7 @@ searches it by text and image, reports on it. Owns the store, the vector index a
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -273,6 +274,70 @@ class SearchEngine:
             "tags": self._store.tag_counts(),
         }
 
+    def export_embeddings(self, npy_path: str | os.PathLike[str]) -> int:
+        """Write every stored embedding to npy_path (float32 (n, d)) and, line by line in the same
+        order, {"path": ...} objects to the .jsonl beside it. Returns n."""
+        ids, vectors = [], []
+        for chunk_ids, chunk in self._store.iter_vectors():
+            ids.extend(chunk_ids.tolist())
+            vectors.append(chunk)
+        rows = self._store.fetch(ids)
+        matrix = np.concatenate(vectors) if vectors else np.zeros((0, self._store.get_info("embed_dim") or 0), np.float32)
+        buf = io.BytesIO()
+        np.save(buf, matrix)
+        npy = Path(npy_path)
+        write_atomic(npy, buf.getvalue())
+        lines = (json.dumps({"path": rows[i].path}) + "\n" for i in ids)
+        write_atomic(npy.with_suffix(".jsonl"), "".join(lines).encode())
+        return len(ids)
+
+    def import_embeddings(self, npy_path: str | os.PathLike[str], paths_path: str | os.PathLike[str]) -> tuple[int, int]:
+        """Load embeddings computed elsewhere (by this index's model) for files that exist here:
+        npy_path holds float32 (n, d); paths_path the n paths, as .jsonl {"path": ...} lines or plain
+        lines. Later index runs treat these files as unchanged. Returns (imported, not found here)."""
+        try:
+            matrix = np.load(npy_path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise InvalidQueryError(f"cannot read embeddings {npy_path}: {e}") from None
+        paths = _read_paths(Path(paths_path))
+        dim = self._store.get_info("embed_dim") or self._get_encoder().embed_dim
+        if matrix.ndim != 2 or matrix.shape[1] != dim or len(matrix) != len(paths):
+            raise InvalidQueryError(
+                f"{npy_path} holds {matrix.shape} embeddings for {len(paths)} paths; this index needs "
+                f"one {dim}-dimensional row per path (from its own model, {self.spec.describe()})"
+            )
+        norms = np.linalg.norm(matrix, axis=1)
+        if not np.all(np.isfinite(norms)) or np.any(norms == 0):
+            raise InvalidQueryError(f"{npy_path} has rows that are zero, NaN or infinite")
+        matrix = (matrix / norms[:, None]).astype(np.float32)
+        if self._store.get_info("model") is None:
+            self._store.set_info("embed_dim", dim)
+            self._store.set_info("model", self.spec.to_record())
+        imported = missing = 0
+        with writer_lock(self.index_dir / LOCK_FILENAME):
+            vectors = self._get_vectors(writer=True)
+            for start in range(0, len(paths), 1000):
+                ids, chunk = [], []
+                with self._store.transaction() as tx:
+                    for path, vector in zip(paths[start : start + 1000], matrix[start : start + 1000]):
+                        try:
+                            with open(path, "rb") as f:
+                                data = f.read()
+                                st = os.fstat(f.fileno())
+                            width, height = _header_size(path)
+                        except OSError:
+                            missing += 1
+                            continue
+                        ids.append(tx.put(path, size=st.st_size, mtime_ns=st.st_mtime_ns, content_hash=scanner.content_hash(data),
+                                          state=INDEXED, vector=vector, width=width, height=height))
+                        chunk.append(vector)
+                if ids:
+                    vectors.add(np.array(ids, dtype=np.int64), np.stack(chunk))
+                    imported += len(ids)
+            self._save_vectors()
+            self._refresh_tags()
+        return imported, missing
+
     def optimize(self, *, force: bool = True) -> dict[str, Any]:
         """Rebuild the vector index for its size: approximate (IVF, tuned on the data) when large or
         forced, exact otherwise. Searches keep working meanwhile; returns what was chosen."""
@@ -478,6 +543,31 @@ class SearchEngine:
             ) from None
         state = {"generation": self._store.generation, "count": len(self._vectors), "crc32": zlib.crc32(data), "kind": self._vectors.kind}
         self._store.set_info("faiss", state)
+
+
+def _read_paths(path: Path) -> list[str]:
+    """Absolute paths from a .jsonl of {"path": ...} objects or a file of plain lines."""
+    try:
+        lines = [line for line in path.read_text(encoding="utf-8", errors="surrogateescape").splitlines() if line.strip()]
+    except OSError as e:
+        raise InvalidQueryError(f"cannot read paths {path}: {e.strerror or e}") from None
+    if path.suffix == ".jsonl":
+        try:
+            lines = [json.loads(line)["path"] for line in lines]
+        except (ValueError, KeyError, TypeError):
+            raise InvalidQueryError(f"{path}: every line must be a JSON object with a \"path\"") from None
+    return [os.path.abspath(os.path.join(path.parent, p)) for p in lines]
+
+
+def _header_size(path: str) -> tuple[int | None, int | None]:
+    """Width and height from the image header alone (None when it cannot be read)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except Exception:  # noqa: BLE001 - the size is informative only
+        return None, None
 
 
 def _label_set(labels: str | Sequence[str], templates: str | None) -> zeroshot.LabelSet:

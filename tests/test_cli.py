@@ -165,3 +165,13 @@ def test_python_dash_m_and_the_console_script(indexed: Path, index_dir: Path) ->
 def test_optimize_command(cli, indexed: Path) -> None:
     result = cli("optimize")
     assert result.exit_code == 0 and "vector index: exact" in result.stderr  # too few vectors for inverted lists
+
+
+def test_export_and_import_commands(cli, indexed: Path, tmp_path: Path, tiny_model) -> None:
+    out = cli("export", tmp_path / "e.npy")
+    assert out.exit_code == 0 and "wrote 10 embeddings" in out.stderr
+    config, checkpoint = tiny_model
+    other = tmp_path / "other"
+    imported = cli("import", tmp_path / "e.npy", tmp_path / "e.jsonl", "--index", other, "--model", config, "--pretrained", checkpoint)
+    assert imported.exit_code == 0 and "imported 10 embeddings" in imported.stderr
+    assert len(cli("query", "x", "--index", other, "-k", "100").stdout_bytes.splitlines()) == 10

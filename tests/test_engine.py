@@ -527,3 +527,39 @@ def test_optimize_switches_to_an_approximate_index_that_keeps_answering(engine_f
         assert reopened.index(photos).added == 1
         assert paths_of(reopened.search(image=str(photos / "late.jpg"), k=1)) == [str(photos / "late.jpg")]
         assert reopened.info()["vector_index"] == "ivf"
+
+
+def test_export_then_import_loads_embeddings_without_encoding(engine_factory, photos: Path, index_dir: Path, tmp_path: Path, tiny_model) -> None:
+    engine = engine_factory()
+    engine.index(photos)
+    assert engine.export_embeddings(tmp_path / "emb.npy") == 10
+    exported = np.load(tmp_path / "emb.npy")
+    assert exported.shape == (10, 64) and (tmp_path / "emb.jsonl").read_text().count("\n") == 10
+    (photos / "nature" / "grass.bmp").unlink()  # one path is not on "this machine" any more
+
+    config, checkpoint = tiny_model
+    encoded: list[int] = []
+
+    def counting(spec, device):
+        from searchlite.encoder import load_encoder
+
+        encoder = load_encoder(spec, device)
+        real = encoder.encode_images
+        encoder.encode_images = lambda batch: encoded.append(len(batch)) or real(batch)
+        return encoder
+
+    with SearchEngine.open(tmp_path / "imported", model=str(config), pretrained=str(checkpoint), encoder_factory=counting) as other:
+        assert other.import_embeddings(tmp_path / "emb.npy", tmp_path / "emb.jsonl") == (9, 1)
+        want = stored_vectors(index_dir)
+        got = stored_vectors(tmp_path / "imported")
+        assert set(got) == set(want) - {str(photos / "nature" / "grass.bmp")}
+        for path, vector in got.items():
+            np.testing.assert_allclose(vector, want[path], atol=1e-6)
+        assert other.index(photos).unchanged == 9  # later runs take the imported files as indexed
+        assert encoded == []
+    (tmp_path / "bad.npy").write_bytes(b"junk")
+    with pytest.raises(InvalidQueryError, match="cannot read embeddings"):
+        engine.import_embeddings(tmp_path / "bad.npy", tmp_path / "emb.jsonl")
+    np.save(tmp_path / "wrong.npy", np.ones((3, 5), np.float32))
+    with pytest.raises(InvalidQueryError, match="one 64-dimensional row per path"):
+        engine.import_embeddings(tmp_path / "wrong.npy", tmp_path / "emb.jsonl")
