@@ -105,13 +105,16 @@ def index(
     follow_links: Annotated[
         bool, typer.Option("--follow-links", help="Follow symbolic links to folders and out of the collection.")
     ] = False,
+    precision: Annotated[
+        Optional[str], typer.Option(metavar="auto|fp32|bf16|fp16", help="Image tower precision; auto keeps fp32 unless the hardware has fast fp16/bf16 that matches it. [default: auto]")
+    ] = None,
 ) -> None:
     """Index photo folders: the first run reads everything, later runs only what changed."""
     from dataclasses import replace
 
     from .config import IndexSettings
 
-    flags = {"batch_size": batch_size, "workers": workers, "max_megapixels": max_megapixels, "follow_links": follow_links}
+    flags = {"batch_size": batch_size, "workers": workers, "max_megapixels": max_megapixels, "follow_links": follow_links, "precision": precision}
     settings = replace(IndexSettings(), **{k: v for k, v in flags.items() if v})
     with _user_errors(), _open(index, model=model, pretrained=pretrained, device=device, settings=settings) as engine:
         for folder in folders:

@@ -35,6 +35,8 @@ class IndexSettings:
     decode_timeout_s: float = 30.0
     # follow symbolic links to folders and out of the collection
     follow_links: bool = False
+    # image tower precision: auto (fp16 on CUDA, bf16 on CPUs with native bf16, else fp32), or forced
+    precision: str = "auto"
 
     @property
     def max_pixels(self) -> int:

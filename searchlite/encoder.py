@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HF_HUB_PREFIX = "hf-hub:"
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TEXT_CACHE_SIZE = 1024  # text embeddings kept for repeated queries and prompt templates
 
 
@@ -186,6 +187,7 @@ class ClipEncoder:
         # the model resizes the shorter side and crops the centre: decoding may crop long strips
         self.crops_center = _preprocess_cfg(model).get("resize_mode", "shortest") == "shortest"
         # the learned temperature of the contrastive loss: logits = scale x cosine
+        self.precision = "fp32"  # of the image tower; see choose_precision
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_lock = threading.Lock()
         scale = getattr(model, "logit_scale", None)
@@ -201,12 +203,44 @@ class ClipEncoder:
         return self._preprocess(image)
 
     def encode_images(self, batch: list[torch.Tensor]) -> np.ndarray:
-        """Preprocessed tensors -> (n, d) unit float32."""
+        """Preprocessed tensors -> (n, d) unit float32 (computed in self.precision)."""
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast(self.precision):
             x = torch.stack(batch).to(self.device)  # (n, 3, H, W)
             return _to_numpy(self.model.encode_image(x, normalize=True))
+
+    def choose_precision(self, requested: str = "auto") -> str:
+        """Set the image tower's precision: "fp32", "bf16", "fp16", or "auto" — fp16 on CUDA, bf16
+        on CPUs with native bf16 (AMX, AVX512-BF16), else fp32. A lower precision is kept only if
+        its embeddings stay at cosine >= 0.999 with fp32 on a test batch. Returns the choice."""
+        import torch
+
+        if requested not in PRECISIONS:
+            raise ModelLoadError(f"precision {requested!r}: use one of {', '.join(PRECISIONS)}")
+        candidate = requested
+        if requested == "auto":
+            capability = torch.backends.cpu.get_cpu_capability()
+            native_bf16 = "AMX" in capability or "BF16" in capability
+            candidate = "fp16" if self.device.startswith("cuda") else "bf16" if native_bf16 else "fp32"
+        self.precision = "fp32"
+        if candidate != "fp32":
+            size = self.image_size
+            batch = list(torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(0)))  # 4 x (3, S, S)
+            reference = self.encode_images(batch)
+            self.precision = candidate
+            cosine = float((reference * self.encode_images(batch)).sum(axis=1).min())
+            if cosine < 0.999 and requested == "auto":
+                log.warning("%s embeddings drift from fp32 (cosine %.4f); using fp32", candidate, cosine)
+                self.precision = "fp32"
+        return self.precision
+
+    def _autocast(self, precision: str) -> Any:
+        import torch
+
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
+        return torch.autocast(device_type, dtype=dtype, enabled=dtype is not None)
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         """Texts -> token ids (n, context_length)."""

@@ -485,6 +485,7 @@ class SearchEngine:
         with self._lock:
             if self._encoder is None:
                 encoder = self._encoder_factory(self.spec, self._device)
+                encoder.choose_precision(self.settings.precision)
                 if self._store.get_info("model") is None:
                     self._store.set_info("embed_dim", encoder.embed_dim)
                     self._store.set_info("model", self.spec.to_record())

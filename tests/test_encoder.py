@@ -36,3 +36,22 @@ def test_repeated_texts_come_from_the_cache(tiny_model, monkeypatch) -> None:
     assert calls == [["a cat", "a dog"], ["a bird"]]
     np.testing.assert_array_equal(first[1], second[0])
     np.testing.assert_array_equal(first[0], first[2])
+
+
+def test_precision_is_fp32_on_a_cpu_without_native_bf16_and_can_be_forced(tiny_model, monkeypatch) -> None:
+    config, checkpoint = tiny_model
+    encoder = load_encoder(spec_from_flags(str(config), str(checkpoint)), "cpu")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert encoder.choose_precision("auto") == "fp32"
+    batch = list(torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1)))
+    fp32 = encoder.encode_images(batch)
+    assert encoder.choose_precision("bf16") == "bf16"  # forced: kept whatever it costs
+    bf16 = encoder.encode_images(batch)
+    assert (fp32 * bf16).sum(axis=1).min() > 0.95 and not np.array_equal(fp32, bf16)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512_BF16")
+    chosen = encoder.choose_precision("auto")  # a candidate: kept only if it matches fp32
+    encoder.precision = "fp32"
+    reference = encoder.encode_images(list(torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))))
+    encoder.precision = "bf16"
+    candidate = encoder.encode_images(list(torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))))
+    assert chosen == ("bf16" if (reference * candidate).sum(axis=1).min() >= 0.999 else "fp32")
