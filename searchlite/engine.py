@@ -196,16 +196,17 @@ class SearchEngine:
         while True:
             scores, ids = vectors.search(q, wanted)
             rows = self._store.fetch(int(i) for i in ids[0] if i >= 0)
-            found = [
+            candidates = [
                 (float(s), r)
                 for s, i in zip(scores[0], ids[0])
-                if (r := rows.get(int(i))) is not None
-                and (allowed is None or r.id in allowed)
-                and os.path.exists(r.path)
-            ][:k]
+                if (r := rows.get(int(i))) is not None and (allowed is None or r.id in allowed)
+            ]
+            found = [(s, r) for s, r in candidates if os.path.exists(r.path)][:k]
             if len(found) >= k or wanted >= len(vectors):
                 break
             wanted *= 2
+        if candidates and not found:  # e.g. the photos' drive is not mounted
+            log.warning("none of the matching files exist (first: %s); is their drive connected?", candidates[0][1].path)
         tags_of = self._store.tags_of(r.id for _, r in found)
         return [Hit(r.path, s, r.id, r.width, r.height, r.size, tuple(tags_of[r.id])) for s, r in found]
 
