@@ -283,7 +283,7 @@ def tag(
     with _user_errors(), _open(index, device=device, create=False) as engine:
         tagged = engine.tag(labels, templates, name=name, threshold=threshold)
         counts = engine.info()["tags"]
-    typer.echo(f"tagged {tagged} images; " + ", ".join(f"{label}: {n}" for label, n in counts.items()), err=True)
+    _say_tagged(tagged, counts)
 
 
 probe_app = typer.Typer(help="Few-shot linear probes: train on labelled examples, tag the index.", no_args_is_help=True)
@@ -317,7 +317,7 @@ def probe_apply(
     with _user_errors(), _open(index, create=False) as engine:
         tagged = engine.apply_probe(probe_file, name=name, threshold=threshold)
         counts = engine.info()["tags"]
-    typer.echo(f"tagged {tagged} images; " + ", ".join(f"{label}: {n}" for label, n in counts.items()), err=True)
+    _say_tagged(tagged, counts)
 
 
 @app.command()
@@ -347,6 +347,10 @@ def train(
         f"loss {report.first_loss:.3f} -> {report.last_loss:.3f}; use it with --pretrained {output}",
         err=True,
     )
+
+
+def _say_tagged(tagged: int, counts: dict[str, int]) -> None:
+    typer.echo(f"tagged {tagged} images; " + ", ".join(f"{label}: {n}" for label, n in counts.items()), err=True)
 
 
 def _write(lines: Iterable[bytes]) -> None:

@@ -14,7 +14,7 @@ import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, replace
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -87,6 +87,14 @@ def config_name(config: dict[str, Any]) -> str:
 
 
 def file_sha256(path: str) -> str:
+    """sha256 of a checkpoint, computed once per version of the file in this process (opening an
+    index with --pretrained checks it, and loading the model checks it again)."""
+    st = os.stat(path)
+    return _sha256(os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=16)
+def _sha256(path: str, _size: int, _mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):

@@ -18,8 +18,15 @@ from typing import Any
 import numpy as np
 
 from . import images, probe, query, scanner, zeroshot
+from .atomic_file import write_atomic
 from .classifier import DEFAULT_TAG_THRESHOLD, LinearClassifier
-from .config import DB_FILENAME, FAISS_FILENAME, LOCK_FILENAME, IndexSettings, resolve_index_dir
+from .config import (
+    DB_FILENAME,
+    FAISS_FILENAME,
+    LOCK_FILENAME,
+    IndexSettings,
+    resolve_index_dir,
+)
 from .encoder import ClipEncoder, ModelSpec, load_encoder, reconcile, spec_from_flags
 from .errors import (
     ImageDecodeError,
@@ -32,7 +39,7 @@ from .errors import (
 )
 from .indexer import Indexer, IndexReport, ProgressFn
 from .store import FAILED, INDEXED, SKIPPED, FileRow, Store, TagSetRow
-from .vector_index import ANN_MIN_VECTORS, VectorIndex, write_atomic
+from .vector_index import ANN_MIN_VECTORS, VectorIndex
 from .writelock import writer_lock
 
 log = logging.getLogger(__name__)
@@ -183,7 +190,7 @@ class SearchEngine:
         if k < 1:
             raise InvalidQueryError(f"k must be at least 1, got {k}")
         terms = query.parse_terms(_as_list(text), _as_list(image), _as_list(negative))
-        if self._store.get_info("model") is None:
+        if self._vectors is None and self._store.get_info("model") is None:
             raise IndexNotFoundError(f"the index in {self.index_dir} is empty: run `searchlite index FOLDER` first")
         vectors = self._get_vectors(writer=False)
         allowed = self._store.ids_tagged(tag) if tag is not None else None

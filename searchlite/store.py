@@ -297,11 +297,13 @@ class Store:
 
     def tag_sets(self) -> list[TagSetRow]:
         with self._reading() as conn:
-            return [
-                TagSetRow(r.name, r.key, tuple(json.loads(r.labels)), np.frombuffer(r.weights, np.float32).reshape(len(json.loads(r.labels)), -1),
-                          np.frombuffer(r.bias, np.float32), r.threshold, r.source)
-                for r in conn.execute(select(tag_sets).order_by(tag_sets.c.name))
-            ]
+            rows = conn.execute(select(tag_sets).order_by(tag_sets.c.name)).all()
+        out = []
+        for r in rows:
+            labels = tuple(json.loads(r.labels))
+            weights = np.frombuffer(r.weights, np.float32).reshape(len(labels), -1)
+            out.append(TagSetRow(r.name, r.key, labels, weights, np.frombuffer(r.bias, np.float32), r.threshold, r.source))
+        return out
 
     def untagged_vectors(self, tag_set: str) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors) of indexed images without tags from tag_set."""

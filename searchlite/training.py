@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from . import images
+from .atomic_file import write_atomic
 from .encoder import ClipEncoder
 from .errors import InvalidQueryError, PathNotFoundError
-from .vector_index import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -224,28 +224,25 @@ def _save_weights(output: Path, model: Any) -> None:
 
         write_atomic(output, save(state))
     else:
-        import io
-
-        import torch
-
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        write_atomic(output, buf.getvalue())
+        write_atomic(output, _torch_bytes(state))
 
 
 def _save_state(path: Path, model: Any, optimizer: Any, scheduler: Any, step: int, settings: TrainSettings, n_pairs: int) -> None:
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "step": step, "settings": json.dumps(asdict(settings)), "pairs": n_pairs}
+    write_atomic(path, _torch_bytes(state))
+    log.info("checkpoint at step %d: %s", step, path)
+
+
+def _torch_bytes(obj: Any) -> bytes:
+    """torch.save into memory (tensors, numbers and strings only: it loads with weights_only=True)."""
     import io
 
     import torch
 
     buf = io.BytesIO()
-    torch.save(
-        {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-         "step": step, "settings": json.dumps(asdict(settings)), "pairs": n_pairs},
-        buf,
-    )
-    write_atomic(path, buf.getvalue())
-    log.info("checkpoint at step %d: %s", step, path)
+    torch.save(obj, buf)
+    return buf.getvalue()
 
 
 def _resume(path: Path, model: Any, optimizer: Any, scheduler: Any, settings: TrainSettings, n_pairs: int) -> int:

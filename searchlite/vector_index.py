@@ -8,12 +8,13 @@ target recall. Vector contract at this boundary: float32, C-contiguous, shape (n
 from __future__ import annotations
 
 import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .atomic_file import write_atomic
 
 
 def _faiss() -> Any:
@@ -166,27 +167,3 @@ def _tune_nprobe(ivf: Any, ids: np.ndarray, vectors: np.ndarray, rng: np.random.
         if recall >= target or nprobe >= ivf.nlist:
             return nprobe, recall
         nprobe = min(2 * nprobe, ivf.nlist)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, fsync, os.replace, fsync the folder."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp makes the file private (0600); keep the permissions of the file it replaces
-        os.fchmod(fd, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
