@@ -1,7 +1,15 @@
-"""Query latency: warm text queries through the library (p50/p95), a cold CLI query (a new process),
-and `searchlite --help`, next to `python -c "import torch"` measured in the same run. Prints JSON.
+"""Query latency, each next to its naive baseline measured in the same run. Prints JSON.
 
-    python scripts/bench_query.py --images 200
+- warm text queries through the library (p50/p95): with the torch model loaded (right after
+  indexing) and in a fresh engine (the numpy text tower), against open_clip's own encode_text;
+- a cold `searchlite query` (a new process) on an index of --index-size images, against the naive
+  cold path: a new Python process that imports torch and open_clip, creates the model with its
+  weights and encodes one text; and a cold library query that loads the torch model;
+- `searchlite --help` against `python -c "import torch"`.
+
+--images photos are encoded; the rest of the index (up to --index-size) gets random unit vectors
+through `import_embeddings`, which costs the cold query the same as encoded ones.
+
     HF_HOME=/tmp/hf HF_HUB_OFFLINE=1 python scripts/bench_query.py  # after scripts/prefill_hf_cache.py /tmp/hf
 """
 
@@ -15,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +44,57 @@ def timed(cmd: list[str], env: dict[str, str], repeats: int) -> float:
     return statistics.median(times)
 
 
+# the naive cold path: what a script using open_clip directly pays for one text query
+NAIVE_COLD = """
+import sys, torch, open_clip
+model, _, _ = open_clip.create_model_and_transforms(sys.argv[1], pretrained=sys.argv[2])
+tokenizer = open_clip.get_tokenizer(sys.argv[1])
+with torch.inference_mode():
+    model.encode_text(tokenizer(["a dog on grass"]), normalize=True)
+"""
+
+# a cold query through the torch text tower (the model loaded first, as before text_tower.py)
+TORCH_QUERY = """
+import sys
+from searchlite import SearchEngine
+with SearchEngine.open(sys.argv[1]) as engine:
+    engine._get_encoder()
+    engine.search("a dog on grass")
+"""
+
+
+def timed_call(fn: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def ms(seconds: float) -> float:
+    return round(1000 * seconds, 1)
+
+
+def add_imported(engine: SearchEngine, folder: Path, n: int, rng: np.random.Generator) -> None:
+    """n more indexed images (small JPEG files) with random unit vectors, without encoding them."""
+    if n <= 0:
+        return
+    extra = folder / "extra"
+    extra.mkdir()
+    paths = []
+    for i in range(n):
+        path = extra / f"{i:06d}.jpg"
+        path.write_bytes(b"\xff\xd8" + i.to_bytes(4, "little"))  # distinct files; their pixels are never read
+        paths.append(str(path))
+    dim = engine.embed_text(["a"]).shape[1]
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    np.save(folder / "extra.npy", vectors)
+    (folder / "extra.txt").write_text("\n".join(paths))
+    engine.import_embeddings(folder / "extra.npy", folder / "extra.txt")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=200, help="photos in the index (copies of samples)")
+    parser.add_argument("--images", type=int, default=200, help="photos encoded into the index (copies of samples)")
+    parser.add_argument("--index-size", type=int, default=10_000, help="images in the index in all")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each cold command")
     parser.add_argument("--warm-queries", type=int, default=50)
     parser.add_argument("--model")
@@ -57,37 +114,45 @@ def main() -> None:
             (photos / f"{i:05d}{samples[i % len(samples)].suffix}").write_bytes(data + bytes(rng.integers(0, 255, 8)))
         with SearchEngine.open(index, model=args.model, pretrained=args.pretrained) as engine:
             engine.index(photos)
+            add_imported(engine, Path(tmp), args.index_size - args.images, rng)
             engine.search(QUERIES[0])  # warm-up: model loaded, FAISS loaded
             latencies, naive, cached = [], [], []
             encoder = engine._get_encoder()
             for i in range(args.warm_queries):
                 text = f"{QUERIES[i % len(QUERIES)]} {i}"  # distinct texts: no cache hits
-                started = time.perf_counter()
-                engine.search(text, k=10)
-                latencies.append(time.perf_counter() - started)
-                started = time.perf_counter()
-                engine.search(text, k=10)  # the same text again: from the cache
-                cached.append(time.perf_counter() - started)
-                started = time.perf_counter()
+                latencies.append(timed_call(lambda: engine.search(text, k=10)))
+                cached.append(timed_call(lambda: engine.search(text, k=10)))  # the same text again
                 with torch.inference_mode():  # open_clip's own encode_text, all 77 positions
-                    encoder.model.encode_text(encoder.tokenize([text + "!"]), normalize=True)
-                naive.append(time.perf_counter() - started)
+                    naive.append(timed_call(lambda: encoder.model.encode_text(encoder.tokenize([text + "!"]), normalize=True)))
+            model_name, tag = engine.spec.name, engine.spec.pretrained
+        with SearchEngine.open(index) as engine:  # as an app opens it: text queries need no torch
+            engine.search(QUERIES[0])
+            tower = [timed_call(lambda: engine.search(f"{QUERIES[i % len(QUERIES)]} {i}", k=10)) for i in range(args.warm_queries)]
+            assert "torch" not in engine._text_encoder().__class__.__module__
 
         env = {**os.environ, "SEARCHLITE_INDEX": str(index)}
         searchlite = [sys.executable, "-m", "searchlite"]
         import_torch = timed([sys.executable, "-c", "import torch"], env, args.repeats)
         cold_query = timed([*searchlite, "query", "a dog on grass"], env, args.repeats)
+        torch_query = timed([sys.executable, "-c", TORCH_QUERY, str(index)], env, args.repeats)
+        naive_cold = timed([sys.executable, "-c", NAIVE_COLD, model_name, tag], env, args.repeats) if model_name and tag else None
         help_time = timed([*searchlite, "--help"], env, args.repeats)
         result = {
-            "images": args.images,
-            "warm_query_p50_ms": round(1000 * statistics.median(latencies), 1),
-            "warm_query_p95_ms": round(1000 * float(np.percentile(latencies, 95)), 1),
-            "naive_encode_text_p50_ms": round(1000 * statistics.median(naive), 1),
+            "images": args.index_size,
+            "warm_query_p50_ms": ms(statistics.median(latencies)),
+            "warm_query_p95_ms": ms(float(np.percentile(latencies, 95))),
+            "warm_query_numpy_tower_p50_ms": ms(statistics.median(tower)),
+            "naive_encode_text_p50_ms": ms(statistics.median(naive)),
             "warm_query_over_naive_encode_text": round(statistics.median(latencies) / statistics.median(naive), 3),
-            "repeated_query_p50_ms": round(1000 * statistics.median(cached), 1),
+            "warm_query_numpy_tower_over_naive_encode_text": round(statistics.median(tower) / statistics.median(naive), 3),
+            "repeated_query_p50_ms": ms(statistics.median(cached)),
             "cold_cli_query_s": round(cold_query, 2),
+            "cold_library_query_torch_s": round(torch_query, 2),
+            "naive_cold_query_s": naive_cold and round(naive_cold, 2),
+            "cold_cli_query_over_naive": naive_cold and round(cold_query / naive_cold, 3),
             "help_s": round(help_time, 3),
             "import_torch_s": round(import_torch, 2),
+            "help_over_import_torch": round(help_time / import_torch, 3),
         }
     json.dump(result, sys.stdout)
     print()

@@ -11,8 +11,6 @@ import json
 import logging
 import os
 import tempfile
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, replace
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -32,7 +30,6 @@ log = logging.getLogger(__name__)
 
 HF_HUB_PREFIX = "hf-hub:"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-TEXT_CACHE_SIZE = 1024  # text embeddings kept for repeated queries and prompt templates
 
 
 @dataclass(frozen=True)
@@ -196,8 +193,6 @@ class ClipEncoder:
         self.crops_center = _preprocess_cfg(model).get("resize_mode", "shortest") == "shortest"
         # the learned temperature of the contrastive loss: logits = scale x cosine
         self.precision = "fp32"  # of the image tower; see choose_precision
-        self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._cache_lock = threading.Lock()
         scale = getattr(model, "logit_scale", None)
         self.logit_scale = float(scale.detach().exp()) if scale is not None else 100.0
 
@@ -254,23 +249,38 @@ class ClipEncoder:
         """Texts -> token ids (n, context_length)."""
         return self._tokenizer(texts)
 
-    def encode_texts(self, texts: list[str]) -> np.ndarray:
-        """Texts -> (n, d) unit float32. Recent texts come from a small LRU cache."""
-        with self._cache_lock:
-            cached = {t: self._text_cache[t] for t in texts if t in self._text_cache}
-            for t in cached:
-                self._text_cache.move_to_end(t)
-        missing = list(dict.fromkeys(t for t in texts if t not in cached))
-        if missing:
-            encoded = self._encode_texts(missing)
-            with self._cache_lock:
-                for t, v in zip(missing, encoded):
-                    cached[t] = self._text_cache[t] = v
-                while len(self._text_cache) > TEXT_CACHE_SIZE:
-                    self._text_cache.popitem(last=False)
-        return np.stack([cached[t] for t in texts])
+    def text_tower_weights(self) -> tuple[dict[str, np.ndarray], int, bool] | None:
+        """(tensors, heads, quick_gelu) of the text tower for text_tower.NumpyTextTower, or None
+        when this model's text side is not the standard CLIP one that it runs."""
+        import open_clip
+        import torch
+        from open_clip.tokenizer import SimpleTokenizer, _clean_lower
 
-    def _encode_texts(self, texts: list[str]) -> np.ndarray:
+        tok = self._tokenizer
+        plain_tokenizer = (
+            isinstance(tok, SimpleTokenizer) and tok.clean_fn is _clean_lower and tok.reduction_fn is None
+            and tok.encoder.get("<end_of_text>") == len(tok.encoder) - 1
+        )
+        if not (plain_tokenizer and _truncatable(self.model)):
+            return None
+        model = self.model
+        blocks = model.transformer.resblocks
+        act = blocks[0].mlp.gelu
+        quick_gelu = isinstance(act, open_clip.transformer.QuickGELU)
+        exact_gelu = isinstance(act, torch.nn.GELU) and act.approximate == "none"
+        if not (quick_gelu or exact_gelu) or not all(isinstance(b.attn, torch.nn.MultiheadAttention) for b in blocks):
+            return None
+        tensors = {
+            name: _to_numpy(value)
+            for name, value in model.state_dict().items()
+            if not name.startswith("visual.") and name not in ("logit_scale", "logit_bias", "attn_mask")
+        }
+        if "text_projection.weight" in tensors:  # a Linear (d, w) without bias -> the (w, d) matrix
+            tensors["text_projection"] = np.ascontiguousarray(tensors.pop("text_projection.weight").T)
+        return tensors, blocks[0].attn.num_heads, quick_gelu
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        """Texts -> (n, d) unit float32."""
         import torch
 
         with torch.inference_mode():
@@ -328,9 +338,12 @@ def resolve_device(device: str | None) -> str:
     return device
 
 
-def load_encoder(spec: ModelSpec, device: str | None = None) -> ClipEncoder:
-    """Create the model with its weights through open_clip's own factory."""
+def load_encoder(spec: ModelSpec, device: str | None = None, *, for_training: bool = False) -> ClipEncoder:
+    """Create the model with its weights through open_clip's own factory. Unless for_training,
+    reparameterize it for inference (MobileCLIP's FastViT fuses its training-time branches: the
+    same outputs, faster; other models are unchanged)."""
     import open_clip
+    from timm.models import reparameterize_model
 
     device = resolve_device(device)
     if spec.checkpoint is not None:
@@ -368,6 +381,8 @@ def load_encoder(spec: ModelSpec, device: str | None = None) -> ClipEncoder:
     except (RuntimeError, OSError, ValueError, KeyError) as e:
         raise ModelLoadError(f"cannot load {spec.describe()}: {_first_line(str(e))}") from None
     model.eval()
+    if not for_training:
+        reparameterize_model(model, inplace=True)
     tokenizer = open_clip.get_tokenizer(model_name)
     log.info("loaded %s on %s", spec.describe(), device)
     return ClipEncoder(model, preprocess, tokenizer, device, spec)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import images, probe, query, scanner, zeroshot
+from . import images, probe, query, scanner, text_tower, zeroshot
 from .atomic_file import write_atomic
 from .classifier import DEFAULT_TAG_THRESHOLD, LinearClassifier
 from .config import (
@@ -39,6 +39,8 @@ from .errors import (
 )
 from .indexer import Indexer, IndexReport, ProgressFn
 from .store import FAILED, INDEXED, SKIPPED, FileRow, Store, TagSetRow
+from .text_cache import TextCache
+from .text_tower import NumpyTextTower
 from .vector_index import ANN_MIN_VECTORS, VectorIndex
 from .writelock import writer_lock
 
@@ -93,6 +95,8 @@ class SearchEngine:
         self._encoder_factory = encoder_factory
         self._lock = threading.RLock()  # guards lazy loading
         self._encoder: ClipEncoder | None = None
+        self._text_tower: NumpyTextTower | None = None
+        self._text_cache = TextCache()
         self._vectors: VectorIndex | None = None
         recorded = store.get_info("model")
         if recorded is not None:
@@ -167,6 +171,8 @@ class SearchEngine:
                     vectors.optimize()
             finally:
                 self._save_vectors()
+            if self._encoder is not None:
+                self._export_text_tower(self._encoder)
             report.tagged = self._refresh_tags()
             return report
 
@@ -218,8 +224,45 @@ class SearchEngine:
         return [Hit(r.path, s, r.id, r.width, r.height, r.size, tuple(tags_of[r.id])) for s, r in found]
 
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:
-        """Unit text embeddings (n, d) from the index's model."""
-        return self._get_encoder().encode_texts(list(texts))
+        """Unit text embeddings (n, d) from the index's model; repeated texts come from a cache."""
+        return self._text_cache.encode(list(texts), self._text_encoder().encode_texts)
+
+    def _text_encoder(self) -> ClipEncoder | NumpyTextTower:
+        """The torch model once it is loaded; before that, the text tower exported beside the index,
+        which gives the same embeddings without importing torch (seconds saved per cold query)."""
+        with self._lock:
+            if self._encoder is None and self._text_tower is None and self._store.get_info("model") is not None:
+                self._text_tower = NumpyTextTower.load(self.index_dir / text_tower.FILENAME, self.model_key())
+            if self._encoder is None and self._text_tower is not None:
+                return self._text_tower
+            if self._encoder is None:  # no usable export (an index from before it, or a damaged one)
+                self._export_text_tower(self._get_encoder())
+            return self._get_encoder()
+
+    def _export_text_tower(self, encoder: ClipEncoder) -> None:
+        """Write the model's text tower beside the index for torch-free text queries, unless a
+        usable one is there or the model's text side is not one text_tower.py runs. It is written
+        only after giving the same tokens and embeddings as the torch model on test texts."""
+        path = self.index_dir / text_tower.FILENAME
+        if NumpyTextTower.load(path, self.model_key()) is not None:
+            return
+        exported = encoder.text_tower_weights()
+        if exported is None:
+            return
+        tensors, heads, quick_gelu = exported
+        tower = NumpyTextTower.from_tensors(tensors, heads, quick_gelu)
+        texts = list(text_tower.CHECK_TEXTS)
+        if tower is None or not np.array_equal(tower.tokenizer(texts), encoder.tokenize(texts).numpy()):
+            log.info("not exporting the text tower: this model's text side differs from text_tower.py's")
+            return
+        cosine = float((tower.encode_texts(texts) * encoder.encode_texts(texts)).sum(axis=1).min())
+        if cosine < text_tower.MIN_COSINE:
+            log.info("not exporting the text tower: it drifts from the torch model (cosine %.6f)", cosine)
+            return
+        try:
+            write_atomic(path, text_tower.export_bytes(tensors, heads=heads, quick_gelu=quick_gelu, model_key=self.model_key()))
+        except OSError as e:  # a read-only index still answers, through torch
+            log.info("cannot write %s (%s); text queries will load torch", path, e.strerror or e)
 
     def embed_images(self, paths: Sequence[str | os.PathLike[str]]) -> np.ndarray:
         """Unit image embeddings (n, d), decoded as indexing decodes; a bad file raises."""
@@ -369,7 +412,7 @@ class SearchEngine:
             n = len(label_set.labels)
             return LinearClassifier(label_set.labels, cached.reshape(n, -1), np.zeros(n, np.float32))
         encoder = self._get_encoder()
-        classifier = zeroshot.build(label_set, encoder.encode_texts, encoder.logit_scale)
+        classifier = zeroshot.build(label_set, lambda texts: self._text_cache.encode(texts, encoder.encode_texts), encoder.logit_scale)
         self._store.cache_weights(key, classifier.weights)
         return classifier
 

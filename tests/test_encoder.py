@@ -1,4 +1,4 @@
-"""The text tower shortcut (tokens up to end-of-text only) and the text cache."""
+"""The text tower shortcut (tokens up to end-of-text only), the text cache, and precision."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from searchlite.encoder import _truncatable, load_encoder, spec_from_flags
+from searchlite.text_cache import TextCache
 
 TEXTS = ["", "a", "a dog on grass", "a red car parked on the street at night " * 3, "word " * 200]  # the last is cut at 77 tokens
 
@@ -21,21 +22,25 @@ def test_encoding_only_up_to_end_of_text_matches_open_clip(tiny_model) -> None:
     assert cosines.min() >= 0.9999, cosines
     # one at a time (different lengths) gives the same as in a batch
     for text, vector in zip(TEXTS, ours):
-        np.testing.assert_allclose(encoder.encode_texts([text + " "])[0], encoder._encode_texts([text + " "])[0], atol=1e-6)
-        assert float(vector @ encoder._encode_texts([text])[0]) >= 0.99999
+        assert float(vector @ encoder.encode_texts([text])[0]) >= 0.99999
 
 
-def test_repeated_texts_come_from_the_cache(tiny_model, monkeypatch) -> None:
-    config, checkpoint = tiny_model
-    encoder = load_encoder(spec_from_flags(str(config), str(checkpoint)), "cpu")
+def test_repeated_texts_come_from_the_cache_and_the_oldest_leave_it() -> None:
     calls: list[list[str]] = []
-    real = encoder._encode_texts
-    monkeypatch.setattr(encoder, "_encode_texts", lambda texts: calls.append(texts) or real(texts))
-    first = encoder.encode_texts(["a cat", "a dog", "a cat"])
-    second = encoder.encode_texts(["a dog", "a bird"])
+
+    def encode(texts: list[str]) -> np.ndarray:
+        calls.append(texts)
+        return np.array([[float(len(t)), 1.0] for t in texts], dtype=np.float32)
+
+    cache = TextCache(size=3)
+    first = cache.encode(["a cat", "a dog", "a cat"], encode)
+    second = cache.encode(["a dog", "a bird"], encode)
     assert calls == [["a cat", "a dog"], ["a bird"]]
     np.testing.assert_array_equal(first[1], second[0])
     np.testing.assert_array_equal(first[0], first[2])
+    cache.encode(["a fish"], encode)  # 4 texts seen, room for 3: "a cat" (least recent) goes
+    cache.encode(["a cat", "a fish"], encode)
+    assert calls[-1] == ["a cat"]
 
 
 def test_precision_is_fp32_on_a_cpu_without_native_bf16_and_can_be_forced(tiny_model, monkeypatch) -> None:

@@ -1,0 +1,162 @@
+"""Text queries without torch: the exported numpy text tower and the torch-free tokenizer give what
+open_clip gives, and anything they cannot do falls back to torch with the same answers."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from searchlite import SearchEngine, text_tower
+from searchlite.tokenizer import ClipTokenizer
+
+from .conftest import TINY_CONFIG
+
+ODD_TEXTS = [*text_tower.CHECK_TEXTS, "\x00\x01 control", "ﬁ ligature Ⅻ", "Ｆｕｌｌ ｗｉｄｔｈ", "tab\tnew\nline", "s'  'S 'T"]
+
+
+def _random_texts(n: int) -> list[str]:
+    rng = random.Random(0)
+    alphabet = "abcdefghijklmnopqrstuvwxyz ABCXYZ 0123456789 .,;!?'\"&<>()-_ éüßçøåæ 日本語 한국어 Ελληνικά кириллица 🐶🌳"
+    return ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 80))) for _ in range(n)]
+
+
+@pytest.mark.parametrize("context_length", [77, 16])
+def test_tokenizer_gives_open_clips_tokens(context_length: int) -> None:
+    from open_clip.tokenizer import SimpleTokenizer
+
+    texts = ODD_TEXTS + _random_texts(500)
+    ours = ClipTokenizer(context_length)(texts)
+    theirs = SimpleTokenizer(context_length=context_length)(texts).numpy()
+    mismatched = [t for t, a, b in zip(texts, ours, theirs) if not np.array_equal(a, b)]
+    assert not mismatched
+
+
+def _hits(engine: SearchEngine, text: str) -> list[tuple[str, float]]:
+    return [(h.path, round(h.score, 4)) for h in engine.search(text, k=5)]
+
+
+def test_an_index_run_exports_the_text_tower_and_queries_then_skip_torch(engine_factory, photos, index_dir) -> None:
+    engine = engine_factory()
+    engine.index(photos)
+    assert (index_dir / text_tower.FILENAME).is_file()
+    torch_answers = {t: _hits(engine, t) for t in ("a cat", "rocket launch", "café")}
+    torch_vectors = engine.embed_text(list(ODD_TEXTS))
+
+    fresh = SearchEngine.open(index_dir)  # as a later command opens it: no flags, nothing loaded
+    try:
+        assert {t: _hits(fresh, t) for t in torch_answers} == torch_answers
+        cosines = (fresh.embed_text(list(ODD_TEXTS)) * torch_vectors).sum(axis=1)
+        assert cosines.min() >= 0.9999
+        assert fresh._encoder is None  # the torch model was never loaded
+    finally:
+        fresh.close()
+
+
+def test_a_cold_cli_text_query_does_not_import_torch(engine_factory, photos, index_dir) -> None:
+    engine = engine_factory()
+    engine.index(photos)
+    expected = [h.path for h in engine.search("a cat", k=3)]
+    code = (
+        "import sys\nfrom searchlite.cli import main\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "print('torch imported' if 'torch' in sys.modules else 'no torch', file=sys.stderr)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code, "query", "a cat", "-k", "3", "--index", str(index_dir), "--json"],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.strip().endswith("no torch")
+    assert [json.loads(line)["path"] for line in run.stdout.splitlines()] == expected
+
+
+def _tiny_variant(tmp_path: Path, **changes) -> tuple[Path, Path]:
+    """A tiny random CLIP like the shared one with some config changes, saved as users save one."""
+    import open_clip
+    import torch
+
+    config = json.loads(json.dumps(TINY_CONFIG))
+    for key, value in changes.items():
+        if key in ("ls_init_value",):
+            config["text_cfg"][key] = value
+        else:
+            config[key] = value
+    torch.manual_seed(1)
+    path = tmp_path / "variant.json"
+    path.write_text(json.dumps(config))
+    checkpoint = tmp_path / "variant.pt"
+    torch.save(open_clip.CLIP(**config).state_dict(), checkpoint)
+    return path, checkpoint
+
+
+def test_a_quick_gelu_model_is_exported_and_matches_torch(engine_factory, photos, index_dir, tmp_path) -> None:
+    config, checkpoint = _tiny_variant(tmp_path, quick_gelu=True)
+    engine = engine_factory(model=str(config), pretrained=str(checkpoint))
+    engine.index(photos)
+    reference = engine.embed_text(list(ODD_TEXTS))
+    tower = text_tower.NumpyTextTower.load(index_dir / text_tower.FILENAME, engine.model_key())
+    assert tower is not None
+    assert (tower.encode_texts(list(ODD_TEXTS)) * reference).sum(axis=1).min() >= 0.9999
+
+
+def test_a_text_tower_it_cannot_run_is_not_exported_and_torch_answers(engine_factory, photos, index_dir, tmp_path) -> None:
+    config, checkpoint = _tiny_variant(tmp_path, ls_init_value=0.5)  # layer scale: not in text_tower.py
+    engine = engine_factory(model=str(config), pretrained=str(checkpoint))
+    engine.index(photos)
+    expected = _hits(engine, "a cat")
+    assert not (index_dir / text_tower.FILENAME).exists()
+    with SearchEngine.open(index_dir) as fresh:
+        assert _hits(fresh, "a cat") == expected
+        assert fresh._encoder is not None
+
+
+def test_a_damaged_or_foreign_export_is_replaced_and_answers_stay_the_same(engine_factory, photos, index_dir, tmp_path) -> None:
+    engine = engine_factory()
+    engine.index(photos)
+    expected = _hits(engine, "a cat")
+    export = index_dir / text_tower.FILENAME
+    good = export.read_bytes()
+
+    def usable() -> bool:
+        return text_tower.NumpyTextTower.load(export, engine.model_key()) is not None
+
+    export.write_bytes(good[: len(good) // 2])  # cut short
+    with SearchEngine.open(index_dir) as fresh:
+        assert _hits(fresh, "a cat") == expected
+        assert fresh._encoder is not None  # torch answered ...
+    assert usable()  # ... and wrote a whole export again
+
+    other_index = tmp_path / "other"
+    config, checkpoint = _tiny_variant(tmp_path, quick_gelu=True)
+    other = engine_factory(index=other_index, model=str(config), pretrained=str(checkpoint))
+    other.index(photos)
+    export.write_bytes((other_index / text_tower.FILENAME).read_bytes())  # another model's tower
+    with SearchEngine.open(index_dir) as fresh:
+        assert _hits(fresh, "a cat") == expected
+    assert usable()
+
+
+def test_when_the_export_cannot_be_written_queries_still_answer(engine_factory, photos, index_dir, monkeypatch) -> None:
+    import searchlite.engine
+
+    real_write = searchlite.engine.write_atomic
+
+    def full_for_the_export(path: Path, data: bytes) -> None:
+        if path.name == text_tower.FILENAME:
+            raise OSError(28, "No space left on device")
+        real_write(path, data)
+
+    monkeypatch.setattr(searchlite.engine, "write_atomic", full_for_the_export)
+    engine = engine_factory()
+    engine.index(photos)
+    expected = _hits(engine, "a cat")
+    with SearchEngine.open(index_dir) as fresh:
+        assert _hits(fresh, "a cat") == expected
+    assert not (index_dir / text_tower.FILENAME).exists()
