@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ def _faiss() -> Any:
 # below this many vectors exact search stays (a 100k x 512 flat scan takes ~25 ms on one core here)
 ANN_MIN_VECTORS = 100_000
 TARGET_RECALL = 0.97  # on the tuning queries, for a margin over 0.95 on real ones
+PARALLEL_MIN_QUERIES = 20  # fewer queries are searched on one thread (faiss's own BLAS threshold)
 
 
 def as_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
@@ -124,7 +127,7 @@ class VectorIndex:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by inner product: (scores float32 (q, k'), ids int64 (q, k')), k' = min(k, len)."""
         queries = as_vectors(queries, self.dim)
-        with self._lock:
+        with self._lock, _single_thread(len(queries) < PARALLEL_MIN_QUERIES):
             k = min(k, len(self))
             if k <= 0:
                 return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
@@ -147,6 +150,23 @@ class VectorIndex:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> VectorIndex:
         return cls.from_bytes(Path(path).read_bytes())
+
+
+@contextmanager
+def _single_thread(enabled: bool) -> Iterator[None]:
+    """Run faiss on the calling thread alone (OpenMP's thread count is per calling thread). A few
+    queries are answered in 2 ms by one thread; waking a team of threads, while numpy's BLAS
+    threads still spin after encoding the query, made the same search take 20 ms here."""
+    if not enabled:
+        yield
+        return
+    faiss = _faiss()
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def _tune_nprobe(ivf: Any, ids: np.ndarray, vectors: np.ndarray, rng: np.random.Generator, target: float) -> tuple[int, float]:
