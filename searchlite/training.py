@@ -109,7 +109,7 @@ def train_from_flags(
     from .encoder import load_encoder, spec_from_flags
 
     pairs = read_pairs(data)
-    encoder = load_encoder(spec_from_flags(model, pretrained, random_init=True), device)
+    encoder = load_encoder(spec_from_flags(model, pretrained, random_init=True), device, for_training=True)
     return train(encoder, pairs, output, settings, progress)
 
 

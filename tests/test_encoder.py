@@ -60,3 +60,19 @@ def test_precision_is_fp32_on_a_cpu_without_native_bf16_and_can_be_forced(tiny_m
     encoder.precision = "bf16"
     candidate = encoder.encode_images(list(torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))))
     assert chosen == ("bf16" if (reference * candidate).sum(axis=1).min() >= 0.999 else "fp32")
+
+
+def test_inference_models_are_reparameterized_with_the_same_outputs() -> None:
+    """MobileCLIP's FastViT trains with parallel branches that fuse into one conv for inference
+    (1.5x faster here); training keeps them."""
+    spec = spec_from_flags("MobileCLIP2-S0", None, random_init=True)
+    torch.manual_seed(0)
+    training = load_encoder(spec, "cpu", for_training=True)
+    torch.manual_seed(0)
+    inference = load_encoder(spec, "cpu")
+    n_params = lambda encoder: sum(p.numel() for p in encoder.model.visual.parameters())  # noqa: E731
+    assert n_params(inference) < n_params(training)
+    batch = list(torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(0)))
+    training.model.eval()
+    cosines = (training.encode_images(batch) * inference.encode_images(batch)).sum(axis=1)
+    assert cosines.min() >= 0.99999
