@@ -190,7 +190,11 @@ class ClipEncoder:
         size = model.visual.image_size
         self.image_size: int = max(size) if isinstance(size, (tuple, list)) else int(size)
         # the model resizes the shorter side and crops the centre: decoding may crop long strips
-        self.crops_center = _preprocess_cfg(model).get("resize_mode", "shortest") == "shortest"
+        cfg = _preprocess_cfg(model)
+        self.crops_center = cfg.get("resize_mode", "shortest") == "shortest"
+        # the preprocessing starts with a bicubic resize of the shorter side to image_size, which
+        # decoding can do itself (images.resize_shortest_side) where it is cheaper to ship the result
+        self.resizes_shortest_bicubic = self.crops_center and cfg.get("interpolation", "bicubic") == "bicubic"
         # the learned temperature of the contrastive loss: logits = scale x cosine
         self.precision = "fp32"  # of the image tower; see choose_precision
         scale = getattr(model, "logit_scale", None)

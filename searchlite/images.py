@@ -59,6 +59,7 @@ def decode_rgb(
     *,
     max_pixels: int | None = None,
     center_crop: bool = False,
+    resize_shortest: int | None = None,
 ) -> Decoded:
     """Decode image bytes to an RGB image, oriented as its EXIF says.
 
@@ -68,6 +69,9 @@ def decode_rgb(
     max_pixels: refuse larger images from their header alone, before any pixel is decoded.
     center_crop: the model will resize the shorter side and crop the centre square, so a very
       long strip (say 5000x20) is first cut to the part that survives, keeping memory bounded.
+    resize_shortest: finish with the model's own first step, a bicubic resize of the shorter side
+      to this (pixel for pixel what open_clip's Resize does), so that what leaves a decoder
+      process is the small picture.
     Raises ImageDecodeError with a reason a user can read.
     """
     try:
@@ -92,6 +96,8 @@ def decode_rgb(
             img = _crop_long_strip(img)
         if min_side:
             img = _reduce(img, min_side)
+        if resize_shortest:
+            img = resize_shortest_side(img, resize_shortest)
         return Decoded(img, width, height)
     except ImageDecodeError:
         raise
@@ -117,6 +123,17 @@ def _crop_long_strip(img: Image.Image) -> Image.Image:
     keep = 2 * short
     start = (long - keep) // 2
     return img.crop((start, 0, start + keep, h) if w > h else (0, start, w, start + keep))
+
+
+def resize_shortest_side(img: Image.Image, size: int) -> Image.Image:
+    """torchvision's Resize(size, BICUBIC) on a PIL image: the shorter side becomes size, the
+    longer one int(size * long / short)."""
+    w, h = img.size
+    if w <= h:
+        new = (size, int(size * h / w))
+    else:
+        new = (int(size * w / h), size)
+    return img.resize(new, Image.BICUBIC)
 
 
 def _reduce(img: Image.Image, min_side: int) -> Image.Image:

@@ -210,6 +210,7 @@ class _Run:
                     min_side=settings.draft_factor * encoder.image_size,
                     max_pixels=settings.max_pixels,
                     center_crop=encoder.crops_center,
+                    resize_shortest=encoder.image_size if encoder.resizes_shortest_bicubic else None,
                 )
             tensor = encoder.preprocess(decoded.image)
         except ImageDecodeError as e:

@@ -116,3 +116,26 @@ def test_unsupported_formats_are_refused() -> None:
     data = encode(Image.new("RGB", (10, 10)), "PPM")
     with pytest.raises(ImageDecodeError, match="unsupported image format PPM"):
         decode_rgb(data)
+
+
+@pytest.mark.parametrize("size", [(4000, 3000), (3000, 4000), (777, 333), (300, 300), (150, 200)])
+def test_resizing_in_the_decoder_gives_the_model_input_pixel_for_pixel(size: tuple[int, int]) -> None:
+    """The decoder processes do the model's first step (bicubic resize of the shorter side), so
+    the preprocessed tensor is exactly the one open_clip's transform makes from the decoded image."""
+    import torch
+    from torchvision import transforms
+
+    preprocess = transforms.Compose([
+        transforms.Resize(224, interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(224),
+        transforms.ToTensor(),
+    ])
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (size[1] // 10 + 1, size[0] // 10 + 1, 3), dtype=np.uint8)
+    img = Image.fromarray(pixels).resize(size, Image.BILINEAR)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90)
+    plain = decode_rgb(buf.getvalue(), 448, center_crop=True).image
+    resized = decode_rgb(buf.getvalue(), 448, center_crop=True, resize_shortest=224).image
+    assert min(resized.size) == 224
+    assert torch.equal(preprocess(plain), preprocess(resized))
