@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=3000)
     parser.add_argument("--model")
     parser.add_argument("--pretrained")
-    parser.add_argument("--batch-size", type=int, default=IndexSettings.batch_size)
+    parser.add_argument("--batch-size", type=int, default=IndexSettings.batch_size, help="0: by device (32 on a CPU)")
     parser.add_argument("--workers", type=int, default=IndexSettings.workers)
     parser.add_argument("--draft-factor", type=int, default=IndexSettings.draft_factor)
     args = parser.parse_args()
@@ -66,17 +66,18 @@ def main() -> None:
         with SearchEngine.open(index, model=args.model, pretrained=args.pretrained, settings=settings) as engine:
             # load the model and write its text tower (once per index) before the clock starts
             engine._export_text_tower(engine._get_encoder())
+            batch_size = settings.batch_size_on(engine._get_encoder().device)
             # the model alone, before and after the indexing run; the faster of the two is the bar
-            before = model_only(engine, photos, args.batch_size, repeats=4)
+            before = model_only(engine, photos, batch_size, repeats=4)
             started = time.perf_counter()
             report = engine.index(photos)
             seconds = time.perf_counter() - started
-            reference = max(before, model_only(engine, photos, args.batch_size, repeats=4))
+            reference = max(before, model_only(engine, photos, batch_size, repeats=4))
             result = {
                 "model": engine.spec.describe(),
                 "images": report.encoded,
                 "image_size": [args.width, args.height],
-                "batch_size": args.batch_size,
+                "batch_size": batch_size,
                 "workers": args.workers,
                 "draft_factor": args.draft_factor,
                 "index_seconds": round(seconds, 2),

@@ -97,7 +97,7 @@ def index(
         typer.Option(metavar="TAG|hf-hub:ID|CHECKPOINT", help="open_clip pretrained tag, hf-hub:ID, or checkpoint file [default: datacomp_s34b_b86k]"),
     ] = None,
     device: DeviceOpt = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, metavar="N", help="Images encoded together.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, metavar="N", help="Images encoded together. [default: 32 on a CPU, 256 on a GPU]")] = None,
     workers: Annotated[Optional[int], typer.Option(min=1, metavar="N", help="Decode workers.")] = None,
     max_megapixels: Annotated[
         Optional[float], typer.Option(min=0.001, metavar="MP", help="Refuse larger images (read from the header). [default: 150]")

@@ -214,7 +214,10 @@ class ClipEncoder:
         import torch
 
         with torch.inference_mode(), self._autocast(self.precision):
-            x = torch.stack(batch).to(self.device)  # (n, 3, H, W)
+            x = torch.stack(batch)  # (n, 3, H, W)
+            if self.device.startswith("cuda"):
+                x = x.pin_memory()  # page-locked, so the copy to the GPU runs asynchronously
+            x = x.to(self.device, non_blocking=True)
             return _to_numpy(self.model.encode_image(x, normalize=True))
 
     def choose_precision(self, requested: str = "auto") -> str:

@@ -41,7 +41,7 @@ from .indexer import Indexer, IndexReport, ProgressFn
 from .store import FAILED, INDEXED, SKIPPED, FileRow, Store, TagSetRow
 from .text_cache import TextCache
 from .text_tower import NumpyTextTower
-from .vector_index import ANN_MIN_VECTORS, VectorIndex
+from .vector_index import VectorIndex
 from .writelock import writer_lock
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ class SearchEngine:
             )
             try:
                 report = indexer.run(root, progress)
-                if vectors.kind == "exact" and len(vectors) >= ANN_MIN_VECTORS:
+                if vectors.kind == "exact" and len(vectors) >= vectors.ann_min_vectors:
                     log.warning("%d vectors: building an approximate index (once; `searchlite optimize` redoes it)", len(vectors))
                     vectors.optimize()
             finally:
@@ -513,9 +513,10 @@ class SearchEngine:
         """Unit embeddings of image files by path, and the reasons for those that failed."""
         vectors: dict[str, np.ndarray] = {}
         errors: dict[str, str] = {}
-        for start in range(0, len(paths), self.settings.batch_size):
+        batch_size = self.settings.batch_size_on("cpu")
+        for start in range(0, len(paths), batch_size):
             batch = []
-            for path in paths[start : start + self.settings.batch_size]:
+            for path in paths[start : start + batch_size]:
                 try:
                     batch.append((path, self._decode_query_image(path)))
                 except InvalidQueryError as e:
@@ -566,7 +567,7 @@ class SearchEngine:
         vectors = VectorIndex(dim)
         for ids, chunk in self._store.iter_vectors():
             vectors.add(ids, chunk)
-        if len(vectors) >= ANN_MIN_VECTORS:
+        if len(vectors) >= vectors.ann_min_vectors:
             vectors.optimize()
         if len(vectors) or path.exists():
             log.warning("rebuilt the vector cache %s from the database (%d vectors)", path, len(vectors))

@@ -164,12 +164,14 @@ class _Run:
         decoders = DecodePool(settings.workers, settings.decode_timeout_s, settings.decoder_memory_limit)
         pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="searchlite-decode")
         try:
-            window = 2 * settings.batch_size + settings.workers
+            window = 2 * settings.batch_size_on("cpu") + settings.workers
             prepare = functools.partial(self._prepare, decoders)
             for done, prepared in enumerate(_ordered_map(pool, prepare, work, window), 1):
                 self.pending.append(prepared)
                 n_tensors = sum(p.tensor is not None for p in self.pending)
-                if n_tensors >= settings.batch_size or len(self.pending) >= 4 * settings.batch_size:
+                # a tensor means the model is loaded; runs with none (moves, touches) never load it
+                batch_size = settings.batch_size_on(self.ix.get_encoder().device if n_tensors else "cpu")
+                if n_tensors >= batch_size or len(self.pending) >= 4 * batch_size:
                     self._flush()
                 if progress:
                     progress(done, len(work))

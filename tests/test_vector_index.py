@@ -120,3 +120,45 @@ def test_ann_index_is_tuned_to_the_recall_target_and_keeps_working(tmp_path: Pat
         np.testing.assert_array_equal(a, b)
     # and goes back to exact search when asked to fit a small size
     assert index.optimize()["kind"] == "exact" and len(index) == 19910
+
+
+def test_the_gpu_path_answers_like_the_cpu_through_adds_and_removes(monkeypatch) -> None:
+    """No GPU here: the GPU copy is stood in for by a CPU clone of the same flat index, which checks
+    everything around it (id mapping, copies dropped after changes, reuse between searches)."""
+    import faiss
+
+    import searchlite.vector_index as vector_index
+
+    copies = []
+    monkeypatch.setattr(vector_index, "_to_gpu", lambda flat: copies.append(1) or faiss.clone_index(flat))
+    gpu, cpu = VectorIndex(16, use_gpu=True), VectorIndex(16, use_gpu=False)
+    vectors, queries = unit(300, 16), unit(5, 16, seed=1)
+    for index in (gpu, cpu):
+        index.add(np.arange(5000, 5300), vectors)
+    for change in (None, lambda ix: ix.remove(np.arange(5000, 5100)), lambda ix: ix.add(np.array([5200, 9]), unit(2, 16, seed=3))):
+        if change:
+            for index in (gpu, cpu):
+                change(index)
+        for k in (1, 10, 400):  # 400: more than there are (both return them all)
+            g, c = gpu.search(queries, k), cpu.search(queries, k)
+            np.testing.assert_array_equal(g[1], c[1])
+            np.testing.assert_allclose(g[0], c[0], rtol=1e-6)
+    assert len(copies) == 3  # one per state of the index, reused across searches
+
+
+def test_where_things_run_without_a_gpu(monkeypatch) -> None:
+    import torch
+
+    from searchlite.config import IndexSettings
+    from searchlite.encoder import resolve_device
+    from searchlite.vector_index import ANN_MIN_VECTORS, GPU_ANN_MIN_VECTORS, gpu_count
+
+    assert gpu_count() == 0  # faiss-cpu
+    assert VectorIndex(8).ann_min_vectors == ANN_MIN_VECTORS
+    assert VectorIndex(8, use_gpu=True).ann_min_vectors == GPU_ANN_MIN_VECTORS
+    assert (IndexSettings().batch_size_on("cpu"), IndexSettings().batch_size_on("cuda:1")) == (32, 256)
+    assert IndexSettings(batch_size=7).batch_size_on("cuda") == 7  # --batch-size wins
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device(None) == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device(None) == "cuda"
