@@ -199,23 +199,21 @@ class SearchEngine:
         if self._vectors is None and self._store.get_info("model") is None:
             raise IndexNotFoundError(f"the index in {self.index_dir} is empty: run `searchlite index FOLDER` first")
         vectors = self._get_vectors(writer=False)
-        allowed = self._store.ids_tagged(tag) if tag is not None else None
-        if allowed is not None and not allowed:
-            return []
+        among = None
+        if tag is not None:  # searched exactly among the tagged images, however rare the tag
+            among = np.fromiter(self._store.ids_tagged(tag), dtype=np.int64)
+            if not len(among):
+                return []
         q = query.combine(self._embed(terms), [t.weight for t in terms])
         # Files deleted since the last `index` run are left out (one stat per hit), so ask FAISS
         # for more until k existing files are found or the index is exhausted.
-        wanted = k
+        wanted, available = k, len(vectors) if among is None else min(len(vectors), len(among))
         while True:
-            scores, ids = vectors.search(q, wanted)
+            scores, ids = vectors.search(q, wanted, among=among)
             rows = self._store.fetch(int(i) for i in ids[0] if i >= 0)
-            candidates = [
-                (float(s), r)
-                for s, i in zip(scores[0], ids[0])
-                if (r := rows.get(int(i))) is not None and (allowed is None or r.id in allowed)
-            ]
+            candidates = [(float(s), r) for s, i in zip(scores[0], ids[0]) if (r := rows.get(int(i))) is not None]
             found = [(s, r) for s, r in candidates if os.path.exists(r.path)][:k]
-            if len(found) >= k or wanted >= len(vectors):
+            if len(found) >= k or wanted >= available:
                 break
             wanted *= 2
         if candidates and not found:  # e.g. the photos' drive is not mounted

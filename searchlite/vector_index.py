@@ -138,16 +138,27 @@ class VectorIndex:
         self._gpu_copy = None
         return int(self._index.remove_ids(_faiss().IDSelectorBatch(ids)))
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k by inner product: (scores float32 (q, k'), ids int64 (q, k')), k' = min(k, len)."""
+    def search(self, queries: np.ndarray, k: int, *, among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product: (scores float32 (q, k'), ids int64 (q, k')), k' = min(k, len).
+        among: search only these ids, exactly (an approximate index scans all its lists, skipping
+        other ids); rows with fewer matches end in id -1."""
         queries = as_vectors(queries, self.dim)
         with self._lock, _single_thread(len(queries) < PARALLEL_MIN_QUERIES):
             k = min(k, len(self))
             if k <= 0:
                 return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+            if among is not None:
+                return self._index.search(queries, k, params=self._only(among))
             if self._use_gpu and self.kind == "exact":
                 return self._search_gpu(queries, k)
             return self._index.search(queries, k)
+
+    def _only(self, ids: np.ndarray) -> Any:
+        faiss = _faiss()
+        selector = faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64))
+        if isinstance(self._index, faiss.IndexIVF):
+            return faiss.SearchParametersIVF(sel=selector, nprobe=self._index.nlist)
+        return faiss.SearchParameters(sel=selector)
 
     def _search_gpu(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact search on the GPUs: the flat vectors are copied there, the id map stays here."""

@@ -162,3 +162,23 @@ def test_where_things_run_without_a_gpu(monkeypatch) -> None:
     assert resolve_device(None) == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device(None) == "cuda"
+
+
+@pytest.mark.parametrize("kind", ["exact", "ivf"])
+def test_search_among_some_ids_is_exact_over_them_even_when_approximate(kind: str) -> None:
+    """query --tag: a rare tag's images must be found even if they sit in lists IVF would not probe."""
+    vectors, queries = unit(4000, 32), unit(5, 32, seed=1)
+    ids = np.arange(4000, dtype=np.int64) * 3
+    index = VectorIndex(32)
+    index.add(ids, vectors)
+    if kind == "ivf":
+        assert index.optimize(force=True)["kind"] == "ivf"
+    rng = np.random.default_rng(2)
+    for size in (3, 50, 900):
+        subset = np.sort(rng.choice(len(ids), size=size, replace=False))
+        scores, found = index.search(queries, 10, among=ids[subset])
+        want_scores, want_ids = brute_force(ids[subset], vectors[subset], queries, 10)
+        n = min(10, size)
+        np.testing.assert_array_equal(found[:, :n], want_ids)
+        np.testing.assert_allclose(scores[:, :n], want_scores, rtol=1e-5)
+        assert (found[:, n:] == -1).all()  # fewer matches than k: the rest is padding
