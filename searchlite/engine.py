@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import images, probe, query, scanner, text_tower, zeroshot
+from . import probe, query, scanner, text_tower, zeroshot
 from .atomic_file import write_atomic
 from .classifier import DEFAULT_TAG_THRESHOLD, LinearClassifier
 from .config import (
@@ -37,7 +37,8 @@ from .errors import (
     ModelMismatchError,
     PathNotFoundError,
 )
-from .indexer import Indexer, IndexReport, ProgressFn
+from .decode_worker import DecodeWorker
+from .indexer import Indexer, IndexReport, ProgressFn, decode_options
 from .store import FAILED, INDEXED, SKIPPED, FileRow, Store, TagSetRow
 from .text_cache import TextCache
 from .text_tower import NumpyTextTower
@@ -286,7 +287,7 @@ class SearchEngine:
         result[order] = embedded
         return result
 
-    def _decode_query_image(self, path: str) -> Any:
+    def _decode_query_image(self, path: str, decoder: DecodeWorker) -> Any:
         try:
             with open(path, "rb") as f:
                 data = f.read()
@@ -295,7 +296,7 @@ class SearchEngine:
         except OSError as e:
             raise InvalidQueryError(f"cannot read query image {path}: {e.strerror or e}") from None
         try:
-            return images.decode_rgb(data, self.settings.draft_factor * self._get_encoder().image_size).image
+            return decoder.decode(data, **decode_options(self.settings, self._get_encoder())).image
         except ImageDecodeError as e:
             raise InvalidQueryError(f"query image {path}: {e}") from None
 
@@ -508,21 +509,26 @@ class SearchEngine:
         return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
     def _embed_files(self, paths: list[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-        """Unit embeddings of image files by path, and the reasons for those that failed."""
+        """Unit embeddings of image files by path, and the reasons for those that failed. Files
+        are read as indexing reads them: in a decoder process, under its time and memory limits."""
         vectors: dict[str, np.ndarray] = {}
         errors: dict[str, str] = {}
         batch_size = self.settings.batch_size_on("cpu")
-        for start in range(0, len(paths), batch_size):
-            batch = []
-            for path in paths[start : start + batch_size]:
-                try:
-                    batch.append((path, self._decode_query_image(path)))
-                except InvalidQueryError as e:
-                    errors[path] = str(e)
-            if batch:
-                encoder = self._get_encoder()
-                encoded = encoder.encode_images([encoder.preprocess(img) for _, img in batch])
-                vectors.update({path: v for (path, _), v in zip(batch, encoded)})
+        decoder = DecodeWorker(self.settings.decode_timeout_s, self.settings.decoder_memory_limit)
+        try:
+            for start in range(0, len(paths), batch_size):
+                batch = []
+                for path in paths[start : start + batch_size]:
+                    try:
+                        batch.append((path, self._decode_query_image(path, decoder)))
+                    except InvalidQueryError as e:
+                        errors[path] = str(e)
+                if batch:
+                    encoder = self._get_encoder()
+                    encoded = encoder.encode_images([encoder.preprocess(img) for _, img in batch])
+                    vectors.update({path: v for (path, _), v in zip(batch, encoded)})
+        finally:
+            decoder.close()
         return vectors, errors
 
     def failures(self) -> list[FileRow]:

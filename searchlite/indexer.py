@@ -204,16 +204,9 @@ class _Run:
         if images.detect_format(data[: images.HEADER_BYTES]) is None:
             return _Prepared(f, digest, skipped="not an image")
         encoder = self.ix.get_encoder()  # the model loads on first need; its errors stop the run
-        settings = self.ix.settings
         try:
             with decoders.worker() as decoder:
-                decoded = decoder.decode(
-                    data,
-                    min_side=settings.draft_factor * encoder.image_size,
-                    max_pixels=settings.max_pixels,
-                    center_crop=encoder.crops_center,
-                    resize_shortest=encoder.image_size if encoder.resizes_shortest_bicubic else None,
-                )
+                decoded = decoder.decode(data, **decode_options(self.ix.settings, encoder))
             tensor = encoder.preprocess(decoded.image)
         except ImageDecodeError as e:
             return _Prepared(f, digest, error=str(e))
@@ -314,6 +307,16 @@ class _Run:
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+def decode_options(settings: IndexSettings, encoder: ClipEncoder) -> dict[str, Any]:
+    """images.decode_rgb's arguments for this model: how every image (indexed or a query) is read."""
+    return {
+        "min_side": settings.draft_factor * encoder.image_size,
+        "max_pixels": settings.max_pixels,
+        "center_crop": encoder.crops_center,
+        "resize_shortest": encoder.image_size if encoder.resizes_shortest_bicubic else None,
+    }
 
 
 def _ordered_map(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], window: int) -> Iterator[R]:

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from searchlite import SearchEngine
 from searchlite.cli import app
 from searchlite.config import DB_FILENAME, IndexSettings
+from searchlite.errors import InvalidQueryError
 from searchlite.images import decode_rgb
 from searchlite.store import FAILED, INDEXED, SKIPPED, Store
 from tests.conftest import load_script
@@ -230,3 +231,30 @@ def test_files_changing_or_vanishing_mid_run(monkeypatch: pytest.MonkeyPatch, en
     assert report.added == 1  # grows.jpg, now that it is stable
     paths = {h.path for h in engine.search("x", k=100)}
     assert str(photos / "grows.jpg") in paths and str(photos / "nature" / "horse.png") not in paths
+
+
+def test_query_and_classify_images_are_decoded_under_the_same_limits(
+    monkeypatch: pytest.MonkeyPatch, photos: Path, tiny_model, tmp_path: Path
+) -> None:
+    """A file named on the command line gets the decoder process too: a hang or a crash is an
+    error for that file, not a frozen or dead searchlite."""
+    import searchlite.decode_worker as decode_worker
+
+    monkeypatch.setattr(decode_worker, "_CHILD_CODE", FAULTY_CHILD)
+    good = (photos / "astronaut.jpg").read_bytes()
+    (tmp_path / "hang.jpg").write_bytes(good + b"HANG-ME")
+    (tmp_path / "crash.jpg").write_bytes(good + b"CRASH-ME")
+    config, checkpoint = tiny_model
+    settings = IndexSettings(decode_timeout_s=2)
+    with SearchEngine.open(tmp_path / "index", model=str(config), pretrained=str(checkpoint), settings=settings) as engine:
+        engine.index(photos)
+        with pytest.raises(InvalidQueryError, match="longer than 2s"):
+            engine.search(image=tmp_path / "hang.jpg")
+        with pytest.raises(InvalidQueryError, match="decoder crashed"):
+            engine.search(image=tmp_path / "crash.jpg")
+        verdicts = {c.path: c for c in engine.classify([tmp_path / "crash.jpg", photos / "astronaut.jpg"], "cat,person")}
+        assert "decoder crashed" in verdicts[str(tmp_path / "crash.jpg")].error
+        assert verdicts[str(photos / "astronaut.jpg")].label in ("cat", "person")
+        # an indexed photo as the query finds itself: it is read exactly as indexing read it
+        top = engine.search(image=photos / "astronaut.jpg", k=1)[0]
+        assert top.path == str(photos / "astronaut.jpg") and top.score > 0.9999
