@@ -234,9 +234,11 @@ class SearchEngine:
                 self._text_tower = NumpyTextTower.load(self.index_dir / text_tower.FILENAME, self.model_key())
             if self._encoder is None and self._text_tower is not None:
                 return self._text_tower
-            if self._encoder is None:  # no usable export (an index from before it, or a damaged one)
-                self._export_text_tower(self._get_encoder())
-            return self._get_encoder()
+            if self._encoder is not None:
+                return self._encoder
+            encoder = self._get_encoder()
+            self._export_text_tower(encoder)  # there was no usable export: an older index, or a damaged one
+            return encoder
 
     def _export_text_tower(self, encoder: ClipEncoder) -> None:
         """Write the model's text tower beside the index for torch-free text queries, unless a

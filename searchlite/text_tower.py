@@ -75,7 +75,7 @@ class NumpyTextTower:
 
     def __init__(self, tensors: Mapping[str, np.ndarray], heads: int, quick_gelu: bool, tokenizer: ClipTokenizer) -> None:
         self._t = tensors
-        self._layers = sum(1 for n in tensors if n.endswith(".attn.in_proj_weight"))
+        self._layers = _count_layers(tensors)
         self._heads = heads
         self._quick_gelu = quick_gelu
         self.tokenizer = tokenizer
@@ -98,8 +98,7 @@ class NumpyTextTower:
     @classmethod
     def from_tensors(cls, tensors: Mapping[str, np.ndarray], heads: int, quick_gelu: bool) -> NumpyTextTower | None:
         """The tower over these weights; None when they hold more or less than it uses."""
-        layers = sum(1 for n in tensors if n.endswith(".attn.in_proj_weight"))
-        if set(tensors) != expected_names(layers):
+        if set(tensors) != expected_names(_count_layers(tensors)):
             return None
         return cls(tensors, heads, quick_gelu, ClipTokenizer(context_length=len(tensors["positional_embedding"])))
 
@@ -142,6 +141,10 @@ class NumpyTextTower:
         if self._quick_gelu:
             return x / (1 + np.exp(-1.702 * x))
         return 0.5 * x * (1 + _erf(x / math.sqrt(2)))
+
+
+def _count_layers(tensors: Mapping[str, np.ndarray]) -> int:
+    return sum(1 for name in tensors if name.endswith(".attn.in_proj_weight"))
 
 
 def _linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
