@@ -13,6 +13,7 @@ import json
 import logging
 import math
 from collections.abc import Mapping
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -73,12 +74,16 @@ def _map(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
 class NumpyTextTower:
     """Texts -> unit float32 embeddings (n, d), as CLIP.encode_text(normalize=True) computes them."""
 
-    def __init__(self, tensors: Mapping[str, np.ndarray], heads: int, quick_gelu: bool, tokenizer: ClipTokenizer) -> None:
+    def __init__(self, tensors: Mapping[str, np.ndarray], heads: int, quick_gelu: bool) -> None:
         self._t = tensors
         self._layers = _count_layers(tensors)
         self._heads = heads
         self._quick_gelu = quick_gelu
-        self.tokenizer = tokenizer
+
+    @cached_property
+    def tokenizer(self) -> ClipTokenizer:
+        """Built on first use, so that checking an export (load) does not read the vocabulary."""
+        return ClipTokenizer(context_length=len(self._t["positional_embedding"]))
 
     @classmethod
     def load(cls, path: Path, model_key: str) -> NumpyTextTower | None:
@@ -100,13 +105,13 @@ class NumpyTextTower:
         """The tower over these weights; None when they hold more or less than it uses."""
         if set(tensors) != expected_names(_count_layers(tensors)):
             return None
-        return cls(tensors, heads, quick_gelu, ClipTokenizer(context_length=len(tensors["positional_embedding"])))
+        return cls(tensors, heads, quick_gelu)
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """(n, d) unit float32 embeddings."""
-        return self.encode_tokens(self.tokenizer(texts))
+        return self._encode_tokens(self.tokenizer(texts))
 
-    def encode_tokens(self, tokens: np.ndarray) -> np.ndarray:
+    def _encode_tokens(self, tokens: np.ndarray) -> np.ndarray:
         """Token ids (n, context_length) -> (n, d) unit float32. Runs only up to the last end-of-text
         token: the attention is causal, so the padding after it changes nothing."""
         t = self._t
