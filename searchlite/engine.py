@@ -413,7 +413,7 @@ class SearchEngine:
             n = len(label_set.labels)
             return LinearClassifier(label_set.labels, cached.reshape(n, -1), np.zeros(n, np.float32))
         encoder = self._get_encoder()
-        classifier = zeroshot.build(label_set, lambda texts: self._text_cache.encode(texts, encoder.encode_texts), encoder.logit_scale)
+        classifier = zeroshot.build(label_set, self.embed_text, encoder.logit_scale)
         self._store.cache_weights(key, classifier.weights)
         return classifier
 
