@@ -170,8 +170,15 @@ class SearchEngine:
                 if vectors.kind == "exact" and len(vectors) >= vectors.ann_min_vectors:
                     log.warning("%d vectors: building an approximate index (once; `searchlite optimize` redoes it)", len(vectors))
                     vectors.optimize()
+            except BaseException:
+                # Interrupted between a batch's commit and its FAISS update, the vectors in memory
+                # lag the database: then keep the older cache, which the next open rebuilds.
+                if not np.array_equal(np.sort(vectors.ids()), self._store.indexed_ids()):
+                    self._vectors = None
+                raise
             finally:
-                self._save_vectors()
+                if self._vectors is not None:
+                    self._save_vectors()
             if self._encoder is not None:
                 self._export_text_tower(self._encoder)
             report.tagged = self._refresh_tags()

@@ -271,6 +271,12 @@ class Store:
         with self._reading() as conn:
             return [_row(r) for r in conn.execute(query)]
 
+    def indexed_ids(self) -> np.ndarray:
+        """Ids of every indexed row (those with a vector), int64, ascending."""
+        with self._reading() as conn:
+            ids = conn.execute(select(images.c.id).where(images.c.state == INDEXED).order_by(images.c.id)).scalars()
+            return np.fromiter(ids, dtype=np.int64)
+
     def iter_vectors(self, chunk: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids int64 (n,), vectors float32 (n, d)) of every indexed row, in chunks."""
         query = (

@@ -98,6 +98,25 @@ class VectorIndex:
             self._index = ivf
             return {"kind": "ivf", "vectors": n, "nlist": nlist, "nprobe": ivf.nprobe, "recall_at_10": round(recall, 4)}
 
+    def ids(self) -> np.ndarray:
+        """Every id in the index, int64 (n,), in no particular order."""
+        faiss = _faiss()
+        with self._lock:
+            if not isinstance(self._index, faiss.IndexIVF):
+                return faiss.vector_to_array(self._index.id_map).astype(np.int64)
+            invlists = faiss.downcast_InvertedLists(self._index.invlists)
+            parts = []
+            for lst in range(self._index.nlist):
+                part = np.zeros(invlists.list_size(lst), dtype=np.int64)
+                ptr = invlists.get_ids(lst)
+                try:
+                    if len(part):
+                        faiss.memcpy(faiss.swig_ptr(part), ptr, part.nbytes)
+                finally:
+                    invlists.release_ids(lst, ptr)
+                parts.append(part)
+            return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
     def _contents(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids (n,), vectors (n, d)) of everything in the index."""
         faiss = _faiss()

@@ -72,6 +72,43 @@ def test_ctrl_c_saves_says_how_to_resume_and_exits_130(tmp_path: Path, tiny_mode
     assert not list(index.glob("*.tmp"))
 
 
+@pytest.mark.parametrize("interrupted_in, nth_call", [("add", 2), ("remove", 1)])
+def test_ctrl_c_between_a_batchs_commit_and_its_faiss_update_loses_nothing(
+    monkeypatch: pytest.MonkeyPatch, engine_factory, photos: Path, index_dir: Path, interrupted_in: str, nth_call: int
+) -> None:
+    """Ctrl-C can land after SQLite committed a batch and before FAISS took it in: the vector cache
+    saved then must not claim to hold that batch, or its images would never be found."""
+    from searchlite import VectorIndex
+    from searchlite.config import IndexSettings
+
+    engine_factory(settings=IndexSettings(batch_size=2)).index(photos)
+    files = sorted(photos.rglob("*.*"))
+    for path in files[4:6]:  # deleted: their vectors are removed
+        path.unlink()
+    for i, path in enumerate(files[:4]):  # new files: new rows, encoded in new batches
+        new = photos / f"new {i}{path.suffix}"
+        new.write_bytes(path.read_bytes() + b"\0")
+        files.append(new)
+    real = getattr(VectorIndex, interrupted_in)
+    calls = []
+
+    def interrupted(self, *args):
+        calls.append(1)
+        if len(calls) == nth_call:
+            raise KeyboardInterrupt
+        return real(self, *args)
+
+    monkeypatch.setattr(VectorIndex, interrupted_in, interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        engine_factory(settings=IndexSettings(batch_size=2)).index(photos)
+    monkeypatch.undo()
+    with SearchEngine.open(index_dir, create=False) as engine:
+        existing = sorted(str(p) for p in files if p.exists())
+        assert sorted(paths_of(engine.search("x", k=1000))) == existing  # each once, none missing
+        engine.index(photos)  # resume
+        assert sorted(paths_of(engine.search("x", k=1000))) == existing
+
+
 # --- one writer, many readers ---------------------------------------------------------------------
 
 HOLD_LOCK = """

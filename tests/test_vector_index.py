@@ -182,3 +182,13 @@ def test_search_among_some_ids_is_exact_over_them_even_when_approximate(kind: st
         np.testing.assert_array_equal(found[:, :n], want_ids)
         np.testing.assert_allclose(scores[:, :n], want_scores, rtol=1e-5)
         assert (found[:, n:] == -1).all()  # fewer matches than k: the rest is padding
+
+
+@pytest.mark.parametrize("kind", ["exact", "ivf"])
+def test_ids_lists_what_the_index_holds(kind: str) -> None:
+    index = VectorIndex(16)
+    index.add(np.arange(0, 3000, 3), unit(1000, 16))
+    index.remove(np.arange(0, 300, 3))
+    if kind == "ivf":
+        assert index.optimize(force=True)["kind"] == "ivf"
+    np.testing.assert_array_equal(np.sort(index.ids()), np.arange(300, 3000, 3))
