@@ -1,7 +1,8 @@
 """Query latency, each next to its naive baseline measured in the same run. Prints JSON.
 
-- warm text queries through the library (p50/p95): with the torch model loaded (right after
-  indexing) and in a fresh engine (the numpy text tower), against open_clip's own encode_text;
+- warm text queries through the library (p50/p95; the exported text tower in onnxruntime), against
+  open_clip's own encode_text, and against the truncated torch tower searchlite uses when a model
+  has no export; the first text query of a fresh engine (the exported tower in numpy);
 - a cold `searchlite query` (a new process) on an index of --index-size images, against the naive
   cold path: a new Python process that imports torch and open_clip, creates the model with its
   weights and encodes one text; and a cold library query that loads the torch model;
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 
 from searchlite import SearchEngine
-from searchlite.text_tower import NumpyTextTower
+from searchlite.text_tower import TextTower
 
 QUERIES = ["a dog on grass", "a red car parked on the street", "sunset over the sea", "a cat", "two people hiking in the mountains"]
 
@@ -54,20 +55,19 @@ with torch.inference_mode():
     model.encode_text(tokenizer(["a dog on grass"]), normalize=True)
 """
 
-# a cold query through the torch text tower (the model loaded first, as before text_tower.py)
+# a cold query through the torch text tower (the model loaded, as before text_tower.py)
 TORCH_QUERY = """
 import sys
 from searchlite import SearchEngine
-from searchlite.text_tower import NumpyTextTower
 with SearchEngine.open(sys.argv[1]) as engine:
-    engine._get_encoder()
+    engine._get_encoder().encode_texts(["a dog on grass"])
     engine.search("a dog on grass")
 """
 
 
-def timed_call(fn: Callable[[], object]) -> float:
+def timed_call(fn: Callable[..., object], *args: object) -> float:
     started = time.perf_counter()
-    fn()
+    fn(*args)
     return time.perf_counter() - started
 
 
@@ -117,20 +117,41 @@ def main() -> None:
         with SearchEngine.open(index, model=args.model, pretrained=args.pretrained) as engine:
             engine.index(photos)
             add_imported(engine, Path(tmp), args.index_size - args.images, rng)
-            engine.search(QUERIES[0])  # warm-up: model loaded, FAISS loaded
-            latencies, naive, cached = [], [], []
-            encoder = engine._get_encoder()
-            for i in range(args.warm_queries):
-                text = f"{QUERIES[i % len(QUERIES)]} {i}"  # distinct texts: no cache hits
-                latencies.append(timed_call(lambda: engine.search(text, k=10)))
-                cached.append(timed_call(lambda: engine.search(text, k=10)))  # the same text again
-                with torch.inference_mode():  # open_clip's own encode_text, all 77 positions
-                    naive.append(timed_call(lambda: encoder.model.encode_text(encoder.tokenize([text + "!"]), normalize=True)))
+            engine.search(QUERIES[0])  # warm-up: the text tower and FAISS loaded, onnxruntime set up
+            engine.search(QUERIES[1])
+            assert isinstance(engine._text_encoder(), TextTower) and engine._text_encoder().uses_onnx
+            encoder, tower = engine._get_encoder(), engine._text_encoder()
+            numpy_only = TextTower.load(index / "text_tower.safetensors", engine.model_key())
+            numpy_only._onnx_transformer = lambda *args: None  # the tower as it was before onnxruntime
+
+            def naive_encode_text(text: str) -> None:  # open_clip's own encode_text, all 77 positions
+                with torch.inference_mode():
+                    encoder.model.encode_text(encoder.tokenize([text]), normalize=True)
+
+            methods = {
+                "warm_query": lambda text: engine.search(text, k=10),
+                "naive_encode_text": naive_encode_text,
+                "text_tower_onnx": lambda text: tower.encode_texts([text]),
+                "text_tower_numpy": lambda text: numpy_only.encode_texts([text]),
+                "text_tower_torch": lambda text: encoder.encode_texts([text]),
+            }
+            # Each in a block of its own (two rounds), with distinct texts (no cache hits): torch's,
+            # onnxruntime's and OpenBLAS's threads each keep spinning for a while after a call, and
+            # would slow whichever runs next on these two cores.
+            times: dict[str, list[float]] = {name: [] for name in methods}
+            for round_ in range(2):
+                for name, method in methods.items():
+                    for i in range(args.warm_queries // 2):
+                        text = f"{QUERIES[i % len(QUERIES)]} {name} {round_} {i}"
+                        times[name].append(timed_call(method, text))
+            cached = [timed_call(engine.search, QUERIES[0]) for _ in range(args.warm_queries)]
             model_name, tag = engine.spec.name, engine.spec.pretrained
-        with SearchEngine.open(index) as engine:  # as an app opens it: text queries need no torch
-            engine.search(QUERIES[0])
-            tower = [timed_call(lambda: engine.search(f"{QUERIES[i % len(QUERIES)]} {i}", k=10)) for i in range(args.warm_queries)]
-            assert isinstance(engine._text_encoder(), NumpyTextTower)
+        first = []
+        for i in range(args.repeats):  # as an app opens it: the first text query runs in numpy
+            with SearchEngine.open(index) as engine:
+                engine._get_vectors(writer=False)
+                first.append(timed_call(engine.search, f"{QUERIES[i % len(QUERIES)]} first {i}"))
+                assert not engine._text_encoder().uses_onnx
 
         env = {**os.environ, "SEARCHLITE_INDEX": str(index)}
         searchlite = [sys.executable, "-m", "searchlite"]
@@ -141,12 +162,10 @@ def main() -> None:
         help_time = timed([*searchlite, "--help"], env, args.repeats)
         result = {
             "images": args.index_size,
-            "warm_query_p50_ms": ms(statistics.median(latencies)),
-            "warm_query_p95_ms": ms(float(np.percentile(latencies, 95))),
-            "warm_query_numpy_tower_p50_ms": ms(statistics.median(tower)),
-            "naive_encode_text_p50_ms": ms(statistics.median(naive)),
-            "warm_query_over_naive_encode_text": round(statistics.median(latencies) / statistics.median(naive), 3),
-            "warm_query_numpy_tower_over_naive_encode_text": round(statistics.median(tower) / statistics.median(naive), 3),
+            **{f"{name}_p50_ms": ms(statistics.median(values)) for name, values in times.items()},
+            "warm_query_p95_ms": ms(float(np.percentile(times["warm_query"], 95))),
+            "warm_query_over_naive_encode_text": round(statistics.median(times["warm_query"]) / statistics.median(times["naive_encode_text"]), 3),
+            "first_query_of_an_engine_ms": ms(statistics.median(first)),
             "repeated_query_p50_ms": ms(statistics.median(cached)),
             "cold_cli_query_s": round(cold_query, 2),
             "cold_library_query_torch_s": round(torch_query, 2),

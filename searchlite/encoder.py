@@ -257,7 +257,7 @@ class ClipEncoder:
         return self._tokenizer(texts)
 
     def text_tower_weights(self) -> tuple[dict[str, np.ndarray], int, bool] | None:
-        """(tensors, heads, quick_gelu) of the text tower for text_tower.NumpyTextTower, or None
+        """(tensors, heads, quick_gelu) of the text tower for text_tower.TextTower, or None
         when this model's text side is not the standard CLIP one that it runs."""
         import open_clip
         import torch

@@ -41,7 +41,7 @@ from .decode_worker import DecodeWorker
 from .indexer import Indexer, IndexReport, ProgressFn, decode_options
 from .store import FAILED, INDEXED, SKIPPED, FileRow, Store, TagSetRow
 from .text_cache import TextCache
-from .text_tower import NumpyTextTower
+from .text_tower import TextTower
 from .vector_index import VectorIndex
 from .writelock import writer_lock
 
@@ -96,7 +96,8 @@ class SearchEngine:
         self._encoder_factory = encoder_factory
         self._lock = threading.RLock()  # guards lazy loading
         self._encoder: ClipEncoder | None = None
-        self._text_tower: NumpyTextTower | None = None
+        self._text_tower: TextTower | None = None
+        self._tower_checked = False  # whether the export beside the index has been looked for
         self._text_cache = TextCache()
         self._vectors: VectorIndex | None = None
         recorded = store.get_info("model")
@@ -233,32 +234,31 @@ class SearchEngine:
         """Unit text embeddings (n, d) from the index's model; repeated texts come from a cache."""
         return self._text_cache.encode(list(texts), self._text_encoder().encode_texts)
 
-    def _text_encoder(self) -> ClipEncoder | NumpyTextTower:
-        """The torch model once it is loaded; before that, the text tower exported beside the index,
-        which gives the same embeddings without importing torch (seconds saved per cold query)."""
+    def _text_encoder(self) -> ClipEncoder | TextTower:
+        """The text tower exported beside the index, which gives the torch model's embeddings
+        without importing torch (seconds saved per cold query) and faster; the torch model where
+        there is no usable export, which is then written."""
         with self._lock:
-            if self._encoder is None and self._text_tower is None and self._store.get_info("model") is not None:
-                self._text_tower = NumpyTextTower.load(self.index_dir / text_tower.FILENAME, self.model_key())
-            if self._encoder is None and self._text_tower is not None:
-                return self._text_tower
-            if self._encoder is not None:
-                return self._encoder
-            encoder = self._get_encoder()
-            self._export_text_tower(encoder)  # there was no usable export: an older index, or a damaged one
-            return encoder
+            if self._text_tower is None and not self._tower_checked and self._store.get_info("model") is not None:
+                self._tower_checked = True
+                self._text_tower = TextTower.load(self.index_dir / text_tower.FILENAME, self.model_key())
+                if self._text_tower is None:  # none was usable: an older index, or a damaged one
+                    self._export_text_tower(self._get_encoder())
+            return self._text_tower or self._get_encoder()
 
     def _export_text_tower(self, encoder: ClipEncoder) -> None:
-        """Write the model's text tower beside the index for torch-free text queries, unless a
+        """Write the model's text tower beside the index and use it for text queries, unless a
         usable one is there or the model's text side is not one text_tower.py runs. It is written
         only after giving the same tokens and embeddings as the torch model on test texts."""
         path = self.index_dir / text_tower.FILENAME
-        if NumpyTextTower.load(path, self.model_key()) is not None:
+        if (existing := TextTower.load(path, self.model_key())) is not None:
+            self._text_tower = existing
             return
         exported = encoder.text_tower_weights()
         if exported is None:
             return
         tensors, heads, quick_gelu = exported
-        tower = NumpyTextTower.from_tensors(tensors, heads, quick_gelu)
+        tower = TextTower.from_tensors(tensors, heads, quick_gelu)
         texts = list(text_tower.CHECK_TEXTS)
         if tower is None or not np.array_equal(tower.tokenizer(texts), encoder.tokenize(texts).numpy()):
             log.info("not exporting the text tower: this model's text side differs from text_tower.py's")
@@ -270,7 +270,9 @@ class SearchEngine:
         try:
             write_atomic(path, text_tower.export_bytes(tensors, heads=heads, quick_gelu=quick_gelu, model_key=self.model_key()))
         except OSError as e:  # a read-only index still answers, through torch
-            log.info("cannot write %s (%s); text queries will load torch", path, e.strerror or e)
+            log.info("cannot write %s (%s); text queries will use torch", path, e.strerror or e)
+            return
+        self._text_tower = TextTower.load(path, self.model_key())
 
     def embed_images(self, paths: Sequence[str | os.PathLike[str]]) -> np.ndarray:
         """Unit image embeddings (n, d), decoded as indexing decodes; a bad file raises."""

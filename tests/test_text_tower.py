@@ -96,14 +96,81 @@ def _tiny_variant(tmp_path: Path, **changes) -> tuple[Path, Path]:
     return path, checkpoint
 
 
-def test_a_quick_gelu_model_is_exported_and_matches_torch(engine_factory, photos, index_dir, tmp_path) -> None:
-    config, checkpoint = _tiny_variant(tmp_path, quick_gelu=True)
+def _torch_embeddings(engine: SearchEngine, texts: list[str]) -> np.ndarray:
+    return engine._get_encoder().encode_texts(texts)
+
+
+@pytest.mark.parametrize("quick_gelu", [False, True])
+def test_text_queries_run_in_numpy_first_then_in_onnxruntime_with_torchs_answers(
+    engine_factory, photos, index_dir, tmp_path, quick_gelu: bool
+) -> None:
+    config, checkpoint = _tiny_variant(tmp_path, quick_gelu=quick_gelu)
     engine = engine_factory(model=str(config), pretrained=str(checkpoint))
     engine.index(photos)
-    reference = engine.embed_text(list(ODD_TEXTS))
-    tower = text_tower.NumpyTextTower.load(index_dir / text_tower.FILENAME, engine.model_key())
+    texts = list(ODD_TEXTS) + _random_texts(30)
+    reference = _torch_embeddings(engine, texts)
+    tower = text_tower.TextTower.load(index_dir / text_tower.FILENAME, engine.model_key())
     assert tower is not None
-    assert (tower.encode_texts(list(ODD_TEXTS)) * reference).sum(axis=1).min() >= 0.9999
+
+    first = tower.encode_texts(texts)  # a one-off query: numpy, nothing set up
+    assert not tower.uses_onnx
+    second = tower.encode_texts(texts)
+    assert tower.uses_onnx
+    third = tower.encode_texts(texts[:1])  # one short text: the case a warm query is
+    for vectors in (first, second):
+        assert vectors.dtype == np.float32 and vectors.flags.c_contiguous
+        assert (vectors * reference).sum(axis=1).min() >= 0.9999
+    assert float(third[0] @ reference[0]) >= 0.9999
+
+
+def test_after_an_index_run_text_queries_use_the_export_not_the_loaded_torch_model(engine_factory, photos) -> None:
+    engine = engine_factory()
+    engine.index(photos)
+    expected = _torch_embeddings(engine, ["a cat", "a dog"])
+    assert (engine.embed_text(["a cat"]) @ expected[0]) >= 0.9999
+    assert (engine.embed_text(["a dog"]) @ expected[1]) >= 0.9999
+    assert engine._text_tower is not None and engine._text_tower.uses_onnx
+
+
+def test_when_onnxruntime_fails_or_drifts_numpy_keeps_answering(engine_factory, photos, index_dir, monkeypatch, caplog) -> None:
+    import searchlite.text_tower_onnx
+
+    engine = engine_factory()
+    engine.index(photos)
+    texts = ["a cat", "a dog on grass", "café"]
+    reference = _torch_embeddings(engine, texts)
+
+    class Broken:
+        def __init__(self, *args: object) -> None:
+            raise RuntimeError("onnxruntime cannot load here")
+
+    class Drifting(searchlite.text_tower_onnx.OnnxTransformer):
+        def __call__(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+            return super().__call__(x, mask)[:, ::-1]  # tokens reversed: the wrong hidden states
+
+    for replacement, message in ((Broken, "cannot run"), (Drifting, "drifts")):
+        monkeypatch.setattr(text_tower, "OnnxTransformer", replacement)
+        tower = text_tower.TextTower.load(index_dir / text_tower.FILENAME, engine.model_key())
+        caplog.clear()
+        with caplog.at_level("INFO", logger="searchlite.text_tower"):
+            answers = [tower.encode_texts(texts) for _ in range(3)]
+        assert not tower.uses_onnx
+        assert message in caplog.text
+        for vectors in answers:
+            assert (vectors * reference).sum(axis=1).min() >= 0.9999
+
+
+def test_many_threads_querying_while_onnxruntime_is_set_up_all_get_the_same_answers(engine_factory, photos, index_dir) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    engine = engine_factory()
+    engine.index(photos)
+    texts = [f"photo number {i}" for i in range(16)]
+    reference = _torch_embeddings(engine, texts)
+    with SearchEngine.open(index_dir) as fresh, ThreadPoolExecutor(8) as pool:
+        vectors = list(pool.map(lambda text: fresh.embed_text([text])[0], texts))
+        assert fresh._text_tower.uses_onnx
+    assert (np.stack(vectors) * reference).sum(axis=1).min() >= 0.9999
 
 
 def test_a_text_tower_it_cannot_run_is_not_exported_and_torch_answers(engine_factory, photos, index_dir, tmp_path) -> None:
@@ -125,7 +192,7 @@ def test_a_damaged_or_foreign_export_is_replaced_and_answers_stay_the_same(engin
     good = export.read_bytes()
 
     def usable() -> bool:
-        return text_tower.NumpyTextTower.load(export, engine.model_key()) is not None
+        return text_tower.TextTower.load(export, engine.model_key()) is not None
 
     export.write_bytes(good[: len(good) // 2])  # cut short
     with SearchEngine.open(index_dir) as fresh:
