@@ -10,9 +10,10 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from .errors import ImageDecodeError
 
@@ -25,6 +26,9 @@ SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "TIFF", "BMP
 HEADER_BYTES = 16
 
 BACKGROUND = (255, 255, 255)
+
+# (width, height) of the full picture in the units of the current pixels; exact, as fractions
+Extent = tuple[Fraction, Fraction]
 
 
 def detect_format(header: bytes) -> str | None:
@@ -63,9 +67,9 @@ def decode_rgb(
 ) -> Decoded:
     """Decode image bytes to an RGB image, oriented as its EXIF says.
 
-    min_side: when given, the picture is decoded or reduced to no less than this on its shorter
-      side, but not much more: JPEGs at a reduced DCT scale (Image.draft), others by box reduction.
-      Several times faster for camera photos, and the same after the model's own resize.
+    min_side: when given, JPEGs are decoded at a reduced DCT scale (Image.draft) to no less than
+      this on their shorter side, and any picture is box-reduced to no less than twice this.
+      Several times faster for camera photos, and nearly the same after the model's own resize.
     max_pixels: refuse larger images from their header alone, before any pixel is decoded.
     center_crop: the model will resize the shorter side and crop the centre square, so a very
       long strip (say 5000x20) is first cut to the part that survives, keeping memory bounded.
@@ -84,20 +88,28 @@ def decode_rgb(
                 f"image is {width}x{height} ({width * height / 1e6:.0f} MP), over the "
                 f"{max_pixels / 1e6:.0f} MP limit; raise --max-megapixels to index it"
             )
+        # the full picture's extent in the current pixels: a reduced decode's last row and column
+        # hold only part of a pixel's worth (4000x2250 at 1/8 is 500x281.25, stored as 500x282)
+        extent = (Fraction(width), Fraction(height))
         if min_side and img.format in ("JPEG", "MPO"):
-            img.draft(None, (min_side, min_side))
+            drafted = img.draft(None, (min_side, min_side))  # (mode, (0, 0, w, h)): the extent, scaled
+            if drafted:
+                extent = (Fraction(drafted[1][2]), Fraction(drafted[1][3]))
+        transpose = _exif_transpose(img)
         img.load()  # first frame only; later frames are never decoded
-        loaded_size = img.size
-        img = _oriented(img)
-        if img.size != loaded_size:  # rotated by 90 or 270 degrees
-            width, height = height, width
         img = to_rgb(img)
         if center_crop:
-            img = _crop_long_strip(img)
+            img, extent = _crop_long_strip(img, extent)
         if min_side:
-            img = _reduce(img, min_side)
+            img, extent = _reduce(img, extent, 2 * min_side)
         if resize_shortest:
-            img = resize_shortest_side(img, resize_shortest)
+            img = resize_shortest_side(img, resize_shortest, extent)
+        # EXIF orientation last, where it is cheapest and the extent (anchored at the top left of
+        # the stored pixels) is still simple; none of the steps above depends on it
+        if transpose is not None:
+            img = img.transpose(transpose)
+            if transpose in _SWAPS_SIDES:
+                width, height = height, width
         return Decoded(img, width, height)
     except ImageDecodeError:
         raise
@@ -113,41 +125,60 @@ def decode_rgb(
         raise ImageDecodeError(f"cannot decode image: {e}") from e
 
 
-def _crop_long_strip(img: Image.Image) -> Image.Image:
+def _crop_long_strip(img: Image.Image, extent: Extent) -> tuple[Image.Image, Extent]:
     """Keep the centre of a very elongated picture: twice its short side, which holds the centre
     square the model crops plus margin for the resampling filter."""
     w, h = img.size
     short, long = min(w, h), max(w, h)
     if long <= 3 * short:
-        return img
+        return img, extent
     keep = 2 * short
     start = (long - keep) // 2
-    return img.crop((start, 0, start + keep, h) if w > h else (0, start, w, start + keep))
+    if w > h:
+        return img.crop((start, 0, start + keep, h)), (Fraction(keep), extent[1])
+    return img.crop((0, start, w, start + keep)), (extent[0], Fraction(keep))
 
 
-def resize_shortest_side(img: Image.Image, size: int) -> Image.Image:
+def resize_shortest_side(img: Image.Image, size: int, extent: Extent | None = None) -> Image.Image:
     """torchvision's Resize(size, BICUBIC) on a PIL image: the shorter side becomes size, the
-    longer one int(size * long / short)."""
-    w, h = img.size
+    longer one int(size * long / short). extent: how much of the current pixels the picture covers
+    (see decode_rgb), from which the size is computed and the pixels sampled, so that a reduced
+    decode gives the full one's geometry; by default, all of them."""
+    w, h = extent or img.size
     if w <= h:
         new = (size, int(size * h / w))
     else:
         new = (int(size * w / h), size)
-    return img.resize(new, Image.BICUBIC)
+    return img.resize(new, Image.BICUBIC, box=(0, 0, float(w), float(h)))
 
 
-def _reduce(img: Image.Image, min_side: int) -> Image.Image:
-    """Box-reduce by an integer factor while the shorter side stays at least min_side."""
+def _reduce(img: Image.Image, extent: Extent, min_side: int) -> tuple[Image.Image, Extent]:
+    """Box-reduce by an integer factor while the shorter side stays at least min_side. A box is a
+    cruder filter than the bicubic resize after it, so decode_rgb leaves that twice the room."""
     factor = min(img.size) // min_side
-    return img.reduce(factor) if factor >= 2 else img
+    if factor < 2:
+        return img, extent
+    return img.reduce(factor), (extent[0] / factor, extent[1] / factor)
 
 
-def _oriented(img: Image.Image) -> Image.Image:
+_TRANSPOSES = {  # EXIF orientation -> what shows the picture upright (as ImageOps.exif_transpose)
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_SWAPS_SIDES = {Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270, Image.Transpose.TRANSVERSE, Image.Transpose.ROTATE_90}
+
+
+def _exif_transpose(img: Image.Image) -> Image.Transpose | None:
     try:
-        return ImageOps.exif_transpose(img)
+        return _TRANSPOSES.get(img.getexif().get(ExifTags.Base.Orientation, 1))
     except Exception as e:  # a corrupt EXIF block must not cost the picture itself
         log.debug("ignoring unreadable EXIF orientation: %s", e)
-        return img
+        return None
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from searchlite.errors import ImageDecodeError
-from searchlite.images import decode_rgb, detect_format
+from searchlite.images import decode_rgb, detect_format, resize_shortest_side
 
 
 def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -96,6 +96,33 @@ def test_draft_decodes_large_jpegs_at_reduced_scale_but_never_below_min_side() -
     assert (decoded.width, decoded.height) == (4000, 3000)  # the original's size is reported
     assert min(decoded.image.size) >= 448
     assert decoded.image.size[0] < 4000  # but fewer pixels were decoded
+
+
+def _detailed_photo(size: tuple[int, int], orientation: int = 1) -> bytes:
+    """A JPEG with camera-like detail (sharp edges, sensor noise), where a misplaced pixel shows."""
+    rng = np.random.default_rng(size[0] * 7 + orientation)
+    pixels = rng.normal(128, 40, (size[1] // 16 + 1, size[0] // 16 + 1, 3)).clip(0, 255).astype(np.uint8)
+    img = Image.fromarray(pixels).resize(size, Image.NEAREST)  # 16-pixel blocks: edges everywhere
+    noisy = np.asarray(img, dtype=np.int16) + rng.normal(0, 4, (size[1], size[0], 3)).astype(np.int16)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(Image.fromarray(noisy.clip(0, 255).astype(np.uint8)), "JPEG", quality=92, exif=exif)
+
+
+@pytest.mark.parametrize("size", [(2000, 1125), (2001, 1499), (1125, 2000)])
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+@pytest.mark.parametrize("min_side", [64, 128])
+def test_a_reduced_decode_gives_the_full_decodes_model_input(size: tuple[int, int], orientation: int, min_side: int) -> None:
+    """A JPEG decoded at 1/8 scale is 2000/8 x 1125/8 = 250 x 140.625 pixels, stored as 250 x 141:
+    the resize must sample the 140.625 the picture covers, and upright, or every pixel shifts."""
+    from PIL import ImageOps
+
+    data = _detailed_photo(size, orientation)
+    full = resize_shortest_side(ImageOps.exif_transpose(Image.open(io.BytesIO(data)).convert("RGB")), 64)
+    reduced = decode_rgb(data, min_side=min_side, resize_shortest=64).image
+    assert reduced.size == full.size
+    diff = np.abs(np.asarray(reduced, dtype=np.int16) - np.asarray(full, dtype=np.int16))
+    assert diff.mean() < 1.5, diff.mean()  # sampling 141 rows instead: 2.6-2.7, and 16:9 a column short
 
 
 @pytest.mark.parametrize(
