@@ -76,3 +76,22 @@ def test_inference_models_are_reparameterized_with_the_same_outputs() -> None:
     training.model.eval()
     cosines = (training.encode_images(batch) * inference.encode_images(batch)).sum(axis=1)
     assert cosines.min() >= 0.99999
+
+
+def test_batches_are_scaled_and_normalized_exactly_as_open_clips_preprocess_does(tiny_model) -> None:
+    """preprocess() leaves ToTensor's scaling and Normalize to encode_images, once per batch."""
+    from PIL import Image
+
+    config, checkpoint = tiny_model
+    encoder = load_encoder(spec_from_flags(str(config), str(checkpoint)), "cpu")
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((64, 64), (90, 70), (48, 200))]
+    ours = [encoder.preprocess(img) for img in images]
+    assert all(t.dtype == torch.uint8 for t in ours)  # the deferred path is what is being tested
+    reference_preprocess = encoder._preprocess  # the one open_clip built for this model
+    with torch.inference_mode():
+        reference = encoder.model.encode_image(torch.stack([reference_preprocess(img) for img in images]), normalize=True).numpy()
+    assert np.array_equal(encoder.encode_images(ours), reference)
+    gray = images[0].convert("L")  # not RGB: open_clip's own preprocessing, float tensors
+    assert encoder.preprocess(gray).dtype == torch.float32
+    assert np.array_equal(encoder.encode_images([encoder.preprocess(gray)]), encoder.encode_images([reference_preprocess(gray)]))
