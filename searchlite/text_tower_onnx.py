@@ -30,6 +30,9 @@ class OnnxTransformer:
         model = graph.model(layers, heads, quick_gelu)
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: a failure here means numpy carries on
+        # Idle threads sleep instead of spinning: with queries 0.2 s apart, spinning burnt 40 ms of
+        # CPU after each query, in the app embedding searchlite, to save 2 ms of latency.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         names = sorted(graph.weights)
         options.add_external_initializers(names, [ort.OrtValue.ortvalue_from_numpy(np.asarray(tensors[n])) for n in names])
         self._session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
