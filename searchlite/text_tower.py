@@ -4,8 +4,8 @@ Importing torch and open_clip and building the model takes seconds, which a comm
 pay on every `searchlite query`. When an index is built, the model's text tower is exported next to
 it (text_tower.safetensors: its float32 weights) and checked against the torch tower; a query
 then tokenizes (tokenizer.py) and runs the transformer: in numpy for an engine's first text query
-(nothing to set up), in onnxruntime from the second on (text_tower_onnx.py: 2.5× faster, 0.3 s to
-set up). Only the standard open_clip CLIP text transformer is supported (causal, pooled at
+(nothing to set up), in onnxruntime from the second on (text_tower_onnx.py: about twice as fast, 0.3 s
+to set up). Only the standard open_clip CLIP text transformer is supported (causal, pooled at
 end-of-text); other models keep using torch.
 """
 

@@ -3,7 +3,7 @@ has answered its first text query.
 
 For a short query each matrix product has only a few rows (its tokens); onnxruntime's kernels work
 on weights packed once when the session is built, where numpy's BLAS packs them again on every
-product. That makes a query about 2.5× faster, for about 0.3 s of setup. The graph is built here from
+product. That makes a query about twice as fast, for about 0.3 s of setup. The graph is built here from
 the exported tensors' names and shapes; the weights go in straight from the memory-mapped export.
 """
 
