@@ -563,3 +563,34 @@ def test_export_then_import_loads_embeddings_without_encoding(engine_factory, ph
     np.save(tmp_path / "wrong.npy", np.ones((3, 5), np.float32))
     with pytest.raises(InvalidQueryError, match="one 64-dimensional row per path"):
         engine.import_embeddings(tmp_path / "wrong.npy", tmp_path / "emb.jsonl")
+
+
+@pytest.mark.parametrize("ahead", [0, 1])
+def test_batches_are_decoded_in_order_and_ahead_only_when_asked(ahead: int) -> None:
+    """On a CPU (ahead 0) nothing is decoded while the model encodes a batch; on a GPU (ahead 1)
+    the next batch is, and never more than that."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from searchlite.indexer import _chunked_map
+
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def decode(item: int) -> int:
+        with lock:
+            started.append(item)
+        return item * 10
+
+    items = list(range(10))
+    with ThreadPoolExecutor(2) as pool:
+        chunks = []
+        for chunk in _chunked_map(pool, decode, items, lambda: 3, lambda: ahead):
+            time.sleep(0.05)  # "encoding": decodes submitted ahead have time to start
+            with lock:
+                begun = len(started)
+            chunks.append(chunk)
+            done = 3 * len(chunks)
+            assert begun == min(len(items), done + 3 * ahead)
+    assert chunks == [[0, 10, 20], [30, 40, 50], [60, 70, 80], [90]]
