@@ -587,7 +587,7 @@ def test_batches_are_decoded_in_order_and_ahead_only_when_asked(ahead: int) -> N
     with ThreadPoolExecutor(2) as pool:
         chunks = []
         for chunk in _chunked_map(pool, decode, items, lambda: 3, lambda: ahead):
-            time.sleep(0.05)  # "encoding": decodes submitted ahead have time to start
+            time.sleep(0.2)  # "encoding": decodes submitted ahead have time to start
             with lock:
                 begun = len(started)
             chunks.append(chunk)
