@@ -250,6 +250,8 @@ class SearchEngine:
         """Write the model's text tower beside the index and use it for text queries, unless a
         usable one is there or the model's text side is not one text_tower.py runs. It is written
         only after giving the same tokens and embeddings as the torch model on test texts."""
+        if self._text_tower is not None:  # in use (its onnxruntime session too): each index run comes here
+            return
         path = self.index_dir / text_tower.FILENAME
         if (existing := TextTower.load(path, self.model_key())) is not None:
             self._text_tower = existing
