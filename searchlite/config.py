@@ -26,7 +26,7 @@ class IndexSettings:
 
     # images per model call; 0: by device (batch_size_on)
     batch_size: int = 0
-    # decode workers; decoding (Pillow releases the GIL) overlaps with encoding
+    # decoder processes (each driven by a thread); on a GPU they decode while it encodes
     workers: int = max(1, min(4, os.cpu_count() or 1))
     # save the FAISS cache at least this often during long runs (seconds)
     snapshot_interval_s: float = 300.0
@@ -44,8 +44,8 @@ class IndexSettings:
     precision: str = "auto"
 
     def batch_size_on(self, device: str) -> int:
-        """The setting, else 32 on a CPU (its throughput is flat past that, and smaller batches
-        overlap better with decoding) or 256 on CUDA (whose throughput keeps rising with size)."""
+        """The setting, else 32 on a CPU (its throughput is flat past that) or 256 on CUDA (whose
+        throughput keeps rising with size)."""
         return self.batch_size or (CUDA_BATCH_SIZE if device.startswith("cuda") else CPU_BATCH_SIZE)
 
     @property
