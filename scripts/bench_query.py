@@ -122,7 +122,7 @@ def main() -> None:
             assert isinstance(engine._text_encoder(), TextTower) and engine._text_encoder().uses_onnx
             encoder, tower = engine._get_encoder(), engine._text_encoder()
             numpy_only = TextTower.load(index / "text_tower.safetensors", engine.model_key())
-            numpy_only._onnx_transformer = lambda *args: None  # the tower as it was before onnxruntime
+            numpy_only._start_onnx = lambda x, mask, eot: numpy_only._transformer(x, mask)  # never moves to onnxruntime
 
             def naive_encode_text(text: str) -> None:  # open_clip's own encode_text, all 77 positions
                 with torch.inference_mode():

@@ -131,26 +131,28 @@ class TextTower:
         length = int(eot.max()) + 1
         x = t["token_embedding.weight"][tokens[:, :length]] + t["positional_embedding"][:length]  # (n, L, w)
         mask = np.triu(np.full((length, length), -np.inf, dtype=np.float32), 1)  # (L, L) causal
-        onnx = self._onnx_transformer(x, mask, eot)
-        return self._pool(onnx(x, mask) if onnx else self._transformer(x, mask), eot)
-
-    def _onnx_transformer(self, x: np.ndarray, mask: np.ndarray, eot: np.ndarray) -> OnnxTransformer | None:
-        """The onnxruntime transformer, built at the second encode: a one-off query (the CLI's)
-        pays no setup. It is kept only if it gives this encode's numpy answer (cosine >= MIN_COSINE);
-        if onnxruntime cannot run it, numpy goes on."""
         with self._lock:
             self._encodes += 1
             if self._encodes == 2:
-                try:
-                    onnx = OnnxTransformer(self._t, self._layers, self._heads, self._quick_gelu)
-                    cosine = float((self._pool(onnx(x, mask), eot) * self._pool(self._transformer(x, mask), eot)).sum(axis=1).min())
-                    if cosine >= MIN_COSINE:
-                        self._onnx = onnx
-                    else:
-                        log.info("text queries stay in numpy: onnxruntime drifts from it (cosine %.6f)", cosine)
-                except Exception as e:  # noqa: BLE001 - onnxruntime only adds speed: numpy answers the same
-                    log.info("text queries stay in numpy: onnxruntime cannot run the text tower (%s)", e)
-            return self._onnx
+                return self._pool(self._start_onnx(x, mask, eot), eot)
+            onnx = self._onnx
+        return self._pool(onnx(x, mask) if onnx else self._transformer(x, mask), eot)
+
+    def _start_onnx(self, x: np.ndarray, mask: np.ndarray, eot: np.ndarray) -> np.ndarray:
+        """Builds the onnxruntime transformer (at the second encode, so a one-off query, the CLI's,
+        pays no setup) and keeps it only if it gives this encode's numpy answer (cosine >=
+        MIN_COSINE); if onnxruntime cannot run it, numpy goes on. Returns numpy's hidden states."""
+        hidden = self._transformer(x, mask)
+        try:
+            onnx = OnnxTransformer(self._t, self._layers, self._heads, self._quick_gelu)
+            cosine = float((self._pool(onnx(x, mask), eot) * self._pool(hidden, eot)).sum(axis=1).min())
+            if cosine >= MIN_COSINE:
+                self._onnx = onnx
+            else:
+                log.info("text queries stay in numpy: onnxruntime drifts from it (cosine %.6f)", cosine)
+        except Exception as e:  # noqa: BLE001 - onnxruntime only adds speed: numpy answers the same
+            log.info("text queries stay in numpy: onnxruntime cannot run the text tower (%s)", e)
+        return hidden
 
     def _transformer(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """(n, L, w) embedded tokens -> (n, L, w) hidden states after ln_final, in numpy."""
