@@ -526,12 +526,15 @@ class SearchEngine:
         are read as indexing reads them: in a decoder process, under its time and memory limits."""
         vectors: dict[str, np.ndarray] = {}
         errors: dict[str, str] = {}
-        batch_size = self.settings.batch_size_on("cpu")
         decoder = DecodeWorker(self.settings.decode_timeout_s, self.settings.decoder_memory_limit)
+        start = 0
         try:
-            for start in range(0, len(paths), batch_size):
+            while start < len(paths):
+                # the model's device is known once it is loaded (after the first batch that decodes)
+                size = self.settings.batch_size_on(self._encoder.device if self._encoder else "cpu")
+                chunk, start = paths[start : start + size], start + size
                 batch = []
-                for path in paths[start : start + batch_size]:
+                for path in chunk:
                     try:
                         batch.append((path, self._decode_query_image(path, decoder)))
                     except InvalidQueryError as e:
