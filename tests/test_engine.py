@@ -609,3 +609,27 @@ def test_batches_are_decoded_in_order_and_ahead_only_when_asked(ahead: int) -> N
             done = 3 * len(chunks)
             assert begun == min(len(items), done + 3 * ahead)
     assert chunks == [[0, 10, 20], [30, 40, 50], [60, 70, 80], [90]]
+
+
+def _decoder_processes() -> list[int]:
+    """Pids of this process's children that run searchlite's image decoder."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == os.getpid() and b"searchlite.decode_worker" in cmdline:
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+def test_index_runs_and_image_queries_leave_no_decoder_processes_behind(engine_factory, photos: Path) -> None:
+    engine = engine_factory()
+    engine.index(photos)
+    assert _decoder_processes() == []
+    engine.search(image=photos / "astronaut.jpg")
+    assert _decoder_processes() == []
