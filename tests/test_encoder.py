@@ -95,3 +95,44 @@ def test_batches_are_scaled_and_normalized_exactly_as_open_clips_preprocess_does
     gray = images[0].convert("L")  # not RGB: open_clip's own preprocessing, float tensors
     assert encoder.preprocess(gray).dtype == torch.float32
     assert np.array_equal(encoder.encode_images([encoder.preprocess(gray)]), encoder.encode_images([reference_preprocess(gray)]))
+
+
+
+def _random_values_drawn(load):
+    """(what load() returns, how many random numbers torch drew meanwhile)."""
+    import math
+
+    with torch.profiler.profile(record_shapes=True) as profile:
+        result = load()
+    fills = [e for e in profile.events() if e.name in ("aten::uniform_", "aten::normal_") and e.input_shapes]
+    return result, sum(math.prod(e.input_shapes[0]) for e in fills)
+
+
+def test_a_model_loaded_from_a_checkpoint_holds_its_weights_and_skips_drawing_random_ones(tiny_model) -> None:
+    import json
+
+    import open_clip
+
+    config, checkpoint = tiny_model
+    encoder, drawn = _random_values_drawn(lambda: load_encoder(spec_from_flags(str(config), str(checkpoint)), "cpu"))
+    assert drawn < 0.01 * sum(p.numel() for p in encoder.model.parameters())  # the time it saves
+    saved = torch.load(checkpoint, weights_only=True)
+    state = encoder.model.state_dict()
+    assert state.keys() == saved.keys()
+    assert all(torch.equal(state[name], saved[name]) for name in saved)
+    # what a checkpoint does not hold (the text tower's causal mask) is built as open_clip builds it
+    buffers = dict(encoder.model.named_buffers())
+    assert all(torch.equal(buffers[name], value) for name, value in open_clip.CLIP(**json.loads(config.read_text())).named_buffers())
+
+
+def test_a_model_without_weights_starts_from_open_clips_random_ones(tiny_model) -> None:
+    import json
+
+    import open_clip
+
+    config, _ = tiny_model
+    torch.manual_seed(0)
+    encoder = load_encoder(spec_from_flags(str(config), None, random_init=True), "cpu")
+    torch.manual_seed(0)
+    reference = open_clip.CLIP(**json.loads(config.read_text())).state_dict()
+    assert all(torch.equal(value, reference[name]) for name, value in encoder.model.state_dict().items())
