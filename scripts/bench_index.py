@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -60,35 +61,39 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=IndexSettings.batch_size, help="0: by device (32 on a CPU)")
     parser.add_argument("--workers", type=int, default=IndexSettings.workers)
     parser.add_argument("--draft-factor", type=int, default=IndexSettings.draft_factor)
+    parser.add_argument("--rounds", type=int, default=3, help="index runs (each into a new index), each after a model-only run")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        photos, index = Path(tmp) / "photos", Path(tmp) / "index"
+        photos = Path(tmp) / "photos"
         photos.mkdir()
         make_photos(photos, args.images, (args.width, args.height))
         settings = IndexSettings(batch_size=args.batch_size, workers=args.workers, draft_factor=args.draft_factor)
-        with SearchEngine.open(index, model=args.model, pretrained=args.pretrained, settings=settings) as engine:
-            # load the model and write its text tower (once per index) before the clock starts
-            engine._export_text_tower(engine._get_encoder())
-            batch_size = settings.batch_size_on(engine._get_encoder().device)
-            # the model alone, before and after the indexing run; the faster of the two is the bar
-            before = model_only(engine, photos, batch_size, repeats=4)
-            started = time.perf_counter()
-            report = engine.index(photos)
-            seconds = time.perf_counter() - started
-            reference = max(before, model_only(engine, photos, batch_size, repeats=4))
-            result = {
-                "model": engine.spec.describe(),
-                "images": report.encoded,
-                "image_size": [args.width, args.height],
-                "batch_size": batch_size,
-                "workers": args.workers,
-                "draft_factor": args.draft_factor,
-                "index_seconds": round(seconds, 2),
-                "index_img_per_s": round(report.encoded / seconds, 2),
-                "model_only_img_per_s": round(reference, 2),
-                "ratio": round(report.encoded / seconds / reference, 3),
-            }
+        indexing, model = [], []
+        # rounds alternate the model alone with an index run: on a shared machine the speed drifts,
+        # and the medians of alternating rounds compare like with like
+        for i in range(args.rounds):
+            with SearchEngine.open(Path(tmp) / f"index{i}", model=args.model, pretrained=args.pretrained, settings=settings) as engine:
+                # load the model and write its text tower (once per index) before the clock starts
+                engine._export_text_tower(engine._get_encoder())
+                batch_size = settings.batch_size_on(engine._get_encoder().device)
+                model.append(model_only(engine, photos, batch_size, repeats=4))
+                started = time.perf_counter()
+                report = engine.index(photos)
+                indexing.append(report.encoded / (time.perf_counter() - started))
+        result = {
+            "model": engine.spec.describe(),
+            "images": report.encoded,
+            "image_size": [args.width, args.height],
+            "batch_size": batch_size,
+            "workers": args.workers,
+            "draft_factor": args.draft_factor,
+            "index_img_per_s": round(statistics.median(indexing), 2),
+            "model_only_img_per_s": round(statistics.median(model), 2),
+            "ratio": round(statistics.median(indexing) / statistics.median(model), 3),
+            "rounds_index_img_per_s": [round(x, 2) for x in indexing],
+            "rounds_model_only_img_per_s": [round(x, 2) for x in model],
+        }
     json.dump(result, sys.stdout)
     print()
 
