@@ -226,7 +226,7 @@ class _Run:
             return _Prepared(f, digest, error=str(e))
         except DecodeCancelled:
             return _Prepared(f, changing=True)  # not judged: the run is stopping
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - one bad file must never stop the run
             log.debug("unexpected failure on %s", f.path, exc_info=True)
             return _Prepared(f, digest, error=f"cannot decode image: {type(e).__name__}: {e}")
         return _Prepared(f, digest, tensor, decoded.width, decoded.height)

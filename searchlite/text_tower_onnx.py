@@ -24,7 +24,6 @@ class OnnxTransformer:
     def __init__(self, tensors: Mapping[str, np.ndarray], layers: int, heads: int, quick_gelu: bool) -> None:
         import onnxruntime as ort
 
-        self._width = len(tensors["ln_final.weight"])
         self._heads = heads
         graph = _Graph(tensors)
         model = graph.model(layers, heads, quick_gelu)
