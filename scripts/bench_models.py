@@ -19,7 +19,8 @@ import time
 
 import torch
 
-from searchlite.encoder import load_encoder, spec_from_flags
+from searchlite.models.loading import load_encoder
+from searchlite.models.spec import spec_from_flags
 
 # (open_clip name, pretrained tag, published zero-shot ImageNet top-1 %)
 CANDIDATES = [

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from searchlite import SearchEngine
-from searchlite.text_tower import TextTower
+from searchlite.text.tower import TextTower
 
 QUERIES = ["a dog on grass", "a red car parked on the street", "sunset over the sea", "a cat", "two people hiking in the mountains"]
 

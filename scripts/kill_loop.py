@@ -27,7 +27,7 @@ from PIL import Image
 
 from searchlite import SearchEngine
 from searchlite.config import DB_FILENAME
-from searchlite.store import FAILED, INDEXED, SKIPPED, Store
+from searchlite.storage.store import FAILED, INDEXED, SKIPPED, Store
 
 TINY_CONFIG = {
     "embed_dim": 64,
@@ -144,7 +144,7 @@ from searchlite import SearchEngine
 from searchlite.config import IndexSettings
 
 def crash_at(point):
-    import searchlite.store as store, searchlite.engine as engine
+    import searchlite.storage.store as store, searchlite.engine as engine
     def die(*_a, **_k):
         os._exit(137)
     if point == "before-faiss-replace":

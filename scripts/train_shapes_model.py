@@ -4,8 +4,8 @@
     python scripts/train_shapes_model.py --steps 300     # a quick, weaker one
 
 It generates 20,000 captioned synthetic scenes (scripts/make_shapes.py), trains the architecture in
-searchlite/models/searchlite-shapes.json with `searchlite train`'s code (symmetric InfoNCE, AdamW,
-warmup + cosine), writes searchlite/models/searchlite-shapes.safetensors, and evaluates it on
+searchlite/models/bundled/searchlite-shapes.json with `searchlite train`'s code (symmetric InfoNCE, AdamW,
+warmup + cosine), writes searchlite/models/bundled/searchlite-shapes.safetensors, and evaluates it on
 held-out scenes (scripts/eval_shapes.py). A toy that knows four colours and three shapes; not a
 photo model.
 """
@@ -22,8 +22,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from eval_shapes import evaluate  # noqa: E402
 from make_shapes import write  # noqa: E402
 
-from searchlite.encoder import bundled_model, load_encoder, spec_from_flags  # noqa: E402
-from searchlite.training import TrainSettings, read_pairs, train  # noqa: E402
+from searchlite.models.loading import load_encoder  # noqa: E402
+from searchlite.models.spec import bundled_model, spec_from_flags  # noqa: E402
+from searchlite.train.training import TrainSettings, read_pairs, train  # noqa: E402
 
 
 def halve(checkpoint: Path) -> None:

@@ -27,8 +27,8 @@ from .errors import (
 
 if TYPE_CHECKING:
     from .engine import Hit, SearchEngine
-    from .indexer import IndexReport
-    from .vector_index import VectorIndex
+    from .ingest.indexer import IndexReport
+    from .storage.vector_index import VectorIndex
 
 # Imported on first use, so that `searchlite --help` and the decoder processes start fast.
 _LAZY = {"SearchEngine": "engine", "Hit": "engine", "IndexReport": "indexer", "VectorIndex": "vector_index"}

@@ -334,7 +334,7 @@ def train(
     device: DeviceOpt = None,
 ) -> None:
     """Contrastive training or fine-tuning on image-caption pairs; resumes an interrupted run."""
-    from .training import TrainSettings, train_from_flags
+    from .train.training import TrainSettings, train_from_flags
 
     if epochs and steps:
         typer.echo("searchlite: error: give --epochs or --steps, not both", err=True)

@@ -17,9 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from . import probe, query, scanner, text_tower, zeroshot
-from .atomic_file import write_atomic
-from .classifier import DEFAULT_TAG_THRESHOLD, LinearClassifier
+from .classify import probe, zeroshot
+from .ingest import scanner
+from .query import terms as query
+from .text import tower as text_tower
+from .storage.atomic_file import write_atomic
+from .classify.classifier import DEFAULT_TAG_THRESHOLD, LinearClassifier
 from .config import (
     DB_FILENAME,
     FAISS_FILENAME,
@@ -27,7 +30,9 @@ from .config import (
     IndexSettings,
     resolve_index_dir,
 )
-from .encoder import ClipEncoder, ModelSpec, load_encoder, reconcile, spec_from_flags
+from .models.encoder import ClipEncoder
+from .models.loading import load_encoder
+from .models.spec import ModelSpec, reconcile, spec_from_flags
 from .errors import (
     ImageDecodeError,
     IndexLockedError,
@@ -37,13 +42,13 @@ from .errors import (
     ModelMismatchError,
     PathNotFoundError,
 )
-from .decode_worker import DecodeWorker
-from .indexer import Indexer, IndexReport, ProgressFn, decode_options
-from .store import FAILED, INDEXED, SKIPPED, FileRow, Store, TagSetRow
-from .text_cache import TextCache
-from .text_tower import TextTower
-from .vector_index import VectorIndex
-from .writelock import writer_lock
+from .media.decode_worker import DecodeWorker
+from .ingest.indexer import Indexer, IndexReport, ProgressFn, decode_options
+from .storage.store import FAILED, INDEXED, SKIPPED, FileRow, Store, TagSetRow
+from .text.cache import TextCache
+from .text.tower import TextTower
+from .storage.vector_index import VectorIndex
+from .storage.writelock import writer_lock
 
 log = logging.getLogger(__name__)
 

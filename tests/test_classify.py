@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from searchlite import InvalidQueryError, ModelMismatchError, SearchEngine
 from searchlite.cli import app
-from searchlite.zeroshot import imagenet_templates, parse_labels, resolve_templates
+from searchlite.classify.zeroshot import imagenet_templates, parse_labels, resolve_templates
 
 
 def test_templates_and_labels_are_parsed_strictly(tmp_path: Path) -> None:

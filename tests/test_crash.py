@@ -114,7 +114,7 @@ def test_ctrl_c_between_a_batchs_commit_and_its_faiss_update_loses_nothing(
 HOLD_LOCK = """
 import sys
 from pathlib import Path
-from searchlite.writelock import writer_lock
+from searchlite.storage.writelock import writer_lock
 with writer_lock(Path(sys.argv[1])):
     print("locked", flush=True)
     sys.stdin.read()
@@ -217,7 +217,7 @@ def test_a_full_database_rolls_back_the_batch_and_keeps_the_previous_index(
 
     from sqlalchemy.exc import OperationalError
 
-    import searchlite.store as store
+    import searchlite.storage.store as store
 
     engine = engine_factory()
     engine.index(photos)

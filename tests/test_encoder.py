@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from searchlite.encoder import _truncatable, load_encoder, spec_from_flags
-from searchlite.text_cache import TextCache
+from searchlite.models.encoder import _truncatable
+from searchlite.models.loading import load_encoder
+from searchlite.models.spec import spec_from_flags
+from searchlite.text.cache import TextCache
 
 TEXTS = ["", "a", "a dog on grass", "a red car parked on the street at night " * 3, "word " * 200]  # the last is cut at 77 tokens
 

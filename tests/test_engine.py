@@ -20,7 +20,7 @@ from searchlite import (
     SearchEngine,
 )
 from searchlite.config import DB_FILENAME, FAISS_FILENAME, LOCK_FILENAME
-from searchlite.writelock import writer_lock
+from searchlite.storage.writelock import writer_lock
 from tests.conftest import load_script
 
 
@@ -145,7 +145,7 @@ def test_mixed_query_is_the_weighted_combination(engine_factory, photos: Path) -
 
 def test_many_query_images_are_embedded_in_batches_each_as_alone(engine_factory, photos: Path, monkeypatch) -> None:
     from searchlite.config import IndexSettings
-    from searchlite.encoder import ClipEncoder
+    from searchlite.models.encoder import ClipEncoder
 
     engine = engine_factory(settings=IndexSettings(batch_size=3))
     paths = sorted(p for p in photos.rglob("*") if p.is_file())[:7]
@@ -430,7 +430,7 @@ def test_an_unusable_device_is_a_clear_error(engine_factory, photos: Path) -> No
 def test_device_defaults_to_cuda_only_when_available(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from searchlite.encoder import resolve_device
+    from searchlite.models.loading import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device(None) == "cpu"
@@ -556,7 +556,7 @@ def test_export_then_import_loads_embeddings_without_encoding(engine_factory, ph
     encoded: list[int] = []
 
     def counting(spec, device):
-        from searchlite.encoder import load_encoder
+        from searchlite.models.loading import load_encoder
 
         encoder = load_encoder(spec, device)
         real = encoder.encode_images
@@ -588,7 +588,7 @@ def test_batches_are_decoded_in_order_and_ahead_only_when_asked(ahead: int) -> N
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    from searchlite.indexer import _chunked_map
+    from searchlite.ingest.indexer import _chunked_map
 
     started: list[int] = []
     lock = threading.Lock()
@@ -621,7 +621,7 @@ def _decoder_processes() -> list[int]:
         except (OSError, ValueError):
             continue
         parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == os.getpid() and b"searchlite.decode_worker" in cmdline:
+        if parent == os.getpid() and b"searchlite.media.decode_worker" in cmdline:
             found.append(int(entry))
     return found
 

@@ -20,8 +20,8 @@ from searchlite import SearchEngine
 from searchlite.cli import app
 from searchlite.config import DB_FILENAME, IndexSettings
 from searchlite.errors import InvalidQueryError
-from searchlite.images import decode_rgb
-from searchlite.store import FAILED, INDEXED, SKIPPED, Store
+from searchlite.media.images import decode_rgb
+from searchlite.storage.store import FAILED, INDEXED, SKIPPED, Store
 from tests.conftest import load_script
 
 corpus_script = load_script("make_hostile_corpus")
@@ -164,7 +164,7 @@ def test_a_second_run_redoes_nothing(corpus) -> None:
 
 FAULTY_CHILD = """
 import os, sys, time
-import searchlite.images as images
+import searchlite.media.images as images
 real = images.decode_rgb
 def faulty(data, *args, **kwargs):
     if b"CRASH-ME" in data:
@@ -173,7 +173,7 @@ def faulty(data, *args, **kwargs):
         time.sleep(3600)
     return real(data, *args, **kwargs)
 images.decode_rgb = faulty
-from searchlite.decode_worker import serve
+from searchlite.media.decode_worker import serve
 serve(int(sys.argv[1]), int(sys.argv[2]))
 """
 
@@ -181,7 +181,7 @@ serve(int(sys.argv[1]), int(sys.argv[2]))
 def test_a_crashing_or_hanging_decoder_costs_one_file(
     monkeypatch: pytest.MonkeyPatch, photos: Path, tiny_model, tmp_path: Path
 ) -> None:
-    import searchlite.decode_worker as decode_worker
+    import searchlite.media.decode_worker as decode_worker
 
     monkeypatch.setattr(decode_worker, "_CHILD_CODE", FAULTY_CHILD)
     good = (photos / "astronaut.jpg").read_bytes()
@@ -205,7 +205,7 @@ def test_a_crashing_or_hanging_decoder_costs_one_file(
 
 
 def test_files_changing_or_vanishing_mid_run(monkeypatch: pytest.MonkeyPatch, engine_factory, photos: Path) -> None:
-    import searchlite.indexer as indexer
+    import searchlite.ingest.indexer as indexer
 
     engine = engine_factory()
     engine.index(photos)
@@ -238,7 +238,7 @@ def test_query_and_classify_images_are_decoded_under_the_same_limits(
 ) -> None:
     """A file named on the command line gets the decoder process too: a hang or a crash is an
     error for that file, not a frozen or dead searchlite."""
-    import searchlite.decode_worker as decode_worker
+    import searchlite.media.decode_worker as decode_worker
 
     monkeypatch.setattr(decode_worker, "_CHILD_CODE", FAULTY_CHILD)
     good = (photos / "astronaut.jpg").read_bytes()

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from searchlite.errors import ImageDecodeError
-from searchlite.images import decode_rgb, detect_format, resize_shortest_side
+from searchlite.media.images import decode_rgb, detect_format, resize_shortest_side
 
 
 def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from searchlite.errors import InvalidQueryError
-from searchlite.query import IMAGE, TEXT, Term, combine, parse_terms, split_weight
+from searchlite.query.terms import IMAGE, TEXT, Term, combine, parse_terms, split_weight
 
 
 def test_weights_are_parsed_from_a_numeric_prefix_only() -> None:

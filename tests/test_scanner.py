@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from searchlite.scanner import content_hash, scan
+from searchlite.ingest.scanner import content_hash, scan
 
 
 def touch(path: Path, data: bytes = b"x") -> Path:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from searchlite import SearchEngine
-from searchlite.encoder import bundled_model
+from searchlite.models.spec import bundled_model
 from tests.conftest import load_script
 
 evaluate = load_script("eval_shapes").evaluate

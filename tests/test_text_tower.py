@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from searchlite import SearchEngine, text_tower
-from searchlite.tokenizer import ClipTokenizer
+from searchlite.text.tokenizer import ClipTokenizer
 
 from .conftest import TINY_CONFIG
 
@@ -134,7 +134,7 @@ def test_after_an_index_run_text_queries_use_the_export_not_the_loaded_torch_mod
 
 
 def test_when_onnxruntime_fails_or_drifts_numpy_keeps_answering(engine_factory, photos, index_dir, monkeypatch, caplog) -> None:
-    import searchlite.text_tower_onnx
+    import searchlite.text.onnx
 
     engine = engine_factory()
     engine.index(photos)
@@ -145,7 +145,7 @@ def test_when_onnxruntime_fails_or_drifts_numpy_keeps_answering(engine_factory, 
         def __init__(self, *args: object) -> None:
             raise RuntimeError("onnxruntime cannot load here")
 
-    class Drifting(searchlite.text_tower_onnx.OnnxTransformer):
+    class Drifting(searchlite.text.onnx.OnnxTransformer):
         def __call__(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
             return super().__call__(x, mask)[:, ::-1]  # tokens reversed: the wrong hidden states
 
@@ -153,7 +153,7 @@ def test_when_onnxruntime_fails_or_drifts_numpy_keeps_answering(engine_factory, 
         monkeypatch.setattr(text_tower, "OnnxTransformer", replacement)
         tower = text_tower.TextTower.load(index_dir / text_tower.FILENAME, engine.model_key())
         caplog.clear()
-        with caplog.at_level("INFO", logger="searchlite.text_tower"):
+        with caplog.at_level("INFO", logger="searchlite.text.tower"):
             answers = [tower.encode_texts(texts) for _ in range(3)]
         assert not tower.uses_onnx
         assert message in caplog.text

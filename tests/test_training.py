@@ -9,8 +9,9 @@ from typer.testing import CliRunner
 
 from searchlite import InvalidQueryError, PathNotFoundError, SearchEngine
 from searchlite.cli import app
-from searchlite.encoder import load_encoder, spec_from_flags
-from searchlite.training import TrainSettings, read_pairs, train
+from searchlite.models.loading import load_encoder
+from searchlite.models.spec import spec_from_flags
+from searchlite.train.training import TrainSettings, read_pairs, train
 from tests.conftest import load_script
 
 shapes = load_script("make_shapes")

@@ -127,7 +127,7 @@ def test_the_gpu_path_answers_like_the_cpu_through_adds_and_removes(monkeypatch)
     everything around it (id mapping, copies dropped after changes, reuse between searches)."""
     import faiss
 
-    import searchlite.vector_index as vector_index
+    import searchlite.storage.vector_index as vector_index
 
     copies = []
     monkeypatch.setattr(vector_index, "_to_gpu", lambda flat: copies.append(1) or faiss.clone_index(flat))
@@ -150,8 +150,8 @@ def test_where_things_run_without_a_gpu(monkeypatch) -> None:
     import torch
 
     from searchlite.config import IndexSettings
-    from searchlite.encoder import resolve_device
-    from searchlite.vector_index import ANN_MIN_VECTORS, GPU_ANN_MIN_VECTORS, gpu_count
+    from searchlite.models.loading import resolve_device
+    from searchlite.storage.vector_index import ANN_MIN_VECTORS, GPU_ANN_MIN_VECTORS, gpu_count
 
     assert gpu_count() == 0  # faiss-cpu
     assert VectorIndex(8).ann_min_vectors == ANN_MIN_VECTORS

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .errors import ImageDecodeError
+from ..errors import ImageDecodeError
 from .images import Decoded
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ class DecodeCancelled(Exception):
 
 # The child is a fresh interpreter (not a multiprocessing child), so it never re-imports the
 # embedding application's main module, and it shares no threads or locks with the parent.
-_CHILD_CODE = "import sys; from searchlite.decode_worker import serve; serve(int(sys.argv[1]), int(sys.argv[2]))"
+_CHILD_CODE = "import sys; from searchlite.media.decode_worker import serve; serve(int(sys.argv[1]), int(sys.argv[2]))"
 
 
 def serve(fd: int, memory_limit: int) -> None:

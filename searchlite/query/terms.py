@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InvalidQueryError
+from ..errors import InvalidQueryError
 
 TEXT = "text"
 IMAGE = "image"

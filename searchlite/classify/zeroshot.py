@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .classifier import LinearClassifier
-from .errors import InvalidQueryError
+from ..errors import InvalidQueryError
 
 SINGLE_TEMPLATE = "a photo of a {}."
 

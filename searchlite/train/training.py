@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import images
-from .atomic_file import write_atomic
-from .encoder import ClipEncoder
-from .errors import InvalidQueryError, PathNotFoundError
+from ..media import images
+from ..storage.atomic_file import write_atomic
+from ..models.encoder import ClipEncoder
+from ..errors import InvalidQueryError, PathNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,8 @@ def train_from_flags(
     progress: TrainProgress | None = None,
 ) -> TrainReport:
     """`searchlite train`: read the pairs, load the model (random weights without pretrained), train."""
-    from .encoder import load_encoder, spec_from_flags
+    from ..models.loading import load_encoder
+    from ..models.spec import spec_from_flags
 
     pairs = read_pairs(data)
     encoder = load_encoder(spec_from_flags(model, pretrained, random_init=True), device, for_training=True)

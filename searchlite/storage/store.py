@@ -39,7 +39,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DatabaseError
 
-from .errors import CorruptIndexError, IndexWriteError
+from ..errors import CorruptIndexError, IndexWriteError
 
 SCHEMA_VERSION = 1
 

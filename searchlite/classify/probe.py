@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .classifier import LinearClassifier
-from .errors import InvalidQueryError
+from ..errors import InvalidQueryError
 
 
 @dataclass(frozen=True)

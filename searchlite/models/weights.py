@@ -13,7 +13,7 @@ import socket
 from typing import Any
 from urllib.parse import urlparse
 
-from .errors import WeightsUnavailableError
+from ..errors import WeightsUnavailableError
 
 log = logging.getLogger(__name__)
 

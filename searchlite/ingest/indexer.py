@@ -20,16 +20,18 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from . import images, scanner
-from .config import IndexSettings
-from .decode_worker import DecodeCancelled, DecodePool
-from .errors import ImageDecodeError
+from ..media import images
+
+from . import scanner
+from ..config import IndexSettings
+from ..media.decode_worker import DecodeCancelled, DecodePool
+from ..errors import ImageDecodeError
 from .scanner import FileInfo
-from .store import FAILED, INDEXED, SKIPPED, FileRow, Store, Transaction
-from .vector_index import VectorIndex
+from ..storage.store import FAILED, INDEXED, SKIPPED, FileRow, Store, Transaction
+from ..storage.vector_index import VectorIndex
 
 if TYPE_CHECKING:
-    from .encoder import ClipEncoder
+    from ..models.encoder import ClipEncoder
 
 log = logging.getLogger(__name__)
 

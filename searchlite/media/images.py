@@ -15,7 +15,7 @@ from fractions import Fraction
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
-from .errors import ImageDecodeError
+from ..errors import ImageDecodeError
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .text_tower_onnx import LN_EPS, OnnxTransformer
+from .onnx import LN_EPS, OnnxTransformer
 from .tokenizer import ClipTokenizer
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""CLIP beyond search: linear classifiers, zero-shot prompts, few-shot probes, tag sets."""

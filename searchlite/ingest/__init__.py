@@ -1,0 +1,1 @@
+"""Bringing an index in line with folders: scan, diff, decode, encode, commit."""

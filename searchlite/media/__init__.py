@@ -1,0 +1,1 @@
+"""Reading media files safely: image decoding, isolated decoder processes, embedding files."""

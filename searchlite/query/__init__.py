@@ -1,0 +1,1 @@
+"""Queries: parsing terms and weights, and the search loop."""

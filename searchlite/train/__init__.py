@@ -1,0 +1,1 @@
+"""Contrastive training and fine-tuning."""
