@@ -40,9 +40,9 @@ def model_only(engine: SearchEngine, folder: Path, batch_size: int, repeats: int
     transform and stacked before the clock starts."""
     import torch
 
-    encoder = engine._get_encoder()
+    encoder = engine.load_model()
     img = Image.open(next(folder.glob("*.jpg"))).convert("RGB")
-    batch = torch.stack([encoder._preprocess(img)] * batch_size)
+    batch = torch.stack([encoder.open_clip_transform(img)] * batch_size)
     with torch.inference_mode():
         encoder.model.encode_image(batch, normalize=True)  # warm-up
         started = time.perf_counter()
@@ -75,8 +75,9 @@ def main() -> None:
         for i in range(args.rounds):
             with SearchEngine.open(Path(tmp) / f"index{i}", model=args.model, pretrained=args.pretrained, settings=settings) as engine:
                 # load the model and write its text tower (once per index) before the clock starts
-                engine._export_text_tower(engine._get_encoder())
-                batch_size = settings.batch_size_on(engine._get_encoder().device)
+                engine.load_model()
+                engine.text_encoder()
+                batch_size = settings.batch_size_on(engine.load_model().device)
                 model.append(model_only(engine, photos, batch_size, repeats=4))
                 started = time.perf_counter()
                 report = engine.index(photos)

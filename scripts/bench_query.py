@@ -60,7 +60,7 @@ TORCH_QUERY = """
 import sys
 from searchlite import SearchEngine
 with SearchEngine.open(sys.argv[1]) as engine:
-    engine._get_encoder().encode_texts(["a dog on grass"])
+    engine.load_model().encode_texts(["a dog on grass"])
     engine.search("a dog on grass")
 """
 
@@ -119,8 +119,8 @@ def main() -> None:
             add_imported(engine, Path(tmp), args.index_size - args.images, rng)
             engine.search(QUERIES[0])  # warm-up: the text tower and FAISS loaded, onnxruntime set up
             engine.search(QUERIES[1])
-            assert isinstance(engine._text_encoder(), TextTower) and engine._text_encoder().uses_onnx
-            encoder, tower = engine._get_encoder(), engine._text_encoder()
+            assert isinstance(engine.text_encoder(), TextTower) and engine.text_encoder().uses_onnx
+            encoder, tower = engine.load_model(), engine.text_encoder()
             numpy_only = TextTower.load(index / "text_tower.safetensors", engine.model_key())
             numpy_only._start_onnx = lambda x, mask, eot: numpy_only._transformer(x, mask)  # never moves to onnxruntime
 
@@ -149,9 +149,9 @@ def main() -> None:
         first = []
         for i in range(args.repeats):  # as an app opens it: the first text query runs in numpy
             with SearchEngine.open(index) as engine:
-                engine._get_vectors(writer=False)
+                engine.vectors
                 first.append(timed_call(engine.search, f"{QUERIES[i % len(QUERIES)]} first {i}"))
-                assert not engine._text_encoder().uses_onnx
+                assert not engine.text_encoder().uses_onnx
 
         env = {**os.environ, "SEARCHLITE_INDEX": str(index)}
         searchlite = [sys.executable, "-m", "searchlite"]

@@ -11,27 +11,56 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .config import IndexSettings
 from .errors import (
     CorruptIndexError,
     ImageDecodeError,
     IndexLockedError,
     IndexNotFoundError,
+    IndexReadOnlyError,
+    IndexVersionError,
     IndexWriteError,
+    InvalidInputError,
     InvalidQueryError,
     ModelLoadError,
     ModelMismatchError,
+    NotFoundError,
     PathNotFoundError,
     SearchliteError,
     WeightsUnavailableError,
+    WriteFailedError,
 )
 
 if TYPE_CHECKING:
-    from .engine import Hit, SearchEngine
+    from .classify.classifier import LinearClassifier
+    from .classify.probe import ProbeFit
+    from .classify.tags import Classification
+    from .engine import SearchEngine
     from .ingest.indexer import IndexReport
+    from .models.encoder import ClipEncoder
+    from .models.spec import ModelSpec
+    from .query.search import Hit
+    from .storage.store import FileRow
     from .storage.vector_index import VectorIndex
+    from .text.tower import TextTower
+    from .train.training import TrainReport, TrainSettings
 
 # Imported on first use, so that `searchlite --help` and the decoder processes start fast.
-_LAZY = {"SearchEngine": "engine", "Hit": "engine", "IndexReport": "indexer", "VectorIndex": "vector_index"}
+_LAZY = {
+    "SearchEngine": "engine",
+    "Hit": "query.search",
+    "Classification": "classify.tags",
+    "IndexReport": "ingest.indexer",
+    "FileRow": "storage.store",
+    "VectorIndex": "storage.vector_index",
+    "LinearClassifier": "classify.classifier",
+    "ProbeFit": "classify.probe",
+    "ModelSpec": "models.spec",
+    "ClipEncoder": "models.encoder",
+    "TextTower": "text.tower",
+    "TrainSettings": "train.training",
+    "TrainReport": "train.training",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -40,20 +69,25 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'searchlite' has no attribute {name!r}")
 
 
-__all__ = [
-    "CorruptIndexError",
-    "Hit",
-    "ImageDecodeError",
-    "IndexLockedError",
-    "IndexNotFoundError",
-    "IndexReport",
-    "IndexWriteError",
-    "InvalidQueryError",
-    "ModelLoadError",
-    "ModelMismatchError",
-    "PathNotFoundError",
-    "SearchEngine",
-    "SearchliteError",
-    "VectorIndex",
-    "WeightsUnavailableError",
-]
+__all__ = sorted(
+    [
+        *_LAZY,
+        "IndexSettings",
+        "CorruptIndexError",
+        "ImageDecodeError",
+        "IndexLockedError",
+        "IndexNotFoundError",
+        "IndexReadOnlyError",
+        "IndexVersionError",
+        "IndexWriteError",
+        "InvalidInputError",
+        "InvalidQueryError",
+        "ModelLoadError",
+        "ModelMismatchError",
+        "NotFoundError",
+        "PathNotFoundError",
+        "SearchliteError",
+        "WeightsUnavailableError",
+        "WriteFailedError",
+    ]
+)

@@ -1,82 +1,49 @@
-"""SearchEngine: the facade users embed. Opens an index folder, indexes photo folders into it,
-searches it by text and image, reports on it. Owns the store, the vector index and the encoder."""
+"""SearchEngine: the facade users embed. Opens an index folder and delegates: indexing to
+ingest/, searching to query/, classification and tags to classify/, the FAISS cache and
+import/export to storage/, the text tower to text/. It owns the open store, the loaded model and
+the vectors in memory, and the write lock around every change."""
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
 import threading
-import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .classify import probe, zeroshot
-from .ingest import scanner
-from .query import terms as query
-from .text import tower as text_tower
-from .storage.atomic_file import write_atomic
 from .classify.classifier import DEFAULT_TAG_THRESHOLD, LinearClassifier
-from .config import (
-    DB_FILENAME,
-    FAISS_FILENAME,
-    LOCK_FILENAME,
-    IndexSettings,
-    resolve_index_dir,
-)
+from .classify.tags import Classification, classify, refresh_tags, store_tag_set
+from .config import DB_FILENAME, FAISS_FILENAME, LOCK_FILENAME, IndexSettings, resolve_index_dir
+from .errors import IndexNotFoundError, InvalidInputError, InvalidQueryError, ModelMismatchError, PathNotFoundError
+from .ingest import scanner
+from .ingest.indexer import Indexer, IndexReport, ProgressFn
+from .media.embed_files import embed_files
 from .models.encoder import ClipEncoder
 from .models.loading import load_encoder
 from .models.spec import ModelSpec, reconcile, spec_from_flags
-from .errors import (
-    ImageDecodeError,
-    IndexLockedError,
-    IndexNotFoundError,
-    IndexWriteError,
-    InvalidQueryError,
-    ModelMismatchError,
-    PathNotFoundError,
-)
-from .media.decode_worker import DecodeWorker
-from .ingest.indexer import Indexer, IndexReport, ProgressFn, decode_options
-from .storage.store import FAILED, INDEXED, SKIPPED, FileRow, Store, TagSetRow
-from .text.cache import TextCache
-from .text.tower import TextTower
+from .query.search import Hit, query_vector, search
+from .query.terms import parse_terms
+from .storage import transfer
+from .storage.store import FAILED, INDEXED, SKIPPED, FileRow, Store
+from .storage.vector_cache import VectorCache
 from .storage.vector_index import VectorIndex
 from .storage.writelock import writer_lock
+from .text.cache import TextCache
+from .text.export import export_text_tower
+from .text.tower import FILENAME as TEXT_TOWER_FILENAME
+from .text.tower import TextTower
 
 log = logging.getLogger(__name__)
 
 EncoderFactory = Callable[[ModelSpec, "str | None"], ClipEncoder]
 
-
-@dataclass(frozen=True)
-class Hit:
-    """One search result. score is the cosine similarity between the query and the image."""
-
-    path: str
-    score: float
-    id: int
-    width: int | None = None
-    height: int | None = None
-    size: int | None = None
-    tags: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Classification:
-    """Zero-shot verdict on one file: best label, its probability, and all labels ranked."""
-
-    path: str
-    label: str | None
-    score: float | None
-    ranking: tuple[tuple[str, float], ...] = ()
-    error: str | None = None  # the file could not be read as an image
+__all__ = ["Classification", "Hit", "SearchEngine"]
 
 
 class SearchEngine:
@@ -104,6 +71,7 @@ class SearchEngine:
         self._text_tower: TextTower | None = None
         self._tower_checked = False  # whether the export beside the index has been looked for
         self._text_cache = TextCache()
+        self._cache = VectorCache(index_dir, store)
         self._vectors: VectorIndex | None = None
         recorded = store.get_info("model")
         if recorded is not None:
@@ -132,9 +100,7 @@ class SearchEngine:
         db = path / DB_FILENAME
         if not db.exists():
             if not create:
-                raise IndexNotFoundError(
-                    f"no index in {path}: run `searchlite index FOLDER` first, or pass --index"
-                )
+                raise IndexNotFoundError(f"no index in {path}: index a folder into it first")
             path.mkdir(parents=True, exist_ok=True)
         requested = spec_from_flags(model, pretrained) if (model or pretrained) else None
         store = Store.open(db, create=create)
@@ -161,12 +127,12 @@ class SearchEngine:
         root = os.path.abspath(os.fspath(folder))
         if not os.path.exists(root):
             raise PathNotFoundError(f"folder {folder} not found")
-        with writer_lock(self.index_dir / LOCK_FILENAME):
+        with self._writing():
             vectors = self._get_vectors(writer=True)
             indexer = Indexer(
                 self._store,
                 vectors,
-                self._get_encoder,
+                self.load_model,
                 self.settings,
                 on_snapshot=self._save_vectors,
                 exclude=[str(self.index_dir.resolve()), os.path.abspath(self.index_dir)],
@@ -174,7 +140,7 @@ class SearchEngine:
             try:
                 report = indexer.run(root, progress)
                 if vectors.kind == "exact" and len(vectors) >= vectors.ann_min_vectors:
-                    log.warning("%d vectors: building an approximate index (once; `searchlite optimize` redoes it)", len(vectors))
+                    log.warning("%d vectors: building an approximate index (once; optimizing again redoes it)", len(vectors))
                     vectors.optimize()
             except BaseException:
                 # Interrupted between a batch's commit and its FAISS update, the vectors in memory
@@ -187,7 +153,7 @@ class SearchEngine:
                     self._save_vectors()
             if self._encoder is not None:
                 self._export_text_tower(self._encoder)
-            report.tagged = self._refresh_tags()
+            report.tagged = refresh_tags(self._store)
             return report
 
     # --- search --------------------------------------------------------------------------------
@@ -209,114 +175,73 @@ class SearchEngine:
         """
         if k < 1:
             raise InvalidQueryError(f"k must be at least 1, got {k}")
-        terms = query.parse_terms(_as_list(text), _as_list(image), _as_list(negative))
+        terms = parse_terms(_as_list(text), _as_list(image), _as_list(negative))
         if self._vectors is None and self._store.get_info("model") is None:
-            raise IndexNotFoundError(f"the index in {self.index_dir} is empty: run `searchlite index FOLDER` first")
-        vectors = self._get_vectors(writer=False)
+            raise IndexNotFoundError(f"the index in {self.index_dir} is empty: index a folder into it first")
+        vectors = self.vectors
         among = None
         if tag is not None:  # searched exactly among the tagged images, however rare the tag
             among = np.fromiter(self._store.ids_tagged(tag), dtype=np.int64)
             if not len(among):
                 return []
-        q = query.combine(self._embed(terms), [t.weight for t in terms])
-        # Files deleted since the last `index` run are left out (one stat per hit), so ask FAISS
-        # for more until k existing files are found or the index is exhausted.
-        wanted, available = k, len(vectors) if among is None else min(len(vectors), len(among))
-        while True:
-            scores, ids = vectors.search(q, wanted, among=among)
-            rows = self._store.fetch(int(i) for i in ids[0] if i >= 0)
-            candidates = [(float(s), r) for s, i in zip(scores[0], ids[0]) if (r := rows.get(int(i))) is not None]
-            found = [(s, r) for s, r in candidates if os.path.exists(r.path)][:k]
-            if len(found) >= k or wanted >= available:
-                break
-            wanted *= 2
-        if candidates and not found:  # e.g. the photos' drive is not mounted
-            log.warning("none of the matching files exist (first: %s); is their drive connected?", candidates[0][1].path)
-        tags_of = self._store.tags_of(r.id for _, r in found)
-        return [Hit(r.path, s, r.id, r.width, r.height, r.size, tuple(tags_of[r.id])) for s, r in found]
+        query = query_vector(terms, self.embed_text, lambda paths: self._embed_images(paths, "query image"))
+        return search(self._store, vectors, query, k, among)
 
-    def embed_text(self, texts: Sequence[str]) -> np.ndarray:
-        """Unit text embeddings (n, d) from the index's model; repeated texts come from a cache."""
-        return self._text_cache.encode(list(texts), self._text_encoder().encode_texts)
+    def embed_text(self, texts: str | Sequence[str]) -> np.ndarray:
+        """Unit text embeddings (n, d) from the index's model, one row per text (a single string is
+        one text); repeated texts come from a cache."""
+        return self._text_cache.encode(_as_list(texts), self.text_encoder().encode_texts)
 
-    def _text_encoder(self) -> ClipEncoder | TextTower:
-        """The text tower exported beside the index, which gives the torch model's embeddings
-        without importing torch (seconds saved per cold query) and faster; the torch model where
+    def embed_images(self, paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> np.ndarray:
+        """Unit image embeddings (n, d), decoded as indexing decodes; a file that cannot be read
+        raises PathNotFoundError or ImageDecodeError naming it."""
+        return self._embed_images([os.fspath(p) for p in _as_list(paths)], "file")
+
+    def _embed_images(self, paths: list[str], what: str) -> np.ndarray:
+        vectors, errors = self._embed_files(paths, what)
+        if errors:
+            raise next(iter(errors.values()))
+        return np.stack([vectors[p] for p in paths])
+
+    def _embed_files(self, paths: list[str], what: str = "file") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        def batch_size() -> int:
+            return self.settings.batch_size_on(self._encoder.device if self._encoder else "cpu")
+
+        return embed_files(paths, self.settings, self.load_model, batch_size, what)
+
+    def text_encoder(self) -> ClipEncoder | TextTower:
+        """What embeds text: the text tower exported beside the index, which gives the torch model's
+        embeddings without importing torch (seconds saved per cold query); the torch model where
         there is no usable export, which is then written."""
         with self._lock:
             if self._text_tower is None and not self._tower_checked and self._store.get_info("model") is not None:
                 self._tower_checked = True
-                self._text_tower = TextTower.load(self.index_dir / text_tower.FILENAME, self.model_key())
+                self._text_tower = TextTower.load(self.index_dir / TEXT_TOWER_FILENAME, self.model_key())
                 if self._text_tower is None:  # none was usable: an older index, or a damaged one
-                    self._export_text_tower(self._get_encoder())
-            return self._text_tower or self._get_encoder()
+                    self._export_text_tower(self.load_model())
+            return self._text_tower or self.load_model()
 
     def _export_text_tower(self, encoder: ClipEncoder) -> None:
-        """Write the model's text tower beside the index and use it for text queries, unless a
-        usable one is there or the model's text side is not one text_tower.py runs. It is written
-        only after giving the same tokens and embeddings as the torch model on test texts."""
-        if self._text_tower is not None:  # in use (its onnxruntime session too): each index run comes here
-            return
-        path = self.index_dir / text_tower.FILENAME
-        if (existing := TextTower.load(path, self.model_key())) is not None:
-            self._text_tower = existing
-            return
-        exported = encoder.text_tower_weights()
-        if exported is None:
-            return
-        tensors, heads, quick_gelu = exported
-        tower = TextTower.from_tensors(tensors, heads, quick_gelu)
-        texts = list(text_tower.CHECK_TEXTS)
-        if tower is None or not np.array_equal(tower.tokenizer(texts), encoder.tokenize(texts).numpy()):
-            log.info("not exporting the text tower: this model's text side differs from text_tower.py's")
-            return
-        cosine = float((tower.encode_texts(texts) * encoder.encode_texts(texts)).sum(axis=1).min())
-        if cosine < text_tower.MIN_COSINE:
-            log.info("not exporting the text tower: it drifts from the torch model (cosine %.6f)", cosine)
-            return
-        try:
-            write_atomic(path, text_tower.export_bytes(tensors, heads=heads, quick_gelu=quick_gelu, model_key=self.model_key()))
-        except OSError as e:  # a read-only index still answers, through torch
-            log.info("cannot write %s (%s); text queries will use torch", path, e.strerror or e)
-            return
-        self._text_tower = TextTower.load(path, self.model_key())
+        if self._text_tower is None:  # once in use (its onnxruntime session too), it stays
+            self._text_tower = export_text_tower(encoder, self.index_dir / TEXT_TOWER_FILENAME, self.model_key())
 
-    def embed_images(self, paths: Sequence[str | os.PathLike[str]]) -> np.ndarray:
-        """Unit image embeddings (n, d), decoded as indexing decodes; a bad file raises."""
-        vectors, errors = self._embed_files([os.fspath(p) for p in paths])
-        if errors:
-            raise InvalidQueryError(next(iter(errors.values())))
-        return np.stack([vectors[os.fspath(p)] for p in paths])
+    @property
+    def model_loaded(self) -> bool:
+        """Whether the torch model has been loaded (text queries and index runs with nothing new
+        to encode never load it)."""
+        return self._encoder is not None
 
-    def _embed(self, terms: list[query.Term]) -> np.ndarray:
-        texts = [t.value for t in terms if t.kind == query.TEXT]
-        paths = [t.value for t in terms if t.kind == query.IMAGE]
-        parts = []
-        if texts:
-            parts.append(self.embed_text(texts))
-        if paths:
-            parts.append(self.embed_images(paths))
-        embedded = np.concatenate(parts)
-        # put rows back in term order
-        order = [i for i, t in enumerate(terms) if t.kind == query.TEXT] + [
-            i for i, t in enumerate(terms) if t.kind == query.IMAGE
-        ]
-        result = np.empty_like(embedded)
-        result[order] = embedded
-        return result
-
-    def _decode_query_image(self, path: str, decoder: DecodeWorker) -> Any:
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            raise InvalidQueryError(f"query image {path} not found") from None
-        except OSError as e:
-            raise InvalidQueryError(f"cannot read query image {path}: {e.strerror or e}") from None
-        try:
-            return decoder.decode(data, **decode_options(self.settings, self._get_encoder())).image
-        except ImageDecodeError as e:
-            raise InvalidQueryError(f"query image {path}: {e}") from None
+    def load_model(self) -> ClipEncoder:
+        """The index's CLIP model, loaded on first use (a new index records it then)."""
+        with self._lock:
+            if self._encoder is None:
+                encoder = self._encoder_factory(self.spec, self._device)
+                encoder.choose_precision(self.settings.precision)
+                if self._store.get_info("model") is None:
+                    self._store.set_info("embed_dim", encoder.embed_dim)
+                    self._store.set_info("model", self.spec.to_record())
+                self._encoder = encoder
+            return self._encoder
 
     # --- reporting -----------------------------------------------------------------------------
 
@@ -325,9 +250,7 @@ class SearchEngine:
         counts = self._store.counts()
         recorded = self._store.get_info("model")
         db = self.index_dir / DB_FILENAME
-        db_bytes = sum(
-            p.stat().st_size for p in (db, db.with_name(db.name + "-wal")) if p.exists()
-        )
+        db_bytes = sum(p.stat().st_size for p in (db, db.with_name(db.name + "-wal")) if p.exists())
         faiss_file = self.index_dir / FAISS_FILENAME
         return {
             "index": str(self.index_dir.resolve()),
@@ -342,76 +265,37 @@ class SearchEngine:
             "tags": self._store.tag_counts(),
         }
 
+    def failures(self) -> list[FileRow]:
+        """Files that could not be indexed, with the reason in .error."""
+        return self._store.rows_in_state(FAILED)
+
+    # --- import / export -----------------------------------------------------------------------
+
     def export_embeddings(self, npy_path: str | os.PathLike[str]) -> int:
         """Write every stored embedding to npy_path (float32 (n, d)) and, line by line in the same
         order, {"path": ...} objects to the .jsonl beside it. Returns n."""
-        ids, vectors = [], []
-        for chunk_ids, chunk in self._store.iter_vectors():
-            ids.extend(chunk_ids.tolist())
-            vectors.append(chunk)
-        rows = self._store.fetch(ids)
-        matrix = np.concatenate(vectors) if vectors else np.zeros((0, self._store.get_info("embed_dim") or 0), np.float32)
-        buf = io.BytesIO()
-        np.save(buf, matrix)
-        npy = Path(npy_path)
-        write_atomic(npy, buf.getvalue())
-        lines = (json.dumps({"path": rows[i].path}) + "\n" for i in ids)
-        write_atomic(npy.with_suffix(".jsonl"), "".join(lines).encode())
-        return len(ids)
+        return transfer.export_embeddings(self._store, Path(npy_path))
 
     def import_embeddings(self, npy_path: str | os.PathLike[str], paths_path: str | os.PathLike[str]) -> tuple[int, int]:
         """Load embeddings computed elsewhere (by this index's model) for files that exist here:
         npy_path holds float32 (n, d); paths_path the n paths, as .jsonl {"path": ...} lines or plain
         lines. Later index runs treat these files as unchanged. Returns (imported, not found here)."""
-        try:
-            matrix = np.load(npy_path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise InvalidQueryError(f"cannot read embeddings {npy_path}: {e}") from None
-        paths = _read_paths(Path(paths_path))
-        dim = self._store.get_info("embed_dim") or self._get_encoder().embed_dim
-        if matrix.ndim != 2 or matrix.shape[1] != dim or len(matrix) != len(paths):
-            raise InvalidQueryError(
-                f"{npy_path} holds {matrix.shape} embeddings for {len(paths)} paths; this index needs "
-                f"one {dim}-dimensional row per path (from its own model, {self.spec.describe()})"
-            )
-        norms = np.linalg.norm(matrix, axis=1)
-        if not np.all(np.isfinite(norms)) or np.any(norms == 0):
-            raise InvalidQueryError(f"{npy_path} has rows that are zero, NaN or infinite")
-        matrix = (matrix / norms[:, None]).astype(np.float32)
-        if self._store.get_info("model") is None:
-            self._store.set_info("embed_dim", dim)
-            self._store.set_info("model", self.spec.to_record())
-        imported = missing = 0
-        with writer_lock(self.index_dir / LOCK_FILENAME):
-            vectors = self._get_vectors(writer=True)
-            for start in range(0, len(paths), 1000):
-                ids, chunk = [], []
-                with self._store.transaction() as tx:
-                    for path, vector in zip(paths[start : start + 1000], matrix[start : start + 1000]):
-                        try:
-                            with open(path, "rb") as f:
-                                data = f.read()
-                                st = os.fstat(f.fileno())
-                            width, height = _header_size(path)
-                        except OSError:
-                            missing += 1
-                            continue
-                        ids.append(tx.put(path, size=st.st_size, mtime_ns=st.st_mtime_ns, content_hash=scanner.content_hash(data),
-                                          state=INDEXED, vector=vector, width=width, height=height))
-                        chunk.append(vector)
-                if ids:
-                    vectors.add(np.array(ids, dtype=np.int64), np.stack(chunk))
-                    imported += len(ids)
+        dim = self._store.get_info("embed_dim") or self.load_model().embed_dim
+        matrix, paths = transfer.read_embeddings(Path(npy_path), Path(paths_path), dim, self.spec.describe())
+        with self._writing():
+            if self._store.get_info("model") is None:
+                self._store.set_info("embed_dim", dim)
+                self._store.set_info("model", self.spec.to_record())
+            counts = transfer.import_rows(self._store, self._get_vectors(writer=True), matrix, paths)
             self._save_vectors()
-            self._refresh_tags()
-        return imported, missing
+            refresh_tags(self._store)
+        return counts
 
     def optimize(self, *, force: bool = True) -> dict[str, Any]:
         """Rebuild the vector index for its size: approximate (IVF, tuned on the data) when large or
         forced, exact otherwise. Searches keep working meanwhile; returns what was chosen."""
-        with writer_lock(self.index_dir / LOCK_FILENAME):
-            vectors = self._get_vectors(writer=True)
-            chosen = vectors.optimize(force=force)
+        with self._writing():
+            chosen = self._get_vectors(writer=True).optimize(force=force)
             self._save_vectors()
             return chosen
 
@@ -420,7 +304,7 @@ class SearchEngine:
     def zero_shot(self, labels: str | Sequence[str], templates: str | None = None) -> LinearClassifier:
         """The zero-shot classifier for labels; templates: None/"single", "imagenet" (the CLIP
         paper's 80-template ensemble) or a file. Its class weights are cached in the index."""
-        return self._zero_shot(_label_set(labels, templates))
+        return self._zero_shot(zeroshot.LabelSet.parse(labels, templates))
 
     def _zero_shot(self, label_set: zeroshot.LabelSet) -> LinearClassifier:
         key = label_set.key(self.model_key())
@@ -428,8 +312,7 @@ class SearchEngine:
         if cached is not None:
             n = len(label_set.labels)
             return LinearClassifier(label_set.labels, cached.reshape(n, -1), np.zeros(n, np.float32))
-        encoder = self._get_encoder()
-        classifier = zeroshot.build(label_set, self.embed_text, encoder.logit_scale)
+        classifier = zeroshot.build(label_set, self.embed_text, self.load_model().logit_scale)
         self._store.cache_weights(key, classifier.weights)
         return classifier
 
@@ -438,16 +321,9 @@ class SearchEngine:
     ) -> list[Classification]:
         """Zero-shot classify image files (indexed or not); a file that cannot be read gets an error."""
         classifier = self.zero_shot(labels, templates)
-        vectors, errors = self._embed_files([os.fspath(p) for p in paths])
-        out = []
-        for path in map(os.fspath, paths):
-            if path in errors:
-                out.append(Classification(path, None, None, error=errors[path]))
-                continue
-            probs = classifier.probabilities(vectors[path][None, :])[0]
-            ranking = tuple(sorted(zip(classifier.labels, map(float, probs)), key=lambda x: -x[1]))
-            out.append(Classification(path, ranking[0][0], ranking[0][1], ranking))
-        return out
+        names = [os.fspath(p) for p in paths]
+        vectors, errors = self._embed_files(names)
+        return classify(classifier, names, vectors, errors)
 
     def tag(
         self,
@@ -460,7 +336,7 @@ class SearchEngine:
         """Tag every indexed image with the zero-shot labels (kept up to date by later index runs).
         An image carries its best label, and any other label whose probability reaches threshold.
         A new label set under the same name replaces the old one. Returns images newly tagged."""
-        label_set = _label_set(labels, templates)
+        label_set = zeroshot.LabelSet.parse(labels, templates)
         classifier = self._zero_shot(label_set)
         key = label_set.key(self.model_key())
         source = f"zero-shot, templates: {templates or 'single'}"
@@ -478,14 +354,15 @@ class SearchEngine:
                     paths.append(f.path)
                     labels.append(sub.name)
         vectors, errors = self._embed_files(paths)
-        for path, reason in errors.items():
-            log.warning("skipping %s: %s", path, reason)
+        for path, error in errors.items():
+            log.warning("skipping %s: %s", path, error)
         kept = [i for i, p in enumerate(paths) if p not in errors]
         if not kept:
-            raise InvalidQueryError(f"no images in the subfolders of {folder}: make one subfolder of examples per label")
+            raise InvalidInputError(f"no images in the subfolders of {folder}: make one subfolder of examples per label")
         return probe.fit(np.stack([vectors[paths[i]] for i in kept]), [labels[i] for i in kept])
 
     def save_probe(self, fitted: probe.ProbeFit, path: str | os.PathLike[str]) -> None:
+        """Write a fitted probe (.npz) that remembers this index's model."""
         probe.save(path, fitted, self.model_key())
 
     def apply_probe(self, path: str | os.PathLike[str], *, name: str | None = None, threshold: float = DEFAULT_TAG_THRESHOLD) -> int:
@@ -494,7 +371,7 @@ class SearchEngine:
         if model_key != self.model_key():
             raise ModelMismatchError(
                 f"probe {path} was trained with another model than this index's ({self.spec.describe()}); "
-                "train it again with `searchlite probe train` on this index"
+                "train it again on this index"
             )
         digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
         return self.apply_classifier(
@@ -503,153 +380,36 @@ class SearchEngine:
 
     def apply_classifier(self, name: str, classifier: LinearClassifier, *, key: str, threshold: float, source: str) -> int:
         """Store a classifier as the tag set `name` and tag the images it has not seen yet."""
-        with writer_lock(self.index_dir / LOCK_FILENAME):
-            row = TagSetRow(name, key, classifier.labels, classifier.weights, classifier.bias, threshold, source)
-            with self._store.transaction(vectors_changed=False) as tx:
-                tx.set_tag_set(row)
-            return self._refresh_tags()
-
-    def _refresh_tags(self) -> int:
-        """Apply every stored tag set to the images it has not tagged yet (no model needed)."""
-        tagged = 0
-        for ts in self._store.tag_sets():
-            ids, vectors = self._store.untagged_vectors(ts.name)
-            if len(ids):
-                rows = LinearClassifier(ts.labels, ts.weights, ts.bias).tags(ids, vectors, ts.threshold)
-                with self._store.transaction(vectors_changed=False) as tx:
-                    tx.add_tags(ts.name, rows)
-                tagged = max(tagged, len(ids))
-        return tagged
+        with self._writing():
+            store_tag_set(self._store, name, classifier, key=key, threshold=threshold, source=source)
+            return refresh_tags(self._store)
 
     def model_key(self) -> str:
         """Identifies the model's weights (not where its checkpoint lives)."""
         record = {k: v for k, v in self.spec.to_record().items() if k != "checkpoint"}
         return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
-    def _embed_files(self, paths: list[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-        """Unit embeddings of image files by path, and the reasons for those that failed. Files
-        are read as indexing reads them: in a decoder process, under its time and memory limits."""
-        vectors: dict[str, np.ndarray] = {}
-        errors: dict[str, str] = {}
-        decoder = DecodeWorker(self.settings.decode_timeout_s, self.settings.decoder_memory_limit)
-        start = 0
-        try:
-            while start < len(paths):
-                # the model's device is known once it is loaded (after the first batch that decodes)
-                size = self.settings.batch_size_on(self._encoder.device if self._encoder else "cpu")
-                chunk, start = paths[start : start + size], start + size
-                batch = []
-                for path in chunk:
-                    try:
-                        batch.append((path, self._decode_query_image(path, decoder)))
-                    except InvalidQueryError as e:
-                        errors[path] = str(e)
-                if batch:
-                    encoder = self._get_encoder()
-                    encoded = encoder.encode_images([encoder.preprocess(img) for _, img in batch])
-                    vectors.update({path: v for (path, _), v in zip(batch, encoded)})
-        finally:
-            decoder.close()
-        return vectors, errors
+    # --- the vectors in memory -----------------------------------------------------------------
 
-    def failures(self) -> list[FileRow]:
-        """Files that could not be indexed, with the reason in .error."""
-        return self._store.rows_in_state(FAILED)
-
-    # --- the pieces, loaded on first use -------------------------------------------------------
-
-    def _get_encoder(self) -> ClipEncoder:
-        with self._lock:
-            if self._encoder is None:
-                encoder = self._encoder_factory(self.spec, self._device)
-                encoder.choose_precision(self.settings.precision)
-                if self._store.get_info("model") is None:
-                    self._store.set_info("embed_dim", encoder.embed_dim)
-                    self._store.set_info("model", self.spec.to_record())
-                self._encoder = encoder
-            return self._encoder
+    @property
+    def vectors(self) -> VectorIndex:
+        """The FAISS index of the stored vectors, loaded (or rebuilt from SQLite) on first use."""
+        return self._get_vectors(writer=False)
 
     def _get_vectors(self, *, writer: bool) -> VectorIndex:
         with self._lock:
             if self._vectors is None:
-                dim = self._store.get_info("embed_dim") or self._get_encoder().embed_dim
-                self._vectors = self._load_vectors(dim, writer)
+                dim = self._store.get_info("embed_dim") or self.load_model().embed_dim
+                self._vectors = self._cache.load(dim, writer=writer)
             return self._vectors
 
-    def _load_vectors(self, dim: int, writer: bool) -> VectorIndex:
-        """The FAISS cache when it matches the database; otherwise rebuilt from the stored vectors."""
-        path = self.index_dir / FAISS_FILENAME
-        state = self._store.get_info("faiss")
-        if state and state.get("generation") == self._store.generation and path.exists():
-            try:
-                data = path.read_bytes()
-                if zlib.crc32(data) == state.get("crc32"):
-                    vectors = VectorIndex.from_bytes(data)
-                    if vectors.dim == dim and len(vectors) == state.get("count"):
-                        return vectors
-            except Exception as e:  # noqa: BLE001 - any unreadable cache is rebuilt below
-                log.debug("cannot load %s: %s", path, e)
-        vectors = VectorIndex(dim)
-        for ids, chunk in self._store.iter_vectors():
-            vectors.add(ids, chunk)
-        if len(vectors) >= vectors.ann_min_vectors:
-            vectors.optimize()
-        if len(vectors) or path.exists():
-            log.warning("rebuilt the vector cache %s from the database (%d vectors)", path, len(vectors))
-        self._vectors = vectors
-        if writer:
-            self._save_vectors()
-        else:
-            try:  # save the rebuilt cache unless an indexer is running, which will save it anyway
-                with writer_lock(self.index_dir / LOCK_FILENAME):
-                    self._save_vectors()
-            except (IndexLockedError, IndexWriteError, OSError):
-                pass
-        return vectors
-
     def _save_vectors(self) -> None:
-        """Write the FAISS cache and record which database generation it holds (with a checksum)."""
         assert self._vectors is not None
-        path = self.index_dir / FAISS_FILENAME
-        data = self._vectors.to_bytes()
-        try:
-            write_atomic(path, data)
-        except OSError as e:
-            raise IndexWriteError(
-                f"cannot save {path} ({e.strerror or e}); the index is intact and still answers "
-                "queries: free disk space or fix the disk, then run the same command again"
-            ) from None
-        state = {"generation": self._store.generation, "count": len(self._vectors), "crc32": zlib.crc32(data), "kind": self._vectors.kind}
-        self._store.set_info("faiss", state)
+        self._cache.save(self._vectors)
 
-
-def _read_paths(path: Path) -> list[str]:
-    """Absolute paths from a .jsonl of {"path": ...} objects or a file of plain lines."""
-    try:
-        lines = [line for line in path.read_text(encoding="utf-8", errors="surrogateescape").splitlines() if line.strip()]
-    except OSError as e:
-        raise InvalidQueryError(f"cannot read paths {path}: {e.strerror or e}") from None
-    if path.suffix == ".jsonl":
-        try:
-            lines = [json.loads(line)["path"] for line in lines]
-        except (ValueError, KeyError, TypeError):
-            raise InvalidQueryError(f"{path}: every line must be a JSON object with a \"path\"") from None
-    return [os.path.abspath(os.path.join(path.parent, p)) for p in lines]
-
-
-def _header_size(path: str) -> tuple[int | None, int | None]:
-    """Width and height from the image header alone (None when it cannot be read)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except Exception:  # noqa: BLE001 - the size is informative only
-        return None, None
-
-
-def _label_set(labels: str | Sequence[str], templates: str | None) -> zeroshot.LabelSet:
-    return zeroshot.LabelSet(tuple(zeroshot.parse_labels(labels)), tuple(zeroshot.resolve_templates(templates)))
+    def _writing(self) -> Any:
+        """The index's write lock (one writer at a time, across processes)."""
+        return writer_lock(self.index_dir / LOCK_FILENAME)
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -1,4 +1,25 @@
-"""Errors the library raises. Each message says what went wrong and what to do about it."""
+"""Errors the library raises: one taxonomy. Each message says what went wrong and what to do about
+it, in terms of values (never command-line flags: the CLI adds those hints).
+
+    SearchliteError
+    ├── InvalidInputError        bad user input of any kind                    (HTTP 400)
+    │   ├── InvalidQueryError    a query term                                  (400)
+    │   └── ImageDecodeError     a file that cannot be read as an image        (422)
+    ├── NotFoundError            a path the user named does not exist          (404)
+    │   ├── PathNotFoundError    a folder or file
+    │   └── IndexNotFoundError   no index there yet
+    ├── IndexLockedError         another process is writing                    (409)
+    ├── IndexReadOnlyError       the index cannot be written here              (403)
+    ├── IndexVersionError        written by a newer searchlite                 (409)
+    ├── ModelMismatchError       another model than the index's                (409)
+    ├── ModelLoadError           a model cannot be loaded                      (500)
+    │   └── WeightsUnavailableError  not cached and cannot be downloaded       (503)
+    ├── CorruptIndexError        the database is damaged                       (500)
+    └── WriteFailedError         a file could not be written (disk full, I/O)  (507)
+        └── IndexWriteError      … a file of the index; the previous state is intact
+
+`http_status` on each class is what the HTTP API answers with.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +27,61 @@ from __future__ import annotations
 class SearchliteError(Exception):
     """Base class: every error searchlite raises on purpose. The CLI prints its message as is."""
 
+    http_status = 500
 
-class IndexNotFoundError(SearchliteError):
+
+class InvalidInputError(SearchliteError):
+    """Bad user input: a query, labels, templates, training data, a probe or embeddings file."""
+
+    http_status = 400
+
+
+class InvalidQueryError(InvalidInputError):
+    """A query is empty or one of its terms is malformed."""
+
+
+class ImageDecodeError(InvalidInputError):
+    """A file could not be decoded as an image."""
+
+    http_status = 422
+
+
+class NotFoundError(SearchliteError):
+    """Something the user named does not exist."""
+
+    http_status = 404
+
+
+class PathNotFoundError(NotFoundError):
+    """A folder or file named by the user does not exist."""
+
+
+class IndexNotFoundError(NotFoundError):
     """The index directory has no searchlite database yet."""
 
 
 class IndexLockedError(SearchliteError):
     """Another process is writing to the index."""
 
+    http_status = 409
+
+
+class IndexReadOnlyError(SearchliteError):
+    """The index is on read-only storage: it answers queries but cannot be changed."""
+
+    http_status = 403
+
+
+class IndexVersionError(SearchliteError):
+    """The index was written by a newer searchlite than this one."""
+
+    http_status = 409
+
 
 class ModelMismatchError(SearchliteError):
     """The index was built with a different model than the one asked for."""
+
+    http_status = 409
 
 
 class ModelLoadError(SearchliteError):
@@ -26,22 +91,18 @@ class ModelLoadError(SearchliteError):
 class WeightsUnavailableError(ModelLoadError):
     """Pretrained weights are not cached and could not be downloaded."""
 
-
-class InvalidQueryError(SearchliteError):
-    """A query is empty or one of its terms is malformed."""
-
-
-class ImageDecodeError(SearchliteError):
-    """A file could not be decoded as an image."""
+    http_status = 503
 
 
 class CorruptIndexError(SearchliteError):
     """The index database is damaged or is not a searchlite index."""
 
 
-class PathNotFoundError(SearchliteError):
-    """A folder or file named by the user does not exist."""
+class WriteFailedError(SearchliteError):
+    """A file could not be written (disk full, I/O error, no permission)."""
+
+    http_status = 507
 
 
-class IndexWriteError(SearchliteError):
-    """The index could not be written (disk full, I/O error); the previous state is intact."""
+class IndexWriteError(WriteFailedError):
+    """The index could not be written; the previous state is intact."""

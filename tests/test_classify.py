@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from searchlite import InvalidQueryError, ModelMismatchError, SearchEngine
+from searchlite import InvalidInputError, ModelMismatchError, SearchEngine
 from searchlite.cli import app
 from searchlite.classify.zeroshot import imagenet_templates, parse_labels, resolve_templates
 
@@ -23,13 +23,13 @@ def test_templates_and_labels_are_parsed_strictly(tmp_path: Path) -> None:
     (tmp_path / "t.txt").write_text("a drawing of a {}.\n\nart of the {}\n")
     assert resolve_templates(str(tmp_path / "t.txt")) == ["a drawing of a {}.", "art of the {}"]
     (tmp_path / "bad.txt").write_text("no placeholder\n")
-    with pytest.raises(InvalidQueryError, match="exactly one {}"):
+    with pytest.raises(InvalidInputError, match="exactly one {}"):
         resolve_templates(str(tmp_path / "bad.txt"))
-    with pytest.raises(InvalidQueryError, match="single', 'imagenet' or a file"):
+    with pytest.raises(InvalidInputError, match="single', 'imagenet' or a file"):
         resolve_templates("nope")
     assert parse_labels(" dog, cat ,car,") == ["dog", "cat", "car"]
     for bad in ["dog", "dog,dog", ""]:
-        with pytest.raises(InvalidQueryError, match="two or more distinct labels"):
+        with pytest.raises(InvalidInputError, match="two or more distinct labels"):
             parse_labels(bad)
 
 
@@ -38,7 +38,7 @@ def test_prompt_ensemble_is_the_renormalised_mean_of_template_embeddings(engine_
     engine.index(photos)
     classifier = engine.zero_shot("dog,cat", "imagenet")
     templates = imagenet_templates()
-    scale = engine._get_encoder().logit_scale
+    scale = engine.load_model().logit_scale
     for row, label in zip(classifier.weights, ["dog", "cat"]):
         mean = engine.embed_text([t.format(label) for t in templates]).mean(axis=0)
         np.testing.assert_allclose(row, scale * mean / np.linalg.norm(mean), rtol=1e-4, atol=1e-5)
@@ -53,7 +53,7 @@ def test_classify_gives_softmax_probabilities_and_a_verdict_per_file(engine_fact
     assert [r.path for r in results] == [str(f) for f in files]
     assert results[1].label is None and "broken.jpg" in results[1].error
     text = engine.embed_text(["a photo of a person.", "a photo of a rocket.", "a photo of a cat."])
-    scale = engine._get_encoder().logit_scale
+    scale = engine.load_model().logit_scale
     for r in (results[0], results[2]):
         probs = dict(r.ranking)
         assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
@@ -123,15 +123,15 @@ def test_probes_from_another_model_or_broken_files_are_refused(engine_factory, p
     engine.index(photos)
     make_examples(photos, tmp_path / "examples")
     fitted = engine.train_probe(tmp_path / "examples")
-    from searchlite import probe
+    from searchlite.classify import probe
 
     probe.save(tmp_path / "other.npz", fitted, "another model")
     with pytest.raises(ModelMismatchError, match="another model than this index"):
         engine.apply_probe(tmp_path / "other.npz")
     (tmp_path / "junk.npz").write_bytes(b"junk")
-    with pytest.raises(InvalidQueryError, match="not a searchlite probe file"):
+    with pytest.raises(InvalidInputError, match="not a searchlite probe file"):
         engine.apply_probe(tmp_path / "junk.npz")
-    with pytest.raises(InvalidQueryError, match="two labels"):
+    with pytest.raises(InvalidInputError, match="two labels"):
         (tmp_path / "one" / "only").mkdir(parents=True)
         Image.open(photos / "astronaut.jpg").save(tmp_path / "one" / "only" / "a.jpg")
         engine.train_probe(tmp_path / "one")

@@ -90,7 +90,7 @@ def test_batches_are_scaled_and_normalized_exactly_as_open_clips_preprocess_does
     images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((64, 64), (90, 70), (48, 200))]
     ours = [encoder.preprocess(img) for img in images]
     assert all(t.dtype == torch.uint8 for t in ours)  # the deferred path is what is being tested
-    reference_preprocess = encoder._preprocess  # the one open_clip built for this model
+    reference_preprocess = encoder.open_clip_transform  # the one open_clip built for this model
     with torch.inference_mode():
         reference = encoder.model.encode_image(torch.stack([reference_preprocess(img) for img in images]), normalize=True).numpy()
     assert np.array_equal(encoder.encode_images(ours), reference)

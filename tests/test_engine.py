@@ -13,6 +13,8 @@ from PIL import Image
 from searchlite import (
     IndexLockedError,
     IndexNotFoundError,
+    ImageDecodeError,
+    InvalidInputError,
     InvalidQueryError,
     ModelLoadError,
     ModelMismatchError,
@@ -334,7 +336,7 @@ def test_damaged_or_stale_vector_cache_is_rebuilt_from_sqlite(
     def no_model_for_rebuild(*_args):
         raise AssertionError("rebuilding must not run CLIP")
     with SearchEngine.open(index_dir, encoder_factory=no_model_for_rebuild) as reopened:
-        reopened._get_vectors(writer=False)  # the rebuild itself needs no model
+        reopened.vectors  # the rebuild itself needs no model
     got = engine_factory().search("a cat", k=10)
     assert paths_of(got) == paths_of(want)
     assert "rebuilt the vector cache" in caplog.text
@@ -381,10 +383,10 @@ def test_searching_a_missing_or_empty_index_says_what_to_do(engine_factory, tmp_
 def test_bad_queries_are_refused(engine_factory, photos: Path, tmp_path: Path) -> None:
     engine = engine_factory()
     engine.index(photos)
-    with pytest.raises(InvalidQueryError, match="query image .*missing.jpg not found"):
+    with pytest.raises(PathNotFoundError, match="query image .*missing.jpg not found"):
         engine.search(image=str(tmp_path / "missing.jpg"))
     (tmp_path / "bad.jpg").write_bytes(b"garbage")
-    with pytest.raises(InvalidQueryError, match="query image .*bad.jpg"):
+    with pytest.raises(ImageDecodeError, match="query image .*bad.jpg"):
         engine.search(image=str(tmp_path / "bad.jpg"))
     with pytest.raises(InvalidQueryError, match="k must be"):
         engine.search("x", k=0)
@@ -573,10 +575,10 @@ def test_export_then_import_loads_embeddings_without_encoding(engine_factory, ph
         assert other.index(photos).unchanged == 9  # later runs take the imported files as indexed
         assert encoded == []
     (tmp_path / "bad.npy").write_bytes(b"junk")
-    with pytest.raises(InvalidQueryError, match="cannot read embeddings"):
+    with pytest.raises(InvalidInputError, match="cannot read embeddings"):
         engine.import_embeddings(tmp_path / "bad.npy", tmp_path / "emb.jsonl")
     np.save(tmp_path / "wrong.npy", np.ones((3, 5), np.float32))
-    with pytest.raises(InvalidQueryError, match="one 64-dimensional row per path"):
+    with pytest.raises(InvalidInputError, match="one 64-dimensional row per path"):
         engine.import_embeddings(tmp_path / "wrong.npy", tmp_path / "emb.jsonl")
 
 

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from searchlite import SearchEngine
 from searchlite.cli import app
 from searchlite.config import DB_FILENAME, IndexSettings
-from searchlite.errors import InvalidQueryError
+from searchlite.errors import ImageDecodeError
 from searchlite.media.images import decode_rgb
 from searchlite.storage.store import FAILED, INDEXED, SKIPPED, Store
 from tests.conftest import load_script
@@ -248,9 +248,9 @@ def test_query_and_classify_images_are_decoded_under_the_same_limits(
     settings = IndexSettings(decode_timeout_s=2)
     with SearchEngine.open(tmp_path / "index", model=str(config), pretrained=str(checkpoint), settings=settings) as engine:
         engine.index(photos)
-        with pytest.raises(InvalidQueryError, match="longer than 2s"):
+        with pytest.raises(ImageDecodeError, match="query image .*hang.jpg: decoding took longer than 2s"):
             engine.search(image=tmp_path / "hang.jpg")
-        with pytest.raises(InvalidQueryError, match="decoder crashed"):
+        with pytest.raises(ImageDecodeError, match="decoder crashed"):
             engine.search(image=tmp_path / "crash.jpg")
         verdicts = {c.path: c for c in engine.classify([tmp_path / "crash.jpg", photos / "astronaut.jpg"], "cat,person")}
         assert "decoder crashed" in verdicts[str(tmp_path / "crash.jpg")].error

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from searchlite.ingest.scanner import content_hash, scan
+from searchlite.ingest.scanner import scan
+from searchlite.storage.store import content_hash
 
 
 def touch(path: Path, data: bytes = b"x") -> Path:

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from searchlite import SearchEngine, text_tower
+from searchlite import SearchEngine
+from searchlite.text import tower as text_tower
 from searchlite.text.tokenizer import ClipTokenizer
 
 from .conftest import TINY_CONFIG
@@ -54,7 +55,7 @@ def test_an_index_run_exports_the_text_tower_and_queries_then_skip_torch(engine_
         assert {t: _hits(fresh, t) for t in torch_answers} == torch_answers
         cosines = (fresh.embed_text(list(ODD_TEXTS)) * torch_vectors).sum(axis=1)
         assert cosines.min() >= 0.9999
-        assert fresh._encoder is None  # the torch model was never loaded
+        assert not fresh.model_loaded  # the torch model was never loaded
     finally:
         fresh.close()
 
@@ -97,7 +98,7 @@ def _tiny_variant(tmp_path: Path, **changes) -> tuple[Path, Path]:
 
 
 def _torch_embeddings(engine: SearchEngine, texts: list[str]) -> np.ndarray:
-    return engine._get_encoder().encode_texts(texts)
+    return engine.load_model().encode_texts(texts)
 
 
 @pytest.mark.parametrize("quick_gelu", [False, True])
@@ -130,7 +131,7 @@ def test_after_an_index_run_text_queries_use_the_export_not_the_loaded_torch_mod
     expected = _torch_embeddings(engine, ["a cat", "a dog"])
     assert (engine.embed_text(["a cat"]) @ expected[0]) >= 0.9999
     assert (engine.embed_text(["a dog"]) @ expected[1]) >= 0.9999
-    assert engine._text_tower is not None and engine._text_tower.uses_onnx
+    assert engine.text_encoder().uses_onnx
 
 
 def test_when_onnxruntime_fails_or_drifts_numpy_keeps_answering(engine_factory, photos, index_dir, monkeypatch, caplog) -> None:
@@ -170,7 +171,7 @@ def test_many_threads_querying_while_onnxruntime_is_set_up_all_get_the_same_answ
     reference = _torch_embeddings(engine, texts)
     with SearchEngine.open(index_dir) as fresh, ThreadPoolExecutor(8) as pool:
         vectors = list(pool.map(lambda text: fresh.embed_text([text])[0], texts))
-        assert fresh._text_tower.uses_onnx
+        assert fresh.text_encoder().uses_onnx
     assert (np.stack(vectors) * reference).sum(axis=1).min() >= 0.9999
 
 
@@ -182,7 +183,7 @@ def test_a_text_tower_it_cannot_run_is_not_exported_and_torch_answers(engine_fac
     assert not (index_dir / text_tower.FILENAME).exists()
     with SearchEngine.open(index_dir) as fresh:
         assert _hits(fresh, "a cat") == expected
-        assert fresh._encoder is not None
+        assert fresh.model_loaded
 
 
 def test_a_damaged_or_foreign_export_is_replaced_and_answers_stay_the_same(engine_factory, photos, index_dir, tmp_path) -> None:
@@ -198,7 +199,7 @@ def test_a_damaged_or_foreign_export_is_replaced_and_answers_stay_the_same(engin
     export.write_bytes(good[: len(good) // 2])  # cut short
     with SearchEngine.open(index_dir) as fresh:
         assert _hits(fresh, "a cat") == expected
-        assert fresh._encoder is not None  # torch answered ...
+        assert fresh.model_loaded  # torch answered ...
     assert usable()  # ... and wrote a whole export again
 
     other_index = tmp_path / "other"

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .classifier import LinearClassifier
-from ..errors import InvalidQueryError
+from ..errors import InvalidInputError, PathNotFoundError
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ def fit(vectors: np.ndarray, labels: list[str]) -> ProbeFit:
     names = sorted(set(labels))
     counts = {name: labels.count(name) for name in names}
     if len(names) < 2:
-        raise InvalidQueryError("a probe needs at least two labels: one subfolder of images per label")
+        raise InvalidInputError("a probe needs at least two labels: one subfolder of images per label")
     y = np.array([names.index(label) for label in labels])
     fewest = min(counts.values())
     folds = min(5, fewest)
@@ -75,6 +75,6 @@ def load(path: str | os.PathLike[str]) -> tuple[LinearClassifier, str]:
             labels = tuple(str(label) for label in data["labels"])
             return LinearClassifier(labels, data["weights"].astype(np.float32), data["bias"].astype(np.float32)), str(data["model_key"])
     except FileNotFoundError:
-        raise InvalidQueryError(f"probe file {path} not found") from None
+        raise PathNotFoundError(f"probe file {path} not found") from None
     except (OSError, ValueError, KeyError) as e:
-        raise InvalidQueryError(f"{path} is not a searchlite probe file ({e}); make one with `searchlite probe train`") from None
+        raise InvalidInputError(f"{path} is not a searchlite probe file ({e}); make one with `searchlite probe train`") from None

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .classifier import LinearClassifier
-from ..errors import InvalidQueryError
+from ..errors import InvalidInputError
 
 SINGLE_TEMPLATE = "a photo of a {}."
 
@@ -37,11 +37,11 @@ def resolve_templates(spec: str | None) -> list[str]:
         return imagenet_templates()
     path = Path(spec)
     if not path.is_file():
-        raise InvalidQueryError(f"templates {spec!r}: use 'single', 'imagenet' or a file with one template per line")
+        raise InvalidInputError(f"templates {spec!r}: use 'single', 'imagenet' or a file with one template per line")
     templates = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     bad = [t for t in templates if t.count("{}") != 1]
     if not templates or bad:
-        raise InvalidQueryError(
+        raise InvalidInputError(
             f"template file {spec}: every line needs exactly one {{}} where the label goes"
             + (f" (not: {bad[0]!r})" if bad else " (the file is empty)")
         )
@@ -53,7 +53,7 @@ def parse_labels(raw: str | Sequence[str]) -> list[str]:
     items = raw.split(",") if isinstance(raw, str) else list(raw)
     labels = [label.strip() for label in items if label.strip()]
     if len(labels) < 2 or len(set(labels)) != len(labels):
-        raise InvalidQueryError(f"--labels needs two or more distinct labels separated by commas, got {raw!r}")
+        raise InvalidInputError(f"--labels needs two or more distinct labels separated by commas, got {raw!r}")
     return labels
 
 
@@ -63,6 +63,11 @@ class LabelSet:
 
     labels: tuple[str, ...]
     templates: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, labels: str | Sequence[str], templates: str | None) -> LabelSet:
+        """From labels as given ("a,b,c" or a list) and a templates choice (see resolve_templates)."""
+        return cls(tuple(parse_labels(labels)), tuple(resolve_templates(templates)))
 
     def key(self, model_key: str) -> str:
         """Identifies the class-weight matrix of these labels under one model."""

@@ -20,15 +20,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from ..media import images
-
-from . import scanner
 from ..config import IndexSettings
+from ..media import images
 from ..media.decode_worker import DecodeCancelled, DecodePool
+from ..media.embed_files import decode_options
 from ..errors import ImageDecodeError
-from .scanner import FileInfo
-from ..storage.store import FAILED, INDEXED, SKIPPED, FileRow, Store, Transaction
+from ..storage.store import FAILED, INDEXED, SKIPPED, FileRow, Store, Transaction, content_hash
 from ..storage.vector_index import VectorIndex
+from . import scanner
+from .scanner import FileInfo
 
 if TYPE_CHECKING:
     from ..models.encoder import ClipEncoder
@@ -214,7 +214,7 @@ class _Run:
             return _Prepared(f, error=f"cannot read file: {e.strerror or e}")
         if (st.st_size, st.st_mtime_ns) != (f.size, f.mtime_ns) or len(data) != st.st_size:
             return _Prepared(f, changing=True)
-        digest = scanner.content_hash(data)
+        digest = content_hash(data)
         if digest in self.known_hashes:
             return _Prepared(f, digest, reuse=True)
         if images.detect_format(data[: images.HEADER_BYTES]) is None:
@@ -323,16 +323,6 @@ class _Run:
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-def decode_options(settings: IndexSettings, encoder: ClipEncoder) -> dict[str, Any]:
-    """images.decode_rgb's arguments for this model: how every image (indexed or a query) is read."""
-    return {
-        "min_side": settings.draft_factor * encoder.image_size,
-        "max_pixels": settings.max_pixels,
-        "center_crop": encoder.crops_center,
-        "resize_shortest": encoder.image_size if encoder.resizes_shortest_bicubic else None,
-    }
 
 
 def _chunked_map(

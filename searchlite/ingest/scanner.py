@@ -10,7 +10,6 @@ follow_links=True every link is followed, loops included safely (each folder is 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import stat
@@ -109,8 +108,3 @@ class _Walker:
             yield from self.walk(path, st)
         elif stat.S_ISREG(st.st_mode):
             yield FileInfo(path, st.st_size, st.st_mtime_ns)
-
-
-def content_hash(data: bytes) -> str:
-    """Hash that identifies a file's content across moves, renames and copies."""
-    return hashlib.sha256(data).hexdigest()

@@ -29,7 +29,7 @@ class ClipEncoder:
 
     def __init__(self, model: Any, preprocess: Any, tokenizer: Any, device: str, spec: ModelSpec) -> None:
         self.model = model
-        self._preprocess = preprocess
+        self.open_clip_transform = preprocess  # open_clip's own preprocessing for this model
         self._deferred = _deferred_scaling(preprocess)
         self._tokenizer = tokenizer
         self.device = device
@@ -62,7 +62,7 @@ class ClipEncoder:
         import torch
 
         if self._deferred is None or image.mode != "RGB":
-            return self._preprocess(image)
+            return self.open_clip_transform(image)
         for step in self._deferred[0]:
             image = step(image)
         return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)  # (3, H, W)

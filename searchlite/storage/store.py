@@ -7,6 +7,7 @@ Paths are stored as the exact bytes the OS gave (os.fsencode), so any file name 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -446,6 +447,11 @@ class Transaction:
                 tags.insert(),
                 [{"image_id": i, "tag_set": tag_set, "label": label, "score": score, "best": best} for i, label, score, best in rows],
             )
+
+
+def content_hash(data: bytes) -> str:
+    """Hash that identifies a file's content across moves, renames and copies."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def _damaged(path: Path, e: DatabaseError) -> CorruptIndexError:
