@@ -374,7 +374,7 @@ def test_a_moved_checkpoint_is_accepted_by_content(engine_factory, photos: Path,
 
 
 def test_searching_a_missing_or_empty_index_says_what_to_do(engine_factory, tmp_path: Path) -> None:
-    with pytest.raises(IndexNotFoundError, match="searchlite index FOLDER"):
+    with pytest.raises(IndexNotFoundError, match="no index in .*nothing: index a folder into it first"):
         SearchEngine.open(tmp_path / "nothing", create=False)
     with pytest.raises(IndexNotFoundError, match="empty"):
         engine_factory().search("a cat")
