@@ -213,16 +213,16 @@ def test_a_damaged_or_foreign_export_is_replaced_and_answers_stay_the_same(engin
 
 
 def test_when_the_export_cannot_be_written_queries_still_answer(engine_factory, photos, index_dir, monkeypatch) -> None:
-    import searchlite.engine
+    import searchlite.text.export as export
 
-    real_write = searchlite.engine.write_atomic
+    real_write = export.write_atomic
 
     def full_for_the_export(path: Path, data: bytes) -> None:
         if path.name == text_tower.FILENAME:
             raise OSError(28, "No space left on device")
         real_write(path, data)
 
-    monkeypatch.setattr(searchlite.engine, "write_atomic", full_for_the_export)
+    monkeypatch.setattr(export, "write_atomic", full_for_the_export)
     engine = engine_factory()
     engine.index(photos)
     expected = _hits(engine, "a cat")
