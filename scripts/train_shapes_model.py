@@ -48,7 +48,7 @@ def main() -> None:
         write(data, args.scenes, seed=1)
         encoder = load_encoder(spec_from_flags(str(config), None, random_init=True), "cpu")
         settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr)
-        report = train(encoder, read_pairs(data), checkpoint, settings)
+        report = train(encoder, read_pairs(data), checkpoint, settings, overwrite=True)  # retrains the shipped weights
     halve(checkpoint)
     result = {"steps": report.steps, "train_seconds": round(report.seconds), "loss": [round(report.first_loss, 3), round(report.last_loss, 3)]}
     result |= evaluate(str(config), str(checkpoint))

@@ -74,8 +74,10 @@ def _user_errors() -> Iterator[None]:
     except SearchliteError as e:
         typer.echo(f"searchlite: error: {e}", err=True)
         raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        typer.echo("searchlite: interrupted; what was done is saved: run the same command again to resume", err=True)
+    except KeyboardInterrupt as e:
+        # an interruption that knows what it saved says so (train: which checkpoint, if any)
+        message = str(e) or "interrupted; what was done is saved: run the same command again to resume"
+        typer.echo(f"searchlite: {message}", err=True)
         raise typer.Exit(130) from None
 
 
@@ -325,25 +327,45 @@ def train(
     data: Annotated[Path, typer.Argument(metavar="DATA", help="Folder of images with same-name .txt captions, or a .csv/.jsonl of image,caption.", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", metavar="CKPT", help="Where to write the trained weights (.pt or .safetensors).", show_default=False)],
     model: Annotated[Optional[str], typer.Option(metavar="NAME|CONFIG.json", help="Architecture. [default: ViT-B-32-256]")] = None,
-    pretrained: Annotated[Optional[str], typer.Option(metavar="TAG|hf-hub:ID|CHECKPOINT", help="Start from these weights (fine-tuning) [default: random weights]")] = None,
+    pretrained: Annotated[
+        Optional[str],
+        typer.Option(
+            metavar="TAG|hf-hub:ID|CHECKPOINT",
+            help="Start from these weights (fine-tuning) [default: random weights; the bundled searchlite-shapes starts from its shipped weights]",
+        ),
+    ] = None,
     epochs: Annotated[Optional[int], typer.Option(min=1, metavar="N", help="Passes over the data. [default: 1]")] = None,
     steps: Annotated[Optional[int], typer.Option(min=1, metavar="N", help="Optimizer steps (instead of --epochs).")] = None,
     batch_size: Annotated[int, typer.Option(min=2, metavar="N", help="Pairs per micro-batch.")] = 64,
     accumulate: Annotated[int, typer.Option(min=1, metavar="N", help="Micro-batches per optimizer step.")] = 1,
     lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (AdamW, warmup then cosine decay).")] = 5e-4,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
     device: DeviceOpt = None,
 ) -> None:
-    """Contrastive training or fine-tuning on image-caption pairs; resumes an interrupted run."""
-    from .train.training import TrainSettings, train_from_flags
+    """Contrastive training or fine-tuning on image-caption pairs; resumes an interrupted run.
+    A checkpoint is saved every 500 steps beside the output (OUT.train-state)."""
+    from .train.training import OutputExistsError, TrainInterrupted, TrainSettings, train_from_flags
 
     if epochs and steps:
         typer.echo("searchlite: error: give --epochs or --steps, not both", err=True)
         raise typer.Exit(2)
     settings = TrainSettings(epochs=epochs, steps=steps, batch_size=batch_size, accumulate=accumulate, lr=lr)
     with _user_errors(), _progress("training", unit="step") as progress:
-        report = train_from_flags(data, output, model=model, pretrained=pretrained, device=device, settings=settings, progress=progress)
+        try:
+            report = train_from_flags(
+                data, output, model=model, pretrained=pretrained, device=device, settings=settings, progress=progress, overwrite=overwrite
+            )
+        except OutputExistsError as e:  # the library speaks of overwrite=True; here it is a flag
+            typer.echo(f"searchlite: error: output {e.path} already exists: give another --output, or pass --overwrite to replace it", err=True)
+            raise typer.Exit(1) from None
+        except TrainInterrupted as e:
+            if e.checkpoint is not None:  # the library says "the same training"; here it is this command
+                saved = f"the checkpoint of step {e.saved_step} is saved" if e.saved_step else "an earlier run's checkpoint is kept"
+                raise KeyboardInterrupt(f"interrupted; {saved} in {e.checkpoint}: run the same command again to resume from it") from None
+            raise
     typer.echo(
-        f"wrote {output}: {report.steps} steps over {report.pairs} pairs in {report.seconds:.0f}s, "
+        f"wrote {output}: {report.steps} steps over {report.pairs} pairs in {report.seconds:.0f}s of training "
+        f"(+{report.load_seconds:.0f}s loading the data and model), "
         f"loss {report.first_loss:.3f} -> {report.last_loss:.3f}; use it with --pretrained {output}",
         err=True,
     )

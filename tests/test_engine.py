@@ -600,16 +600,28 @@ def test_batches_are_decoded_in_order_and_ahead_only_when_asked(ahead: int) -> N
             started.append(item)
         return item * 10
 
+    class CountingPool:
+        """The pool, counting what is handed to it: what is submitted is what will be decoded."""
+
+        def __init__(self, pool: ThreadPoolExecutor) -> None:
+            self.pool, self.submitted = pool, 0
+
+        def submit(self, fn, *args):
+            self.submitted += 1
+            return self.pool.submit(fn, *args)
+
     items = list(range(10))
-    with ThreadPoolExecutor(2) as pool:
+    with ThreadPoolExecutor(2) as threads:
+        pool = CountingPool(threads)
         chunks = []
-        for chunk in _chunked_map(pool, decode, items, lambda: 3, lambda: ahead):
-            time.sleep(0.2)  # "encoding": decodes submitted ahead have time to start
-            with lock:
-                begun = len(started)
+        for chunk in _chunked_map(pool, decode, items, lambda: 3, lambda: ahead):  # the body "encodes"
             chunks.append(chunk)
-            done = 3 * len(chunks)
-            assert begun == min(len(items), done + 3 * ahead)
+            expected = min(len(items), 3 * len(chunks) + 3 * ahead)
+            assert pool.submitted == expected  # this chunk and `ahead` more, never others
+            deadline = time.monotonic() + 30  # a hang guard: they start in milliseconds
+            while len(started) < expected:  # the ones ahead decode while this chunk is encoded
+                assert time.monotonic() < deadline, f"{expected - len(started)} submitted decodes never started"
+                time.sleep(0.001)
     assert chunks == [[0, 10, 20], [30, 40, 50], [60, 70, 80], [90]]
 
 

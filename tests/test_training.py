@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -10,8 +13,9 @@ from typer.testing import CliRunner
 from searchlite import InvalidQueryError, PathNotFoundError, SearchEngine
 from searchlite.cli import app
 from searchlite.models.loading import load_encoder
-from searchlite.models.spec import spec_from_flags
-from searchlite.train.training import TrainSettings, read_pairs, train
+from searchlite.models.spec import bundled_model, spec_from_flags
+from searchlite.train import training
+from searchlite.train.training import OutputExistsError, TrainInterrupted, TrainSettings, read_pairs, train
 from tests.conftest import load_script
 
 shapes = load_script("make_shapes")
@@ -77,8 +81,11 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(scenes: Path, tmp_p
             raise KeyboardInterrupt
 
     encoder = load_encoder(spec_from_flags(str(config), str(checkpoint), random_init=True), "cpu")
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(TrainInterrupted) as e:
         train(encoder, pairs, tmp_path / "out.safetensors", settings, progress=interrupt_at_8)
+    assert isinstance(e.value, KeyboardInterrupt)  # code that catches Exception still stops
+    assert e.value.saved_step == 5 and e.value.checkpoint == tmp_path / "out.safetensors.train-state"
+    assert "checkpoint of step 5 is saved" in str(e.value) and "to resume" in str(e.value)
     assert (tmp_path / "out.safetensors.train-state").exists() and not (tmp_path / "out.safetensors").exists()
     encoder = load_encoder(spec_from_flags(str(config), str(checkpoint), random_init=True), "cpu")
     report = train(encoder, pairs, tmp_path / "out.safetensors", settings)
@@ -95,6 +102,137 @@ def test_cli_train_fine_tunes_a_checkpoint(scenes: Path, tmp_path: Path, tiny_mo
                                  "--pretrained", str(checkpoint), "--epochs", "1", "--batch-size", "16"])
     assert result.exit_code == 0, result.output
     assert "3 steps over 48 pairs" in result.stderr and f"--pretrained {tmp_path / 'ft.pt'}" in result.stderr
+    assert "s of training (+" in result.stderr and "s loading the data and model)" in result.stderr
     assert (tmp_path / "ft.pt").read_bytes() != checkpoint.read_bytes()
     missing = runner.invoke(app, ["train", str(tmp_path / "nope"), "-o", str(tmp_path / "y.pt")])
     assert missing.exit_code == 1 and "not found" in missing.stderr
+
+
+def cli_train(*args: str) -> object:
+    return CliRunner().invoke(app, ["train", *args])
+
+
+@pytest.mark.parametrize(
+    "output,make,message",
+    [
+        ("out.pt", Path.mkdir, "is a folder: give a file path inside it"),
+        ("out.pt", os.mkfifo, "is not a regular file: give the path of a new .pt or .safetensors file"),
+        ("nowhere/out.pt", None, "does not exist: create it or give another output path"),
+    ],
+    ids=["folder", "fifo", "missing-folder"],
+)
+def test_a_bad_output_is_refused_before_the_model_loads(scenes: Path, tmp_path: Path, output: str, make, message: str) -> None:
+    path = tmp_path / output
+    if make:
+        make(path)
+    # an unknown model fails to load: getting the output's message shows the output was checked first
+    result = cli_train(str(scenes), "-o", str(path), "--model", "no-such-model", "--steps", "1")
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("searchlite: error: ") and message in result.stderr
+    assert str(path) in result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write to any folder")
+def test_an_output_in_a_read_only_folder_is_refused(scenes: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        result = cli_train(str(scenes), "-o", str(folder / "out.pt"), "--model", "no-such-model")
+    finally:
+        folder.chmod(0o755)
+    assert result.exit_code == 1 and "cannot write to folder" in result.stderr
+
+
+def test_an_existing_output_is_replaced_only_with_overwrite(scenes: Path, tmp_path: Path, tiny_model) -> None:
+    config, checkpoint = tiny_model
+    output = tmp_path / "out.pt"
+    output.write_bytes(b"earlier weights")
+    refused = cli_train(str(scenes), "-o", str(output), "--model", str(config), "--steps", "1", "--batch-size", "8")
+    assert refused.exit_code == 1
+    assert refused.stderr.strip() == f"searchlite: error: output {output} already exists: give another --output, or pass --overwrite to replace it"
+    assert output.read_bytes() == b"earlier weights"
+    encoder = load_encoder(spec_from_flags(str(config), None, random_init=True), "cpu")
+    with pytest.raises(OutputExistsError, match="set overwrite=True to replace it"):
+        train(encoder, read_pairs(scenes), output, TrainSettings(steps=1, batch_size=8))
+    replaced = cli_train(str(scenes), "-o", str(output), "--model", str(config), "--steps", "1", "--batch-size", "8", "--overwrite")
+    assert replaced.exit_code == 0, replaced.output
+    assert output.read_bytes() != b"earlier weights"
+
+
+def interrupting_train(monkeypatch: pytest.MonkeyPatch, at_step: int) -> None:
+    """Make the next training run see Ctrl-C at at_step, as if the user pressed it then."""
+    real = training.train
+
+    def interrupted(encoder, pairs, output, settings, progress=None, **kwargs):
+        def progress_then_ctrl_c(step: int, total: int, loss: float) -> None:
+            if step == at_step:
+                raise KeyboardInterrupt
+            if progress:
+                progress(step, total, loss)
+
+        return real(encoder, pairs, output, settings, progress_then_ctrl_c, **kwargs)
+
+    monkeypatch.setattr(training, "train", interrupted)
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_nothing_was_saved(
+    scenes: Path, tmp_path: Path, tiny_model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, _ = tiny_model
+    interrupting_train(monkeypatch, at_step=2)
+    result = cli_train(str(scenes), "-o", str(tmp_path / "out.pt"), "--model", str(config), "--steps", "4", "--batch-size", "8")
+    assert result.exit_code == 130
+    assert result.stderr.strip() == "searchlite: interrupted before the first checkpoint (every 500 steps): nothing was saved"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_after_a_checkpoint_names_it_and_the_same_command_resumes(
+    scenes: Path, tmp_path: Path, tiny_model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, _ = tiny_model
+    output, state = tmp_path / "out.pt", tmp_path / "out.pt.train-state"
+    command = [str(scenes), "-o", str(output), "--model", str(config), "--steps", "6", "--batch-size", "8"]
+    # checkpoints every 2 steps instead of 500, for both runs (the CLI builds its settings from this)
+    monkeypatch.setattr(training, "TrainSettings", functools.partial(TrainSettings, checkpoint_every=2))
+    real_train = training.train
+    interrupting_train(monkeypatch, at_step=3)
+    result = cli_train(*command)
+    assert result.exit_code == 130
+    assert result.stderr.strip() == f"searchlite: interrupted; the checkpoint of step 2 is saved in {state}: run the same command again to resume from it"
+    assert state.exists() and not output.exists()
+    monkeypatch.setattr(training, "train", real_train)
+    resumed = cli_train(*command)
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming training at step 2" in resumed.stderr and "6 steps over 48 pairs" in resumed.stderr
+    assert output.exists() and not state.exists()
+
+
+def test_help_and_code_agree_on_the_starting_weights(tiny_model) -> None:
+    config, _ = tiny_model
+    help_text = " ".join(CliRunner().invoke(app, ["train", "--help"]).stdout.split())
+    assert "[default: random weights; the bundled searchlite-shapes starts from its shipped weights]" in help_text
+    assert spec_from_flags(str(config), None, random_init=True).checkpoint is None  # random
+    _, shipped = bundled_model("searchlite-shapes")
+    assert spec_from_flags("searchlite-shapes", None, random_init=True).checkpoint == str(shipped)
+
+
+def test_fewer_pairs_than_the_batch_size_train_on_a_smaller_batch(tmp_path: Path, tiny_model) -> None:
+    config, _ = tiny_model
+    data = tmp_path / "five"
+    shapes.write(data, 5, seed=7)
+    results: list[object] = []
+
+    def run() -> None:  # in a thread: a regression loops forever, and the test must fail instead
+        results.append(cli_train(str(data), "-o", str(tmp_path / "out.pt"), "--model", str(config), "--steps", "2"))
+        results.append(cli_train(str(data), "-o", str(tmp_path / "epochs.pt"), "--model", str(config), "--epochs", "3"))
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout=300)  # a hang guard, not a speed check: this takes seconds
+    assert not worker.is_alive(), "training 5 pairs with the default batch size of 64 never finished"
+    by_steps, by_epochs = results
+    assert by_steps.exit_code == 0, by_steps.output
+    assert "only 5 image-caption pairs: training on batches of 5 instead of 64" in by_steps.stderr
+    assert "2 steps over 5 pairs" in by_steps.stderr and (tmp_path / "out.pt").exists()
+    assert by_epochs.exit_code == 0 and "3 steps over 5 pairs" in by_epochs.stderr  # one batch per epoch

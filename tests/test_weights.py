@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,17 +15,17 @@ from tests.conftest import load_script
 
 
 def test_missing_weights_offline_fail_at_once_with_what_to_do(photos: Path, tmp_path: Path) -> None:
-    started = time.monotonic()
     with SearchEngine.open(tmp_path / "index") as engine:  # the default model
         with pytest.raises(WeightsUnavailableError) as e:
             engine.index(photos)
-    assert time.monotonic() - started < 30
+        assert engine.info()["images"] == 0  # it failed before indexing anything, not file by file
     msg = str(e.value)
     assert "ViT-B-32-256 / datacomp_s34b_b86k" in msg
     assert "HF_HOME" in msg and "--pretrained" in msg
     assert "\n" not in msg
 
 
+@pytest.mark.slow
 def test_main_job_runs_on_default_weights_from_a_prefilled_hf_cache(photos: Path, tmp_path: Path) -> None:
     """The README's main job in a real process, as a user runs it, with the cache filled offline."""
     hf_home = tmp_path / "hf"

@@ -89,7 +89,8 @@ def _sha256(path: str, _size: int, _mtime_ns: int) -> str:
 
 def spec_from_flags(model: str | None, pretrained: str | None, *, random_init: bool = False) -> ModelSpec:
     """Build a spec from --model / --pretrained as a user typed them (no weights are loaded).
-    random_init: a model without --pretrained starts from random weights (for training)."""
+    random_init: a model without --pretrained starts from random weights (for training), except a
+    bundled model, which always has weights: it starts from its shipped checkpoint."""
     if pretrained and pretrained.startswith(HF_HUB_PREFIX):
         return ModelSpec(hf_hub=pretrained[len(HF_HUB_PREFIX) :])
     if model and model.startswith(HF_HUB_PREFIX):

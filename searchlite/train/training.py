@@ -13,16 +13,18 @@ import logging
 import math
 import os
 import random
-from collections.abc import Callable, Iterator
+import stat
+import time
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ..media import images
 from ..storage.atomic_file import write_atomic
 from ..models.encoder import ClipEncoder
-from ..errors import InvalidQueryError, PathNotFoundError
+from ..errors import InvalidQueryError, PathNotFoundError, SearchliteError
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +48,40 @@ class TrainSettings:
 
 @dataclass(frozen=True)
 class TrainReport:
+    """What a run did. seconds is the training itself (batches, steps, checkpoints, the final
+    save); load_seconds is reading the pairs and loading the model before it (train_from_flags)."""
+
     steps: int
     pairs: int
     first_loss: float
     last_loss: float
     seconds: float
     resumed_from: int
+    batch_size: int = 0  # the micro-batch really used (settings.batch_size, or fewer with less data)
+    load_seconds: float = 0.0
+
+
+class OutputExistsError(SearchliteError):
+    """The output file already exists and overwriting it was not asked for."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"output {path} already exists: give another output path, or set overwrite=True to replace it")
+        self.path = path
+
+
+class OutputPathError(SearchliteError):
+    """The output path cannot take a file: a folder, a special file, a missing or read-only folder."""
+
+
+class TrainInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or another KeyboardInterrupt) during training; its message says what was saved.
+
+    A KeyboardInterrupt, not a SearchliteError, so that code catching Exception still stops."""
+
+    def __init__(self, message: str, checkpoint: Path | None, saved_step: int | None) -> None:
+        super().__init__(message)
+        self.checkpoint = checkpoint  # the resumable .train-state file, or None when nothing was saved
+        self.saved_step = saved_step
 
 
 def read_pairs(data: str | os.PathLike[str]) -> list[tuple[str, str]]:
@@ -95,6 +125,34 @@ def read_pairs(data: str | os.PathLike[str]) -> list[tuple[str, str]]:
     return pairs
 
 
+def check_output(output: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Refuse an output path that training could not write or would silently replace, before any
+    work is done. An unfinished run's output does not exist yet, so resuming passes."""
+    path = Path(output)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise OutputPathError(f"cannot use output {path}: {e.strerror.lower()}; give another output path") from None
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            raise OutputPathError(f"output {path} is a folder: give a file path inside it, e.g. {path / 'model.safetensors'}")
+        if not stat.S_ISREG(st.st_mode):
+            raise OutputPathError(f"output {path} is not a regular file: give the path of a new .pt or .safetensors file")
+        if not overwrite:
+            raise OutputExistsError(path)
+    folder = path.parent
+    if not folder.exists():
+        raise OutputPathError(f"folder {folder} of output {path} does not exist: create it or give another output path")
+    if not folder.is_dir():
+        raise OutputPathError(f"{folder} in output {path} is not a folder: give another output path")
+    # the weights and checkpoints are written as temp files in this folder, then renamed
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputPathError(f"cannot write to folder {folder} of output {path}: give an output path in a writable folder")
+    return path
+
+
 def train_from_flags(
     data: str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -104,14 +162,25 @@ def train_from_flags(
     device: str | None,
     settings: TrainSettings,
     progress: TrainProgress | None = None,
+    overwrite: bool = False,
 ) -> TrainReport:
-    """`searchlite train`: read the pairs, load the model (random weights without pretrained), train."""
+    """`searchlite train`: check the output, read the pairs, load the model, train.
+
+    Without pretrained the model starts from random weights, except a bundled model
+    (searchlite-shapes), which starts from its shipped weights (spec_from_flags)."""
     from ..models.loading import load_encoder
     from ..models.spec import spec_from_flags
 
-    pairs = read_pairs(data)
-    encoder = load_encoder(spec_from_flags(model, pretrained, random_init=True), device, for_training=True)
-    return train(encoder, pairs, output, settings, progress)
+    output = check_output(output, overwrite=overwrite)
+    started = time.monotonic()
+    try:
+        pairs = read_pairs(data)
+        encoder = load_encoder(spec_from_flags(model, pretrained, random_init=True), device, for_training=True)
+    except KeyboardInterrupt:
+        raise _interrupted(_state_path(output), None, settings) from None
+    load_seconds = time.monotonic() - started
+    report = train(encoder, pairs, output, settings, progress, overwrite=overwrite)
+    return replace(report, load_seconds=load_seconds)
 
 
 def train(
@@ -120,18 +189,34 @@ def train(
     output: str | os.PathLike[str],
     settings: TrainSettings,
     progress: TrainProgress | None = None,
+    *,
+    overwrite: bool = False,
 ) -> TrainReport:
-    """Train encoder.model on pairs; write its weights to output (resuming output's unfinished run)."""
-    import time
+    """Train encoder.model on pairs; write its weights to output (resuming output's unfinished run).
 
+    An existing output is refused unless overwrite. Fewer pairs than settings.batch_size shrink the
+    batch to all the pairs (with a warning). A KeyboardInterrupt leaves as TrainInterrupted, which
+    says which checkpoint (if any) the same call resumes from."""
     import open_clip
     import torch
     from open_clip.loss import ClipLoss
 
-    output = Path(output)
+    output = check_output(output, overwrite=overwrite)
+    if len(pairs) < 2 or settings.batch_size < 2:
+        # each pair's caption is contrasted with the other pairs' in its batch: one alone learns nothing
+        raise InvalidQueryError(
+            f"training needs at least 2 image-caption pairs and a batch size of at least 2 (got {len(pairs)} pairs, batch size {settings.batch_size})"
+        )
+    batch_size = min(settings.batch_size, len(pairs))
+    if batch_size < settings.batch_size:
+        # without this no full batch ever forms and training waits forever for its first one
+        log.warning("only %d image-caption pairs: training on batches of %d instead of %d", len(pairs), batch_size, settings.batch_size)
     started = time.monotonic()
     model, device = encoder.model, encoder.device
-    steps_per_epoch = max(1, len(pairs) // (settings.batch_size * settings.accumulate))
+    # an epoch is every full micro-batch once (the remainder is dropped, reshuffled next epoch);
+    # with more micro-batches per step than that, a step sees the data more than once
+    batches_per_epoch = len(pairs) // batch_size
+    steps_per_epoch = max(1, batches_per_epoch // settings.accumulate)
     total = settings.steps or (settings.epochs or 1) * steps_per_epoch
 
     torch.manual_seed(settings.seed)
@@ -148,9 +233,13 @@ def train(
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    state_path = output.with_name(output.name + ".train-state")
-    step = _resume(state_path, model, optimizer, scheduler, settings, len(pairs))
+    state_path = _state_path(output)
+    try:
+        step = _resume(state_path, model, optimizer, scheduler, settings, len(pairs))
+    except KeyboardInterrupt:
+        raise _interrupted(state_path, None, settings) from None
     resumed_from = step
+    saved_step = step or None  # the step a rerun would resume from
 
     cfg = open_clip.get_model_preprocess_cfg(model)
     transform = open_clip.image_transform(
@@ -159,35 +248,66 @@ def train(
     loss_fn = ClipLoss()
     model.train()
     first_loss = last_loss = float("nan")
-    batches = _batches(pairs, settings, transform, encoder, start_step=step)
-    while step < total:
-        optimizer.zero_grad(set_to_none=True)
-        step_loss = 0.0
-        for _ in range(settings.accumulate):
-            pixels, tokens = next(batches)
-            image_features = model.encode_image(pixels.to(device), normalize=True)  # (b, d)
-            text_features = model.encode_text(tokens.to(device), normalize=True)  # (b, d)
-            loss = loss_fn(image_features, text_features, model.logit_scale.exp()) / settings.accumulate
-            loss.backward()
-            step_loss += loss.item()
-        optimizer.step()
-        scheduler.step()
-        with torch.no_grad():  # as in CLIP: the temperature may not go below 1/100
-            model.logit_scale.clamp_(0, math.log(100))
-        step += 1
-        first_loss = step_loss if math.isnan(first_loss) else first_loss
-        last_loss = step_loss
-        if progress:
-            progress(step, total, step_loss)
-        if step % settings.checkpoint_every == 0 and step < total:
-            _save_state(state_path, model, optimizer, scheduler, step, settings, len(pairs))
-    model.eval()
-    _save_weights(output, model)
+    batches = _batches(pairs, settings, batch_size, transform, encoder, start_step=step)
+    try:
+        while step < total:
+            optimizer.zero_grad(set_to_none=True)
+            step_loss = 0.0
+            for _ in range(settings.accumulate):
+                pixels, tokens = next(batches)
+                image_features = model.encode_image(pixels.to(device), normalize=True)  # (b, d)
+                text_features = model.encode_text(tokens.to(device), normalize=True)  # (b, d)
+                loss = loss_fn(image_features, text_features, model.logit_scale.exp()) / settings.accumulate
+                loss.backward()
+                step_loss += loss.item()
+            optimizer.step()
+            scheduler.step()
+            with torch.no_grad():  # as in CLIP: the temperature may not go below 1/100
+                model.logit_scale.clamp_(0, math.log(100))
+            step += 1
+            first_loss = step_loss if math.isnan(first_loss) else first_loss
+            last_loss = step_loss
+            if progress:
+                progress(step, total, step_loss)
+            if step % settings.checkpoint_every == 0 and step < total:
+                _save_state(state_path, model, optimizer, scheduler, step, settings, len(pairs))
+                saved_step = step  # only once written: an interrupted write keeps the previous one
+        model.eval()
+        _save_weights(output, model)
+    except KeyboardInterrupt:
+        raise _interrupted(state_path, saved_step, settings) from None
+    finally:
+        batches.close()  # stop decoding ahead
     state_path.unlink(missing_ok=True)
-    return TrainReport(total, len(pairs), first_loss, last_loss, time.monotonic() - started, resumed_from)
+    return TrainReport(total, len(pairs), first_loss, last_loss, time.monotonic() - started, resumed_from, batch_size)
 
 
-def _batches(pairs: list[tuple[str, str]], settings: TrainSettings, transform: Any, encoder: ClipEncoder, start_step: int) -> Iterator[Any]:
+def _state_path(output: Path) -> Path:
+    """The resumable checkpoint of an unfinished run, beside its output."""
+    return output.with_name(output.name + ".train-state")
+
+
+def _interrupted(state_path: Path, saved_step: int | None, settings: TrainSettings) -> TrainInterrupted:
+    """The interruption, saying what a rerun of the same training starts from."""
+    if saved_step is None and state_path.exists():
+        # interrupted before this run got to read or replace an earlier run's checkpoint
+        return TrainInterrupted(
+            f"interrupted; the checkpoint of an earlier run in {state_path} is kept: run the same training again (same data, settings and output) to resume from it",
+            state_path, None,
+        )
+    if saved_step is None:
+        return TrainInterrupted(
+            f"interrupted before the first checkpoint (every {settings.checkpoint_every} steps): nothing was saved", None, None
+        )
+    return TrainInterrupted(
+        f"interrupted; the checkpoint of step {saved_step} is saved in {state_path}: run the same training again (same data, settings and output) to resume from it",
+        state_path, saved_step,
+    )
+
+
+def _batches(
+    pairs: list[tuple[str, str]], settings: TrainSettings, batch_size: int, transform: Any, encoder: ClipEncoder, start_step: int
+) -> Generator[Any, None, None]:
     """Shuffled micro-batches (pixels (b, 3, H, W), tokens (b, L)), decoded ahead in threads."""
     import torch
 
@@ -203,8 +323,8 @@ def _batches(pairs: list[tuple[str, str]], settings: TrainSettings, transform: A
         while True:
             order[:] = list(range(len(pairs)))
             rng.shuffle(order)
-            for start in range(0, len(order) - settings.batch_size + 1, settings.batch_size):
-                yield order[start : start + settings.batch_size]
+            for start in range(0, len(order) - batch_size + 1, batch_size):
+                yield order[start : start + batch_size]
 
     with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
         upcoming = None
