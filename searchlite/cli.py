@@ -344,7 +344,8 @@ def train(
 ) -> None:
     """Contrastive training or fine-tuning on image-caption pairs; resumes an interrupted run.
     A checkpoint is saved every 500 steps beside the output (OUT.train-state)."""
-    from .train.training import OutputExistsError, TrainInterrupted, TrainSettings, train_from_flags
+    from .errors import OutputExistsError
+    from .train.training import TrainInterrupted, TrainSettings, train_from_flags
 
     if epochs and steps:
         typer.echo("searchlite: error: give --epochs or --steps, not both", err=True)

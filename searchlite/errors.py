@@ -4,7 +4,9 @@ it, in terms of values (never command-line flags: the CLI adds those hints).
     SearchliteError
     ├── InvalidInputError        bad user input of any kind                    (HTTP 400)
     │   ├── InvalidQueryError    a query term                                  (400)
-    │   └── ImageDecodeError     a file that cannot be read as an image        (422)
+    │   ├── ImageDecodeError     a file that cannot be read as an image        (422)
+    │   ├── OutputPathError      an output path that cannot take a file
+    │   └── OutputExistsError    an output that exists (overwrite not asked)   (409)
     ├── NotFoundError            a path the user named does not exist          (404)
     │   ├── PathNotFoundError    a folder or file
     │   └── IndexNotFoundError   no index there yet
@@ -96,6 +98,20 @@ class WeightsUnavailableError(ModelLoadError):
 
 class CorruptIndexError(SearchliteError):
     """The index database is damaged or is not a searchlite index."""
+
+
+class OutputPathError(InvalidInputError):
+    """An output path cannot take a file: a folder, a special file, a missing or read-only folder."""
+
+
+class OutputExistsError(InvalidInputError):
+    """The output file already exists and overwriting it was not asked for."""
+
+    http_status = 409
+
+    def __init__(self, path: object) -> None:
+        super().__init__(f"output {path} already exists: give another output path, or set overwrite=True to replace it")
+        self.path = path
 
 
 class WriteFailedError(SearchliteError):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from searchlite import InvalidQueryError, PathNotFoundError, SearchEngine
+from searchlite import InvalidInputError, PathNotFoundError, SearchEngine
 from searchlite.cli import app
 from searchlite.models.loading import load_encoder
 from searchlite.models.spec import bundled_model, spec_from_flags
@@ -52,7 +52,7 @@ def test_pairs_from_a_folder_a_csv_and_jsonl(scenes: Path, tmp_path: Path) -> No
 )
 def test_bad_training_data_is_refused_clearly(tmp_path: Path, name: str, content: str, message: str) -> None:
     (tmp_path / name).write_text(content)
-    with pytest.raises(InvalidQueryError, match=message):
+    with pytest.raises(InvalidInputError, match=message):
         read_pairs(tmp_path / name)
     with pytest.raises(PathNotFoundError):
         read_pairs(tmp_path / "missing")

@@ -24,7 +24,7 @@ from typing import Any
 from ..media import images
 from ..storage.atomic_file import write_atomic
 from ..models.encoder import ClipEncoder
-from ..errors import InvalidQueryError, PathNotFoundError, SearchliteError
+from ..errors import InvalidInputError, OutputExistsError, OutputPathError, PathNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -61,18 +61,6 @@ class TrainReport:
     load_seconds: float = 0.0
 
 
-class OutputExistsError(SearchliteError):
-    """The output file already exists and overwriting it was not asked for."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(f"output {path} already exists: give another output path, or set overwrite=True to replace it")
-        self.path = path
-
-
-class OutputPathError(SearchliteError):
-    """The output path cannot take a file: a folder, a special file, a missing or read-only folder."""
-
-
 class TrainInterrupted(KeyboardInterrupt):
     """Ctrl-C (or another KeyboardInterrupt) during training; its message says what was saved.
 
@@ -106,7 +94,7 @@ def read_pairs(data: str | os.PathLike[str]) -> list[tuple[str, str]]:
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
         if rows and not {"image", "caption"} <= set(rows[0]):
-            raise InvalidQueryError(f"{data}: a CSV needs the columns image and caption")
+            raise InvalidInputError(f"{data}: a CSV needs the columns image and caption")
         pairs = [(str(path.parent / r["image"]), r["caption"].strip()) for r in rows]
     elif path.suffix.lower() == ".jsonl":
         pairs = []
@@ -116,12 +104,12 @@ def read_pairs(data: str | os.PathLike[str]) -> list[tuple[str, str]]:
                     row = json.loads(line)
                     pairs.append((str(path.parent / row["image"]), str(row["caption"]).strip()))
                 except (ValueError, KeyError, TypeError):
-                    raise InvalidQueryError(f"{data} line {n}: expected {{\"image\": ..., \"caption\": ...}}") from None
+                    raise InvalidInputError(f"{data} line {n}: expected {{\"image\": ..., \"caption\": ...}}") from None
     else:
-        raise InvalidQueryError(f"training data {data}: give a folder of images with .txt captions, a .csv or a .jsonl")
+        raise InvalidInputError(f"training data {data}: give a folder of images with .txt captions, a .csv or a .jsonl")
     pairs = [(image, caption) for image, caption in pairs if caption]
     if len(pairs) < 2:
-        raise InvalidQueryError(f"training data {data}: found {len(pairs)} image-caption pairs, need at least 2")
+        raise InvalidInputError(f"training data {data}: found {len(pairs)} image-caption pairs, need at least 2")
     return pairs
 
 
@@ -204,7 +192,7 @@ def train(
     output = check_output(output, overwrite=overwrite)
     if len(pairs) < 2 or settings.batch_size < 2:
         # each pair's caption is contrasted with the other pairs' in its batch: one alone learns nothing
-        raise InvalidQueryError(
+        raise InvalidInputError(
             f"training needs at least 2 image-caption pairs and a batch size of at least 2 (got {len(pairs)} pairs, batch size {settings.batch_size})"
         )
     batch_size = min(settings.batch_size, len(pairs))
