@@ -236,6 +236,30 @@ def test_duplicates_reuse_the_vector_and_both_are_found(engine_factory, photos: 
     assert sorted(paths_of(hits)) == sorted([str(photos / "astronaut.jpg"), str(photos / "copy of astronaut.jpg")])
 
 
+def test_duplicates_new_in_one_run_are_encoded_once(engine_factory, tmp_path: Path) -> None:
+    from searchlite.models.loading import load_encoder
+
+    encoded: list[int] = []
+
+    def counting(spec, device):
+        encoder = load_encoder(spec, device)
+        real = encoder.encode_images
+        encoder.encode_images = lambda batch: encoded.append(len(batch)) or real(batch)
+        return encoder
+
+    folder = tmp_path / "twins"
+    folder.mkdir()
+    Image.new("RGB", (80, 60), (200, 30, 30)).save(folder / "a.png")
+    shutil.copy(folder / "a.png", folder / "b.png")
+    Image.new("RGB", (80, 60), (30, 30, 200)).save(folder / "c.png")
+    report = engine_factory(encoder_factory=counting).index(folder)
+    assert (report.added, report.encoded, report.reused) == (3, 2, 1)
+    assert sum(encoded) == 2
+    hits = engine_factory().search(image=str(folder / "a.png"), k=3)
+    by_path = {h.path: h.score for h in hits}
+    assert by_path[str(folder / "a.png")] == by_path[str(folder / "b.png")]
+
+
 def test_touching_a_file_does_not_re_encode_it(engine_factory, photos: Path) -> None:
     engine = engine_factory()
     engine.index(photos)

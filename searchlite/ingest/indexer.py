@@ -238,8 +238,18 @@ class _Run:
         if not self.pending:
             return
         batch = [p for p in self.pending if p.tensor is not None]
-        encoded = self.ix.get_encoder().encode_images([p.tensor for p in batch]) if batch else None
-        vectors_of = {id(p): encoded[i] for i, p in enumerate(batch)} if batch else {}
+        # Copies of one content met in this run are encoded once: the first copy in the batch is
+        # encoded, later ones take its vector, and content committed by an earlier batch of this
+        # run takes the stored vector (a move or a copy, as for content known before the run).
+        first_of: dict[str | None, _Prepared] = {}
+        for p in batch:
+            if p.content_hash in self.known_hashes:
+                p.tensor, p.reuse = None, True
+            else:
+                first_of.setdefault(p.content_hash, p)
+        to_encode = list(first_of.values())
+        encoded = self.ix.get_encoder().encode_images([p.tensor for p in to_encode]) if to_encode else None
+        vectors_of = {p.content_hash: encoded[i] for i, p in enumerate(to_encode)} if to_encode else {}
         report = self.report
 
         added_ids: list[int] = []
@@ -276,8 +286,11 @@ class _Run:
                     assert vector is not None  # hashes are only deleted at the end of a run
                     report.reused += 1
                 else:
-                    vector = vectors_of[id(p)]
-                    report.encoded += 1
+                    vector = vectors_of[p.content_hash]
+                    if first_of[p.content_hash] is p:
+                        report.encoded += 1
+                    else:
+                        report.reused += 1
                 row_id = tx.put(
                     f.path,
                     size=f.size,
@@ -299,7 +312,7 @@ class _Run:
             self.ix.vectors.remove(np.array(dropped_ids, dtype=np.int64))
         if added_ids:
             self.ix.vectors.add(np.array(added_ids, dtype=np.int64), np.stack(added_vectors))
-        self.known_hashes.update(p.content_hash for p in batch)
+        self.known_hashes.update(h for h in vectors_of if h is not None)
         self.pending = []
         if time.monotonic() - self.last_snapshot >= self.ix.settings.snapshot_interval_s:
             self.ix.on_snapshot()
