@@ -260,6 +260,25 @@ def test_duplicates_new_in_one_run_are_encoded_once(engine_factory, tmp_path: Pa
     assert by_path[str(folder / "a.png")] == by_path[str(folder / "b.png")]
 
 
+def test_files_refused_by_a_limit_are_retried_when_the_limit_changes(engine_factory, tmp_path: Path) -> None:
+    from searchlite import IndexSettings
+
+    folder = tmp_path / "small"
+    folder.mkdir()
+    Image.new("RGB", (80, 60), (200, 30, 30)).save(folder / "a.png")
+    strict = IndexSettings(max_megapixels=0.001)
+    report = engine_factory(settings=strict).index(folder)
+    assert report.failed == 1
+    assert "0.0048 MP), over the 0.001 MP limit; raise --max-megapixels" in report.failures[0][1]
+    again = engine_factory(settings=strict).index(folder)  # same limit: the verdict stands
+    assert (again.failed, again.unchanged, again.encoded) == (0, 1, 0)
+    raised = engine_factory(settings=IndexSettings(max_megapixels=1.0)).index(folder)
+    assert (raised.failed, raised.encoded) == (0, 1)
+    engine = engine_factory()
+    assert engine.failures() == [] and engine.info()["images"] == 1
+    assert engine.index(folder).unchanged == 1  # indexed now: not judged again
+
+
 def test_touching_a_file_does_not_re_encode_it(engine_factory, photos: Path) -> None:
     engine = engine_factory()
     engine.index(photos)
