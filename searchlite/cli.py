@@ -125,6 +125,10 @@ def index(
                 typer.echo(f"  failed: {_printable(path)}: {reason}", err=True)
             if len(report.failures) > 10:
                 typer.echo(f"  … and {len(report.failures) - 10} more: searchlite info --failed", err=True)
+            for path in report.not_followed[:10]:
+                typer.echo(f"  link not followed (out of the collection; --follow-links follows it): {_printable(path)}", err=True)
+            if len(report.not_followed) > 10:
+                typer.echo(f"  … and {len(report.not_followed) - 10} more: searchlite info --skipped", err=True)
 
 
 @contextmanager
@@ -180,13 +184,16 @@ def query(
 def info(
     as_json: JsonOpt = False,
     failed: Annotated[bool, typer.Option("--failed", help="List the files that failed, with reasons.")] = False,
+    skipped: Annotated[
+        bool, typer.Option("--skipped", help="List the files skipped (not images, links out of the collection), with reasons.")
+    ] = False,
     index: IndexOpt = None,
 ) -> None:
     """What the index holds: images indexed and failed, model, dimensions, sizes on disk."""
     with _user_errors(), _open(index, create=False) as engine:
-        rows = engine.failures() if failed else []
+        rows = (engine.failures() if failed else []) + (engine.skipped() if skipped else [])
         facts = engine.info()
-    if failed:
+    if failed or skipped:
         _write(
             _json_line({"path": r.path, "error": r.error}) if as_json else os.fsencode(r.path) + f"\t{r.error}\n".encode()
             for r in rows

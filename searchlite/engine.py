@@ -252,11 +252,13 @@ class SearchEngine:
         db = self.index_dir / DB_FILENAME
         db_bytes = sum(p.stat().st_size for p in (db, db.with_name(db.name + "-wal")) if p.exists())
         faiss_file = self.index_dir / FAISS_FILENAME
+        links = sum(r.error == scanner.LINK_OUT_OF_COLLECTION for r in self.skipped()) if counts.get(SKIPPED) else 0
         return {
             "index": str(self.index_dir.resolve()),
             "images": counts.get(INDEXED, 0),
             "failed": counts.get(FAILED, 0),
-            "not_images": counts.get(SKIPPED, 0),
+            "not_images": counts.get(SKIPPED, 0) - links,
+            "links_not_followed": links,
             "model": ModelSpec.from_record(recorded).describe() if recorded else None,
             "dim": self._store.get_info("embed_dim"),
             "database_bytes": db_bytes,
@@ -268,6 +270,11 @@ class SearchEngine:
     def failures(self) -> list[FileRow]:
         """Files that could not be indexed, with the reason in .error."""
         return self._store.rows_in_state(FAILED)
+
+    def skipped(self) -> list[FileRow]:
+        """Files not indexed on purpose, with the reason in .error: not images, and links to files
+        out of the collection (followed with follow_links)."""
+        return self._store.rows_in_state(SKIPPED)
 
     # --- import / export -----------------------------------------------------------------------
 

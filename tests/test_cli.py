@@ -175,3 +175,27 @@ def test_export_and_import_commands(cli, indexed: Path, tmp_path: Path, tiny_mod
     imported = cli("import", tmp_path / "e.npy", tmp_path / "e.jsonl", "--index", other, "--model", config, "--pretrained", checkpoint)
     assert imported.exit_code == 0 and "imported 10 embeddings" in imported.stderr
     assert len(cli("query", "x", "--index", other, "-k", "100").stdout_bytes.splitlines()) == 10
+
+
+def test_links_out_of_the_collection_are_counted_and_listed(cli, tmp_path: Path, tiny_model) -> None:
+    from PIL import Image
+
+    collection, outside = tmp_path / "collection", tmp_path / "outside"
+    collection.mkdir()
+    outside.mkdir()
+    Image.new("RGB", (80, 60), (200, 30, 30)).save(collection / "a.png")
+    Image.new("RGB", (80, 60), (30, 30, 200)).save(outside / "b.png")
+    (collection / "notes.txt").write_text("not an image")
+    os.symlink(outside / "b.png", collection / "b-link.png")
+    config, checkpoint = tiny_model
+    result = cli("index", collection, "--model", config, "--pretrained", checkpoint)
+    assert result.exit_code == 0, result.output
+    assert "1 added" in result.stderr and "1 not images, 1 link not followed" in result.stderr
+    assert f"link not followed (out of the collection; --follow-links follows it): {collection / 'b-link.png'}" in result.stderr
+    info = cli("info", "--json")
+    facts = json.loads(info.stdout)
+    assert (facts["images"], facts["not_images"], facts["links_not_followed"]) == (1, 1, 1)
+    listed = cli("info", "--skipped").stdout.splitlines()
+    assert f"{collection / 'b-link.png'}\tsymbolic link out of the collection (use --follow-links to index it)" in listed
+    assert f"{collection / 'notes.txt'}\tnot an image" in listed
+    assert cli("info", "--failed").stdout == ""

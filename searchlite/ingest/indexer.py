@@ -60,10 +60,12 @@ class IndexReport:
     reused: int = 0  # of added/updated: vectors copied from identical content, no re-encoding
     encoded: int = 0  # images run through the model
     failed: int = 0
-    skipped: int = 0  # files that are not images (or links not followed)
+    skipped: int = 0  # files that are not images
+    links_not_followed: int = 0  # links to files out of the collection (see --follow-links)
     retry_later: int = 0  # files that changed while being read: the next run takes them
     tagged: int = 0  # images given tags by the index's tag sets
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    not_followed: list[str] = field(default_factory=list)  # the links counted in links_not_followed
     seconds: float = 0.0
 
     def summary(self) -> str:
@@ -76,6 +78,8 @@ class IndexReport:
             f"{self.failed} failed",
             f"{self.skipped} not images",
         ]
+        if self.links_not_followed:
+            parts.append(f"{self.links_not_followed} link{'s' if self.links_not_followed != 1 else ''} not followed")
         if self.retry_later:
             parts.append(f"{self.retry_later} changing (next run)")
         rate = f", {self.encoded / self.seconds:.1f} img/s" if self.encoded and self.seconds else ""
@@ -318,6 +322,9 @@ class _Run:
                     if p.error is not None:
                         report.failed += 1
                         report.failures.append((f.path, p.error))
+                    elif p.skipped == scanner.LINK_OUT_OF_COLLECTION:
+                        report.links_not_followed += 1
+                        report.not_followed.append(f.path)
                     else:
                         report.skipped += 1
                     continue
