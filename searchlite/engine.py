@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,7 @@ class SearchEngine:
         self._text_cache = TextCache()
         self._cache = VectorCache(index_dir, store)
         self._vectors: VectorIndex | None = None
+        self.model_load_seconds = 0.0  # spent loading the model in this process
         recorded = store.get_info("model")
         if recorded is not None:
             self.spec = reconcile(ModelSpec.from_record(recorded), requested, index_dir)
@@ -127,6 +129,8 @@ class SearchEngine:
         root = os.path.abspath(os.fspath(folder))
         if not os.path.exists(root):
             raise PathNotFoundError(f"folder {folder} not found")
+        started = time.monotonic()
+        loading_before = self.model_load_seconds
         with self._writing():
             vectors = self._get_vectors(writer=True)
             indexer = Indexer(
@@ -154,6 +158,10 @@ class SearchEngine:
             if self._encoder is not None:
                 self._export_text_tower(self._encoder)
             report.tagged = refresh_tags(self._store)
+            # the run's own time, and apart from it the model's loading (seconds of start-up that
+            # later runs in the same process do not pay again)
+            report.model_seconds = self.model_load_seconds - loading_before
+            report.seconds = time.monotonic() - started - report.model_seconds
             return report
 
     # --- search --------------------------------------------------------------------------------
@@ -235,8 +243,10 @@ class SearchEngine:
         """The index's CLIP model, loaded on first use (a new index records it then)."""
         with self._lock:
             if self._encoder is None:
+                started = time.monotonic()
                 encoder = self._encoder_factory(self.spec, self._device)
                 encoder.choose_precision(self.settings.precision)
+                self.model_load_seconds += time.monotonic() - started
                 if self._store.get_info("model") is None:
                     self._store.set_info("embed_dim", encoder.embed_dim)
                     self._store.set_info("model", self.spec.to_record())

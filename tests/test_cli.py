@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -199,3 +200,12 @@ def test_links_out_of_the_collection_are_counted_and_listed(cli, tmp_path: Path,
     assert f"{collection / 'b-link.png'}\tsymbolic link out of the collection (use --follow-links to index it)" in listed
     assert f"{collection / 'notes.txt'}\tnot an image" in listed
     assert cli("info", "--failed").stdout == ""
+
+
+def test_the_summary_counts_the_model_loading_apart(cli, photos: Path, tiny_model) -> None:
+    config, checkpoint = tiny_model
+    first = cli("index", photos, "--model", config, "--pretrained", checkpoint)
+    assert re.search(r"10 added.* in \d+\.\ds, plus \d+\.\ds loading the model \(10 encoded", first.stderr), first.stderr
+    (photos / "nature" / "grass.bmp").unlink()
+    second = cli("index", photos)  # nothing to encode: no model
+    assert "1 removed" in second.stderr and "loading the model" not in second.stderr

@@ -66,7 +66,8 @@ class IndexReport:
     tagged: int = 0  # images given tags by the index's tag sets
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     not_followed: list[str] = field(default_factory=list)  # the links counted in links_not_followed
-    seconds: float = 0.0
+    seconds: float = 0.0  # the run, not counting the model's loading
+    model_seconds: float = 0.0  # loading the model, when this run loaded it
 
     def summary(self) -> str:
         parts = [
@@ -83,7 +84,8 @@ class IndexReport:
         if self.retry_later:
             parts.append(f"{self.retry_later} changing (next run)")
         rate = f", {self.encoded / self.seconds:.1f} img/s" if self.encoded and self.seconds else ""
-        return f"{', '.join(parts)} in {self.seconds:.1f}s ({self.encoded} encoded{rate})"
+        loading = f", plus {self.model_seconds:.1f}s loading the model" if self.model_seconds else ""
+        return f"{', '.join(parts)} in {self.seconds:.1f}s{loading} ({self.encoded} encoded{rate})"
 
 
 @dataclass
