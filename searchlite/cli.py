@@ -116,6 +116,10 @@ def index(
 
     flags = {"batch_size": batch_size, "workers": workers, "max_megapixels": max_megapixels, "follow_links": follow_links, "precision": precision}
     settings = replace(IndexSettings(), **{k: v for k, v in flags.items() if v})
+    for folder in folders:  # every folder before any work: a typo must not cost a model load
+        if not os.path.exists(folder):
+            typer.echo(f"searchlite: error: folder {_printable(str(folder))} not found", err=True)
+            raise typer.Exit(1)
     with _user_errors(), _open(index, model=model, pretrained=pretrained, device=device, settings=settings) as engine:
         for folder in folders:
             with _progress(f"indexing {_printable(str(folder))}") as progress:

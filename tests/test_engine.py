@@ -449,9 +449,9 @@ def test_model_flags_are_checked_before_any_work(tmp_path: Path, tiny_model) -> 
 
 
 def test_unknown_model_name_or_tag_is_a_clear_error(tmp_path: Path, photos: Path) -> None:
-    with SearchEngine.open(tmp_path / "i", model="NoSuchModel", pretrained="x") as engine:
-        with pytest.raises(ModelLoadError, match="unknown model 'NoSuchModel'"):
-            engine.index(photos)
+    with pytest.raises(ModelLoadError, match="unknown model 'NoSuchModel'"):  # at once, creating nothing
+        SearchEngine.open(tmp_path / "i", model="NoSuchModel", pretrained="x")
+    assert not (tmp_path / "i").exists()
     with SearchEngine.open(tmp_path / "j", model="ViT-B-32", pretrained="nosuchtag") as engine:
         with pytest.raises(ModelLoadError, match="unknown pretrained tag 'nosuchtag' for ViT-B-32"):
             engine.index(photos)
