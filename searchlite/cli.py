@@ -118,6 +118,10 @@ def index(
 
     flags = {"batch_size": batch_size, "workers": workers, "max_megapixels": max_megapixels, "follow_links": follow_links, "precision": precision}
     settings = replace(IndexSettings(), **{k: v for k, v in flags.items() if v})
+    for folder in folders:  # every folder before any work: a typo must not cost a model load
+        if not os.path.exists(folder):
+            typer.echo(f"searchlite: error: folder {_printable(str(folder))} not found", err=True)
+            raise typer.Exit(1)
     with _user_errors(), _open(index, model=model, pretrained=pretrained, device=device, settings=settings) as engine:
         for folder in folders:
             with _progress(f"indexing {_printable(str(folder))}") as progress:
@@ -127,6 +131,10 @@ def index(
                 typer.echo(f"  failed: {_printable(path)}: {reason}", err=True)
             if len(report.failures) > 10:
                 typer.echo(f"  … and {len(report.failures) - 10} more: searchlite info --failed", err=True)
+            for path in report.not_followed[:10]:
+                typer.echo(f"  link not followed (out of the collection; --follow-links follows it): {_printable(path)}", err=True)
+            if len(report.not_followed) > 10:
+                typer.echo(f"  … and {len(report.not_followed) - 10} more: searchlite info --skipped", err=True)
 
 
 @contextmanager
@@ -182,13 +190,16 @@ def query(
 def info(
     as_json: JsonOpt = False,
     failed: Annotated[bool, typer.Option("--failed", help="List the files that failed, with reasons.")] = False,
+    skipped: Annotated[
+        bool, typer.Option("--skipped", help="List the files skipped (not images, links out of the collection), with reasons.")
+    ] = False,
     index: IndexOpt = None,
 ) -> None:
     """What the index holds: images indexed and failed, model, dimensions, sizes on disk."""
     with _user_errors(), _open(index, create=False) as engine:
-        rows = engine.failures() if failed else []
+        rows = (engine.failures() if failed else []) + (engine.skipped() if skipped else [])
         facts = engine.info()
-    if failed:
+    if failed or skipped:
         _write(
             _json_line({"path": r.path, "error": r.error}) if as_json else os.fsencode(r.path) + f"\t{r.error}\n".encode()
             for r in rows

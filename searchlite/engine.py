@@ -5,11 +5,13 @@ the vectors in memory, and the write lock around every change."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,8 @@ class SearchEngine:
         device: str | None = None,
         settings: IndexSettings | None = None,
         encoder_factory: EncoderFactory = load_encoder,
+        *,
+        model_given: bool = True,
     ) -> None:
         self.index_dir = index_dir
         self.settings = settings or IndexSettings()
@@ -73,9 +77,10 @@ class SearchEngine:
         self._text_cache = TextCache()
         self._cache = VectorCache(index_dir, store)
         self._vectors: VectorIndex | None = None
+        self.model_load_seconds = 0.0  # spent loading the model in this process
         recorded = store.get_info("model")
         if recorded is not None:
-            self.spec = reconcile(ModelSpec.from_record(recorded), requested, index_dir)
+            self.spec = reconcile(ModelSpec.from_record(recorded), requested, index_dir, model_given=model_given)
         else:
             self.spec = requested or spec_from_flags(None, None)
 
@@ -94,20 +99,27 @@ class SearchEngine:
         """Open the index in index_dir (default: $SEARCHLITE_INDEX, else ./index).
 
         model/pretrained are needed only to build a new index with a non-default model; an existing
-        index remembers its model. With create=False a missing index raises IndexNotFoundError.
+        index remembers its model (pretrained alone gives its checkpoint's new location, once it
+        moved). With create=False a missing index raises IndexNotFoundError. Flags are checked
+        before anything is created: a refused open leaves no folder behind.
         """
         path = resolve_index_dir(index_dir)
         db = path / DB_FILENAME
-        if not db.exists():
-            if not create:
-                raise IndexNotFoundError(f"no index in {path}: index a folder into it first")
-            path.mkdir(parents=True, exist_ok=True)
+        if not db.exists() and not create:
+            raise IndexNotFoundError(f"no index in {path}: index a folder into it first")
         requested = spec_from_flags(model, pretrained) if (model or pretrained) else None
-        store = Store.open(db, create=create)
+        created = not path.exists()
+        path.mkdir(parents=True, exist_ok=True)
         try:
-            return cls(path, store, requested, device, settings, encoder_factory)
+            store = Store.open(db, create=create)
+            try:
+                return cls(path, store, requested, device, settings, encoder_factory, model_given=model is not None)
+            except BaseException:
+                store.close()
+                raise
         except BaseException:
-            store.close()
+            if created:  # leave no empty index behind
+                _remove_new_index(path)
             raise
 
     def close(self) -> None:
@@ -127,7 +139,10 @@ class SearchEngine:
         root = os.path.abspath(os.fspath(folder))
         if not os.path.exists(root):
             raise PathNotFoundError(f"folder {folder} not found")
+        started = time.monotonic()
+        loading_before = self.model_load_seconds
         with self._writing():
+            self._record_checkpoint_location()
             vectors = self._get_vectors(writer=True)
             indexer = Indexer(
                 self._store,
@@ -154,6 +169,10 @@ class SearchEngine:
             if self._encoder is not None:
                 self._export_text_tower(self._encoder)
             report.tagged = refresh_tags(self._store)
+            # the run's own time, and apart from it the model's loading (seconds of start-up that
+            # later runs in the same process do not pay again)
+            report.model_seconds = self.model_load_seconds - loading_before
+            report.seconds = time.monotonic() - started - report.model_seconds
             return report
 
     # --- search --------------------------------------------------------------------------------
@@ -235,13 +254,23 @@ class SearchEngine:
         """The index's CLIP model, loaded on first use (a new index records it then)."""
         with self._lock:
             if self._encoder is None:
+                started = time.monotonic()
                 encoder = self._encoder_factory(self.spec, self._device)
                 encoder.choose_precision(self.settings.precision)
+                self.model_load_seconds += time.monotonic() - started
                 if self._store.get_info("model") is None:
                     self._store.set_info("embed_dim", encoder.embed_dim)
                     self._store.set_info("model", self.spec.to_record())
                 self._encoder = encoder
             return self._encoder
+
+    def _record_checkpoint_location(self) -> None:
+        """An index opened with its checkpoint's new location (the same weights) records it, so
+        that later commands find the checkpoint without flags."""
+        recorded = self._store.get_info("model")
+        if recorded is not None and recorded != self.spec.to_record():
+            self._store.set_info("model", self.spec.to_record())
+            log.info("recorded the checkpoint's new location: %s", self.spec.checkpoint)
 
     # --- reporting -----------------------------------------------------------------------------
 
@@ -252,11 +281,13 @@ class SearchEngine:
         db = self.index_dir / DB_FILENAME
         db_bytes = sum(p.stat().st_size for p in (db, db.with_name(db.name + "-wal")) if p.exists())
         faiss_file = self.index_dir / FAISS_FILENAME
+        links = sum(r.error == scanner.LINK_OUT_OF_COLLECTION for r in self.skipped()) if counts.get(SKIPPED) else 0
         return {
             "index": str(self.index_dir.resolve()),
             "images": counts.get(INDEXED, 0),
             "failed": counts.get(FAILED, 0),
-            "not_images": counts.get(SKIPPED, 0),
+            "not_images": counts.get(SKIPPED, 0) - links,
+            "links_not_followed": links,
             "model": ModelSpec.from_record(recorded).describe() if recorded else None,
             "dim": self._store.get_info("embed_dim"),
             "database_bytes": db_bytes,
@@ -268,6 +299,11 @@ class SearchEngine:
     def failures(self) -> list[FileRow]:
         """Files that could not be indexed, with the reason in .error."""
         return self._store.rows_in_state(FAILED)
+
+    def skipped(self) -> list[FileRow]:
+        """Files not indexed on purpose, with the reason in .error: not images, and links to files
+        out of the collection (followed with follow_links)."""
+        return self._store.rows_in_state(SKIPPED)
 
     # --- import / export -----------------------------------------------------------------------
 
@@ -283,6 +319,7 @@ class SearchEngine:
         dim = self._store.get_info("embed_dim") or self.load_model().embed_dim
         matrix, paths = transfer.read_embeddings(Path(npy_path), Path(paths_path), dim, self.spec.describe())
         with self._writing():
+            self._record_checkpoint_location()
             if self._store.get_info("model") is None:
                 self._store.set_info("embed_dim", dim)
                 self._store.set_info("model", self.spec.to_record())
@@ -410,6 +447,14 @@ class SearchEngine:
     def _writing(self) -> Any:
         """The index's write lock (one writer at a time, across processes)."""
         return writer_lock(self.index_dir / LOCK_FILENAME)
+
+
+def _remove_new_index(path: Path) -> None:
+    """Remove an index folder this process has just created (only its database files)."""
+    for name in (DB_FILENAME, DB_FILENAME + "-wal", DB_FILENAME + "-shm"):
+        (path / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        path.rmdir()
 
 
 def _as_list(value: Any) -> list[Any]:

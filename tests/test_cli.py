@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -175,3 +177,83 @@ def test_export_and_import_commands(cli, indexed: Path, tmp_path: Path, tiny_mod
     imported = cli("import", tmp_path / "e.npy", tmp_path / "e.jsonl", "--index", other, "--model", config, "--pretrained", checkpoint)
     assert imported.exit_code == 0 and "imported 10 embeddings" in imported.stderr
     assert len(cli("query", "x", "--index", other, "-k", "100").stdout_bytes.splitlines()) == 10
+
+
+def test_links_out_of_the_collection_are_counted_and_listed(cli, tmp_path: Path, tiny_model) -> None:
+    from PIL import Image
+
+    collection, outside = tmp_path / "collection", tmp_path / "outside"
+    collection.mkdir()
+    outside.mkdir()
+    Image.new("RGB", (80, 60), (200, 30, 30)).save(collection / "a.png")
+    Image.new("RGB", (80, 60), (30, 30, 200)).save(outside / "b.png")
+    (collection / "notes.txt").write_text("not an image")
+    os.symlink(outside / "b.png", collection / "b-link.png")
+    config, checkpoint = tiny_model
+    result = cli("index", collection, "--model", config, "--pretrained", checkpoint)
+    assert result.exit_code == 0, result.output
+    assert "1 added" in result.stderr and "1 not images, 1 link not followed" in result.stderr
+    assert f"link not followed (out of the collection; --follow-links follows it): {collection / 'b-link.png'}" in result.stderr
+    info = cli("info", "--json")
+    facts = json.loads(info.stdout)
+    assert (facts["images"], facts["not_images"], facts["links_not_followed"]) == (1, 1, 1)
+    listed = cli("info", "--skipped").stdout.splitlines()
+    assert f"{collection / 'b-link.png'}\tsymbolic link out of the collection (use --follow-links to index it)" in listed
+    assert f"{collection / 'notes.txt'}\tnot an image" in listed
+    assert cli("info", "--failed").stdout == ""
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--model", "ViT-Q-99"], "unknown model 'ViT-Q-99'"),
+        (["--model", "ViT-Q-99", "--pretrained", "laion2b"], "unknown model 'ViT-Q-99'"),
+        (["--pretrained", "/no/such/tiny.pt"], "checkpoint file /no/such/tiny.pt not found"),
+        (["--pretrained", "tiny.safetensors"], "checkpoint file tiny.safetensors not found"),
+    ],
+)
+def test_bad_model_flags_are_refused_at_once_and_create_nothing(cli, photos: Path, index_dir: Path, flags: list[str], message: str) -> None:
+    result = cli("index", photos, *flags)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("searchlite: error: ") and message in result.stderr
+    if "unknown model" in message:
+        assert 'python -c "import open_clip; print(open_clip.list_models())"' in result.stderr
+    assert "needs --pretrained" not in result.stderr
+    assert not index_dir.exists()
+
+
+def test_a_missing_folder_is_named_before_any_work_and_creates_nothing(cli, photos: Path, index_dir: Path, tiny_model) -> None:
+    config, checkpoint = tiny_model
+    result = cli("index", photos, photos / "missing", "--model", config, "--pretrained", checkpoint)
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [f"searchlite: error: folder {photos / 'missing'} not found"]
+    assert not index_dir.exists()
+
+
+def test_a_moved_checkpoint_is_found_again_with_pretrained_alone(cli, photos: Path, tmp_path: Path, tiny_model) -> None:
+    config, checkpoint = tiny_model
+    first, moved = tmp_path / "first.pt", tmp_path / "moved" / "tiny.pt"
+    shutil.copy(checkpoint, first)
+    assert cli("index", photos, "--model", config, "--pretrained", first).exit_code == 0
+    moved.parent.mkdir()
+    first.rename(moved)
+    lost = cli("query", "--image", photos / "astronaut.jpg")  # loads the model: its checkpoint is gone
+    assert lost.exit_code == 1
+    assert f"checkpoint {first} not found" in lost.stderr
+    assert "`searchlite index FOLDER --pretrained NEW_PATH`" in lost.stderr  # a command that has the flag
+    found = cli("index", photos, "--pretrained", moved)
+    assert found.exit_code == 0, found.output
+    assert "10 unchanged" in found.stderr
+    assert str(moved) in json.loads(cli("info", "--json").stdout)["model"]
+    again = cli("query", "--image", photos / "astronaut.jpg", "-k", "1")  # recorded: no flag needed
+    assert again.exit_code == 0, again.output
+    assert again.stdout.split("\t")[1].strip() == str(photos / "astronaut.jpg")
+
+
+def test_the_summary_counts_the_model_loading_apart(cli, photos: Path, tiny_model) -> None:
+    config, checkpoint = tiny_model
+    first = cli("index", photos, "--model", config, "--pretrained", checkpoint)
+    assert re.search(r"10 added.* in \d+\.\ds, plus \d+\.\ds loading the model \(10 encoded", first.stderr), first.stderr
+    (photos / "nature" / "grass.bmp").unlink()
+    second = cli("index", photos)  # nothing to encode: no model
+    assert "1 removed" in second.stderr and "loading the model" not in second.stderr

@@ -236,6 +236,49 @@ def test_duplicates_reuse_the_vector_and_both_are_found(engine_factory, photos: 
     assert sorted(paths_of(hits)) == sorted([str(photos / "astronaut.jpg"), str(photos / "copy of astronaut.jpg")])
 
 
+def test_duplicates_new_in_one_run_are_encoded_once(engine_factory, tmp_path: Path) -> None:
+    from searchlite.models.loading import load_encoder
+
+    encoded: list[int] = []
+
+    def counting(spec, device):
+        encoder = load_encoder(spec, device)
+        real = encoder.encode_images
+        encoder.encode_images = lambda batch: encoded.append(len(batch)) or real(batch)
+        return encoder
+
+    folder = tmp_path / "twins"
+    folder.mkdir()
+    Image.new("RGB", (80, 60), (200, 30, 30)).save(folder / "a.png")
+    shutil.copy(folder / "a.png", folder / "b.png")
+    Image.new("RGB", (80, 60), (30, 30, 200)).save(folder / "c.png")
+    report = engine_factory(encoder_factory=counting).index(folder)
+    assert (report.added, report.encoded, report.reused) == (3, 2, 1)
+    assert sum(encoded) == 2
+    hits = engine_factory().search(image=str(folder / "a.png"), k=3)
+    by_path = {h.path: h.score for h in hits}
+    assert by_path[str(folder / "a.png")] == by_path[str(folder / "b.png")]
+
+
+def test_files_refused_by_a_limit_are_retried_when_the_limit_changes(engine_factory, tmp_path: Path) -> None:
+    from searchlite import IndexSettings
+
+    folder = tmp_path / "small"
+    folder.mkdir()
+    Image.new("RGB", (80, 60), (200, 30, 30)).save(folder / "a.png")
+    strict = IndexSettings(max_megapixels=0.001)
+    report = engine_factory(settings=strict).index(folder)
+    assert report.failed == 1
+    assert "0.0048 MP), over the 0.001 MP limit; raise --max-megapixels" in report.failures[0][1]
+    again = engine_factory(settings=strict).index(folder)  # same limit: the verdict stands
+    assert (again.failed, again.unchanged, again.encoded) == (0, 1, 0)
+    raised = engine_factory(settings=IndexSettings(max_megapixels=1.0)).index(folder)
+    assert (raised.failed, raised.encoded) == (0, 1)
+    engine = engine_factory()
+    assert engine.failures() == [] and engine.info()["images"] == 1
+    assert engine.index(folder).unchanged == 1  # indexed now: not judged again
+
+
 def test_touching_a_file_does_not_re_encode_it(engine_factory, photos: Path) -> None:
     engine = engine_factory()
     engine.index(photos)
@@ -406,9 +449,9 @@ def test_model_flags_are_checked_before_any_work(tmp_path: Path, tiny_model) -> 
 
 
 def test_unknown_model_name_or_tag_is_a_clear_error(tmp_path: Path, photos: Path) -> None:
-    with SearchEngine.open(tmp_path / "i", model="NoSuchModel", pretrained="x") as engine:
-        with pytest.raises(ModelLoadError, match="unknown model 'NoSuchModel'"):
-            engine.index(photos)
+    with pytest.raises(ModelLoadError, match="unknown model 'NoSuchModel'"):  # at once, creating nothing
+        SearchEngine.open(tmp_path / "i", model="NoSuchModel", pretrained="x")
+    assert not (tmp_path / "i").exists()
     with SearchEngine.open(tmp_path / "j", model="ViT-B-32", pretrained="nosuchtag") as engine:
         with pytest.raises(ModelLoadError, match="unknown pretrained tag 'nosuchtag' for ViT-B-32"):
             engine.index(photos)

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -37,6 +37,16 @@ log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int], None]
 
+# index_info key: {row id: the decode settings that judged that file failed}. A file refused by a
+# limit (too many megapixels, a decode that took too long, the memory cap that follows from the
+# megapixels) is retried by a run with other limits, though the file itself has not changed.
+FAILURE_SETTINGS_KEY = "failure_settings"
+
+
+def decode_settings(settings: IndexSettings) -> dict[str, float]:
+    """The settings a decoding verdict depends on."""
+    return {"max_megapixels": settings.max_megapixels, "decode_timeout_s": settings.decode_timeout_s}
+
 
 @dataclass
 class IndexReport:
@@ -50,11 +60,14 @@ class IndexReport:
     reused: int = 0  # of added/updated: vectors copied from identical content, no re-encoding
     encoded: int = 0  # images run through the model
     failed: int = 0
-    skipped: int = 0  # files that are not images (or links not followed)
+    skipped: int = 0  # files that are not images
+    links_not_followed: int = 0  # links to files out of the collection (see --follow-links)
     retry_later: int = 0  # files that changed while being read: the next run takes them
     tagged: int = 0  # images given tags by the index's tag sets
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
-    seconds: float = 0.0
+    not_followed: list[str] = field(default_factory=list)  # the links counted in links_not_followed
+    seconds: float = 0.0  # the run, not counting the model's loading
+    model_seconds: float = 0.0  # loading the model, when this run loaded it
 
     def summary(self) -> str:
         parts = [
@@ -66,10 +79,13 @@ class IndexReport:
             f"{self.failed} failed",
             f"{self.skipped} not images",
         ]
+        if self.links_not_followed:
+            parts.append(f"{self.links_not_followed} link{'s' if self.links_not_followed != 1 else ''} not followed")
         if self.retry_later:
             parts.append(f"{self.retry_later} changing (next run)")
         rate = f", {self.encoded / self.seconds:.1f} img/s" if self.encoded and self.seconds else ""
-        return f"{', '.join(parts)} in {self.seconds:.1f}s ({self.encoded} encoded{rate})"
+        loading = f", plus {self.model_seconds:.1f}s loading the model" if self.model_seconds else ""
+        return f"{', '.join(parts)} in {self.seconds:.1f}s{loading} ({self.encoded} encoded{rate})"
 
 
 @dataclass
@@ -84,6 +100,7 @@ class _Prepared:
     reuse: bool = False  # content already has a vector
     skipped: str | None = None  # why it is not indexed (not an image, a link out of the collection)
     error: str | None = None  # why it failed
+    by_settings: bool = False  # the failure came from decoding, under decode_settings()
     vanished: bool = False  # deleted while the run went on
     changing: bool = False  # written to while it was read: left for the next run
 
@@ -114,11 +131,17 @@ class Indexer:
         known = self.store.rows_under(root)
         seen = {f.path for f in files}
         missing = [row for path, row in known.items() if path not in seen]
+        self.judged: dict[str, dict[str, float]] = self.store.get_info(FAILURE_SETTINGS_KEY) or {}
+        self.judged_changed = False
+        current = decode_settings(self.settings)
         work = []
         for f in files:
             row = known.get(f.path)
             if row is not None and row.size == f.size and row.mtime_ns == f.mtime_ns:
-                report.unchanged += 1
+                if row.state == FAILED and self.judged.get(str(row.id), current) != current:
+                    work.append(f)  # failed under other limits: judge it again under these
+                else:
+                    report.unchanged += 1
             else:
                 work.append(f)
         log.info("%d files: %d to process, %d gone", len(files), len(work), len(missing))
@@ -139,8 +162,29 @@ class Indexer:
                 tx.delete(row.id for row in gone)
             self.vectors.remove(np.array([row.id for row in gone], dtype=np.int64))
             report.removed += len(gone)
+            self.forget_judged(row.id for row in gone)
+        self.save_judged()
         report.seconds = time.monotonic() - started
         return report
+
+
+    def note_judged(self, row_id: int, by_settings: bool) -> None:
+        """Remember (or forget) the decode settings behind the verdict now stored for row_id."""
+        key = str(row_id)
+        if by_settings:
+            self.judged[key] = decode_settings(self.settings)
+            self.judged_changed = True
+        elif self.judged.pop(key, None) is not None:
+            self.judged_changed = True
+
+    def forget_judged(self, row_ids: Iterable[int]) -> None:
+        for row_id in row_ids:
+            self.note_judged(row_id, False)
+
+    def save_judged(self) -> None:
+        if self.judged_changed:
+            self.store.set_info(FAILURE_SETTINGS_KEY, self.judged)
+            self.judged_changed = False
 
 
 class _Run:
@@ -225,12 +269,12 @@ class _Run:
                 decoded = decoder.decode(data, **decode_options(self.ix.settings, encoder))
             tensor = encoder.preprocess(decoded.image)
         except ImageDecodeError as e:
-            return _Prepared(f, digest, error=str(e))
+            return _Prepared(f, digest, error=str(e), by_settings=True)
         except DecodeCancelled:
             return _Prepared(f, changing=True)  # not judged: the run is stopping
         except Exception as e:  # noqa: BLE001 - one bad file must never stop the run
             log.debug("unexpected failure on %s", f.path, exc_info=True)
-            return _Prepared(f, digest, error=f"cannot decode image: {type(e).__name__}: {e}")
+            return _Prepared(f, digest, error=f"cannot decode image: {type(e).__name__}: {e}", by_settings=True)
         return _Prepared(f, digest, tensor, decoded.width, decoded.height)
 
     def _flush(self) -> None:
@@ -238,8 +282,18 @@ class _Run:
         if not self.pending:
             return
         batch = [p for p in self.pending if p.tensor is not None]
-        encoded = self.ix.get_encoder().encode_images([p.tensor for p in batch]) if batch else None
-        vectors_of = {id(p): encoded[i] for i, p in enumerate(batch)} if batch else {}
+        # Copies of one content met in this run are encoded once: the first copy in the batch is
+        # encoded, later ones take its vector, and content committed by an earlier batch of this
+        # run takes the stored vector (a move or a copy, as for content known before the run).
+        first_of: dict[str | None, _Prepared] = {}
+        for p in batch:
+            if p.content_hash in self.known_hashes:
+                p.tensor, p.reuse = None, True
+            else:
+                first_of.setdefault(p.content_hash, p)
+        to_encode = list(first_of.values())
+        encoded = self.ix.get_encoder().encode_images([p.tensor for p in to_encode]) if to_encode else None
+        vectors_of = {p.content_hash: encoded[i] for i, p in enumerate(to_encode)} if to_encode else {}
         report = self.report
 
         added_ids: list[int] = []
@@ -257,15 +311,22 @@ class _Run:
                         tx.delete([old.id])
                         dropped_ids.append(old.id)
                         report.removed += 1
+                        self.ix.forget_judged([old.id])
                     continue
+                if old is not None:
+                    self.ix.forget_judged([old.id])
                 if p.error is not None or p.skipped is not None:
                     state, reason = (FAILED, p.error) if p.error is not None else (SKIPPED, p.skipped)
-                    tx.put(f.path, size=f.size, mtime_ns=f.mtime_ns, content_hash=p.content_hash, state=state, error=reason)
+                    row_id = tx.put(f.path, size=f.size, mtime_ns=f.mtime_ns, content_hash=p.content_hash, state=state, error=reason)
+                    self.ix.note_judged(row_id, p.by_settings)
                     if old is not None and old.state == INDEXED:
                         dropped_ids.append(old.id)
                     if p.error is not None:
                         report.failed += 1
                         report.failures.append((f.path, p.error))
+                    elif p.skipped == scanner.LINK_OUT_OF_COLLECTION:
+                        report.links_not_followed += 1
+                        report.not_followed.append(f.path)
                     else:
                         report.skipped += 1
                     continue
@@ -276,8 +337,11 @@ class _Run:
                     assert vector is not None  # hashes are only deleted at the end of a run
                     report.reused += 1
                 else:
-                    vector = vectors_of[id(p)]
-                    report.encoded += 1
+                    vector = vectors_of[p.content_hash]
+                    if first_of[p.content_hash] is p:
+                        report.encoded += 1
+                    else:
+                        report.reused += 1
                 row_id = tx.put(
                     f.path,
                     size=f.size,
@@ -299,7 +363,8 @@ class _Run:
             self.ix.vectors.remove(np.array(dropped_ids, dtype=np.int64))
         if added_ids:
             self.ix.vectors.add(np.array(added_ids, dtype=np.int64), np.stack(added_vectors))
-        self.known_hashes.update(p.content_hash for p in batch)
+        self.known_hashes.update(h for h in vectors_of if h is not None)
+        self.ix.save_judged()
         self.pending = []
         if time.monotonic() - self.last_snapshot >= self.ix.settings.snapshot_interval_s:
             self.ix.on_snapshot()

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
+# the skip reason of a link to a file out of the collection (counted apart from files not images)
+LINK_OUT_OF_COLLECTION = "symbolic link out of the collection (use --follow-links to index it)"
+
 
 @dataclass(frozen=True)
 class FileInfo:
@@ -94,10 +97,7 @@ class _Walker:
                     where = "out of the collection" if not self.inside(path) else "inside the collection"
                     log.info("not following link %s (to a %s %s)", path, kind, where)
                     if stat.S_ISREG(st.st_mode):
-                        yield FileInfo(
-                            path, own.st_size, own.st_mtime_ns,
-                            skip="symbolic link out of the collection (use --follow-links to index it)",
-                        )
+                        yield FileInfo(path, own.st_size, own.st_mtime_ns, skip=LINK_OUT_OF_COLLECTION)
                     return
             else:
                 st = own

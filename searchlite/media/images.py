@@ -57,6 +57,11 @@ class Decoded:
     height: int
 
 
+def _megapixels(pixels: int) -> str:
+    """150 for large counts; 0.004 rather than 0 for tiny limits (a test's, or a typo's)."""
+    return f"{pixels / 1e6:.0f}" if pixels >= 10_000_000 else f"{pixels / 1e6:.3g}"
+
+
 def decode_rgb(
     data: bytes,
     min_side: int | None = None,
@@ -85,8 +90,8 @@ def decode_rgb(
         width, height = img.size
         if max_pixels and width * height > max_pixels:
             raise ImageDecodeError(
-                f"image is {width}x{height} ({width * height / 1e6:.0f} MP), over the "
-                f"{max_pixels / 1e6:.0f} MP limit; raise --max-megapixels to index it"
+                f"image is {width}x{height} ({_megapixels(width * height)} MP), over the "
+                f"{_megapixels(max_pixels)} MP limit; raise --max-megapixels to index it"
             )
         # the full picture's extent in the current pixels: a reduced decode's last row and column
         # hold only part of a pixel's worth (4000x2250 at 1/8 is 500x281.25, stored as 500x282)

@@ -113,13 +113,14 @@ def _check_checkpoint(spec: ModelSpec) -> None:
     assert path is not None
     if not os.path.isfile(path):
         raise ModelLoadError(
-            f"checkpoint {path} not found; pass --pretrained with its new location (the same file, "
-            "checked by sha256)"
+            f"checkpoint {path} not found; if it moved, record its new location once with "
+            "`searchlite index FOLDER --pretrained NEW_PATH` (the same file, checked by sha256)"
         )
     if spec.checkpoint_sha256 and file_sha256(path) != spec.checkpoint_sha256:
         raise ModelMismatchError(
             f"checkpoint {path} has changed since the index was built (sha256 differs); restore it, "
-            "or pass --index with a new folder to index with the new weights"
+            "or build a separate index with the new weights: `searchlite index FOLDER --index NEW_DIR "
+            "--model MODEL --pretrained CHECKPOINT`"
         )
 
 

@@ -96,11 +96,16 @@ def spec_from_flags(model: str | None, pretrained: str | None, *, random_init: b
     if model and model.startswith(HF_HUB_PREFIX):
         return ModelSpec(hf_hub=model[len(HF_HUB_PREFIX) :])
     model = model or DEFAULT_MODEL
+    if pretrained and _looks_like_path(pretrained) and not os.path.isfile(pretrained):
+        raise ModelLoadError(f"checkpoint file {pretrained} not found: pass the path of an open_clip checkpoint as --pretrained")
     if model in BUNDLED_MODELS:
         config_path, checkpoint = bundled_model(model)
         return replace(spec_from_flags(str(config_path), pretrained or str(checkpoint)), name=model)
+    is_config = model.endswith(".json") or os.path.isfile(model)
+    if not is_config and model != DEFAULT_MODEL:
+        _check_known_name(model)
     if pretrained is None and random_init:
-        if model.endswith(".json") or os.path.isfile(model):
+        if is_config:
             return ModelSpec(config=_read_config(model))
         return ModelSpec(name=model)
     if pretrained is None:
@@ -113,7 +118,7 @@ def spec_from_flags(model: str | None, pretrained: str | None, *, random_init: b
 
     name: str | None = model
     config: dict[str, Any] | None = None
-    if model.endswith(".json") or os.path.isfile(model):
+    if is_config:
         config = _read_config(model)
         name = None
 
@@ -126,6 +131,23 @@ def spec_from_flags(model: str | None, pretrained: str | None, *, random_init: b
             "as --pretrained"
         )
     return ModelSpec(name=name, pretrained=pretrained)
+
+
+def _looks_like_path(pretrained: str) -> bool:
+    """A --pretrained value meant as a file rather than an open_clip tag."""
+    return "/" in pretrained or os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))
+
+
+def _check_known_name(name: str) -> None:
+    """Refuse a model name open_clip does not know. Imports open_clip (seconds), so only called
+    for names other than the default and the bundled ones: flags a user typed to build an index."""
+    import open_clip
+
+    if name not in open_clip.list_models():
+        raise ModelLoadError(
+            f"unknown model {name!r}: pass an open_clip model name (list them with "
+            "python -c \"import open_clip; print(open_clip.list_models())\") or a model config JSON"
+        )
 
 
 # Models that ship inside the package: name -> file stem under searchlite/models/bundled/
@@ -154,10 +176,19 @@ def _read_config(path: str) -> dict[str, Any]:
     return config
 
 
-def reconcile(recorded: ModelSpec, requested: ModelSpec | None, index_dir: Path) -> ModelSpec:
-    """The spec to use on an existing index: the recorded one, unless the user asked for another."""
+def reconcile(recorded: ModelSpec, requested: ModelSpec | None, index_dir: Path, *, model_given: bool = True) -> ModelSpec:
+    """The spec to use on an existing index: the recorded one, unless the user asked for another.
+    Without model_given (--pretrained alone), the weights are for the index's own architecture:
+    that is how a checkpoint that moved is found again."""
     if requested is None:
         return recorded
+    if not model_given and requested.hf_hub is None:
+        requested = replace(
+            recorded,
+            pretrained=requested.pretrained,
+            checkpoint=requested.checkpoint,
+            checkpoint_sha256=requested.checkpoint_sha256,
+        )
     if not requested.same_model(recorded):
         raise ModelMismatchError(
             f"the index in {index_dir} was built with {recorded.describe()}, not "
