@@ -151,9 +151,9 @@ def _progress(description: str, unit: str = "file") -> Iterator[Any]:
 
 @app.command()
 def query(
-    text: Annotated[Optional[list[str]], typer.Argument(metavar="[TEXT]...", help='Texts to search for; "2:beach" weights a term.', show_default=False)] = None,
-    image: Annotated[Optional[list[str]], typer.Option("--image", "-i", metavar="PATH", help="Find images similar to this file (repeatable).")] = None,
-    negative: Annotated[Optional[list[str]], typer.Option("--not", metavar="TEXT", help="Text to steer away from (repeatable).")] = None,
+    text: Annotated[Optional[list[str]], typer.Argument(metavar="[TEXT]...", help='Texts to search for; "2::beach" weights a term (a single colon is plain text).', show_default=False)] = None,
+    image: Annotated[Optional[list[str]], typer.Option("--image", "-i", metavar="PATH", help='Find images similar to this file (repeatable); "0.5::PATH" weights it.')] = None,
+    negative: Annotated[Optional[list[str]], typer.Option("--not", metavar="TEXT", help='Text to steer away from (repeatable); "3::people" weights it.')] = None,
     k: Annotated[int, typer.Option("-k", "--top", min=1, metavar="K", help="Number of results.")] = 10,
     as_json: JsonOpt = False,
     null: Annotated[

@@ -169,8 +169,9 @@ class SearchEngine:
     ) -> list[Hit]:
         """Top-k images by cosine similarity to the query.
 
-        text, image and negative each take one item or a list; a text or image term may carry a
-        weight as "2:beach". Texts and images add up, negatives subtract, and the sum is
+        text, image and negative each take one item or a list; a term may carry a weight as
+        "2::beach" (a number and a double colon; a single colon is plain text, and an image path
+        that exists as given is never split). Texts and images add up, negatives subtract, and the sum is
         re-normalised. tag keeps only images carrying that tag (see tag()).
         """
         if k < 1:

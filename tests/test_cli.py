@@ -65,8 +65,12 @@ def test_query_by_image_with_weights_and_negatives(cli, indexed: Path) -> None:
     rocket = indexed / "space" / "rocket.jpeg"
     result = cli("query", "--image", rocket, "-k", "1")
     assert result.stdout_bytes.decode().split("\t")[1].strip() == str(rocket)
-    mixed = cli("query", "2:beach", "--image", rocket, "--not", "people", "-k", "2")
+    mixed = cli("query", "2::beach", "--image", f"0.5::{rocket}", "--not", "3::people", "-k", "2")
     assert mixed.exit_code == 0 and len(mixed.stdout_bytes.splitlines()) == 2
+    bad = cli("query", "0::beach")
+    assert bad.exit_code == 1 and "positive number" in bad.stderr
+    timed = cli("query", "10:30 meeting", "-k", "1")  # a single colon is text, not a weight
+    assert timed.exit_code == 0 and len(timed.stdout_bytes.splitlines()) == 1
 
 
 def test_non_utf8_paths_round_trip_through_text_and_json_output(cli, photos: Path, tiny_model) -> None:
