@@ -164,6 +164,9 @@ def query(
     device: DeviceOpt = None,
 ) -> None:
     """Search the index: prints score<TAB>path per line, best first."""
+    if as_json and null:
+        typer.echo("searchlite: error: give --json or -0, not both (JSON lines already keep any file name intact)", err=True)
+        raise typer.Exit(2)
     with _user_errors(), _open(index, device=device, create=False) as engine:
         hits = engine.search(text or [], image=image or [], negative=negative or [], k=k, tag=tag)
     _write(

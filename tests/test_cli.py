@@ -73,6 +73,12 @@ def test_query_by_image_with_weights_and_negatives(cli, indexed: Path) -> None:
     assert timed.exit_code == 0 and len(timed.stdout_bytes.splitlines()) == 1
 
 
+def test_query_refuses_json_with_nul_records(cli) -> None:
+    result = cli("query", "a cat", "--json", "-0")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.strip() == "searchlite: error: give --json or -0, not both (JSON lines already keep any file name intact)"
+
+
 def test_non_utf8_paths_round_trip_through_text_and_json_output(cli, photos: Path, tiny_model) -> None:
     raw = os.fsencode(photos) + b"/caf\xe9.jpg"
     with open(raw, "wb") as f:
