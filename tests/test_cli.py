@@ -185,3 +185,17 @@ def test_export_and_import_commands(cli, indexed: Path, tmp_path: Path, tiny_mod
     imported = cli("import", tmp_path / "e.npy", tmp_path / "e.jsonl", "--index", other, "--model", config, "--pretrained", checkpoint)
     assert imported.exit_code == 0 and "imported 10 embeddings" in imported.stderr
     assert len(cli("query", "x", "--index", other, "-k", "100").stdout_bytes.splitlines()) == 10
+
+
+@pytest.mark.parametrize("special", ["/dev/null", "/dev/stdout"])
+def test_export_refuses_special_files_and_links_to_them(cli, indexed: Path, tmp_path: Path, special: str) -> None:
+    out = tmp_path / "out.npy"
+    out.symlink_to(special)
+    result = cli("export", out)
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.startswith(f"searchlite: error: {out} is not a regular file")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert out.is_symlink() and os.readlink(out) == special and not (tmp_path / "out.jsonl").exists()
+    fifo = tmp_path / "pipe.npy"
+    os.mkfifo(fifo)
+    assert cli("export", fifo).exit_code == 1 and not (tmp_path / "pipe.jsonl").exists()
