@@ -27,6 +27,7 @@ from .errors import (
     NotFoundError,
     PathNotFoundError,
     SearchliteError,
+    TagNotFoundError,
     WeightsUnavailableError,
     WriteFailedError,
 )
@@ -87,6 +88,7 @@ __all__ = sorted(
         "NotFoundError",
         "PathNotFoundError",
         "SearchliteError",
+        "TagNotFoundError",
         "WeightsUnavailableError",
         "WriteFailedError",
     ]

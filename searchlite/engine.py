@@ -20,7 +20,7 @@ from .classify import probe, zeroshot
 from .classify.classifier import DEFAULT_TAG_THRESHOLD, LinearClassifier
 from .classify.tags import Classification, classify, refresh_tags, store_tag_set
 from .config import DB_FILENAME, FAISS_FILENAME, LOCK_FILENAME, IndexSettings, resolve_index_dir
-from .errors import IndexNotFoundError, InvalidInputError, InvalidQueryError, ModelMismatchError, PathNotFoundError
+from .errors import IndexNotFoundError, InvalidInputError, InvalidQueryError, ModelMismatchError, PathNotFoundError, TagNotFoundError
 from .ingest import scanner
 from .ingest.indexer import Indexer, IndexReport, ProgressFn
 from .media.embed_files import embed_files
@@ -172,7 +172,8 @@ class SearchEngine:
         text, image and negative each take one item or a list; a term may carry a weight as
         "2::beach" (a number and a double colon; a single colon is plain text, and an image path
         that exists as given is never split). Texts and images add up, negatives subtract, and the sum is
-        re-normalised. tag keeps only images carrying that tag (see tag()).
+        re-normalised. tag keeps only images carrying that tag (see tag()); a tag that no tag set
+        of the index has raises TagNotFoundError listing the known ones.
         """
         if k < 1:
             raise InvalidQueryError(f"k must be at least 1, got {k}")
@@ -182,11 +183,22 @@ class SearchEngine:
         vectors = self.vectors
         among = None
         if tag is not None:  # searched exactly among the tagged images, however rare the tag
+            self._check_tag(tag)
             among = np.fromiter(self._store.ids_tagged(tag), dtype=np.int64)
             if not len(among):
                 return []
         query = query_vector(terms, self.embed_text, lambda paths: self._embed_images(paths, "query image"))
         return search(self._store, vectors, query, k, among)
+
+    def _check_tag(self, tag: str) -> None:
+        known = sorted({label for tag_set in self._store.tag_sets() for label in tag_set.labels})
+        if tag not in known:
+            if not known:
+                raise TagNotFoundError(
+                    f"unknown tag {tag!r}: this index has no tags yet; tag its images first with zero-shot "
+                    "labels (searchlite tag, SearchEngine.tag) or a probe (searchlite probe apply)"
+                )
+            raise TagNotFoundError(f"unknown tag {tag!r}: this index's tags are {', '.join(known)}")
 
     def embed_text(self, texts: str | Sequence[str]) -> np.ndarray:
         """Unit text embeddings (n, d) from the index's model, one row per text (a single string is

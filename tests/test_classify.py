@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from searchlite import InvalidInputError, ModelMismatchError, SearchEngine
+from searchlite import InvalidInputError, ModelMismatchError, NotFoundError, SearchEngine, TagNotFoundError
 from searchlite.cli import app
 from searchlite.classify.zeroshot import imagenet_templates, parse_labels, resolve_templates
 
@@ -66,13 +66,17 @@ def test_classify_gives_softmax_probabilities_and_a_verdict_per_file(engine_fact
 def test_tags_cover_every_image_filter_queries_and_follow_the_index(engine_factory, photos: Path, index_dir: Path) -> None:
     engine = engine_factory()
     engine.index(photos)
+    with pytest.raises(NotFoundError, match="unknown tag 'person': this index has no tags yet; tag its images first") as untagged:
+        engine.search("x", tag="person")
+    assert isinstance(untagged.value, TagNotFoundError) and untagged.value.http_status == 404
     assert engine.tag("person,animal,space", threshold=0.3) == 10
     counts = engine.info()["tags"]
     assert set(counts) <= {"person", "animal", "space"} and sum(counts.values()) >= 10
     for label, n in counts.items():
         hits = engine.search("anything", k=100, tag=label)
         assert len(hits) == n and all(label in h.tags for h in hits)
-    assert engine.search("x", tag="no such tag") == []
+    with pytest.raises(TagNotFoundError, match="unknown tag 'no such tag': this index's tags are animal, person, space"):
+        engine.search("x", tag="no such tag")
     # new images are tagged by the next index run; deleted ones lose their tags
     Image.open(photos / "astronaut.jpg").rotate(90).save(photos / "new.jpg")
     os.unlink(photos / "nature" / "horse.png")
@@ -158,6 +162,9 @@ def test_cli_classify_tag_probe_and_query_by_tag(tiny_model, photos: Path, index
     filtered = runner.invoke(app, ["query", "x", "--tag", label, "--json", "-k", "100"], env=env)
     hits = [json.loads(line) for line in filtered.stdout.splitlines()]
     assert len(hits) == facts["tags"][label] and all(label in h["tags"] for h in hits)
+    unknown = runner.invoke(app, ["query", "x", "--tag", "sunset"], env=env)
+    assert unknown.exit_code == 1 and unknown.stdout == ""
+    assert unknown.stderr == "searchlite: error: unknown tag 'sunset': this index's tags are animal, person, space\n"
 
     make_examples(photos, tmp_path / "examples")
     trained = runner.invoke(app, ["probe", "train", str(tmp_path / "examples"), "--output", str(tmp_path / "p.npz")], env=env)
