@@ -197,7 +197,39 @@ def info(
     elif as_json:
         _write([_json_line(facts)])
     else:
-        _write(f"{key}:\t{value}\n".encode() for key, value in facts.items())
+        _write([_describe_info(facts).encode("utf-8", "backslashreplace")])
+
+
+_SEARCH_KINDS = {"exact": "exact search", "ivf": "approximate search (IVF)"}
+
+
+def _describe_info(facts: dict[str, Any]) -> str:
+    """info's facts as aligned lines a person reads (--json keeps the machine values)."""
+    tags = ", ".join(f"{label} {n}" for label, n in facts["tags"].items()) or "none"
+    rows = [
+        ("index", _printable(facts["index"])),
+        ("images", str(facts["images"])),
+        ("failed", str(facts["failed"]) + (" (searchlite info --failed lists them)" if facts["failed"] else "")),
+        ("not images", str(facts["not_images"])),
+        ("model", facts["model"] or "none yet (the first index run records it)"),
+        ("dimensions", str(facts["dim"] or "none yet")),
+        ("database", _human_size(facts["database_bytes"])),
+        ("vectors", f"{_human_size(facts['vectors_bytes'])}, " + _SEARCH_KINDS.get(facts["vector_index"], facts["vector_index"])),
+        ("tags", tags),
+    ]
+    width = max(len(key) for key, _ in rows) + 2
+    return "".join(f"{key + ':':<{width}}{value}\n" for key, value in rows)
+
+
+def _human_size(n: int) -> str:
+    """12345678 -> '12.3 MB' (powers of 1000, as disk sizes are sold)."""
+    if n < 1000:
+        return f"{n} bytes"
+    for unit in ("kB", "MB", "GB", "TB"):
+        n /= 1000
+        if n < 999.95 or unit == "TB":
+            return f"{n:.1f} {unit}"
+    raise AssertionError("unreachable")
 
 
 @app.command()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -95,7 +96,27 @@ def test_info_plain_and_json(cli, indexed: Path) -> None:
     facts = json.loads(cli("info", "--json").stdout)
     assert facts["images"] == 10 and facts["failed"] == 0 and facts["dim"] == 64
     assert facts["database_bytes"] > 0 and facts["vectors_bytes"] > 0
-    assert "images:\t10" in cli("info").stdout
+    plain = cli("info")
+    assert plain.exit_code == 0 and plain.stderr == ""
+    lines = dict(line.split(":", 1) for line in plain.stdout.splitlines())
+    assert lines["images"].strip() == "10" and lines["failed"].strip() == "0" and lines["dimensions"].strip() == "64"
+    assert lines["model"].strip().startswith("custom config") and lines["tags"].strip() == "none"
+    assert re.fullmatch(r" +\d+\.\d (kB|MB)", lines["database"])
+    assert re.fullmatch(r" +\d+\.\d kB, exact search", lines["vectors"])
+    assert len({len(line) - len(line.split(":", 1)[1].lstrip()) for line in plain.stdout.splitlines()}) == 1  # aligned
+    assert "None" not in plain.stdout and "{" not in plain.stdout and "_bytes" not in plain.stdout and "\t" not in plain.stdout
+
+
+def test_info_lists_tag_counts_and_says_what_is_not_there_yet() -> None:
+    from searchlite.cli import _describe_info, _human_size
+
+    assert [_human_size(n) for n in (0, 999, 1000, 12_345_678, 3 * 10**9)] == ["0 bytes", "999 bytes", "1.0 kB", "12.3 MB", "3.0 GB"]
+    facts = {"index": "/x", "images": 4, "failed": 1, "not_images": 0, "model": None, "dim": None,
+             "database_bytes": 4096, "vectors_bytes": 0, "vector_index": "ivf", "tags": {"beach": 3, "city": 1}}
+    text = _describe_info(facts)
+    assert "model:      none yet" in text and "dimensions: none yet" in text
+    assert "tags:       beach 3, city 1\n" in text and "vectors:    0 bytes, approximate search (IVF)" in text
+    assert "failed:     1 (searchlite info --failed lists them)" in text
 
 
 def test_info_failed_lists_files_with_reasons(cli, photos: Path, tiny_model) -> None:
