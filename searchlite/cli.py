@@ -286,23 +286,45 @@ def classify(
     top: Annotated[int, typer.Option(min=1, metavar="N", help="Labels listed per file.")] = 3,
     as_json: JsonOpt = False,
     index: IndexOpt = None,
+    model: Annotated[
+        Optional[str], typer.Option(metavar="NAME|CONFIG.json", help="Classify with this model instead of the index's (no index needed). [default: the index's, else ViT-B-32-256]")
+    ] = None,
+    pretrained: Annotated[Optional[str], typer.Option(metavar="TAG|hf-hub:ID|CHECKPOINT", help="Its weights (with or without --model).")] = None,
     device: DeviceOpt = None,
 ) -> None:
-    """Zero-shot classify images: path<TAB>label<TAB>probability<TAB>runner-ups per file."""
-    with _user_errors(), _open(index, device=device, create=False) as engine:
+    """Zero-shot classify images: path<TAB>label<TAB>probability<TAB>runner-ups per file.
+    Exits 1 when a file could not be read (the others are still classified)."""
+    with _user_errors(), _open_for_model(index, model, pretrained, device) as engine:
         results = engine.classify(files, labels, templates)
     lines = []
     for r in results:
+        if r.error:
+            typer.echo(f"searchlite: error: {_printable(r.error)}", err=True)
         if as_json:
             ranking = [{"label": label, "score": round(p, 6)} for label, p in r.ranking[:top]]
             obj = {"path": r.path, "label": r.label, "score": None if r.score is None else round(r.score, 6), "labels": ranking}
             lines.append(_json_line(obj | ({"error": r.error} if r.error else {})))
-        elif r.error:
-            typer.echo(f"searchlite: {_printable(r.path)}: {r.error}", err=True)
-        else:
+        elif not r.error:
             others = ", ".join(f"{label} {p:.3f}" for label, p in r.ranking[1:top])
             lines.append(os.fsencode(r.path) + f"\t{r.label}\t{r.score:.4f}\t{others}\n".encode())
     _write(lines)
+    if any(r.error for r in results):
+        raise typer.Exit(1)
+
+
+def _open_for_model(index: Path | None, model: str | None, pretrained: str | None, device: str | None) -> SearchEngine:
+    """The index, for its model and cached class weights, when there is one and no model is named;
+    otherwise an engine without an index (nothing written to disk) for the model named, or the
+    default one."""
+    from .engine import SearchEngine
+    from .errors import IndexNotFoundError
+
+    if not (model or pretrained):
+        try:
+            return SearchEngine.open(index, device=device, create=False)
+        except IndexNotFoundError:
+            pass
+    return SearchEngine.without_index(model=model, pretrained=pretrained, device=device)
 
 
 @app.command()

@@ -174,3 +174,42 @@ def test_cli_classify_tag_probe_and_query_by_tag(tiny_model, photos: Path, index
 
     bad = runner.invoke(app, ["tag", "--labels", "justone"], env=env)
     assert bad.exit_code == 1 and "two or more distinct labels" in bad.stderr
+
+
+def test_cli_classify_needs_no_index_and_reports_missing_files(tiny_model, photos: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # where the default ./index would go
+    config, checkpoint = tiny_model
+    missing = tmp_path / "missing.jpg"
+    args = ["classify", str(photos / "astronaut.jpg"), str(missing), str(photos / "space" / "rocket.jpeg"), "--labels", "person,rocket,cat"]
+    out = CliRunner().invoke(app, [*args, "--model", str(config), "--pretrained", str(checkpoint)])
+    assert out.exit_code == 1
+    assert out.stderr == f"searchlite: error: file {missing} not found\n"
+    lines = out.stdout_bytes.decode().splitlines()
+    assert [line.split("\t")[0] for line in lines] == [str(photos / "astronaut.jpg"), str(photos / "space" / "rocket.jpeg")]
+    assert all(line.split("\t")[1] in {"person", "rocket", "cat"} for line in lines)
+    assert sorted(os.listdir(tmp_path)) == sorted(["photos"])  # no ./index, nothing else written
+
+    js = CliRunner().invoke(app, [*args[:2], *args[4:], "--json", "--model", str(config), "--pretrained", str(checkpoint)])
+    assert js.exit_code == 0 and js.stderr == "" and json.loads(js.stdout)["label"] in {"person", "rocket", "cat"}
+    # no index and no model named: the default model, whose weights this offline test cannot have
+    default = CliRunner().invoke(app, [*args[:2], *args[4:]])
+    assert default.exit_code == 1 and default.stderr.startswith("searchlite: error: ") and "ViT-B-32-256" in default.stderr
+    assert len(default.stderr.strip().splitlines()) == 1 and sorted(os.listdir(tmp_path)) == ["photos"]
+
+
+def test_an_engine_without_index_classifies_and_refuses_the_rest(tiny_model, photos: Path, tmp_path: Path) -> None:
+    config, checkpoint = tiny_model
+
+    def no_model(*_args):
+        raise AssertionError("a model was loaded for files that do not exist")
+
+    with SearchEngine.without_index(model=str(config), pretrained=str(checkpoint), encoder_factory=no_model) as engine:
+        results = engine.classify([tmp_path / "a.jpg", tmp_path / "b.jpg"], "dog,cat")
+        assert [r.error for r in results] == [f"file {tmp_path / 'a.jpg'} not found", f"file {tmp_path / 'b.jpg'} not found"]
+    with SearchEngine.without_index(model=str(config), pretrained=str(checkpoint)) as engine:
+        (result,) = engine.classify([photos / "astronaut.jpg"], "dog,cat")
+        assert result.error is None and sum(p for _, p in result.ranking) == pytest.approx(1.0, abs=1e-5)
+        for refused in (lambda: engine.search("x"), lambda: engine.index(photos), lambda: engine.tag("dog,cat"), engine.info):
+            with pytest.raises(InvalidInputError, match="this engine has no index"):
+                refused()
+    assert sorted(os.listdir(tmp_path)) == ["photos"]
