@@ -157,7 +157,7 @@ def query(
     k: Annotated[int, typer.Option("-k", "--top", min=1, metavar="K", help="Number of results.")] = 10,
     as_json: JsonOpt = False,
     null: Annotated[
-        bool, typer.Option("--null", "-0", help="End each score<TAB>path record with NUL, not newline (any file name is safe).")
+        bool, typer.Option("--null", "-0", help="End each score<TAB>path record with NUL, not newline (any file name is safe; not with --json).")
     ] = False,
     tag: Annotated[Optional[str], typer.Option(metavar="LABEL", help="Only images carrying this tag (see `searchlite tag`).")] = None,
     index: IndexOpt = None,
@@ -234,7 +234,7 @@ def _human_size(n: int) -> str:
 
 @app.command()
 def optimize(index: IndexOpt = None) -> None:
-    """Rebuild the vector index as an approximate one (IVF, tuned on your vectors for recall@10 >= 0.95).
+    """Rebuild the vector index as an approximate one (IVF, tuned on your vectors for recall@10 >= 0.97).
     Index runs do this by themselves past 100,000 images."""
     with _user_errors(), _open(index, create=False) as engine:
         chosen = engine.optimize()

@@ -193,6 +193,13 @@ def test_python_dash_m_and_the_console_script(indexed: Path, index_dir: Path) ->
         assert helped.returncode == 0 and "index" in helped.stdout and "query" in helped.stdout
 
 
+def test_optimize_help_states_the_recall_it_tunes_for() -> None:
+    from searchlite.cli import optimize
+    from searchlite.storage.vector_index import TARGET_RECALL
+
+    assert f"recall@10 >= {TARGET_RECALL:.2f}" in optimize.__doc__
+
+
 def test_optimize_command(cli, indexed: Path) -> None:
     result = cli("optimize")
     assert result.exit_code == 0 and "vector index: exact" in result.stderr  # too few vectors for inverted lists
