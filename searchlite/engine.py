@@ -201,9 +201,9 @@ class SearchEngine:
 
         text, image and negative each take one item or a list; a term may carry a weight as
         "2::beach" (a number and a double colon; a single colon is plain text, and an image path
-        that exists as given is never split). Texts and images add up, negatives subtract, and the sum is
-        re-normalised. tag keeps only images carrying that tag (see tag()); a tag that no tag set
-        of the index has raises TagNotFoundError listing the known ones.
+        that exists as given is never split). Texts and images add up, negatives subtract, and the
+        sum is re-normalised. tag keeps only images carrying that tag (see tag()); a tag that no
+        tag set of the index has raises TagNotFoundError listing the known ones.
         """
         if k < 1:
             raise InvalidQueryError(f"k must be at least 1, got {k}")
