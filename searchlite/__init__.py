@@ -29,6 +29,7 @@ from .errors import (
     OutputPathError,
     PathNotFoundError,
     SearchliteError,
+    TagNotFoundError,
     WeightsUnavailableError,
     WriteFailedError,
 )
@@ -91,6 +92,7 @@ __all__ = sorted(
         "OutputPathError",
         "PathNotFoundError",
         "SearchliteError",
+        "TagNotFoundError",
         "WeightsUnavailableError",
         "WriteFailedError",
     ]

@@ -161,19 +161,22 @@ def _progress(description: str, unit: str = "file") -> Iterator[Any]:
 
 @app.command()
 def query(
-    text: Annotated[Optional[list[str]], typer.Argument(metavar="[TEXT]...", help='Texts to search for; "2:beach" weights a term.', show_default=False)] = None,
-    image: Annotated[Optional[list[str]], typer.Option("--image", "-i", metavar="PATH", help="Find images similar to this file (repeatable).")] = None,
-    negative: Annotated[Optional[list[str]], typer.Option("--not", metavar="TEXT", help="Text to steer away from (repeatable).")] = None,
+    text: Annotated[Optional[list[str]], typer.Argument(metavar="[TEXT]...", help='Texts to search for; "2::beach" weights a term (a single colon is plain text).', show_default=False)] = None,
+    image: Annotated[Optional[list[str]], typer.Option("--image", "-i", metavar="PATH", help='Find images similar to this file (repeatable); "0.5::PATH" weights it.')] = None,
+    negative: Annotated[Optional[list[str]], typer.Option("--not", metavar="TEXT", help='Text to steer away from (repeatable); "3::people" weights it.')] = None,
     k: Annotated[int, typer.Option("-k", "--top", min=1, metavar="K", help="Number of results.")] = 10,
     as_json: JsonOpt = False,
     null: Annotated[
-        bool, typer.Option("--null", "-0", help="End each score<TAB>path record with NUL, not newline (any file name is safe).")
+        bool, typer.Option("--null", "-0", help="End each score<TAB>path record with NUL, not newline (any file name is safe; not with --json).")
     ] = False,
     tag: Annotated[Optional[str], typer.Option(metavar="LABEL", help="Only images carrying this tag (see `searchlite tag`).")] = None,
     index: IndexOpt = None,
     device: DeviceOpt = None,
 ) -> None:
     """Search the index: prints score<TAB>path per line, best first."""
+    if as_json and null:
+        typer.echo("searchlite: error: give --json or -0, not both (JSON lines already keep any file name intact)", err=True)
+        raise typer.Exit(2)
     with _user_errors(), _open(index, device=device, create=False) as engine:
         hits = engine.search(text or [], image=image or [], negative=negative or [], k=k, tag=tag)
     _write(
@@ -207,12 +210,44 @@ def info(
     elif as_json:
         _write([_json_line(facts)])
     else:
-        _write(f"{key}:\t{value}\n".encode() for key, value in facts.items())
+        _write([_describe_info(facts).encode("utf-8", "backslashreplace")])
+
+
+_SEARCH_KINDS = {"exact": "exact search", "ivf": "approximate search (IVF)"}
+
+
+def _describe_info(facts: dict[str, Any]) -> str:
+    """info's facts as aligned lines a person reads (--json keeps the machine values)."""
+    tags = ", ".join(f"{label} {n}" for label, n in facts["tags"].items()) or "none"
+    rows = [
+        ("index", _printable(facts["index"])),
+        ("images", str(facts["images"])),
+        ("failed", str(facts["failed"]) + (" (searchlite info --failed lists them)" if facts["failed"] else "")),
+        ("not images", str(facts["not_images"])),
+        ("model", facts["model"] or "none yet (the first index run records it)"),
+        ("dimensions", str(facts["dim"] or "none yet")),
+        ("database", _human_size(facts["database_bytes"])),
+        ("vectors", f"{_human_size(facts['vectors_bytes'])}, " + _SEARCH_KINDS.get(facts["vector_index"], facts["vector_index"])),
+        ("tags", tags),
+    ]
+    width = max(len(key) for key, _ in rows) + 2
+    return "".join(f"{key + ':':<{width}}{value}\n" for key, value in rows)
+
+
+def _human_size(n: int) -> str:
+    """12345678 -> '12.3 MB' (powers of 1000, as disk sizes are sold)."""
+    if n < 1000:
+        return f"{n} bytes"
+    for unit in ("kB", "MB", "GB", "TB"):
+        n /= 1000
+        if n < 999.95 or unit == "TB":
+            return f"{n:.1f} {unit}"
+    raise AssertionError("unreachable")
 
 
 @app.command()
 def optimize(index: IndexOpt = None) -> None:
-    """Rebuild the vector index as an approximate one (IVF, tuned on your vectors for recall@10 >= 0.95).
+    """Rebuild the vector index as an approximate one (IVF, tuned on your vectors for recall@10 >= 0.97).
     Index runs do this by themselves past 100,000 images."""
     with _user_errors(), _open(index, create=False) as engine:
         chosen = engine.optimize()
@@ -264,23 +299,45 @@ def classify(
     top: Annotated[int, typer.Option(min=1, metavar="N", help="Labels listed per file.")] = 3,
     as_json: JsonOpt = False,
     index: IndexOpt = None,
+    model: Annotated[
+        Optional[str], typer.Option(metavar="NAME|CONFIG.json", help="Classify with this model instead of the index's (no index needed). [default: the index's, else ViT-B-32-256]")
+    ] = None,
+    pretrained: Annotated[Optional[str], typer.Option(metavar="TAG|hf-hub:ID|CHECKPOINT", help="Its weights (with or without --model).")] = None,
     device: DeviceOpt = None,
 ) -> None:
-    """Zero-shot classify images: path<TAB>label<TAB>probability<TAB>runner-ups per file."""
-    with _user_errors(), _open(index, device=device, create=False) as engine:
+    """Zero-shot classify images: path<TAB>label<TAB>probability<TAB>runner-ups per file.
+    Exits 1 when a file could not be read (the others are still classified)."""
+    with _user_errors(), _open_for_model(index, model, pretrained, device) as engine:
         results = engine.classify(files, labels, templates)
     lines = []
     for r in results:
+        if r.error:
+            typer.echo(f"searchlite: error: {_printable(r.error)}", err=True)
         if as_json:
             ranking = [{"label": label, "score": round(p, 6)} for label, p in r.ranking[:top]]
             obj = {"path": r.path, "label": r.label, "score": None if r.score is None else round(r.score, 6), "labels": ranking}
             lines.append(_json_line(obj | ({"error": r.error} if r.error else {})))
-        elif r.error:
-            typer.echo(f"searchlite: {_printable(r.path)}: {r.error}", err=True)
-        else:
+        elif not r.error:
             others = ", ".join(f"{label} {p:.3f}" for label, p in r.ranking[1:top])
             lines.append(os.fsencode(r.path) + f"\t{r.label}\t{r.score:.4f}\t{others}\n".encode())
     _write(lines)
+    if any(r.error for r in results):
+        raise typer.Exit(1)
+
+
+def _open_for_model(index: Path | None, model: str | None, pretrained: str | None, device: str | None) -> SearchEngine:
+    """The index, for its model and cached class weights, when there is one and no model is named;
+    otherwise an engine without an index (nothing written to disk) for the model named, or the
+    default one."""
+    from .engine import SearchEngine
+    from .errors import IndexNotFoundError
+
+    if not (model or pretrained):
+        try:
+            return SearchEngine.open(index, device=device, create=False)
+        except IndexNotFoundError:
+            pass
+    return SearchEngine.without_index(model=model, pretrained=pretrained, device=device)
 
 
 @app.command()

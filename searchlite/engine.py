@@ -22,7 +22,7 @@ from .classify import probe, zeroshot
 from .classify.classifier import DEFAULT_TAG_THRESHOLD, LinearClassifier
 from .classify.tags import Classification, classify, refresh_tags, store_tag_set
 from .config import DB_FILENAME, FAISS_FILENAME, LOCK_FILENAME, IndexSettings, resolve_index_dir
-from .errors import IndexNotFoundError, InvalidInputError, InvalidQueryError, ModelMismatchError, PathNotFoundError
+from .errors import IndexNotFoundError, InvalidInputError, InvalidQueryError, ModelMismatchError, PathNotFoundError, TagNotFoundError
 from .ingest import scanner
 from .ingest.indexer import Indexer, IndexReport, ProgressFn
 from .media.embed_files import embed_files
@@ -51,12 +51,13 @@ __all__ = ["Classification", "Hit", "SearchEngine"]
 class SearchEngine:
     """An open index. Use SearchEngine.open(); close it (or use `with`) when done.
 
-    search() is safe to call from many threads.
+    search() is safe to call from many threads. SearchEngine.without_index() gives one with no index
+    folder, which embeds and classifies files but cannot index, search or tag.
     """
 
     def __init__(
         self,
-        index_dir: Path,
+        index_dir: Path | None,
         store: Store,
         requested: ModelSpec | None,
         device: str | None = None,
@@ -75,7 +76,7 @@ class SearchEngine:
         self._text_tower: TextTower | None = None
         self._tower_checked = False  # whether the export beside the index has been looked for
         self._text_cache = TextCache()
-        self._cache = VectorCache(index_dir, store)
+        self._cache = VectorCache(index_dir, store) if index_dir is not None else None
         self._vectors: VectorIndex | None = None
         self.model_load_seconds = 0.0  # spent loading the model in this process
         recorded = store.get_info("model")
@@ -122,6 +123,34 @@ class SearchEngine:
                 _remove_new_index(path)
             raise
 
+    @classmethod
+    def without_index(
+        cls,
+        *,
+        model: str | None = None,
+        pretrained: str | None = None,
+        device: str | None = None,
+        settings: IndexSettings | None = None,
+        encoder_factory: EncoderFactory = load_encoder,
+    ) -> SearchEngine:
+        """An engine with no index folder, for the model given (default: the default model): it
+        embeds texts and image files, classifies files and trains probes, and writes nothing to disk
+        (zero-shot class weights are cached in memory). index(), search(), tag() and the other
+        methods that need an index raise InvalidInputError."""
+        requested = spec_from_flags(model, pretrained) if (model or pretrained) else None
+        store = Store.in_memory()
+        try:
+            return cls(None, store, requested, device, settings, encoder_factory)
+        except BaseException:
+            store.close()
+            raise
+
+    def _folder(self) -> Path:
+        """The index folder; an engine without one refuses what needs it."""
+        if self.index_dir is None:
+            raise InvalidInputError("this engine has no index: open one with SearchEngine.open(folder) to index, search or tag")
+        return self.index_dir
+
     def close(self) -> None:
         self._store.close()
 
@@ -136,6 +165,7 @@ class SearchEngine:
     def index(self, folder: str | os.PathLike[str], progress: ProgressFn | None = None) -> IndexReport:
         """Bring the index in line with folder: add new files, re-encode changed ones, follow moves,
         drop deleted ones. Only what changed since the last run is read."""
+        index_dir = self._folder()
         root = os.path.abspath(os.fspath(folder))
         if not os.path.exists(root):
             raise PathNotFoundError(f"folder {folder} not found")
@@ -150,7 +180,7 @@ class SearchEngine:
                 self.load_model,
                 self.settings,
                 on_snapshot=self._save_vectors,
-                exclude=[str(self.index_dir.resolve()), os.path.abspath(self.index_dir)],
+                exclude=[str(index_dir.resolve()), os.path.abspath(index_dir)],
             )
             try:
                 report = indexer.run(root, progress)
@@ -188,23 +218,37 @@ class SearchEngine:
     ) -> list[Hit]:
         """Top-k images by cosine similarity to the query.
 
-        text, image and negative each take one item or a list; a text or image term may carry a
-        weight as "2:beach". Texts and images add up, negatives subtract, and the sum is
-        re-normalised. tag keeps only images carrying that tag (see tag()).
+        text, image and negative each take one item or a list; a term may carry a weight as
+        "2::beach" (a number and a double colon; a single colon is plain text, and an image path
+        that exists as given is never split). Texts and images add up, negatives subtract, and the
+        sum is re-normalised. tag keeps only images carrying that tag (see tag()); a tag that no
+        tag set of the index has raises TagNotFoundError listing the known ones.
         """
         if k < 1:
             raise InvalidQueryError(f"k must be at least 1, got {k}")
         terms = parse_terms(_as_list(text), _as_list(image), _as_list(negative))
+        index_dir = self._folder()
         if self._vectors is None and self._store.get_info("model") is None:
-            raise IndexNotFoundError(f"the index in {self.index_dir} is empty: index a folder into it first")
+            raise IndexNotFoundError(f"the index in {index_dir} is empty: index a folder into it first")
         vectors = self.vectors
         among = None
         if tag is not None:  # searched exactly among the tagged images, however rare the tag
+            self._check_tag(tag)
             among = np.fromiter(self._store.ids_tagged(tag), dtype=np.int64)
             if not len(among):
                 return []
         query = query_vector(terms, self.embed_text, lambda paths: self._embed_images(paths, "query image"))
         return search(self._store, vectors, query, k, among)
+
+    def _check_tag(self, tag: str) -> None:
+        known = sorted({label for tag_set in self._store.tag_sets() for label in tag_set.labels})
+        if tag not in known:
+            if not known:
+                raise TagNotFoundError(
+                    f"unknown tag {tag!r}: this index has no tags yet; tag its images first with zero-shot "
+                    "labels (searchlite tag, SearchEngine.tag) or a probe (searchlite probe apply)"
+                )
+            raise TagNotFoundError(f"unknown tag {tag!r}: this index's tags are {', '.join(known)}")
 
     def embed_text(self, texts: str | Sequence[str]) -> np.ndarray:
         """Unit text embeddings (n, d) from the index's model, one row per text (a single string is
@@ -233,6 +277,8 @@ class SearchEngine:
         embeddings without importing torch (seconds saved per cold query); the torch model where
         there is no usable export, which is then written."""
         with self._lock:
+            if self.index_dir is None:  # nowhere to keep an export: the model itself
+                return self.load_model()
             if self._text_tower is None and not self._tower_checked and self._store.get_info("model") is not None:
                 self._tower_checked = True
                 self._text_tower = TextTower.load(self.index_dir / TEXT_TOWER_FILENAME, self.model_key())
@@ -276,14 +322,15 @@ class SearchEngine:
 
     def info(self) -> dict[str, Any]:
         """Counts, model and sizes on disk. Loads no model."""
+        index_dir = self._folder()
         counts = self._store.counts()
         recorded = self._store.get_info("model")
-        db = self.index_dir / DB_FILENAME
+        db = index_dir / DB_FILENAME
         db_bytes = sum(p.stat().st_size for p in (db, db.with_name(db.name + "-wal")) if p.exists())
-        faiss_file = self.index_dir / FAISS_FILENAME
+        faiss_file = index_dir / FAISS_FILENAME
         links = sum(r.error == scanner.LINK_OUT_OF_COLLECTION for r in self.skipped()) if counts.get(SKIPPED) else 0
         return {
-            "index": str(self.index_dir.resolve()),
+            "index": str(index_dir.resolve()),
             "images": counts.get(INDEXED, 0),
             "failed": counts.get(FAILED, 0),
             "not_images": counts.get(SKIPPED, 0) - links,
@@ -356,11 +403,17 @@ class SearchEngine:
     def classify(
         self, paths: Sequence[str | os.PathLike[str]], labels: str | Sequence[str], templates: str | None = None
     ) -> list[Classification]:
-        """Zero-shot classify image files (indexed or not); a file that cannot be read gets an error."""
-        classifier = self.zero_shot(labels, templates)
+        """Zero-shot classify image files (indexed or not); a file that cannot be read gets an error
+        ("file … not found" for a missing one). Missing files are found before any model is loaded."""
+        label_set = zeroshot.LabelSet.parse(labels, templates)
         names = [os.fspath(p) for p in paths]
-        vectors, errors = self._embed_files(names)
-        return classify(classifier, names, vectors, errors)
+        missing: dict[str, Any] = {p: PathNotFoundError(f"file {p} not found") for p in names if not os.path.exists(p)}
+        present = [p for p in names if p not in missing]
+        if not present:
+            return [Classification(p, None, None, error=str(missing[p])) for p in names]
+        classifier = self._zero_shot(label_set)
+        vectors, errors = self._embed_files(present)
+        return classify(classifier, names, vectors, errors | missing)
 
     def tag(
         self,
@@ -436,17 +489,19 @@ class SearchEngine:
     def _get_vectors(self, *, writer: bool) -> VectorIndex:
         with self._lock:
             if self._vectors is None:
+                if self._cache is None:
+                    self._folder()  # raises: no index, no vectors
                 dim = self._store.get_info("embed_dim") or self.load_model().embed_dim
                 self._vectors = self._cache.load(dim, writer=writer)
             return self._vectors
 
     def _save_vectors(self) -> None:
-        assert self._vectors is not None
+        assert self._vectors is not None and self._cache is not None
         self._cache.save(self._vectors)
 
     def _writing(self) -> Any:
         """The index's write lock (one writer at a time, across processes)."""
-        return writer_lock(self.index_dir / LOCK_FILENAME)
+        return writer_lock(self._folder() / LOCK_FILENAME)
 
 
 def _remove_new_index(path: Path) -> None:

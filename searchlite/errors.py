@@ -9,7 +9,8 @@ it, in terms of values (never command-line flags: the CLI adds those hints).
     │   └── OutputExistsError    an output that exists (overwrite not asked)   (409)
     ├── NotFoundError            a path the user named does not exist          (404)
     │   ├── PathNotFoundError    a folder or file
-    │   └── IndexNotFoundError   no index there yet
+    │   ├── IndexNotFoundError   no index there yet
+    │   └── TagNotFoundError     a tag no tag set of the index has
     ├── IndexLockedError         another process is writing                    (409)
     ├── IndexReadOnlyError       the index cannot be written here              (403)
     ├── IndexVersionError        written by a newer searchlite                 (409)
@@ -60,6 +61,10 @@ class PathNotFoundError(NotFoundError):
 
 class IndexNotFoundError(NotFoundError):
     """The index directory has no searchlite database yet."""
+
+
+class TagNotFoundError(NotFoundError):
+    """A tag that no tag set of the index has among its labels."""
 
 
 class IndexLockedError(SearchliteError):

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from searchlite import InvalidInputError, ModelMismatchError, SearchEngine
+from searchlite import InvalidInputError, ModelMismatchError, NotFoundError, SearchEngine, TagNotFoundError
 from searchlite.cli import app
 from searchlite.classify.zeroshot import imagenet_templates, parse_labels, resolve_templates
 
@@ -66,13 +66,17 @@ def test_classify_gives_softmax_probabilities_and_a_verdict_per_file(engine_fact
 def test_tags_cover_every_image_filter_queries_and_follow_the_index(engine_factory, photos: Path, index_dir: Path) -> None:
     engine = engine_factory()
     engine.index(photos)
+    with pytest.raises(NotFoundError, match="unknown tag 'person': this index has no tags yet; tag its images first") as untagged:
+        engine.search("x", tag="person")
+    assert isinstance(untagged.value, TagNotFoundError) and untagged.value.http_status == 404
     assert engine.tag("person,animal,space", threshold=0.3) == 10
     counts = engine.info()["tags"]
     assert set(counts) <= {"person", "animal", "space"} and sum(counts.values()) >= 10
     for label, n in counts.items():
         hits = engine.search("anything", k=100, tag=label)
         assert len(hits) == n and all(label in h.tags for h in hits)
-    assert engine.search("x", tag="no such tag") == []
+    with pytest.raises(TagNotFoundError, match="unknown tag 'no such tag': this index's tags are animal, person, space"):
+        engine.search("x", tag="no such tag")
     # new images are tagged by the next index run; deleted ones lose their tags
     Image.open(photos / "astronaut.jpg").rotate(90).save(photos / "new.jpg")
     os.unlink(photos / "nature" / "horse.png")
@@ -158,6 +162,9 @@ def test_cli_classify_tag_probe_and_query_by_tag(tiny_model, photos: Path, index
     filtered = runner.invoke(app, ["query", "x", "--tag", label, "--json", "-k", "100"], env=env)
     hits = [json.loads(line) for line in filtered.stdout.splitlines()]
     assert len(hits) == facts["tags"][label] and all(label in h["tags"] for h in hits)
+    unknown = runner.invoke(app, ["query", "x", "--tag", "sunset"], env=env)
+    assert unknown.exit_code == 1 and unknown.stdout == ""
+    assert unknown.stderr == "searchlite: error: unknown tag 'sunset': this index's tags are animal, person, space\n"
 
     make_examples(photos, tmp_path / "examples")
     trained = runner.invoke(app, ["probe", "train", str(tmp_path / "examples"), "--output", str(tmp_path / "p.npz")], env=env)
@@ -167,3 +174,42 @@ def test_cli_classify_tag_probe_and_query_by_tag(tiny_model, photos: Path, index
 
     bad = runner.invoke(app, ["tag", "--labels", "justone"], env=env)
     assert bad.exit_code == 1 and "two or more distinct labels" in bad.stderr
+
+
+def test_cli_classify_needs_no_index_and_reports_missing_files(tiny_model, photos: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # where the default ./index would go
+    config, checkpoint = tiny_model
+    missing = tmp_path / "missing.jpg"
+    args = ["classify", str(photos / "astronaut.jpg"), str(missing), str(photos / "space" / "rocket.jpeg"), "--labels", "person,rocket,cat"]
+    out = CliRunner().invoke(app, [*args, "--model", str(config), "--pretrained", str(checkpoint)])
+    assert out.exit_code == 1
+    assert out.stderr == f"searchlite: error: file {missing} not found\n"
+    lines = out.stdout_bytes.decode().splitlines()
+    assert [line.split("\t")[0] for line in lines] == [str(photos / "astronaut.jpg"), str(photos / "space" / "rocket.jpeg")]
+    assert all(line.split("\t")[1] in {"person", "rocket", "cat"} for line in lines)
+    assert sorted(os.listdir(tmp_path)) == sorted(["photos"])  # no ./index, nothing else written
+
+    js = CliRunner().invoke(app, [*args[:2], *args[4:], "--json", "--model", str(config), "--pretrained", str(checkpoint)])
+    assert js.exit_code == 0 and js.stderr == "" and json.loads(js.stdout)["label"] in {"person", "rocket", "cat"}
+    # no index and no model named: the default model, whose weights this offline test cannot have
+    default = CliRunner().invoke(app, [*args[:2], *args[4:]])
+    assert default.exit_code == 1 and default.stderr.startswith("searchlite: error: ") and "ViT-B-32-256" in default.stderr
+    assert len(default.stderr.strip().splitlines()) == 1 and sorted(os.listdir(tmp_path)) == ["photos"]
+
+
+def test_an_engine_without_index_classifies_and_refuses_the_rest(tiny_model, photos: Path, tmp_path: Path) -> None:
+    config, checkpoint = tiny_model
+
+    def no_model(*_args):
+        raise AssertionError("a model was loaded for files that do not exist")
+
+    with SearchEngine.without_index(model=str(config), pretrained=str(checkpoint), encoder_factory=no_model) as engine:
+        results = engine.classify([tmp_path / "a.jpg", tmp_path / "b.jpg"], "dog,cat")
+        assert [r.error for r in results] == [f"file {tmp_path / 'a.jpg'} not found", f"file {tmp_path / 'b.jpg'} not found"]
+    with SearchEngine.without_index(model=str(config), pretrained=str(checkpoint)) as engine:
+        (result,) = engine.classify([photos / "astronaut.jpg"], "dog,cat")
+        assert result.error is None and sum(p for _, p in result.ranking) == pytest.approx(1.0, abs=1e-5)
+        for refused in (lambda: engine.search("x"), lambda: engine.index(photos), lambda: engine.tag("dog,cat"), engine.info):
+            with pytest.raises(InvalidInputError, match="this engine has no index"):
+                refused()
+    assert sorted(os.listdir(tmp_path)) == ["photos"]

@@ -67,8 +67,18 @@ def test_query_by_image_with_weights_and_negatives(cli, indexed: Path) -> None:
     rocket = indexed / "space" / "rocket.jpeg"
     result = cli("query", "--image", rocket, "-k", "1")
     assert result.stdout_bytes.decode().split("\t")[1].strip() == str(rocket)
-    mixed = cli("query", "2:beach", "--image", rocket, "--not", "people", "-k", "2")
+    mixed = cli("query", "2::beach", "--image", f"0.5::{rocket}", "--not", "3::people", "-k", "2")
     assert mixed.exit_code == 0 and len(mixed.stdout_bytes.splitlines()) == 2
+    bad = cli("query", "0::beach")
+    assert bad.exit_code == 1 and "positive number" in bad.stderr
+    timed = cli("query", "10:30 meeting", "-k", "1")  # a single colon is text, not a weight
+    assert timed.exit_code == 0 and len(timed.stdout_bytes.splitlines()) == 1
+
+
+def test_query_refuses_json_with_nul_records(cli) -> None:
+    result = cli("query", "a cat", "--json", "-0")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.strip() == "searchlite: error: give --json or -0, not both (JSON lines already keep any file name intact)"
 
 
 def test_non_utf8_paths_round_trip_through_text_and_json_output(cli, photos: Path, tiny_model) -> None:
@@ -87,7 +97,27 @@ def test_info_plain_and_json(cli, indexed: Path) -> None:
     facts = json.loads(cli("info", "--json").stdout)
     assert facts["images"] == 10 and facts["failed"] == 0 and facts["dim"] == 64
     assert facts["database_bytes"] > 0 and facts["vectors_bytes"] > 0
-    assert "images:\t10" in cli("info").stdout
+    plain = cli("info")
+    assert plain.exit_code == 0 and plain.stderr == ""
+    lines = dict(line.split(":", 1) for line in plain.stdout.splitlines())
+    assert lines["images"].strip() == "10" and lines["failed"].strip() == "0" and lines["dimensions"].strip() == "64"
+    assert lines["model"].strip().startswith("custom config") and lines["tags"].strip() == "none"
+    assert re.fullmatch(r" +\d+\.\d (kB|MB)", lines["database"])
+    assert re.fullmatch(r" +\d+\.\d kB, exact search", lines["vectors"])
+    assert len({len(line) - len(line.split(":", 1)[1].lstrip()) for line in plain.stdout.splitlines()}) == 1  # aligned
+    assert "None" not in plain.stdout and "{" not in plain.stdout and "_bytes" not in plain.stdout and "\t" not in plain.stdout
+
+
+def test_info_lists_tag_counts_and_says_what_is_not_there_yet() -> None:
+    from searchlite.cli import _describe_info, _human_size
+
+    assert [_human_size(n) for n in (0, 999, 1000, 12_345_678, 3 * 10**9)] == ["0 bytes", "999 bytes", "1.0 kB", "12.3 MB", "3.0 GB"]
+    facts = {"index": "/x", "images": 4, "failed": 1, "not_images": 0, "model": None, "dim": None,
+             "database_bytes": 4096, "vectors_bytes": 0, "vector_index": "ivf", "tags": {"beach": 3, "city": 1}}
+    text = _describe_info(facts)
+    assert "model:      none yet" in text and "dimensions: none yet" in text
+    assert "tags:       beach 3, city 1\n" in text and "vectors:    0 bytes, approximate search (IVF)" in text
+    assert "failed:     1 (searchlite info --failed lists them)" in text
 
 
 def test_info_failed_lists_files_with_reasons(cli, photos: Path, tiny_model) -> None:
@@ -162,6 +192,13 @@ def test_python_dash_m_and_the_console_script(indexed: Path, index_dir: Path) ->
     if script.exists():
         helped = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
         assert helped.returncode == 0 and "index" in helped.stdout and "query" in helped.stdout
+
+
+def test_optimize_help_states_the_recall_it_tunes_for() -> None:
+    from searchlite.cli import optimize
+    from searchlite.storage.vector_index import TARGET_RECALL
+
+    assert f"recall@10 >= {TARGET_RECALL:.2f}" in optimize.__doc__
 
 
 def test_optimize_command(cli, indexed: Path) -> None:
@@ -257,3 +294,17 @@ def test_the_summary_counts_the_model_loading_apart(cli, photos: Path, tiny_mode
     (photos / "nature" / "grass.bmp").unlink()
     second = cli("index", photos)  # nothing to encode: no model
     assert "1 removed" in second.stderr and "loading the model" not in second.stderr
+
+
+@pytest.mark.parametrize("special", ["/dev/null", "/dev/stdout"])
+def test_export_refuses_special_files_and_links_to_them(cli, indexed: Path, tmp_path: Path, special: str) -> None:
+    out = tmp_path / "out.npy"
+    out.symlink_to(special)
+    result = cli("export", out)
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.startswith(f"searchlite: error: {out} is not a regular file")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert out.is_symlink() and os.readlink(out) == special and not (tmp_path / "out.jsonl").exists()
+    fifo = tmp_path / "pipe.npy"
+    os.mkfifo(fifo)
+    assert cli("export", fifo).exit_code == 1 and not (tmp_path / "pipe.jsonl").exists()

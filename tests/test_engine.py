@@ -140,7 +140,7 @@ def test_mixed_query_is_the_weighted_combination(engine_factory, photos: Path) -
     v = engine.embed_images([img])[0]
     q = 2 * t[0] + v - t[1]
     q /= np.linalg.norm(q)
-    hits = engine.search("2:beach", image=img, negative="people", k=3)
+    hits = engine.search("2::beach", image=img, negative="people", k=3)
     for hit in hits:
         assert hit.score == pytest.approx(float(q @ engine.embed_images([hit.path])[0]), abs=1e-4)
 

@@ -11,28 +11,42 @@ from searchlite.errors import InvalidQueryError
 from searchlite.query.terms import IMAGE, TEXT, Term, combine, parse_terms, split_weight
 
 
-def test_weights_are_parsed_from_a_numeric_prefix_only() -> None:
-    assert split_weight("2:beach") == (2.0, "beach")
-    assert split_weight("0.5:a dog") == (0.5, "a dog")
+def test_weights_are_parsed_from_a_numeric_prefix_and_a_double_colon_only() -> None:
+    assert split_weight("2::beach") == (2.0, "beach")
+    assert split_weight("0.5::a dog") == (0.5, "a dog")
     assert split_weight("beach") == (1.0, "beach")
-    assert split_weight("note: a dog") == (1.0, "note: a dog")
+    assert split_weight("note:: a dog") == (1.0, "note:: a dog")
+    assert split_weight("std::vector") == (1.0, "std::vector")
+
+
+@pytest.mark.parametrize("raw", ["10:30 meeting", "http://x", "ratio 2:1", "2:beach", "note: a dog", "12:00"])
+def test_a_single_colon_is_always_plain_text(raw: str) -> None:
+    assert split_weight(raw) == (1.0, raw)
+    assert parse_terms([raw]) == [Term(TEXT, raw, 1.0)]
 
 
 def test_an_existing_path_with_a_colon_is_not_split(tmp_path: Path) -> None:
-    path = tmp_path / "2:x.jpg"
-    path.write_bytes(b"")
-    assert split_weight(str(path), is_path=True) == (1.0, str(path))
+    for name in ["2:x.jpg", "2::x.jpg"]:
+        path = tmp_path / name
+        path.write_bytes(b"")
+        assert split_weight(str(path), is_path=True) == (1.0, str(path))
+    assert parse_terms([], ["0.5::a.jpg"]) == [Term(IMAGE, "a.jpg", 0.5)]
 
 
-@pytest.mark.parametrize("raw", ["0:beach", "-1:beach", "inf:beach"])
+@pytest.mark.parametrize("raw", ["0::beach", "-1::beach", "inf::beach", "nan::beach", "0::x", "-1::x", "nan::x"])
 def test_bad_weights_are_refused(raw: str) -> None:
     with pytest.raises(InvalidQueryError, match="positive number"):
         split_weight(raw)
 
 
+def test_a_weight_needs_a_text() -> None:
+    with pytest.raises(InvalidQueryError, match="empty text"):
+        parse_terms(["2::  "])
+
+
 def test_parse_terms_orders_texts_images_negatives() -> None:
-    terms = parse_terms(["2:beach"], ["a.jpg"], ["people"])
-    assert terms == [Term(TEXT, "beach", 2.0), Term(IMAGE, "a.jpg", 1.0), Term(TEXT, "people", -1.0)]
+    terms = parse_terms(["2::beach"], ["a.jpg"], ["3::people"])
+    assert terms == [Term(TEXT, "beach", 2.0), Term(IMAGE, "a.jpg", 1.0), Term(TEXT, "people", -3.0)]
 
 
 @pytest.mark.parametrize("texts,negatives", [([], []), ([], ["people"]), (["  "], [])])

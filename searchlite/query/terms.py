@@ -1,4 +1,7 @@
-"""Query terms: parsing "2:beach"-style weights and combining term embeddings into one unit vector."""
+"""Query terms: parsing "2::beach"-style weights and combining term embeddings into one unit vector.
+
+A query is taken as typed: only a number followed by a double colon weights a term, so ordinary
+text ("10:30 meeting", "http://x", "ratio 2:1") is never read as a weight."""
 
 from __future__ import annotations
 
@@ -24,17 +27,24 @@ class Term:
     weight: float = 1.0
 
 
+WEIGHT_SEPARATOR = "::"
+
+
 def split_weight(raw: str, *, is_path: bool = False) -> tuple[float, str]:
-    """'2:beach' -> (2.0, 'beach'); 'beach' -> (1.0, 'beach'). A path that exists as given is never split."""
-    head, sep, rest = raw.partition(":")
+    """'2::beach' -> (2.0, 'beach'); 'beach' and '10:30 meeting' -> (1.0, as given).
+
+    Only a number before a double colon is a weight; a single colon is always plain text, and a path
+    that exists as given is never split. Raises InvalidQueryError for a weight that is not a positive
+    finite number ('0::x', '-1::x', 'nan::x')."""
+    head, sep, rest = raw.partition(WEIGHT_SEPARATOR)
     if not sep or (is_path and os.path.exists(raw)):
         return 1.0, raw
     try:
         weight = float(head)
-    except ValueError:
+    except ValueError:  # "std::vector", "a::b": text
         return 1.0, raw
     if not math.isfinite(weight) or weight <= 0:
-        raise InvalidQueryError(f"weight in {raw!r} must be a positive number, like 2:{rest}")
+        raise InvalidQueryError(f"weight in {raw!r} must be a positive number, like 2{WEIGHT_SEPARATOR}{rest}")
     return weight, rest
 
 

@@ -201,6 +201,19 @@ class Store:
             )
         return store
 
+    @classmethod
+    def in_memory(cls) -> Store:
+        """A new database that lives in memory only (for work that needs no index folder, such as
+        classifying files): nothing is written to disk, and it is gone once closed."""
+        from sqlalchemy.pool import StaticPool
+
+        # one connection shared by all threads: each new connection to ":memory:" is another database
+        engine = create_engine("sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False})
+        metadata.create_all(engine)
+        store = cls(engine, Path(":memory:"))
+        store.set_info("schema_version", SCHEMA_VERSION)
+        return store
+
     def close(self) -> None:
         self._engine.dispose()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidInputError
-from .atomic_file import write_atomic
+from .atomic_file import replaceable_target, write_atomic
 from .store import INDEXED, Store, content_hash
 from .vector_index import VectorIndex
 
@@ -20,7 +20,11 @@ CHUNK = 1000  # rows per transaction on import
 
 def export_embeddings(store: Store, npy_path: Path) -> int:
     """Write every stored embedding to npy_path (float32 (n, d)) and, line by line in the same
-    order, {"path": ...} objects to the .jsonl beside it. Returns n."""
+    order, {"path": ...} objects to the .jsonl beside it. Returns n. Both must be regular files (or
+    not exist yet): a device such as /dev/stdout, a pipe or a folder raises InvalidInputError before
+    anything is written."""
+    for target in (npy_path, npy_path.with_suffix(".jsonl")):
+        replaceable_target(target)
     ids, vectors = [], []
     for chunk_ids, chunk in store.iter_vectors():
         ids.extend(chunk_ids.tolist())
