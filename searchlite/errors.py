@@ -45,3 +45,15 @@ class PathNotFoundError(SearchliteError):
 
 class IndexWriteError(SearchliteError):
     """The index could not be written (disk full, I/O error); the previous state is intact."""
+
+
+class IndexVersionError(SearchliteError):
+    """The index was written by a newer searchlite, whose schema this one cannot read."""
+
+
+class IndexReadOnlyError(SearchliteError):
+    """The index is on read-only media (or its files are read-only): it answers queries only."""
+
+
+class IndexReadError(SearchliteError):
+    """The index database could not be read (I/O error, permissions); it is not damaged."""
