@@ -563,7 +563,7 @@ class SearchEngine:
             if self._encoder is None:
                 encoder = self._encoder_factory(self.spec, self._device)
                 encoder.choose_precision(self.settings.precision)
-                if self._store.get_info("model") is None:
+                if self._store.get_info("model") is None and not self._store.read_only:
                     self._store.set_info("embed_dim", encoder.embed_dim)
                     self._store.set_info("model", self.spec.to_record())
                 self._encoder = encoder
@@ -599,7 +599,7 @@ class SearchEngine:
         self._vectors = vectors
         if writer:
             self._save_vectors()
-        else:
+        elif not self._store.read_only:
             try:  # save the rebuilt cache unless an indexer is running, which will save it anyway
                 with writer_lock(self.index_dir / LOCK_FILENAME):
                     self._save_vectors()

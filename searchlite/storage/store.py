@@ -44,12 +44,12 @@ from sqlalchemy.exc import DatabaseError
 from ..errors import (
     CorruptIndexError,
     IndexReadError,
-    IndexReadOnlyError,
     IndexVersionError,
     IndexWriteError,
     SearchliteError,
 )
 from . import migrations
+from .writelock import read_only_error
 from .migrations import SCHEMA_VERSION  # noqa: F401 - the version this code writes
 
 log = logging.getLogger(__name__)
@@ -172,8 +172,7 @@ _ROW_COLUMNS = (
 
 def _pragmas(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
     cur = dbapi_conn.cursor()
-    # WAL: any number of readers while one writer commits; NORMAL is durable across app crashes
-    cur.execute("PRAGMA journal_mode=WAL")
+    # NORMAL is durable across app crashes in WAL mode (which _prepare sets, once the file is known)
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
 
@@ -522,6 +521,8 @@ def _prepare(engine: Engine, path: Path, *, read_only: bool, create: bool) -> se
             if version < 1:
                 raise read_only_error(path.parent, "and holds no index yet")
             return tables
+        # WAL: any number of readers while one writer commits (kept in the file once set)
+        conn.execute("PRAGMA journal_mode=WAL")
         if version < migrations.SCHEMA_VERSION:  # an empty file too: a first open cut short
             isolation = conn.isolation_level
             conn.isolation_level = None  # migrate() runs its own transaction
@@ -538,13 +539,6 @@ def _prepare(engine: Engine, path: Path, *, read_only: bool, create: bool) -> se
         return migrations.table_names(conn)
     finally:
         raw.close()
-
-
-def read_only_error(index_dir: Path, detail: str = "") -> IndexReadOnlyError:
-    return IndexReadOnlyError(
-        f"the index in {index_dir} is read-only{' ' + detail if detail else ''}: it can answer queries; "
-        "to change it, copy it (or remount its drive) where it can be written"
-    )
 
 
 def _is_damage(e: DatabaseError) -> bool:
