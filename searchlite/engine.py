@@ -158,6 +158,7 @@ class SearchEngine:
     def index(self, folder: str | os.PathLike[str], progress: ProgressFn | None = None) -> IndexReport:
         """Bring the index in line with folder: add new files, re-encode changed ones, follow moves,
         drop deleted ones. Only what changed since the last run is read."""
+        self._store.check_writable()
         root = os.path.abspath(os.fspath(folder))
         if not os.path.exists(root):
             raise PathNotFoundError(f"folder {folder} not found")
@@ -363,6 +364,7 @@ class SearchEngine:
         """Load embeddings computed elsewhere (by this index's model) for files that exist here:
         npy_path holds float32 (n, d); paths_path the n paths, as .jsonl {"path": ...} lines or plain
         lines. Later index runs treat these files as unchanged. Returns (imported, not found here)."""
+        self._store.check_writable()
         try:
             matrix = np.load(npy_path, allow_pickle=False)
         except (OSError, ValueError) as e:
@@ -409,6 +411,7 @@ class SearchEngine:
     def optimize(self, *, force: bool = True) -> dict[str, Any]:
         """Rebuild the vector index for its size: approximate (IVF, tuned on the data) when large or
         forced, exact otherwise. Searches keep working meanwhile; returns what was chosen."""
+        self._store.check_writable()
         with writer_lock(self.index_dir / LOCK_FILENAME):
             vectors = self._get_vectors(writer=True)
             chosen = vectors.optimize(force=force)
@@ -460,6 +463,7 @@ class SearchEngine:
         """Tag every indexed image with the zero-shot labels (kept up to date by later index runs).
         An image carries its best label, and any other label whose probability reaches threshold.
         A new label set under the same name replaces the old one. Returns images newly tagged."""
+        self._store.check_writable()  # before any model is loaded
         label_set = _label_set(labels, templates)
         classifier = self._zero_shot(label_set)
         key = label_set.key(self.model_key())
@@ -490,6 +494,7 @@ class SearchEngine:
 
     def apply_probe(self, path: str | os.PathLike[str], *, name: str | None = None, threshold: float = DEFAULT_TAG_THRESHOLD) -> int:
         """Tag the index with a saved probe (its name defaults to the file's stem)."""
+        self._store.check_writable()
         classifier, model_key = probe.load(path)
         if model_key != self.model_key():
             raise ModelMismatchError(

@@ -32,6 +32,9 @@ fixtures = _load_fixture_script()
 def old_index(commit: str, root: Path, tiny_model) -> tuple[Path, Path]:
     """(index dir, photos) as commit's code left them, moved under root."""
     photos = fixtures.write_folder(root)
+    (root / "model").mkdir()
+    for file in tiny_model:  # where the index records its model
+        (root / "model" / file.name).symlink_to(file)
     index = root / "index"
     index.mkdir()
     fixtures.load(FIXTURES / f"schema-{commit}.sql", index / DB_FILENAME, root)
