@@ -166,6 +166,7 @@ class SearchEngine:
         """Bring the index in line with folder: add new files, re-encode changed ones, follow moves,
         drop deleted ones. Only what changed since the last run is read."""
         index_dir = self._folder()
+        self._store.check_writable()
         root = os.path.abspath(os.fspath(folder))
         if not os.path.exists(root):
             raise PathNotFoundError(f"folder {folder} not found")
@@ -304,7 +305,7 @@ class SearchEngine:
                 encoder = self._encoder_factory(self.spec, self._device)
                 encoder.choose_precision(self.settings.precision)
                 self.model_load_seconds += time.monotonic() - started
-                if self._store.get_info("model") is None:
+                if self._store.get_info("model") is None and not self._store.read_only:
                     self._store.set_info("embed_dim", encoder.embed_dim)
                     self._store.set_info("model", self.spec.to_record())
                 self._encoder = encoder
@@ -363,6 +364,7 @@ class SearchEngine:
         """Load embeddings computed elsewhere (by this index's model) for files that exist here:
         npy_path holds float32 (n, d); paths_path the n paths, as .jsonl {"path": ...} lines or plain
         lines. Later index runs treat these files as unchanged. Returns (imported, not found here)."""
+        self._store.check_writable()
         dim = self._store.get_info("embed_dim") or self.load_model().embed_dim
         matrix, paths = transfer.read_embeddings(Path(npy_path), Path(paths_path), dim, self.spec.describe())
         with self._writing():
@@ -378,6 +380,7 @@ class SearchEngine:
     def optimize(self, *, force: bool = True) -> dict[str, Any]:
         """Rebuild the vector index for its size: approximate (IVF, tuned on the data) when large or
         forced, exact otherwise. Searches keep working meanwhile; returns what was chosen."""
+        self._store.check_writable()
         with self._writing():
             chosen = self._get_vectors(writer=True).optimize(force=force)
             self._save_vectors()
@@ -426,6 +429,7 @@ class SearchEngine:
         """Tag every indexed image with the zero-shot labels (kept up to date by later index runs).
         An image carries its best label, and any other label whose probability reaches threshold.
         A new label set under the same name replaces the old one. Returns images newly tagged."""
+        self._store.check_writable()  # before any model is loaded
         label_set = zeroshot.LabelSet.parse(labels, templates)
         classifier = self._zero_shot(label_set)
         key = label_set.key(self.model_key())
@@ -457,6 +461,7 @@ class SearchEngine:
 
     def apply_probe(self, path: str | os.PathLike[str], *, name: str | None = None, threshold: float = DEFAULT_TAG_THRESHOLD) -> int:
         """Tag the index with a saved probe (its name defaults to the file's stem)."""
+        self._store.check_writable()
         classifier, model_key = probe.load(path)
         if model_key != self.model_key():
             raise ModelMismatchError(

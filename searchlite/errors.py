@@ -18,6 +18,7 @@ it, in terms of values (never command-line flags: the CLI adds those hints).
     ├── ModelLoadError           a model cannot be loaded                      (500)
     │   └── WeightsUnavailableError  not cached and cannot be downloaded       (503)
     ├── CorruptIndexError        the database is damaged                       (500)
+    ├── IndexReadError           the database cannot be read (I/O, permissions) (500)
     └── WriteFailedError         a file could not be written (disk full, I/O)  (507)
         └── IndexWriteError      … a file of the index; the previous state is intact
 
@@ -103,6 +104,10 @@ class WeightsUnavailableError(ModelLoadError):
 
 class CorruptIndexError(SearchliteError):
     """The index database is damaged or is not a searchlite index."""
+
+
+class IndexReadError(SearchliteError):
+    """The index database could not be read (I/O error, permissions); it is not damaged."""
 
 
 class OutputPathError(InvalidInputError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator
@@ -16,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.request import pathname2url
 
 import numpy as np
 from sqlalchemy import (
@@ -40,9 +42,18 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DatabaseError
 
-from ..errors import CorruptIndexError, IndexWriteError
+from ..errors import (
+    CorruptIndexError,
+    IndexReadError,
+    IndexVersionError,
+    IndexWriteError,
+    SearchliteError,
+)
+from . import migrations
+from .writelock import read_only_error
+from .migrations import SCHEMA_VERSION  # noqa: F401 - the version this code writes
 
-SCHEMA_VERSION = 1
+log = logging.getLogger(__name__)
 
 INDEXED = "indexed"
 FAILED = "failed"
@@ -162,44 +173,56 @@ _ROW_COLUMNS = (
 
 def _pragmas(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
     cur = dbapi_conn.cursor()
-    # WAL: any number of readers while one writer commits; NORMAL is durable across app crashes
-    cur.execute("PRAGMA journal_mode=WAL")
+    # NORMAL is durable across app crashes in WAL mode (which _prepare sets, once the file is known)
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
+
+
+def is_writable(path: Path) -> bool:
+    """Whether the database at path (and its folder, where SQLite puts the -wal and -shm files)
+    can be written. False on a read-only mount even for root (access() reports EROFS)."""
+    return os.access(path.parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
+
+
+def _read_only_uri(path: Path) -> str:
+    """A URI that opens path without ever writing. Without a -wal file SQLite cannot open a WAL
+    database read-only in a folder where it cannot create the -shm, but immutable=1 can (nothing
+    is in a WAL then); with a -wal file immutable=1 would ignore committed rows in it, and mode=ro
+    works (SQLite reads a read-only -shm)."""
+    uri = f"file:{pathname2url(str(path.absolute()))}?mode=ro"
+    return uri if path.with_name(path.name + "-wal").exists() else uri + "&immutable=1"
 
 
 class Store:
     """The SQLite database of one index."""
 
-    def __init__(self, engine: Engine, path: Path) -> None:
+    def __init__(self, engine: Engine, path: Path, *, read_only: bool = False, tables: set[str] | None = None) -> None:
         self._engine = engine
         self.path = path
+        self.read_only = read_only
+        # an old schema opened read-only cannot be migrated: its missing tag tables read as empty
+        self._has_tags = tables is None or {"tag_sets", "tags", "class_weights"} <= tables
 
     @classmethod
     def open(cls, path: Path, *, create: bool) -> Store:
-        """Open (and with create=True, create) the database at path."""
-        engine = create_engine(
-            f"sqlite:///{path}",
-            connect_args={"timeout": 30, "check_same_thread": False},
-        )
-        event.listen(engine, "connect", _pragmas)
-        store = cls(engine, path)
-        try:
-            if create:
-                metadata.create_all(engine)
-                if store.get_info("schema_version") is None:
-                    store.set_info("schema_version", SCHEMA_VERSION)
-            version = store.get_info("schema_version")
-        except DatabaseError as e:
-            engine.dispose()
-            raise _damaged(path, e) from None
-        if version != SCHEMA_VERSION:
-            engine.dispose()
-            raise CorruptIndexError(
-                f"{path} has schema version {version!r}, this searchlite reads version "
-                f"{SCHEMA_VERSION}; use a matching searchlite or index into a new folder"
+        """Open (and with create=True, create) the database at path, bringing its schema up to
+        date; a database on read-only media is opened read-only and never written."""
+        read_only = path.exists() and not is_writable(path)
+        if read_only:
+            uri = _read_only_uri(path)
+            engine = create_engine(
+                "sqlite://",
+                creator=lambda: sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False),
             )
-        return store
+        else:
+            engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30, "check_same_thread": False})
+            event.listen(engine, "connect", _pragmas)
+        try:
+            tables = _prepare(engine, path, read_only=read_only, create=create)
+        except BaseException:
+            engine.dispose()
+            raise
+        return cls(engine, path, read_only=read_only, tables=tables if read_only else None)
 
     @classmethod
     def in_memory(cls) -> Store:
@@ -226,13 +249,14 @@ class Store:
             with self._engine.connect() as conn:
                 yield conn
         except DatabaseError as e:
-            raise _damaged(self.path, e) from None
+            raise _read_error(self.path, e) from None
 
     def get_info(self, key: str) -> Any:
         with self._reading() as conn:
             return _get_info(conn, key)
 
     def set_info(self, key: str, value: Any) -> None:
+        self.check_writable()
         with self._write_errors(), self._engine.begin() as conn:
             _set_info(conn, key, value)
 
@@ -306,16 +330,23 @@ class Store:
                 yield ids, vectors.reshape(len(rows), -1)
 
     def cached_weights(self, key: str) -> np.ndarray | None:
+        if not self._has_tags:
+            return None
         with self._reading() as conn:
             blob = conn.execute(select(class_weights.c.weights).where(class_weights.c.key == key)).scalar()
         return None if blob is None else np.frombuffer(blob, dtype=np.float32)
 
     def cache_weights(self, key: str, weights: np.ndarray) -> None:
+        """Keep zero-shot class weights for next time; a read-only index just computes them again."""
+        if self.read_only:
+            return
         stmt = sqlite_insert(class_weights).values(key=key, weights=np.ascontiguousarray(weights, np.float32).tobytes())
         with self._write_errors(), self._engine.begin() as conn:
             conn.execute(stmt.on_conflict_do_nothing())
 
     def tag_sets(self) -> list[TagSetRow]:
+        if not self._has_tags:
+            return []
         with self._reading() as conn:
             rows = conn.execute(select(tag_sets).order_by(tag_sets.c.name)).all()
         out = []
@@ -337,10 +368,14 @@ class Store:
         return ids, np.frombuffer(b"".join(r.vector for r in rows), dtype=np.float32).reshape(len(rows), -1)
 
     def ids_tagged(self, label: str) -> set[int]:
+        if not self._has_tags:
+            return set()
         with self._reading() as conn:
             return set(conn.execute(select(tags.c.image_id).where(tags.c.label == label).distinct()).scalars())
 
     def tag_counts(self) -> dict[str, int]:
+        if not self._has_tags:
+            return {}
         query = select(tags.c.label, func.count(tags.c.image_id.distinct())).group_by(tags.c.label).order_by(tags.c.label)
         with self._reading() as conn:
             return {label: n for label, n in conn.execute(query)}
@@ -348,7 +383,7 @@ class Store:
     def tags_of(self, image_ids: Iterable[int]) -> dict[int, list[str]]:
         ids = list(image_ids)
         out: dict[int, list[str]] = {i: [] for i in ids}
-        if ids:
+        if ids and self._has_tags:
             query = select(tags.c.image_id, tags.c.label).where(tags.c.image_id.in_(ids)).order_by(tags.c.score.desc())
             with self._reading() as conn:
                 for image_id, label in conn.execute(query):
@@ -362,14 +397,21 @@ class Store:
 
     # --- writes --------------------------------------------------------------------------------
 
+    def check_writable(self) -> None:
+        """Raise IndexReadOnlyError on an index that cannot be written."""
+        if self.read_only:
+            raise read_only_error(self.path.parent)
+
     @contextmanager
     def _write_errors(self) -> Iterator[None]:
         """A failed write (disk full, I/O error) rolls back and becomes one clear error."""
         try:
             yield
         except DatabaseError as e:
-            if not isinstance(e.orig, sqlite3.OperationalError):  # malformed, not full
+            if _is_damage(e):
                 raise _damaged(self.path, e) from None
+            if isinstance(e.orig, sqlite3.OperationalError) and "readonly" in str(e.orig):
+                raise read_only_error(self.path.parent) from None
             raise IndexWriteError(
                 f"cannot write to the index database {self.path} ({e.orig}); nothing committed "
                 "before is lost: free disk space or fix the disk, then run the same command again"
@@ -378,6 +420,7 @@ class Store:
     @contextmanager
     def transaction(self, *, vectors_changed: bool = True) -> Iterator[Transaction]:
         """One atomic batch of changes; when vectors change, the generation moves on as it commits."""
+        self.check_writable()
         with self._write_errors(), self._engine.begin() as conn:
             tx = Transaction(conn)
             yield tx
@@ -465,6 +508,78 @@ class Transaction:
 def content_hash(data: bytes) -> str:
     """Hash that identifies a file's content across moves, renames and copies."""
     return hashlib.sha256(data).hexdigest()
+
+
+def _prepare(engine: Engine, path: Path, *, read_only: bool, create: bool) -> set[str]:
+    """Check that path is a searchlite database of a schema this code reads and migrate it (unless
+    read-only); returns its tables (as they were, when read-only)."""
+    try:
+        raw = engine.raw_connection()  # runs _pragmas: a file that is not SQLite fails here
+    except DatabaseError as e:
+        raise _read_error(path, e) from None
+    except sqlite3.DatabaseError as e:
+        raise _read_error(path, DatabaseError(None, None, e)) from None
+    try:
+        conn = raw.driver_connection
+        try:
+            tables = migrations.table_names(conn)
+            version = migrations.schema_version(conn)
+        except sqlite3.DatabaseError as e:
+            raise _read_error(path, DatabaseError(None, None, e)) from None
+        if tables and not tables & {"images", "index_info"}:
+            raise CorruptIndexError(
+                f"{path} is not a searchlite database (it holds other tables); searchlite will not modify "
+                "it: move it aside and index again into an empty folder, or pass another index folder"
+            )
+        if version > migrations.SCHEMA_VERSION:
+            raise IndexVersionError(
+                f"the index in {path.parent} was written by a newer searchlite (schema {version}; this one "
+                f"reads up to {migrations.SCHEMA_VERSION}): upgrade searchlite (pip install -U searchlite)"
+            )
+        if read_only:
+            if version < 1:
+                raise read_only_error(path.parent, "and holds no index yet")
+            return tables
+        # WAL: any number of readers while one writer commits (kept in the file once set)
+        conn.execute("PRAGMA journal_mode=WAL")
+        if version < migrations.SCHEMA_VERSION:  # an empty file too: a first open cut short
+            isolation = conn.isolation_level
+            conn.isolation_level = None  # migrate() runs its own transaction
+            try:
+                before, after = migrations.migrate(conn)
+            except sqlite3.DatabaseError as e:
+                if isinstance(e, sqlite3.OperationalError) and "readonly" in str(e):
+                    raise read_only_error(path.parent) from None
+                raise _read_error(path, DatabaseError(None, None, e)) from None
+            finally:
+                conn.isolation_level = isolation
+            if before:
+                log.info("upgraded %s from schema %d to %d", path, before, after)
+        return migrations.table_names(conn)
+    finally:
+        raw.close()
+
+
+def _is_damage(e: DatabaseError) -> bool:
+    """SQLite's verdict that the file is corrupt or not a database (SQLITE_CORRUPT, SQLITE_NOTADB:
+    sqlite3.DatabaseError itself). Its subclasses are other troubles: a missing table, a locked or
+    read-only file, an I/O error, a constraint."""
+    return type(e.orig) is sqlite3.DatabaseError
+
+
+def _read_error(path: Path, e: DatabaseError) -> SearchliteError:
+    if _is_damage(e):
+        return _damaged(path, e)
+    message = str(e.orig)
+    if message.startswith(("no such table", "no such column")):
+        return IndexVersionError(
+            f"the index database {path} lacks part of the schema this searchlite expects ({message}); "
+            "open it once with this searchlite where it can be written, which upgrades it"
+        )
+    return IndexReadError(
+        f"cannot read the index database {path} ({message}); check the drive it is on and its "
+        "permissions, then run the same command again"
+    )
 
 
 def _damaged(path: Path, e: DatabaseError) -> CorruptIndexError:

@@ -43,7 +43,7 @@ class VectorCache:
             log.warning("rebuilt the vector cache %s from the database (%d vectors)", self.path, len(vectors))
         if writer:
             self.save(vectors)
-        else:
+        elif not self._store.read_only:
             try:  # an indexer that is running saves it anyway
                 with writer_lock(self._lock_path):
                     self.save(vectors)

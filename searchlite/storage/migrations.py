@@ -1,0 +1,127 @@
+"""Schema history as code: numbered migrations, applied in order when an index is opened.
+
+Each migration is plain SQL that brings a database from the schema before it to the schema after
+it; it describes history, so it never changes once released (store.py's Table definitions describe
+the current schema, and a test checks that running every migration on an empty file builds it).
+To change the schema, write `m00N_what_it_does(conn)` and append it to MIGRATIONS. The number of
+migrations applied is recorded in index_info as "schema_version".
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable
+
+Migration = Callable[[sqlite3.Connection], None]
+
+
+def m001_images_and_index_info(conn: sqlite3.Connection) -> None:
+    """The first schema (commit ac4cc81): one row per file, and facts about the index."""
+    _run(
+        conn,
+        """
+        CREATE TABLE IF NOT EXISTS images (
+            id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
+            path BLOB NOT NULL,
+            size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL,
+            content_hash VARCHAR,
+            width INTEGER,
+            height INTEGER,
+            state VARCHAR NOT NULL,
+            error VARCHAR,
+            vector BLOB,
+            UNIQUE (path)
+        );
+        CREATE INDEX IF NOT EXISTS ix_images_content_hash ON images (content_hash);
+        CREATE INDEX IF NOT EXISTS ix_images_state ON images (state);
+        CREATE TABLE IF NOT EXISTS index_info (
+            "key" VARCHAR NOT NULL,
+            value VARCHAR NOT NULL,
+            PRIMARY KEY ("key")
+        );
+        """
+    )
+
+
+def m002_tag_tables(conn: sqlite3.Connection) -> None:
+    """Tag sets, tags and cached zero-shot class weights (commit d6d5ac6). That commit added them
+    without a version bump, so some version-1 files already have them: create only what is missing."""
+    _run(
+        conn,
+        """
+        CREATE TABLE IF NOT EXISTS tag_sets (
+            name VARCHAR NOT NULL,
+            "key" VARCHAR NOT NULL,
+            labels VARCHAR NOT NULL,
+            weights BLOB NOT NULL,
+            bias BLOB NOT NULL,
+            threshold FLOAT NOT NULL,
+            source VARCHAR NOT NULL,
+            PRIMARY KEY (name)
+        );
+        CREATE TABLE IF NOT EXISTS tags (
+            image_id INTEGER NOT NULL,
+            tag_set VARCHAR NOT NULL,
+            label VARCHAR NOT NULL,
+            score FLOAT NOT NULL,
+            best BOOLEAN NOT NULL,
+            PRIMARY KEY (image_id, tag_set, label)
+        );
+        CREATE INDEX IF NOT EXISTS ix_tags_label ON tags (label);
+        CREATE TABLE IF NOT EXISTS class_weights (
+            "key" VARCHAR NOT NULL,
+            weights BLOB NOT NULL,
+            PRIMARY KEY ("key")
+        );
+        """
+    )
+
+
+MIGRATIONS: list[Migration] = [m001_images_and_index_info, m002_tag_tables]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _run(conn: sqlite3.Connection, script: str) -> None:
+    """Each statement of script in the open transaction (executescript would commit it first)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+def table_names(conn: sqlite3.Connection) -> set[str]:
+    return {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The migrations a database has had: 0 for an empty file. A file with the first tables but no
+    recorded version (its first open was cut short) has had m001."""
+    tables = table_names(conn)
+    if "index_info" not in tables:
+        return 1 if "images" in tables else 0
+    row = conn.execute("SELECT value FROM index_info WHERE key = 'schema_version'").fetchone()
+    if row is None:
+        return 1 if "images" in tables else 0
+    return int(json.loads(row[0]))
+
+
+def migrate(conn: sqlite3.Connection, upto: int = SCHEMA_VERSION) -> tuple[int, int]:
+    """Apply the migrations a database lacks (up to `upto`), all in one transaction that waits for
+    any other writer; returns (version before, version after). conn must be in autocommit mode."""
+    conn.execute("BEGIN IMMEDIATE")  # the version is read under the write lock: two openers migrate once
+    try:
+        before = schema_version(conn)
+        for migration in MIGRATIONS[before:upto]:
+            migration(conn)
+        if upto > before:
+            conn.execute(
+                "INSERT INTO index_info (key, value) VALUES ('schema_version', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (json.dumps(upto),),
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return before, max(before, upto)

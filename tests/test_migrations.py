@@ -1,0 +1,165 @@
+"""Schema history: each migration from the schema before it, every old fixture index opened and
+answering like a fresh one, newer schemas refused, and missing tables never called damage."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from searchlite import IndexVersionError, SearchEngine
+from searchlite.config import DB_FILENAME
+from searchlite.storage import migrations
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+OLD_INDEXES = ["2e598f4", "9e1518f"]  # before the tag tables; v1 with them and a tag set
+
+
+def _load_fixture_script():
+    spec = importlib.util.spec_from_file_location("make_schema_fixtures", FIXTURES / "make_schema_fixtures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+fixtures = _load_fixture_script()
+
+
+def old_index(commit: str, root: Path, tiny_model) -> tuple[Path, Path]:
+    """(index dir, photos) as commit's code left them, moved under root."""
+    photos = fixtures.write_folder(root)
+    (root / "model").mkdir()
+    for file in tiny_model:  # where the index records its model
+        (root / "model" / file.name).symlink_to(file)
+    index = root / "index"
+    index.mkdir()
+    fixtures.load(FIXTURES / f"schema-{commit}.sql", index / DB_FILENAME, root)
+    with sqlite3.connect(index / DB_FILENAME) as conn:
+        recorded = json.loads(conn.execute("SELECT value FROM index_info WHERE key = 'model'").fetchone()[0])
+    from searchlite.models.spec import file_sha256
+
+    if recorded["checkpoint_sha256"] != file_sha256(str(tiny_model[1])):  # e.g. another torch draws other weights
+        pytest.skip("this torch builds other tiny-model weights than the fixtures': run tests/fixtures/make_schema_fixtures.py")
+    return index, photos
+
+
+def schema_of(db: Path) -> dict[str, list[tuple]]:
+    with sqlite3.connect(db) as conn:
+        names = [n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'index') AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+        return {n: conn.execute(f"PRAGMA index_xinfo('{n}')" if n.startswith("ix_") else f"PRAGMA table_info('{n}')").fetchall() for n in names}
+
+
+def test_each_migration_builds_on_the_schema_before_it(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "db", isolation_level=None)
+    assert migrations.migrate(conn, upto=1) == (0, 1)
+    assert migrations.table_names(conn) == {"images", "index_info", "sqlite_sequence"}
+    conn.execute("INSERT INTO images (path, size, mtime_ns, state) VALUES (x'2f61', 1, 2, 'indexed')")
+    assert migrations.migrate(conn) == (1, 2)
+    assert {"tag_sets", "tags", "class_weights"} <= migrations.table_names(conn)
+    assert migrations.migrate(conn) == (2, 2)  # nothing left to do
+    assert conn.execute("SELECT count(*) FROM images").fetchone() == (1,)
+    conn.close()
+
+
+def test_m002_keeps_tag_tables_a_version_1_file_already_has(tmp_path: Path) -> None:
+    db = tmp_path / DB_FILENAME
+    fixtures.load(FIXTURES / "schema-9e1518f.sql", db, tmp_path)
+    conn = sqlite3.connect(db, isolation_level=None)
+    tags = conn.execute("SELECT * FROM tags ORDER BY image_id, label").fetchall()
+    assert tags and migrations.migrate(conn) == (1, 2)
+    assert conn.execute("SELECT * FROM tags ORDER BY image_id, label").fetchall() == tags
+    conn.close()
+
+
+def test_migrations_build_the_schema_store_py_describes(tmp_path: Path) -> None:
+    from sqlalchemy import create_engine
+
+    from searchlite.storage.store import metadata
+
+    conn = sqlite3.connect(tmp_path / "migrated.db", isolation_level=None)
+    migrations.migrate(conn)
+    conn.close()
+    engine = create_engine(f"sqlite:///{tmp_path / 'declared.db'}")
+    metadata.create_all(engine)
+    engine.dispose()
+    assert schema_of(tmp_path / "migrated.db") == schema_of(tmp_path / "declared.db")
+
+
+@pytest.mark.parametrize("commit", OLD_INDEXES)
+def test_an_index_written_by_old_code_answers_like_a_fresh_one(commit: str, tiny_model, tmp_path: Path) -> None:
+    config, checkpoint = tiny_model
+    index, photos = old_index(commit, tmp_path, tiny_model)
+    flags = {"model": str(config), "pretrained": str(checkpoint)}
+    labels = fixtures.TAG_LABELS
+    with SearchEngine.open(tmp_path / "fresh", **flags) as fresh, SearchEngine.open(index, **flags) as old:
+        fresh.index(photos)
+        if commit != "2e598f4":  # its tags were migrated, and no model ran to keep them
+            fresh.tag(labels)
+            assert old.info()["tags"] == fresh.info()["tags"] != {}
+        counts = ("images", "failed", "not_images", "dim")
+        assert {k: old.info()[k] for k in counts} == {k: fresh.info()[k] for k in counts}
+        want, got = fresh.search("a red square", k=10), old.search("a red square", k=10)
+        assert [h.path for h in got] == [h.path for h in want] and len(got) == 6
+        assert [h.score for h in got] == pytest.approx([h.score for h in want], abs=1e-5)
+        old.tag(labels)
+        fresh.tag(labels)
+        assert old.info()["tags"] == fresh.info()["tags"]
+        assert [h.path for h in old.search("a red square", tag="red")] == [h.path for h in fresh.search("a red square", tag="red")]
+        again_old, again_fresh = old.index(photos), fresh.index(photos)
+        assert dataclasses.replace(again_old, seconds=0) == dataclasses.replace(again_fresh, seconds=0)
+        assert again_old.unchanged == 7 and again_old.encoded == 0
+        assert [h.path for h in old.search("a red square", k=10)] == [h.path for h in want]
+    with sqlite3.connect(index / DB_FILENAME) as conn:
+        assert conn.execute("SELECT value FROM index_info WHERE key = 'schema_version'").fetchone() == (str(migrations.SCHEMA_VERSION),)
+
+
+def test_a_newer_schema_is_refused_naming_both_versions(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from searchlite.cli import app
+
+    index = tmp_path / "index"
+    index.mkdir()
+    conn = sqlite3.connect(index / DB_FILENAME, isolation_level=None)
+    migrations.migrate(conn)
+    conn.execute("UPDATE index_info SET value = '5' WHERE key = 'schema_version'")
+    conn.close()
+    before = (index / DB_FILENAME).read_bytes()
+    with pytest.raises(IndexVersionError):
+        SearchEngine.open(index)
+    result = CliRunner().invoke(app, ["info", "--index", str(index)])
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"searchlite: error: the index in {index} was written by a newer searchlite (schema 5; this one reads "
+        f"up to {migrations.SCHEMA_VERSION}): upgrade searchlite (pip install -U searchlite)\n"
+    )
+    assert (index / DB_FILENAME).read_bytes() == before
+
+
+def test_a_missing_table_is_not_called_damage(engine_factory, photos: Path, index_dir: Path) -> None:
+    from searchlite import CorruptIndexError
+
+    engine_factory().index(photos)
+    with sqlite3.connect(index_dir / DB_FILENAME) as conn:
+        conn.execute("DROP TABLE tags")  # at the current version: no migration brings it back
+    with SearchEngine.open(index_dir) as engine:
+        with pytest.raises(IndexVersionError, match="no such table: tags") as e:
+            engine.search("a cat", tag="red")
+    assert not isinstance(e.value, CorruptIndexError) and "damaged" not in str(e.value)
+
+
+def test_a_sqlite_file_of_another_program_is_not_migrated(tmp_path: Path) -> None:
+    from searchlite import CorruptIndexError
+
+    index = tmp_path / "index"
+    index.mkdir()
+    with sqlite3.connect(index / DB_FILENAME) as conn:
+        conn.execute("CREATE TABLE recipes (name TEXT)")
+    with pytest.raises(CorruptIndexError, match="is not a searchlite database"):
+        SearchEngine.open(index)
+    with sqlite3.connect(index / DB_FILENAME) as conn:
+        assert migrations.table_names(conn) == {"recipes"}
