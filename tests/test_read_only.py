@@ -7,11 +7,9 @@ chmod-ed copy does not work here: the interpreter lives under /root, which nobod
 
 from __future__ import annotations
 
-import os
 import shutil
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,7 @@ from typer.testing import CliRunner
 
 from searchlite.cli import app
 from searchlite.config import DB_FILENAME
-from tests.test_migrations import fixtures, old_index
+from tests.test_migrations import fixtures, old_index  # noqa: F401 - old_index needs the fixtures fixture
 
 
 @pytest.fixture
