@@ -270,6 +270,7 @@ def test_files_refused_by_a_limit_are_retried_when_the_limit_changes(engine_fact
     report = engine_factory(settings=strict).index(folder)
     assert report.failed == 1
     assert "0.0048 MP), over the 0.001 MP limit; raise --max-megapixels" in report.failures[0][1]
+    assert engine_factory().failures()[0].failed_under == {"decode_timeout_s": 30.0, "max_megapixels": 0.001}
     again = engine_factory(settings=strict).index(folder)  # same limit: the verdict stands
     assert (again.failed, again.unchanged, again.encoded) == (0, 1, 0)
     raised = engine_factory(settings=IndexSettings(max_megapixels=1.0)).index(folder)

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -36,12 +36,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int], None]
-
-# index_info key: {row id: the decode settings that judged that file failed}. A file refused by a
-# limit (too many megapixels, a decode that took too long, the memory cap that follows from the
-# megapixels) is retried by a run with other limits, though the file itself has not changed.
-FAILURE_SETTINGS_KEY = "failure_settings"
-
 
 def decode_settings(settings: IndexSettings) -> dict[str, float]:
     """The settings a decoding verdict depends on."""
@@ -131,14 +125,12 @@ class Indexer:
         known = self.store.rows_under(root)
         seen = {f.path for f in files}
         missing = [row for path, row in known.items() if path not in seen]
-        self.judged: dict[str, dict[str, float]] = self.store.get_info(FAILURE_SETTINGS_KEY) or {}
-        self.judged_changed = False
         current = decode_settings(self.settings)
         work = []
         for f in files:
             row = known.get(f.path)
             if row is not None and row.size == f.size and row.mtime_ns == f.mtime_ns:
-                if row.state == FAILED and self.judged.get(str(row.id), current) != current:
+                if row.state == FAILED and row.failed_under not in (None, current):
                     work.append(f)  # failed under other limits: judge it again under these
                 else:
                     report.unchanged += 1
@@ -162,29 +154,9 @@ class Indexer:
                 tx.delete(row.id for row in gone)
             self.vectors.remove(np.array([row.id for row in gone], dtype=np.int64))
             report.removed += len(gone)
-            self.forget_judged(row.id for row in gone)
-        self.save_judged()
         report.seconds = time.monotonic() - started
         return report
 
-
-    def note_judged(self, row_id: int, by_settings: bool) -> None:
-        """Remember (or forget) the decode settings behind the verdict now stored for row_id."""
-        key = str(row_id)
-        if by_settings:
-            self.judged[key] = decode_settings(self.settings)
-            self.judged_changed = True
-        elif self.judged.pop(key, None) is not None:
-            self.judged_changed = True
-
-    def forget_judged(self, row_ids: Iterable[int]) -> None:
-        for row_id in row_ids:
-            self.note_judged(row_id, False)
-
-    def save_judged(self) -> None:
-        if self.judged_changed:
-            self.store.set_info(FAILURE_SETTINGS_KEY, self.judged)
-            self.judged_changed = False
 
 
 class _Run:
@@ -311,14 +283,12 @@ class _Run:
                         tx.delete([old.id])
                         dropped_ids.append(old.id)
                         report.removed += 1
-                        self.ix.forget_judged([old.id])
                     continue
-                if old is not None:
-                    self.ix.forget_judged([old.id])
                 if p.error is not None or p.skipped is not None:
                     state, reason = (FAILED, p.error) if p.error is not None else (SKIPPED, p.skipped)
-                    row_id = tx.put(f.path, size=f.size, mtime_ns=f.mtime_ns, content_hash=p.content_hash, state=state, error=reason)
-                    self.ix.note_judged(row_id, p.by_settings)
+                    failed_under = decode_settings(self.ix.settings) if p.by_settings else None
+                    tx.put(f.path, size=f.size, mtime_ns=f.mtime_ns, content_hash=p.content_hash, state=state, error=reason,
+                           failed_under=failed_under)
                     if old is not None and old.state == INDEXED:
                         dropped_ids.append(old.id)
                     if p.error is not None:
@@ -364,7 +334,6 @@ class _Run:
         if added_ids:
             self.ix.vectors.add(np.array(added_ids, dtype=np.int64), np.stack(added_vectors))
         self.known_hashes.update(h for h in vectors_of if h is not None)
-        self.ix.save_judged()
         self.pending = []
         if time.monotonic() - self.last_snapshot >= self.ix.settings.snapshot_interval_s:
             self.ix.on_snapshot()

@@ -79,7 +79,13 @@ def m002_tag_tables(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [m001_images_and_index_info, m002_tag_tables]
+def m003_failed_under(conn: sqlite3.Connection) -> None:
+    """images.failed_under: for a file that failed to decode, the limits it failed under (JSON), so
+    that a run with other limits tries it again though the file has not changed."""
+    _run(conn, "ALTER TABLE images ADD COLUMN failed_under VARCHAR")
+
+
+MIGRATIONS: list[Migration] = [m001_images_and_index_info, m002_tag_tables, m003_failed_under]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

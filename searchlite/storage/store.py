@@ -34,6 +34,7 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    literal,
     or_,
     select,
     update,
@@ -74,6 +75,8 @@ images = Table(
     Column("state", String, nullable=False, index=True),
     Column("error", String),
     Column("vector", LargeBinary),
+    # a decode failure: the limits it failed under (JSON); a run with other limits tries it again
+    Column("failed_under", String),
     sqlite_autoincrement=True,
 )
 
@@ -142,6 +145,7 @@ class FileRow:
     width: int | None = None
     height: int | None = None
     error: str | None = None
+    failed_under: dict[str, Any] | None = None  # see images.failed_under
 
 
 def _row(r: Any) -> FileRow:
@@ -155,6 +159,7 @@ def _row(r: Any) -> FileRow:
         width=r.width,
         height=r.height,
         error=r.error,
+        failed_under=None if r.failed_under is None else json.loads(r.failed_under),
     )
 
 
@@ -168,6 +173,7 @@ _ROW_COLUMNS = (
     images.c.width,
     images.c.height,
     images.c.error,
+    images.c.failed_under,
 )
 
 
@@ -196,12 +202,18 @@ def _read_only_uri(path: Path) -> str:
 class Store:
     """The SQLite database of one index."""
 
-    def __init__(self, engine: Engine, path: Path, *, read_only: bool = False, tables: set[str] | None = None) -> None:
+    def __init__(
+        self, engine: Engine, path: Path, *, read_only: bool = False, tables: set[str] | None = None, columns: set[str] | None = None
+    ) -> None:
         self._engine = engine
         self.path = path
         self.read_only = read_only
-        # an old schema opened read-only cannot be migrated: its missing tag tables read as empty
+        # an old schema opened read-only cannot be migrated: its missing tag tables read as empty,
+        # and its missing columns of images as NULL
         self._has_tags = tables is None or {"tag_sets", "tags", "class_weights"} <= tables
+        self._row_columns = tuple(
+            c if columns is None or c.name in columns else literal(None).label(c.name) for c in _ROW_COLUMNS
+        )
 
     @classmethod
     def open(cls, path: Path, *, create: bool) -> Store:
@@ -219,10 +231,14 @@ class Store:
             event.listen(engine, "connect", _pragmas)
         try:
             tables = _prepare(engine, path, read_only=read_only, create=create)
+            columns = None
+            if read_only:
+                with engine.connect() as conn:
+                    columns = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(images)")}
         except BaseException:
             engine.dispose()
             raise
-        return cls(engine, path, read_only=read_only, tables=tables if read_only else None)
+        return cls(engine, path, read_only=read_only, tables=tables if read_only else None, columns=columns)
 
     @classmethod
     def in_memory(cls) -> Store:
@@ -273,7 +289,7 @@ class Store:
         prefix = raw.rstrip(b"/") + b"/"
         # b"0" sorts right after b"/": [prefix, prefix_end) is exactly the paths inside root
         prefix_end = prefix[:-1] + b"0"
-        query = select(*_ROW_COLUMNS).where(
+        query = select(*self._row_columns).where(
             or_(images.c.path == raw, (images.c.path >= prefix) & (images.c.path < prefix_end))
         )
         with self._reading() as conn:
@@ -300,12 +316,12 @@ class Store:
         ids = list(ids)
         if not ids:
             return {}
-        query = select(*_ROW_COLUMNS).where(images.c.id.in_(ids), images.c.state == INDEXED)
+        query = select(*self._row_columns).where(images.c.id.in_(ids), images.c.state == INDEXED)
         with self._reading() as conn:
             return {r.id: r for r in map(_row, conn.execute(query))}
 
     def rows_in_state(self, state: str) -> list[FileRow]:
-        query = select(*_ROW_COLUMNS).where(images.c.state == state).order_by(images.c.path)
+        query = select(*self._row_columns).where(images.c.state == state).order_by(images.c.path)
         with self._reading() as conn:
             return [_row(r) for r in conn.execute(query)]
 
@@ -446,6 +462,7 @@ class Transaction:
         width: int | None = None,
         height: int | None = None,
         error: str | None = None,
+        failed_under: dict[str, Any] | None = None,
     ) -> int:
         """Insert or replace the row for path; returns its id (kept when the path existed)."""
         values = dict(
@@ -457,6 +474,7 @@ class Transaction:
             width=width,
             height=height,
             error=error,
+            failed_under=None if failed_under is None else json.dumps(failed_under, sort_keys=True),
         )
         stmt = sqlite_insert(images).values(path=os.fsencode(path), **values)
         stmt = stmt.on_conflict_do_update(index_elements=[images.c.path], set_=values)
