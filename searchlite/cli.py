@@ -65,18 +65,67 @@ def _configure_logging(verbose: bool) -> None:
         root.addHandler(logging.NullHandler())
 
 
+# The flag a library error's `setting` is changed with on the command line
+_HINTS = {
+    "index_dir": "run `searchlite index FOLDER` to make one, or pass --index DIR (or set SEARCHLITE_INDEX) for another index",
+    "max_megapixels": "raise the limit with --max-megapixels",
+    "pretrained": "pass the weights with --pretrained TAG|hf-hub:ID|CHECKPOINT",
+    "model": "drop --model/--pretrained to use the index's model, or pass --index with a new folder",
+    "device": "pass --device cpu",
+    "labels": "e.g. --labels cat,dog,car",
+    "probe": "make one with `searchlite probe train`",
+    "query": 'e.g. searchlite query "a dog on grass", or --image PHOTO',
+}
+
+
+def _error_line(message: object, hint: str | None = None) -> str:
+    """One line on stderr, whatever the message holds."""
+    text = " ".join(str(message).split())
+    return f"searchlite: error: {text}" + (f"; {hint}" if hint else "")
+
+
 @contextmanager
 def _user_errors() -> Iterator[None]:
-    from .errors import SearchliteError
+    """Every failure as one line on stderr and exit status 1 (130 when interrupted): library
+    errors with the flag hint for their setting; an OSError the library did not expect naming its
+    file; anything else as a bug to report (its traceback only with --verbose)."""
+    import click
+
+    from .errors import SearchliteError, os_advice, os_reason
 
     try:
         yield
     except SearchliteError as e:
-        typer.echo(f"searchlite: error: {e}", err=True)
+        typer.echo(_error_line(e, _HINTS.get(e.setting or "")), err=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         typer.echo("searchlite: interrupted; what was done is saved: run the same command again to resume", err=True)
         raise typer.Exit(130) from None
+    except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+        raise
+    except OSError as e:
+        _log_traceback()
+        where = f"{os.fsdecode(e.filename)}: " if e.filename is not None else ""
+        typer.echo(_error_line(f"{where}{os_reason(e)}; {os_advice(e, writing=False)}"), err=True)
+        raise typer.Exit(1) from None
+    except Exception as e:  # noqa: BLE001 - the last line of defence: never a traceback by default
+        _log_traceback()
+        typer.echo(
+            _error_line(f"unexpected {type(e).__name__}: {e}; this is a bug: please report it (run again with -v for details)"),
+            err=True,
+        )
+        raise typer.Exit(1) from None
+
+
+def _log_traceback() -> None:
+    """The traceback of the exception being handled, on stderr with --verbose only."""
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.find_root().params.get("verbose"):
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
 
 
 def _open(index: Path | None, **kwargs: Any) -> SearchEngine:

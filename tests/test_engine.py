@@ -354,7 +354,7 @@ def test_a_different_model_is_refused_naming_both(engine_factory, photos: Path, 
     with pytest.raises(ModelMismatchError) as e:
         engine_factory(pretrained=str(other))
     msg = str(e.value)
-    assert str(checkpoint) in msg and str(other) in msg and "--index" in msg
+    assert str(checkpoint) in msg and str(other) in msg and "new folder" in msg and "--" not in msg
 
 
 def test_the_index_remembers_its_model(engine_factory, photos: Path, index_dir: Path) -> None:
@@ -394,7 +394,7 @@ def test_bad_queries_are_refused(engine_factory, photos: Path, tmp_path: Path) -
 
 def test_model_flags_are_checked_before_any_work(tmp_path: Path, tiny_model) -> None:
     config, checkpoint = tiny_model
-    with pytest.raises(ModelLoadError, match="needs --pretrained"):
+    with pytest.raises(ModelLoadError, match="needs pretrained weights"):
         SearchEngine.open(tmp_path / "i", model="ViT-B-16")
     with pytest.raises(ModelLoadError, match="model config .*nope.json not found"):
         SearchEngine.open(tmp_path / "i", model=str(tmp_path / "nope.json"), pretrained=str(checkpoint))
@@ -425,7 +425,7 @@ def test_a_second_writer_is_refused(engine_factory, photos: Path, index_dir: Pat
 
 def test_an_unusable_device_is_a_clear_error(engine_factory, photos: Path) -> None:
     engine = engine_factory(device="cuda:99")
-    with pytest.raises(ModelLoadError, match="device 'cuda:99' is not usable here.*--device cpu"):
+    with pytest.raises(ModelLoadError, match="device 'cuda:99' is not usable here.*use the cpu device"):
         engine.index(photos)
 
 

@@ -96,7 +96,7 @@ class _Walker:
                     if stat.S_ISREG(st.st_mode):
                         yield FileInfo(
                             path, own.st_size, own.st_mtime_ns,
-                            skip="symbolic link out of the collection (use --follow-links to index it)",
+                            skip="symbolic link out of the collection: not followed (following links is off)",
                         )
                     return
             else:
