@@ -20,7 +20,7 @@ from .classify import probe, zeroshot
 from .classify.classifier import DEFAULT_TAG_THRESHOLD, LinearClassifier
 from .classify.tags import Classification, classify, refresh_tags, store_tag_set
 from .config import DB_FILENAME, FAISS_FILENAME, LOCK_FILENAME, IndexSettings, resolve_index_dir
-from .errors import IndexNotFoundError, InvalidInputError, InvalidQueryError, ModelMismatchError, PathNotFoundError
+from .errors import IndexNotFoundError, InvalidInputError, InvalidQueryError, ModelMismatchError, PathNotFoundError, file_error
 from .ingest import scanner
 from .ingest.indexer import Indexer, IndexReport, ProgressFn
 from .media.embed_files import embed_files
@@ -100,8 +100,11 @@ class SearchEngine:
         db = path / DB_FILENAME
         if not db.exists():
             if not create:
-                raise IndexNotFoundError(f"no index in {path}: index a folder into it first")
-            path.mkdir(parents=True, exist_ok=True)
+                raise IndexNotFoundError(f"no index in {path}: index a folder into it first", setting="index_dir")
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise file_error(path, e, writing=True, what="index folder") from None
         requested = spec_from_flags(model, pretrained) if (model or pretrained) else None
         store = Store.open(db, create=create)
         try:
@@ -177,7 +180,7 @@ class SearchEngine:
             raise InvalidQueryError(f"k must be at least 1, got {k}")
         terms = parse_terms(_as_list(text), _as_list(image), _as_list(negative))
         if self._vectors is None and self._store.get_info("model") is None:
-            raise IndexNotFoundError(f"the index in {self.index_dir} is empty: index a folder into it first")
+            raise IndexNotFoundError(f"the index in {self.index_dir} is empty: index a folder into it first", setting="index_dir")
         vectors = self.vectors
         among = None
         if tag is not None:  # searched exactly among the tagged images, however rare the tag
@@ -348,7 +351,11 @@ class SearchEngine:
         if not root.is_dir():
             raise PathNotFoundError(f"folder {folder} not found")
         paths, labels = [], []
-        for sub in sorted(p for p in root.iterdir() if p.is_dir() and not scanner.is_hidden(p.name)):
+        try:
+            subfolders = sorted(p for p in root.iterdir() if p.is_dir() and not scanner.is_hidden(p.name))
+        except OSError as e:
+            raise file_error(root, e, writing=False, what="folder") from None
+        for sub in subfolders:
             for f in scanner.scan(sub):
                 if f.error is None and f.skip is None:
                     paths.append(f.path)

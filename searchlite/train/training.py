@@ -22,7 +22,7 @@ from typing import Any
 from ..media import images
 from ..storage.atomic_file import write_atomic
 from ..models.encoder import ClipEncoder
-from ..errors import InvalidQueryError, PathNotFoundError
+from ..errors import InvalidInputError, InvalidQueryError, PathNotFoundError, WriteFailedError, file_error
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,16 @@ def read_pairs(data: str | os.PathLike[str]) -> list[tuple[str, str]]:
     """(image path, caption) pairs: a folder of images with same-name .txt captions, or a
     .csv (columns image,caption) or .jsonl ({"image": ..., "caption": ...}) file; relative image
     paths are taken relative to the file."""
-    path = Path(data)
+    try:
+        return _read_pairs(Path(data))
+    except OSError as e:
+        raise file_error(e.filename or data, e, writing=False, what="training data") from None
+    except UnicodeDecodeError:
+        raise InvalidInputError(f"training data {data}: captions and lists must be UTF-8 text") from None
+
+
+def _read_pairs(path: Path) -> list[tuple[str, str]]:
+    data = path
     if not path.exists():
         raise PathNotFoundError(f"training data {data} not found")
     if path.is_dir():
@@ -129,6 +138,9 @@ def train(
     from open_clip.loss import ClipLoss
 
     output = Path(output)
+    if not output.parent.is_dir():  # found out now, not after the training
+        why = "is not a folder" if output.parent.exists() else "does not exist"
+        raise WriteFailedError(f"cannot write {output}: {output.parent} {why}; create the folder or choose another location")
     started = time.monotonic()
     model, device = encoder.model, encoder.device
     steps_per_epoch = max(1, len(pairs) // (settings.batch_size * settings.accumulate))
@@ -180,9 +192,15 @@ def train(
         if progress:
             progress(step, total, step_loss)
         if step % settings.checkpoint_every == 0 and step < total:
-            _save_state(state_path, model, optimizer, scheduler, step, settings, len(pairs))
+            try:
+                _save_state(state_path, model, optimizer, scheduler, step, settings, len(pairs))
+            except OSError as e:
+                raise file_error(state_path, e, writing=True, what="training checkpoint") from None
     model.eval()
-    _save_weights(output, model)
+    try:
+        _save_weights(output, model)
+    except OSError as e:
+        raise file_error(output, e, writing=True) from None
     state_path.unlink(missing_ok=True)
     return TrainReport(total, len(pairs), first_loss, last_loss, time.monotonic() - started, resumed_from)
 
