@@ -178,6 +178,7 @@ def test_index_folder(command: str, base: Path, materials: Path, tmp_path: Path,
     creates = command in ("index", "import") and condition == "missing"  # a new index is made there
     must_fail = condition in ("missing", "under_file") and not creates
     _assert_clean(result, must_fail)
+    assert "damaged" not in result.stderr  # a full disk or read-only storage is not damage
     if condition == "missing" and not creates:
         assert "searchlite index FOLDER" in result.stderr  # the CLI's hint for the index folder
 

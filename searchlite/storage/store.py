@@ -40,7 +40,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DatabaseError
 
-from ..errors import CorruptIndexError, IndexWriteError
+from ..errors import CorruptIndexError, IndexWriteError, SearchliteError
 
 SCHEMA_VERSION = 1
 
@@ -454,7 +454,14 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _damaged(path: Path, e: DatabaseError) -> CorruptIndexError:
+def _damaged(path: Path, e: DatabaseError) -> SearchliteError:
+    code = getattr(e.orig, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF not in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        # not damage: the disk is full, failing, or the file cannot be opened here
+        return IndexWriteError(
+            f"cannot use the index database {path} ({e.orig}); it is not modified: check free disk "
+            "space, the disk and the folder's permissions, then run the same command again"
+        )
     return CorruptIndexError(
         f"{path} is damaged or is not a searchlite database ({e.orig}); searchlite will not modify "
         "it: move it aside (or restore a backup) and index again into an empty folder"
