@@ -119,10 +119,7 @@ def _user_errors() -> Iterator[None]:
 
 def _log_traceback() -> None:
     """The traceback of the exception being handled, on stderr with --verbose only."""
-    import click
-
-    ctx = click.get_current_context(silent=True)
-    if ctx is not None and ctx.find_root().params.get("verbose"):
+    if logging.getLogger("searchlite").isEnabledFor(logging.INFO):  # what --verbose sets
         import traceback
 
         traceback.print_exc(file=sys.stderr)

@@ -233,3 +233,46 @@ def _assert_clean(result, must_fail: bool) -> None:
     assert result.exit_code == 1, (result.exit_code, result.stderr, result.exception)
     assert len(lines) == 1 and lines[0].startswith("searchlite: error: "), result.stderr
     assert "Traceback" not in result.output
+
+
+# --- hints and the last line of defence -------------------------------------------------------
+
+
+def test_the_library_names_values_and_the_cli_adds_the_flag(materials: Path) -> None:
+    from searchlite import InvalidInputError, SearchEngine
+
+    with SearchEngine.open(materials / "index") as engine, pytest.raises(InvalidInputError) as e:
+        engine.classify([materials / "photos" / "red0.png"], "red")
+    assert "--" not in str(e.value) and e.value.setting == "labels"
+    result = _cli("classify", materials / "photos" / "red0.png", "--labels", "red", "--index", materials / "index")
+    _assert_clean(result, must_fail=True)
+    assert str(e.value) in result.stderr and "--labels" in result.stderr
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_an_unexpected_error_is_one_line_asking_for_a_bug_report(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, verbose: bool) -> None:
+    from searchlite.engine import SearchEngine
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom\nsecond line")
+
+    monkeypatch.setattr(SearchEngine, "open", boom)
+    result = _cli(*(["-v"] if verbose else []), "info", "--index", tmp_path)
+    last = result.stderr.splitlines()[-1]
+    assert result.exit_code == 1 and last.startswith("searchlite: error: unexpected RuntimeError: boom second line")
+    assert "report" in last and "-v" in last
+    assert ("Traceback" in result.stderr) == verbose
+    if not verbose:
+        assert len(result.stderr.splitlines()) == 1
+
+
+def test_an_unexpected_os_error_names_its_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from searchlite.engine import SearchEngine
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "somefile"))
+
+    monkeypatch.setattr(SearchEngine, "open", full)
+    result = _cli("info", "--index", tmp_path)
+    _assert_clean(result, must_fail=True)
+    assert str(tmp_path / "somefile") in result.stderr and "free disk space" in result.stderr
