@@ -374,8 +374,9 @@ def test_a_moved_checkpoint_is_accepted_by_content(engine_factory, photos: Path,
 
 
 def test_searching_a_missing_or_empty_index_says_what_to_do(engine_factory, tmp_path: Path) -> None:
-    with pytest.raises(IndexNotFoundError, match="searchlite index FOLDER"):
+    with pytest.raises(IndexNotFoundError, match="index a folder into it first") as e:
         SearchEngine.open(tmp_path / "nothing", create=False)
+    assert e.value.setting == "index_dir" and "--" not in str(e.value)  # the CLI adds the command
     with pytest.raises(IndexNotFoundError, match="empty"):
         engine_factory().search("a cat")
 
