@@ -65,20 +65,98 @@ def _configure_logging(verbose: bool) -> None:
         root.addHandler(logging.NullHandler())
 
 
+# The flag a library error's `setting` is changed with on the command line
+_HINTS = {
+    "index_dir": "run `searchlite index FOLDER` to make one, or pass --index DIR (or set SEARCHLITE_INDEX) for another index",
+    "max_megapixels": "raise the limit with --max-megapixels",
+    "pretrained": "pass the weights with --pretrained TAG|hf-hub:ID|CHECKPOINT",
+    "model": "drop --model/--pretrained to use the index's model, or pass --index with a new folder",
+    "device": "pass --device cpu",
+    "labels": "e.g. --labels cat,dog,car",
+    "probe": "make one with `searchlite probe train`",
+    "query": 'e.g. searchlite query "a dog on grass", or --image PHOTO',
+}
+# for commands that lack the flags a hint names: advice that works from any command
+_FALLBACK_HINTS = {
+    "pretrained": "give the weights once with `searchlite index FOLDER --pretrained TAG|hf-hub:ID|CHECKPOINT`",
+    "model": "or build a separate index: `searchlite index FOLDER --index NEW_DIR --model MODEL --pretrained WEIGHTS`",
+}
+
+
+def _click() -> Any:
+    """The click that runs our commands: typer 0.2x carries its own copy (typer._click)."""
+    import importlib
+
+    try:
+        name = importlib.import_module("typer._click").__name__
+    except ImportError:  # older typer runs on click itself
+        name = "click"
+    for sub in ("exceptions", "globals"):  # the submodules used by name
+        importlib.import_module(f"{name}.{sub}")
+    return importlib.import_module(name)
+
+
+def _hint(setting: str | None) -> str | None:
+    """The flag hint for an error's setting, if the running command has the flags it names (a
+    command never advises a flag it lacks)."""
+    import re
+
+    hint = _HINTS.get(setting or "")
+    ctx = _click().globals.get_current_context(silent=True)
+    if hint is None or ctx is None:
+        return hint
+    flags = {opt for param in ctx.command.params for opt in getattr(param, "opts", ())}
+    named = set(re.findall(r"--[a-z][a-z-]*", re.sub(r"`[^`]*`", "", hint)))  # outside `commands`
+    return hint if named <= flags else _FALLBACK_HINTS.get(setting or "")
+
+
+def _error_line(message: object, hint: str | None = None) -> str:
+    """One line on stderr, whatever the message holds."""
+    text = " ".join(str(message).split())
+    return f"searchlite: error: {text}" + (f"; {hint}" if hint else "")
+
+
 @contextmanager
 def _user_errors() -> Iterator[None]:
-    from .errors import SearchliteError
+    """Every failure as one line on stderr and exit status 1 (130 when interrupted): library
+    errors with the flag hint for their setting; an OSError the library did not expect naming its
+    file; anything else as a bug to report (its traceback only with --verbose)."""
+    from .errors import SearchliteError, os_advice, os_reason
+
+    click = _click()
 
     try:
         yield
     except SearchliteError as e:
-        typer.echo(f"searchlite: error: {e}", err=True)
+        typer.echo(_error_line(e, _hint(e.setting)), err=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt as e:
         # an interruption that knows what it saved says so (train: which checkpoint, if any)
         message = str(e) or "interrupted; what was done is saved: run the same command again to resume"
         typer.echo(f"searchlite: {message}", err=True)
         raise typer.Exit(130) from None
+    except (typer.Exit, typer.Abort, click.exceptions.ClickException):  # typer's own exits and usage errors
+        raise
+    except OSError as e:
+        _log_traceback()
+        where = f"{os.fsdecode(e.filename)}: " if e.filename is not None else ""
+        typer.echo(_error_line(f"{where}{os_reason(e)}; {os_advice(e, writing=False)}"), err=True)
+        raise typer.Exit(1) from None
+    except Exception as e:  # noqa: BLE001 - the last line of defence: never a traceback by default
+        _log_traceback()
+        typer.echo(
+            _error_line(f"unexpected {type(e).__name__}: {e}; this is a bug: please report it (run again with -v for details)"),
+            err=True,
+        )
+        raise typer.Exit(1) from None
+
+
+def _log_traceback() -> None:
+    """The traceback of the exception being handled, on stderr with --verbose only."""
+    if logging.getLogger("searchlite").isEnabledFor(logging.INFO):  # what --verbose sets
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
 
 
 def _open(index: Path | None, **kwargs: Any) -> SearchEngine:

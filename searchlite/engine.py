@@ -22,7 +22,7 @@ from .classify import probe, zeroshot
 from .classify.classifier import DEFAULT_TAG_THRESHOLD, LinearClassifier
 from .classify.tags import Classification, classify, refresh_tags, store_tag_set
 from .config import DB_FILENAME, FAISS_FILENAME, LOCK_FILENAME, IndexSettings, resolve_index_dir
-from .errors import IndexNotFoundError, InvalidInputError, InvalidQueryError, ModelMismatchError, PathNotFoundError, TagNotFoundError
+from .errors import IndexNotFoundError, InvalidInputError, InvalidQueryError, ModelMismatchError, PathNotFoundError, TagNotFoundError, file_error
 from .ingest import scanner
 from .ingest.indexer import Indexer, IndexReport, ProgressFn
 from .media.embed_files import embed_files
@@ -107,10 +107,13 @@ class SearchEngine:
         path = resolve_index_dir(index_dir)
         db = path / DB_FILENAME
         if not db.exists() and not create:
-            raise IndexNotFoundError(f"no index in {path}: index a folder into it first")
+            raise IndexNotFoundError(f"no index in {path}: index a folder into it first", setting="index_dir")
         requested = spec_from_flags(model, pretrained) if (model or pretrained) else None
         created = not path.exists()
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise file_error(path, e, writing=True, what="index folder") from None
         try:
             store = Store.open(db, create=create)
             try:
@@ -230,7 +233,7 @@ class SearchEngine:
         terms = parse_terms(_as_list(text), _as_list(image), _as_list(negative))
         index_dir = self._folder()
         if self._vectors is None and self._store.get_info("model") is None:
-            raise IndexNotFoundError(f"the index in {index_dir} is empty: index a folder into it first")
+            raise IndexNotFoundError(f"the index in {index_dir} is empty: index a folder into it first", setting="index_dir")
         vectors = self.vectors
         among = None
         if tag is not None:  # searched exactly among the tagged images, however rare the tag
@@ -442,7 +445,11 @@ class SearchEngine:
         if not root.is_dir():
             raise PathNotFoundError(f"folder {folder} not found")
         paths, labels = [], []
-        for sub in sorted(p for p in root.iterdir() if p.is_dir() and not scanner.is_hidden(p.name)):
+        try:
+            subfolders = sorted(p for p in root.iterdir() if p.is_dir() and not scanner.is_hidden(p.name))
+        except OSError as e:
+            raise file_error(root, e, writing=False, what="folder") from None
+        for sub in subfolders:
             for f in scanner.scan(sub):
                 if f.error is None and f.skip is None:
                     paths.append(f.path)

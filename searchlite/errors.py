@@ -22,16 +22,34 @@ it, in terms of values (never command-line flags: the CLI adds those hints).
     └── WriteFailedError         a file could not be written (disk full, I/O)  (507)
         └── IndexWriteError      … a file of the index; the previous state is intact
 
-`http_status` on each class is what the HTTP API answers with.
+`http_status` on each class is what the HTTP API answers with. `setting` on an error, when set,
+names the value that would fix it (an IndexSettings field or an argument of SearchEngine.open, e.g.
+"max_megapixels", "pretrained", "index_dir"): the CLI turns it into a flag hint.
 """
 
 from __future__ import annotations
 
+import errno
+import os
+from typing import Any
+
 
 class SearchliteError(Exception):
-    """Base class: every error searchlite raises on purpose. The CLI prints its message as is."""
+    """Base class: every error searchlite raises on purpose. The CLI prints its message as is,
+    followed by a hint for `setting` when it has one."""
 
     http_status = 500
+
+    def __init__(self, message: str, *, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+    def __reduce__(self) -> Any:  # keep setting across pickling (worker processes)
+        return (_rebuild, (type(self), str(self), self.setting))
+
+
+def _rebuild(cls: type[SearchliteError], message: str, setting: str | None) -> SearchliteError:
+    return cls(message, setting=setting)
 
 
 class InvalidInputError(SearchliteError):
@@ -132,3 +150,42 @@ class WriteFailedError(SearchliteError):
 
 class IndexWriteError(WriteFailedError):
     """The index could not be written; the previous state is intact."""
+
+
+# what to do about an OSError on a path the user named, by errno
+_OS_ADVICE = {
+    errno.ENOSPC: "free disk space, then run the same command again",
+    errno.EDQUOT: "free disk space (the quota is reached), then run the same command again",
+    errno.EACCES: "check its permissions or choose another location",
+    errno.EPERM: "check its permissions or choose another location",
+    errno.EROFS: "it is on read-only storage: choose another location",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: check the path",
+    errno.EISDIR: "it is a folder: name a file",
+    errno.ENAMETOOLONG: "choose a shorter name",
+    errno.EIO: "the disk reported an I/O error: check it",
+}
+
+
+def os_reason(e: OSError) -> str:
+    """An OSError's reason in lowercase words, e.g. "no space left on device"."""
+    return (e.strerror or str(e) or type(e).__name__).lower()
+
+
+def os_advice(e: OSError, writing: bool) -> str:
+    """What a user can do about e."""
+    if e.errno == errno.ENOENT:
+        return "create its folder first or choose another location" if writing else "check the path"
+    return _OS_ADVICE.get(e.errno or 0, "check the path and the disk")
+
+
+def file_error(path: str | os.PathLike[str], e: OSError, *, writing: bool, what: str = "") -> SearchliteError:
+    """The error for an OSError on a file or folder the user named: one line that names the path,
+    the reason and what to do. Writing: WriteFailedError; reading: PathNotFoundError when it is
+    not there, else InvalidInputError."""
+    name = f"{what} {os.fsdecode(path)}" if what else os.fsdecode(path)
+    message = f"cannot {'write' if writing else 'read'} {name}: {os_reason(e)}; {os_advice(e, writing)}"
+    if writing:
+        return WriteFailedError(message)
+    if e.errno in (errno.ENOENT, errno.ENOTDIR):
+        return PathNotFoundError(f"{name} not found; check the path")
+    return InvalidInputError(message)

@@ -308,3 +308,21 @@ def test_export_refuses_special_files_and_links_to_them(cli, indexed: Path, tmp_
     fifo = tmp_path / "pipe.npy"
     os.mkfifo(fifo)
     assert cli("export", fifo).exit_code == 1 and not (tmp_path / "pipe.jsonl").exists()
+
+
+def test_no_command_advises_a_flag_it_lacks(cli, photos: Path, tiny_model, tmp_path: Path) -> None:
+    config, checkpoint = tiny_model
+    moved = tmp_path / "weights" / "tiny.pt"
+    moved.parent.mkdir()
+    shutil.copy(checkpoint, tmp_path / "tiny.pt")
+    assert cli("index", photos, "--model", config, "--pretrained", tmp_path / "tiny.pt").exit_code == 0
+    (tmp_path / "tiny.pt").rename(moved)
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (9, 99, 199)).save(photos / "new.png")  # something the model must encode
+    query = cli("query", "--image", photos / "new.png")  # query has no --pretrained: it says which command has
+    assert query.exit_code == 1 and "give the weights once with `searchlite index FOLDER --pretrained" in query.stderr
+    index = cli("index", photos)  # index has the flag: it says so
+    assert index.exit_code == 1 and "; pass the weights with --pretrained" in index.stderr
+    assert cli("index", photos, "--pretrained", moved).exit_code == 0  # the new location, recorded
+    assert cli("query", "--image", photos / "new.png").exit_code == 0

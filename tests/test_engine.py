@@ -269,7 +269,7 @@ def test_files_refused_by_a_limit_are_retried_when_the_limit_changes(engine_fact
     strict = IndexSettings(max_megapixels=0.001)
     report = engine_factory(settings=strict).index(folder)
     assert report.failed == 1
-    assert "0.0048 MP), over the 0.001 MP limit; raise --max-megapixels" in report.failures[0][1]
+    assert "0.0048 MP), over the 0.001 MP limit; raise the limit to index it" in report.failures[0][1]
     assert engine_factory().failures()[0].failed_under == {"decode_timeout_s": 30.0, "max_megapixels": 0.001}
     again = engine_factory(settings=strict).index(folder)  # same limit: the verdict stands
     assert (again.failed, again.unchanged, again.encoded) == (0, 1, 0)
@@ -398,7 +398,7 @@ def test_a_different_model_is_refused_naming_both(engine_factory, photos: Path, 
     with pytest.raises(ModelMismatchError) as e:
         engine_factory(pretrained=str(other))
     msg = str(e.value)
-    assert str(checkpoint) in msg and str(other) in msg and "--index" in msg
+    assert str(checkpoint) in msg and str(other) in msg and "new folder" in msg and "--" not in msg
 
 
 def test_the_index_remembers_its_model(engine_factory, photos: Path, index_dir: Path) -> None:
@@ -418,8 +418,9 @@ def test_a_moved_checkpoint_is_accepted_by_content(engine_factory, photos: Path,
 
 
 def test_searching_a_missing_or_empty_index_says_what_to_do(engine_factory, tmp_path: Path) -> None:
-    with pytest.raises(IndexNotFoundError, match="no index in .*nothing: index a folder into it first"):
+    with pytest.raises(IndexNotFoundError, match="no index in .*nothing: index a folder into it first") as e:
         SearchEngine.open(tmp_path / "nothing", create=False)
+    assert e.value.setting == "index_dir" and "--" not in str(e.value)  # the CLI adds the command
     with pytest.raises(IndexNotFoundError, match="empty"):
         engine_factory().search("a cat")
 
@@ -438,7 +439,7 @@ def test_bad_queries_are_refused(engine_factory, photos: Path, tmp_path: Path) -
 
 def test_model_flags_are_checked_before_any_work(tmp_path: Path, tiny_model) -> None:
     config, checkpoint = tiny_model
-    with pytest.raises(ModelLoadError, match="needs --pretrained"):
+    with pytest.raises(ModelLoadError, match="needs pretrained weights"):
         SearchEngine.open(tmp_path / "i", model="ViT-B-16")
     with pytest.raises(ModelLoadError, match="model config .*nope.json not found"):
         SearchEngine.open(tmp_path / "i", model=str(tmp_path / "nope.json"), pretrained=str(checkpoint))
@@ -469,7 +470,7 @@ def test_a_second_writer_is_refused(engine_factory, photos: Path, index_dir: Pat
 
 def test_an_unusable_device_is_a_clear_error(engine_factory, photos: Path) -> None:
     engine = engine_factory(device="cuda:99")
-    with pytest.raises(ModelLoadError, match="device 'cuda:99' is not usable here.*--device cpu"):
+    with pytest.raises(ModelLoadError, match="device 'cuda:99' is not usable here.*use the cpu device"):
         engine.index(photos)
 
 

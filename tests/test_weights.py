@@ -21,7 +21,8 @@ def test_missing_weights_offline_fail_at_once_with_what_to_do(photos: Path, tmp_
         assert engine.info()["images"] == 0  # it failed before indexing anything, not file by file
     msg = str(e.value)
     assert "ViT-B-32-256 / datacomp_s34b_b86k" in msg
-    assert "HF_HOME" in msg and "--pretrained" in msg
+    assert "HF_HOME" in msg and "local checkpoint" in msg and "--" not in msg
+    assert e.value.setting == "pretrained"  # the CLI hints at --pretrained
     assert "\n" not in msg
 
 

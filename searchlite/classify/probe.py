@@ -3,14 +3,17 @@ image embeddings, fitted with scikit-learn and saved as a plain .npz file (no pi
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .classifier import LinearClassifier
-from ..errors import InvalidInputError, PathNotFoundError
+from ..errors import InvalidInputError, file_error
+from ..storage.atomic_file import write_atomic
 
 
 @dataclass(frozen=True)
@@ -57,15 +60,19 @@ def fit(vectors: np.ndarray, labels: list[str]) -> ProbeFit:
 
 def save(path: str | os.PathLike[str], fitted: ProbeFit, model_key: str) -> None:
     """Write the probe as .npz: labels, weights, bias, the model it belongs to, its accuracy."""
-    with open(path, "wb") as f:
-        np.savez(
-            f,
-            labels=np.array(fitted.classifier.labels, dtype=str),
-            weights=fitted.classifier.weights,
-            bias=fitted.classifier.bias,
-            model_key=np.array(model_key),
-            cv_accuracy=np.array(np.nan if fitted.cv_accuracy is None else fitted.cv_accuracy),
-        )
+    buf = io.BytesIO()
+    np.savez(
+        buf,
+        labels=np.array(fitted.classifier.labels, dtype=str),
+        weights=fitted.classifier.weights,
+        bias=fitted.classifier.bias,
+        model_key=np.array(model_key),
+        cv_accuracy=np.array(np.nan if fitted.cv_accuracy is None else fitted.cv_accuracy),
+    )
+    try:
+        write_atomic(Path(path), buf.getvalue())
+    except OSError as e:
+        raise file_error(path, e, writing=True, what="probe file") from None
 
 
 def load(path: str | os.PathLike[str]) -> tuple[LinearClassifier, str]:
@@ -74,7 +81,7 @@ def load(path: str | os.PathLike[str]) -> tuple[LinearClassifier, str]:
         with np.load(path, allow_pickle=False) as data:
             labels = tuple(str(label) for label in data["labels"])
             return LinearClassifier(labels, data["weights"].astype(np.float32), data["bias"].astype(np.float32)), str(data["model_key"])
-    except FileNotFoundError:
-        raise PathNotFoundError(f"probe file {path} not found") from None
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+        raise file_error(path, e, writing=False, what="probe file") from None
     except (OSError, ValueError, KeyError) as e:
-        raise InvalidInputError(f"{path} is not a searchlite probe file ({e}); make one with `searchlite probe train`") from None
+        raise InvalidInputError(f"{path} is not a searchlite probe file ({e}); train a probe to make one", setting="probe") from None

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .classifier import LinearClassifier
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, file_error
 
 SINGLE_TEMPLATE = "a photo of a {}."
 
@@ -38,7 +38,13 @@ def resolve_templates(spec: str | None) -> list[str]:
     path = Path(spec)
     if not path.is_file():
         raise InvalidInputError(f"templates {spec!r}: use 'single', 'imagenet' or a file with one template per line")
-    templates = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise file_error(path, e, writing=False, what="template file") from None
+    except UnicodeDecodeError:
+        raise InvalidInputError(f"template file {spec} is not UTF-8 text: write one template per line") from None
+    templates = [line.strip() for line in text.splitlines() if line.strip()]
     bad = [t for t in templates if t.count("{}") != 1]
     if not templates or bad:
         raise InvalidInputError(
@@ -53,7 +59,7 @@ def parse_labels(raw: str | Sequence[str]) -> list[str]:
     items = raw.split(",") if isinstance(raw, str) else list(raw)
     labels = [label.strip() for label in items if label.strip()]
     if len(labels) < 2 or len(set(labels)) != len(labels):
-        raise InvalidInputError(f"--labels needs two or more distinct labels separated by commas, got {raw!r}")
+        raise InvalidInputError(f"labels: give two or more distinct labels separated by commas, got {raw!r}", setting="labels")
     return labels
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 log = logging.getLogger(__name__)
 
 # the skip reason of a link to a file out of the collection (counted apart from files not images)
-LINK_OUT_OF_COLLECTION = "symbolic link out of the collection (use --follow-links to index it)"
+LINK_OUT_OF_COLLECTION = "symbolic link out of the collection: not followed (following links is off)"
 
 
 @dataclass(frozen=True)

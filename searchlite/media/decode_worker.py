@@ -63,7 +63,7 @@ def serve(fd: int, memory_limit: int) -> None:
             decoded = decode_rgb(data, **kwargs)
             reply: tuple[Any, ...] = ("ok", decoded.width, decoded.height, decoded.image.size, decoded.image.tobytes())
         except ImageDecodeError as e:
-            reply = ("error", str(e))
+            reply = ("error", str(e), e.setting)
         except MemoryError:
             reply = ("error", "not enough memory to decode this image")
         try:
@@ -103,7 +103,7 @@ class DecodeWorker:
                 reason = f"the image decoder crashed on this file (exit code {code})"
                 continue
             if reply[0] == "error":
-                raise ImageDecodeError(reply[1])
+                raise ImageDecodeError(reply[1], setting=reply[2] if len(reply) > 2 else None)
             _, width, height, size, pixels = reply
             return Decoded(Image.frombytes("RGB", size, pixels), width, height)
         raise ImageDecodeError(f"{reason}, {CRASH_ATTEMPTS} times")

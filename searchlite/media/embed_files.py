@@ -64,7 +64,7 @@ def embed_files(
                     try:
                         image = decoder.decode(data, **decode_options(settings, get_encoder())).image
                     except ImageDecodeError as e:
-                        raise ImageDecodeError(f"{what} {path}: {e}") from None
+                        raise ImageDecodeError(f"{what} {path}: {e}", setting=e.setting) from None
                     batch.append((path, image))
                 except (PathNotFoundError, ImageDecodeError) as e:
                     errors[path] = e

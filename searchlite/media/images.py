@@ -91,7 +91,8 @@ def decode_rgb(
         if max_pixels and width * height > max_pixels:
             raise ImageDecodeError(
                 f"image is {width}x{height} ({_megapixels(width * height)} MP), over the "
-                f"{_megapixels(max_pixels)} MP limit; raise --max-megapixels to index it"
+                f"{_megapixels(max_pixels)} MP limit; raise the limit to index it",
+                setting="max_megapixels",
             )
         # the full picture's extent in the current pixels: a reduced decode's last row and column
         # hold only part of a pixel's worth (4000x2250 at 1/8 is 500x281.25, stored as 500x282)
@@ -119,7 +120,7 @@ def decode_rgb(
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as e:
-        raise ImageDecodeError(f"image too large to decode safely ({e}); raise --max-megapixels to index it") from e
+        raise ImageDecodeError(f"image too large to decode safely ({e}); raise the megapixel limit to index it", setting="max_megapixels") from e
     except UnidentifiedImageError as e:
         raise ImageDecodeError("cannot decode image: damaged or unrecognised image data") from e
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:

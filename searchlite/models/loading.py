@@ -28,7 +28,7 @@ def resolve_device(device: str | None) -> str:
     try:
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as e:
-        raise ModelLoadError(f"device {device!r} is not usable here ({e}); use --device cpu") from None
+        raise ModelLoadError(f"device {device!r} is not usable here ({e}); use the cpu device", setting="device") from None
     return device
 
 
@@ -113,14 +113,15 @@ def _check_checkpoint(spec: ModelSpec) -> None:
     assert path is not None
     if not os.path.isfile(path):
         raise ModelLoadError(
-            f"checkpoint {path} not found; if it moved, record its new location once with "
-            "`searchlite index FOLDER --pretrained NEW_PATH` (the same file, checked by sha256)"
+            f"checkpoint {path} not found; give its new location as the pretrained weights (the "
+            "same file, checked by sha256)",
+            setting="pretrained",
         )
     if spec.checkpoint_sha256 and file_sha256(path) != spec.checkpoint_sha256:
         raise ModelMismatchError(
             f"checkpoint {path} has changed since the index was built (sha256 differs); restore it, "
-            "or build a separate index with the new weights: `searchlite index FOLDER --index NEW_DIR "
-            "--model MODEL --pretrained CHECKPOINT`"
+            "or build a new index with the new weights in a new folder",
+            setting="model",
         )
 
 

@@ -111,8 +111,9 @@ def spec_from_flags(model: str | None, pretrained: str | None, *, random_init: b
     if pretrained is None:
         if model != DEFAULT_MODEL:
             raise ModelLoadError(
-                f"--model {model} needs --pretrained: an open_clip pretrained tag, an hf-hub: id "
-                "or a local checkpoint file"
+                f"model {model} needs pretrained weights: an open_clip pretrained tag, an hf-hub: id "
+                "or a local checkpoint file",
+                setting="pretrained",
             )
         pretrained = DEFAULT_PRETRAINED
 
@@ -128,7 +129,8 @@ def spec_from_flags(model: str | None, pretrained: str | None, *, random_init: b
     if config is not None:
         raise ModelLoadError(
             f"checkpoint file {pretrained} not found: a model config JSON needs a local checkpoint "
-            "as --pretrained"
+            "file as its pretrained weights",
+            setting="pretrained",
         )
     return ModelSpec(name=name, pretrained=pretrained)
 
@@ -192,7 +194,8 @@ def reconcile(recorded: ModelSpec, requested: ModelSpec | None, index_dir: Path,
     if not requested.same_model(recorded):
         raise ModelMismatchError(
             f"the index in {index_dir} was built with {recorded.describe()}, not "
-            f"{requested.describe()}; drop --model/--pretrained to use the index's model, or pass "
-            "--index with a new folder to build a separate index with the new model"
+            f"{requested.describe()}; open it without naming a model to use the index's model, or "
+            "build a separate index with the new model in a new folder",
+            setting="model",
         )
     return requested  # same weights; a checkpoint may have moved to the requested path

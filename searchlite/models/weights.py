@@ -98,6 +98,7 @@ def _require_network(url: str, describe: str) -> None:
 def _unavailable(describe: str, why: str) -> WeightsUnavailableError:
     return WeightsUnavailableError(
         f"the weights of {describe} are not in the Hugging Face cache (HF_HOME) and cannot be "
-        f"downloaded ({why}); run once with network to cache them, or index from a local checkpoint: "
-        "`searchlite index FOLDER --pretrained /path/to/checkpoint` (an open_clip .pt/.bin/.safetensors state dict)"
+        f"downloaded ({why}); run once with network to cache them, or use a local checkpoint "
+        "file (an open_clip .pt/.bin/.safetensors state dict) as the pretrained weights",
+        setting="pretrained",
     )

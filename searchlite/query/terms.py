@@ -63,7 +63,7 @@ def parse_terms(
         weight, text = split_weight(raw)
         terms.append(Term(TEXT, _nonblank(text, raw), -weight))
     if not any(t.weight > 0 for t in terms):
-        raise InvalidQueryError("empty query: give a text, an --image, or both")
+        raise InvalidQueryError("empty query: give a text, an image, or both", setting="query")
     return terms
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, file_error
 from .atomic_file import replaceable_target, write_atomic
 from .store import INDEXED, Store, content_hash
 from .vector_index import VectorIndex
@@ -33,9 +33,12 @@ def export_embeddings(store: Store, npy_path: Path) -> int:
     matrix = np.concatenate(vectors) if vectors else np.zeros((0, store.get_info("embed_dim") or 0), np.float32)
     buf = io.BytesIO()
     np.save(buf, matrix)
-    write_atomic(npy_path, buf.getvalue())
     lines = (json.dumps({"path": rows[i].path}) + "\n" for i in ids)
-    write_atomic(npy_path.with_suffix(".jsonl"), "".join(lines).encode())
+    for path, data in ((npy_path, buf.getvalue()), (npy_path.with_suffix(".jsonl"), "".join(lines).encode())):
+        try:
+            write_atomic(path, data)
+        except OSError as e:
+            raise file_error(path, e, writing=True) from None
     return len(ids)
 
 
@@ -44,7 +47,9 @@ def read_embeddings(npy_path: Path, paths_path: Path, dim: int, model: str) -> t
     against the index's dimension; model names the index's model in messages."""
     try:
         matrix = np.load(npy_path, allow_pickle=False)
-    except (OSError, ValueError) as e:
+    except OSError as e:
+        raise file_error(npy_path, e, writing=False, what="embeddings file") from None
+    except ValueError as e:
         raise InvalidInputError(f"cannot read embeddings {npy_path}: {e}") from None
     paths = _read_paths(paths_path)
     if matrix.ndim != 2 or matrix.shape[1] != dim or len(matrix) != len(paths):
@@ -88,7 +93,7 @@ def _read_paths(path: Path) -> list[str]:
     try:
         lines = [line for line in path.read_text(encoding="utf-8", errors="surrogateescape").splitlines() if line.strip()]
     except OSError as e:
-        raise InvalidInputError(f"cannot read paths {path}: {e.strerror or e}") from None
+        raise file_error(path, e, writing=False, what="paths file") from None
     if path.suffix == ".jsonl":
         try:
             lines = [json.loads(line)["path"] for line in lines]

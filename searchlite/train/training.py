@@ -24,7 +24,7 @@ from typing import Any
 from ..media import images
 from ..storage.atomic_file import write_atomic
 from ..models.encoder import ClipEncoder
-from ..errors import InvalidInputError, OutputExistsError, OutputPathError, PathNotFoundError
+from ..errors import InvalidInputError, OutputExistsError, OutputPathError, PathNotFoundError, file_error
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,16 @@ def read_pairs(data: str | os.PathLike[str]) -> list[tuple[str, str]]:
     """(image path, caption) pairs: a folder of images with same-name .txt captions, or a
     .csv (columns image,caption) or .jsonl ({"image": ..., "caption": ...}) file; relative image
     paths are taken relative to the file."""
-    path = Path(data)
+    try:
+        return _read_pairs(Path(data))
+    except OSError as e:
+        raise file_error(e.filename or data, e, writing=False, what="training data") from None
+    except UnicodeDecodeError:
+        raise InvalidInputError(f"training data {data}: captions and lists must be UTF-8 text") from None
+
+
+def _read_pairs(path: Path) -> list[tuple[str, str]]:
+    data = path
     if not path.exists():
         raise PathNotFoundError(f"training data {data} not found")
     if path.is_dir():
@@ -258,10 +267,16 @@ def train(
             if progress:
                 progress(step, total, step_loss)
             if step % settings.checkpoint_every == 0 and step < total:
-                _save_state(state_path, model, optimizer, scheduler, step, settings, len(pairs))
+                try:
+                    _save_state(state_path, model, optimizer, scheduler, step, settings, len(pairs))
+                except OSError as e:
+                    raise file_error(state_path, e, writing=True, what="training checkpoint") from None
                 saved_step = step  # only once written: an interrupted write keeps the previous one
         model.eval()
-        _save_weights(output, model)
+        try:
+            _save_weights(output, model)
+        except OSError as e:
+            raise file_error(output, e, writing=True) from None
     except KeyboardInterrupt:
         raise _interrupted(state_path, saved_step, settings) from None
     finally:
