@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,8 @@ from .config import DB_FILENAME, FAISS_FILENAME, LOCK_FILENAME, IndexSettings, r
 from .errors import IndexNotFoundError, InvalidInputError, InvalidQueryError, ModelMismatchError, PathNotFoundError
 from .ingest import scanner
 from .ingest.indexer import Indexer, IndexReport, ProgressFn
-from .media.embed_files import embed_files
+from .media.decode_worker import DecodePool
+from .media.embed_files import embed_files, read_image_file
 from .models.encoder import ClipEncoder
 from .models.loading import load_encoder
 from .models.spec import ModelSpec, reconcile, spec_from_flags
@@ -73,6 +74,7 @@ class SearchEngine:
         self._text_cache = TextCache()
         self._cache = VectorCache(index_dir, store)
         self._vectors: VectorIndex | None = None
+        self._decoders: DecodePool | None = None  # for decode_image, made on first use
         recorded = store.get_info("model")
         if recorded is not None:
             self.spec = reconcile(ModelSpec.from_record(recorded), requested, index_dir)
@@ -111,6 +113,8 @@ class SearchEngine:
             raise
 
     def close(self) -> None:
+        if self._decoders is not None:
+            self._decoders.close()
         self._store.close()
 
     def __enter__(self) -> SearchEngine:
@@ -186,6 +190,49 @@ class SearchEngine:
                 return []
         query = query_vector(terms, self.embed_text, lambda paths: self._embed_images(paths, "query image"))
         return search(self._store, vectors, query, k, among)
+
+    def search_vector(self, vector: np.ndarray | Sequence[float], *, k: int = 10, tag: str | None = None) -> list[Hit]:
+        """search() for a query embedding made elsewhere (d,) or (1, d), e.g. a stored one
+        (stored_vector) or a client's; it is normalised here."""
+        if k < 1:
+            raise InvalidQueryError(f"k must be at least 1, got {k}")
+        vectors = self.vectors
+        query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        if query.shape[1] != vectors.dim or not np.all(np.isfinite(query)):
+            raise InvalidQueryError(f"a query embedding must be {vectors.dim} finite numbers, got {query.shape[1]}")
+        norm = float(np.linalg.norm(query))
+        if norm == 0.0:
+            raise InvalidQueryError("a query embedding must not be all zeros")
+        among = None
+        if tag is not None:
+            among = np.fromiter(self._store.ids_tagged(tag), dtype=np.int64)
+            if not len(among):
+                return []
+        return search(self._store, vectors, np.ascontiguousarray(query / norm), k, among)
+
+    def files(self, ids: Iterable[int]) -> dict[int, FileRow]:
+        """Indexed files by id; ids that are not indexed are absent."""
+        return self._store.fetch(int(i) for i in ids)
+
+    def stored_vector(self, image_id: int) -> np.ndarray | None:
+        """The stored unit embedding (d,) of an indexed file, or None when the id is not indexed."""
+        row = self._store.fetch([int(image_id)]).get(int(image_id))
+        if row is None or row.content_hash is None:
+            return None
+        return self._store.vector_for_hash(row.content_hash)
+
+    def decode_image(self, path: str | os.PathLike[str], *, min_side: int | None = None) -> Any:
+        """The picture in a file as a viewer shows it (RGB, EXIF orientation applied, a PIL image),
+        decoded in an isolated decoder process under the index's time and memory limits; with
+        min_side, reduced cheaply to no less than twice that on its shorter side. Raises
+        PathNotFoundError or ImageDecodeError. Safe from many threads (a pool of decoders)."""
+        data = read_image_file(os.fspath(path))
+        with self._lock:
+            if self._decoders is None:
+                self._decoders = DecodePool(self.settings.workers, self.settings.decode_timeout_s, self.settings.decoder_memory_limit)
+            pool = self._decoders
+        with pool.worker() as worker:
+            return worker.decode(data, min_side=min_side, max_pixels=self.settings.max_pixels).image
 
     def embed_text(self, texts: str | Sequence[str]) -> np.ndarray:
         """Unit text embeddings (n, d) from the index's model, one row per text (a single string is
