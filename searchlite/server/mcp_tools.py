@@ -16,8 +16,10 @@ def build_server(engine: Any) -> Any:
     """The MCP server (mcp 2's MCPServer, or FastMCP of mcp 1) with searchlite's tools."""
     try:
         from mcp.server.mcpserver import MCPServer as Server
+        from mcp.server.mcpserver.exceptions import ToolError
     except ImportError:  # mcp 1.x
         from mcp.server.fastmcp import FastMCP as Server
+        from mcp.server.fastmcp.exceptions import ToolError
 
     server = Server(
         name="searchlite",
@@ -30,7 +32,7 @@ def build_server(engine: Any) -> Any:
 
     def checked_k(k: int) -> int:
         if not 1 <= k <= MAX_K:
-            raise ValueError(f"k must be between 1 and {MAX_K}, got {k}")
+            raise ToolError(f"k must be between 1 and {MAX_K}, got {k}")
         return k
 
     @server.tool()
@@ -40,7 +42,7 @@ def build_server(engine: Any) -> Any:
         try:
             return hits(engine.search(text, negative=negative or [], k=checked_k(k), tag=tag or None))
         except SearchliteError as e:
-            raise ValueError(str(e)) from None
+            raise ToolError(str(e)) from None
 
     @server.tool()
     def search_by_image(path: str, k: int = 10, tag: str | None = None) -> list[dict[str, Any]]:
@@ -48,7 +50,7 @@ def build_server(engine: Any) -> Any:
         try:
             return hits(engine.search(image=os.path.expanduser(path), k=checked_k(k), tag=tag or None))
         except SearchliteError as e:
-            raise ValueError(str(e)) from None
+            raise ToolError(str(e)) from None
 
     @server.tool()
     def info() -> dict[str, Any]:
@@ -56,18 +58,18 @@ def build_server(engine: Any) -> Any:
         try:
             return engine.info()
         except SearchliteError as e:
-            raise ValueError(str(e)) from None
+            raise ToolError(str(e)) from None
 
     @server.tool()
     def classify(paths: list[str], labels: list[str]) -> list[dict[str, Any]]:
         """Zero-shot classify image files into one of labels; each result has the best label, its
         probability and the ranking, or an error for a file that cannot be read."""
         if not paths or not labels:
-            raise ValueError("give at least one path and one label")
+            raise ToolError("give at least one path and one label")
         try:
             results = engine.classify([os.path.expanduser(p) for p in paths], labels)
         except SearchliteError as e:
-            raise ValueError(str(e)) from None
+            raise ToolError(str(e)) from None
         return [
             {"path": r.path, "label": r.label, "score": None if r.score is None else round(r.score, 4), "ranking": [[label, round(p, 4)] for label, p in r.ranking[:5]]}
             | ({"error": r.error} if r.error else {})
