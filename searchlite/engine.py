@@ -74,7 +74,7 @@ class SearchEngine:
         self._text_cache = TextCache()
         self._cache = VectorCache(index_dir, store)
         self._vectors: VectorIndex | None = None
-        self._decoders: DecodePool | None = None  # for decode_image, made on first use
+        self._decoders: DecodePool | None = None  # decoder processes kept for query images, made on first use
         recorded = store.get_info("model")
         if recorded is not None:
             self.spec = reconcile(ModelSpec.from_record(recorded), requested, index_dir)
@@ -227,11 +227,7 @@ class SearchEngine:
         min_side, reduced cheaply to no less than twice that on its shorter side. Raises
         PathNotFoundError or ImageDecodeError. Safe from many threads (a pool of decoders)."""
         data = read_image_file(os.fspath(path))
-        with self._lock:
-            if self._decoders is None:
-                self._decoders = DecodePool(self.settings.workers, self.settings.decode_timeout_s, self.settings.decoder_memory_limit)
-            pool = self._decoders
-        with pool.worker() as worker:
+        with self._decoder_pool().worker() as worker:
             return worker.decode(data, min_side=min_side, max_pixels=self.settings.max_pixels).image
 
     def embed_text(self, texts: str | Sequence[str]) -> np.ndarray:
@@ -254,12 +250,24 @@ class SearchEngine:
         def batch_size() -> int:
             return self.settings.batch_size_on(self._encoder.device if self._encoder else "cpu")
 
-        return embed_files(paths, self.settings, self.load_model, batch_size, what)
+        with self._decoder_pool().worker() as decoder:
+            return embed_files(paths, self.settings, self.load_model, batch_size, what, decoder)
+
+    def _decoder_pool(self) -> DecodePool:
+        """Decoder processes kept for query images, classification and decode_image (started on
+        first use, stopped by close())."""
+        with self._lock:
+            if self._decoders is None:
+                self._decoders = DecodePool(self.settings.workers, self.settings.decode_timeout_s, self.settings.decoder_memory_limit)
+            return self._decoders
 
     def text_encoder(self) -> ClipEncoder | TextTower:
         """What embeds text: the text tower exported beside the index, which gives the torch model's
         embeddings without importing torch (seconds saved per cold query); the torch model where
         there is no usable export, which is then written."""
+        tower = self._text_tower
+        if tower is not None:  # no lock once loaded: text queries never wait on the image tower loading
+            return tower
         with self._lock:
             if self._text_tower is None and not self._tower_checked and self._store.get_info("model") is not None:
                 self._tower_checked = True
