@@ -369,7 +369,7 @@ def serve(
     settings = ServerSettings(host=host, port=port, token=token or None, max_upload_bytes=int(max_upload_mb * 1024 * 1024), cors_origins=tuple(cors or ()))
     _need_extra("fastapi", "uvicorn", "multipart")
     with _user_errors():
-        from .server.run import Server, address, bind, check_settings, warm
+        from .server.run import Server, address, bind, check_settings, warm, warm_image_tower
 
         try:
             check_settings(settings)
@@ -393,6 +393,7 @@ def serve(
                     import webbrowser
 
                     webbrowser.open(url)
+                warm_image_tower(engine)
 
             server.run(on_ready=ready)
 

@@ -61,6 +61,21 @@ def warm(engine: Any) -> None:
         log.warning("the text model is not ready: %s", e)
 
 
+def warm_image_tower(engine: Any) -> threading.Thread:
+    """Load the image tower in the background (seconds: torch), so that the first image dropped on
+    the page is answered at once; text queries go on meanwhile."""
+
+    def load() -> None:
+        try:
+            engine.load_model()
+        except Exception as e:  # noqa: BLE001 - the first image query reports it
+            log.warning("the image model is not ready: %s", e)
+
+    thread = threading.Thread(target=load, name="searchlite-warm-image-tower", daemon=True)
+    thread.start()
+    return thread
+
+
 class Server:
     """A uvicorn server on a bound socket, run in this thread (run) or another (start/stop)."""
 
