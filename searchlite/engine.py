@@ -115,6 +115,7 @@ class SearchEngine:
     def close(self) -> None:
         if self._decoders is not None:
             self._decoders.close()
+            self._decoders = None
         self._store.close()
 
     def __enter__(self) -> SearchEngine:
@@ -227,8 +228,7 @@ class SearchEngine:
         min_side, reduced cheaply to no less than twice that on its shorter side. Raises
         PathNotFoundError or ImageDecodeError. Safe from many threads (a pool of decoders)."""
         data = read_image_file(os.fspath(path))
-        with self._decoder_pool().worker() as worker:
-            return worker.decode(data, min_side=min_side, max_pixels=self.settings.max_pixels).image
+        return self._decoder_pool().decode(data, min_side=min_side, max_pixels=self.settings.max_pixels).image
 
     def embed_text(self, texts: str | Sequence[str]) -> np.ndarray:
         """Unit text embeddings (n, d) from the index's model, one row per text (a single string is
@@ -250,8 +250,7 @@ class SearchEngine:
         def batch_size() -> int:
             return self.settings.batch_size_on(self._encoder.device if self._encoder else "cpu")
 
-        with self._decoder_pool().worker() as decoder:
-            return embed_files(paths, self.settings, self.load_model, batch_size, what, decoder)
+        return embed_files(paths, self.settings, self.load_model, batch_size, what, self._decoder_pool())
 
     def _decoder_pool(self) -> DecodePool:
         """Decoder processes kept for query images, classification and decode_image (started on
