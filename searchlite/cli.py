@@ -371,10 +371,15 @@ def serve(
     with _user_errors():
         from .server.run import Server, address, bind, check_settings, warm, warm_image_tower
 
+        from .server.settings import is_loopback
+
+        if not is_loopback(host) and not settings.token:
+            typer.echo(f"searchlite: error: --host {host} makes the server reachable from other machines: add --token SECRET (or set SEARCHLITE_TOKEN)", err=True)
+            raise typer.Exit(2)
         try:
             check_settings(settings)
         except Exception as e:
-            typer.echo(f"searchlite: error: {e}; see --token", err=True)
+            typer.echo(f"searchlite: error: {e} (--token)", err=True)
             raise typer.Exit(2) from None
         with _open(index, device=device, create=False) as engine:
             from .server.app import create_app

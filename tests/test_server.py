@@ -453,3 +453,29 @@ def test_serve_refuses_a_lan_host_without_a_token(shapes_index) -> None:
     result = CliRunner().invoke(app, ["serve", "--index", str(shapes_index[1]), "--host", "0.0.0.0"])
     assert result.exit_code == 2
     assert "reachable from other machines" in result.output and "--token" in result.output
+
+
+def test_serve_says_when_the_port_is_taken(shapes_index) -> None:
+    import socket
+
+    from typer.testing import CliRunner
+
+    from searchlite.cli import app
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(app, ["serve", "--index", str(shapes_index[1]), "--port", str(port)])
+    assert result.exit_code == 1 and f"port {port} on 127.0.0.1 is in use" in result.output
+
+
+def test_serve_help_imports_neither_torch_nor_the_web_stack() -> None:
+    code = (
+        "import sys\nfrom searchlite.cli import app\n"
+        "try:\n    app(['serve', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'open_clip', 'fastapi', 'uvicorn', 'mcp'))), file=sys.stderr)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert "--token" in result.stdout and result.stderr.strip() == ""
