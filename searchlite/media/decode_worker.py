@@ -172,6 +172,11 @@ class DecodePool:
         finally:
             self._free.put(worker)
 
+    def decode(self, data: bytes, **kwargs: Any) -> Decoded:
+        """DecodeWorker.decode on whichever worker is free, held for this one decode only."""
+        with self.worker() as worker:
+            return worker.decode(data, **kwargs)
+
     def cancel(self) -> None:
         """Kill every child at once (on interruption): waiting decodes raise DecodeCancelled."""
         for worker in self._workers:

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..config import IndexSettings
 from ..errors import ImageDecodeError, PathNotFoundError, SearchliteError
-from .decode_worker import DecodeWorker
+from .decode_worker import DecodePool, DecodeWorker
 
 if TYPE_CHECKING:
     from ..models.encoder import ClipEncoder
@@ -45,13 +45,17 @@ def embed_files(
     get_encoder: Callable[[], ClipEncoder],
     batch_size: Callable[[], int],
     what: str = "file",
+    decoder: DecodeWorker | DecodePool | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, SearchliteError]]:
     """Unit embeddings of image files by path, and the error for each file that could not be read
     (PathNotFoundError or ImageDecodeError). batch_size() is asked before each batch (the model's
-    device is known once it is loaded)."""
+    device is known once it is loaded). decoder: running decoder processes to use (a pool is held
+    per decode, not while encoding), saving a process start per call; by default one is started
+    and stopped here."""
     vectors: dict[str, np.ndarray] = {}
     errors: dict[str, SearchliteError] = {}
-    decoder = DecodeWorker(settings.decode_timeout_s, settings.decoder_memory_limit)
+    own_decoder = decoder is None
+    decoder = decoder or DecodeWorker(settings.decode_timeout_s, settings.decoder_memory_limit)
     start = 0
     try:
         while start < len(paths):
@@ -73,5 +77,6 @@ def embed_files(
                 encoded = encoder.encode_images([encoder.preprocess(img) for _, img in batch])
                 vectors.update({path: v for (path, _), v in zip(batch, encoded)})
     finally:
-        decoder.close()
+        if own_decoder:
+            decoder.close()
     return vectors, errors

@@ -1,0 +1,280 @@
+"""The FastAPI app: the JSON API, the page, errors as {"error": "..."} with the library's
+http_status, never a stack trace. One engine is shared by every request (search is thread-safe)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+from fastapi import FastAPI, File, Form, Query as Q, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from .. import InvalidInputError, NotFoundError, SearchliteError
+from .queries import Query, UploadedImages, run_query
+from .security import Guard
+from .settings import ServerSettings, thumbnail_dir
+from .thumbs import ThumbnailCache
+
+log = logging.getLogger(__name__)
+
+STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
+MAX_ID = 2**63 - 1
+FAILED_LISTED = 1000
+
+# leading bytes -> the type a browser needs (files are recognised by content, as indexing does)
+_MAGIC = [
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+    (b"II*\x00", "image/tiff"),
+    (b"MM\x00*", "image/tiff"),
+    (b"BM", "image/bmp"),
+]
+
+
+def image_type(header: bytes) -> str:
+    if header[:4] == b"RIFF" and header[8:12] == b"WEBP":
+        return "image/webp"
+    return next((mime for magic, mime in _MAGIC if header.startswith(magic)), "application/octet-stream")
+
+
+class JSON(Response):
+    """JSON with ASCII escapes: file names that are not UTF-8 (lone surrogates) survive."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode()
+
+
+def error(status: int, message: str) -> JSON:
+    return JSON({"error": message}, status_code=status)
+
+
+def parse_id(raw: str) -> int:
+    """An image id from a URL: a whole number; negative or unknown ones are simply not found."""
+    if not re.fullmatch(r"-?[0-9]{1,30}", raw):
+        raise InvalidInputError("an image id is a whole number")
+    value = int(raw)
+    if value < 0 or value > MAX_ID:
+        raise NotFoundError(f"no indexed image with id {value}")
+    return value
+
+
+def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
+    """The app for one open engine. The caller owns the engine (and closes it)."""
+    settings = settings or ServerSettings()
+    index_name = Path(engine.index_dir).resolve().name or "index"
+    thumbs = ThumbnailCache(engine, settings.thumb_dir or thumbnail_dir(Path(engine.index_dir)), settings.thumb_size)
+    uploads = UploadedImages(engine)
+    static = _load_static()
+
+    app = FastAPI(
+        title="searchlite",
+        summary="Semantic image search over your photos, built on CLIP",
+        version="1",
+        docs_url=None,  # Swagger UI loads scripts from a CDN: the schema is at /openapi.json
+        redoc_url=None,
+        default_response_class=JSON,
+    )
+    app.state.engine = engine
+    app.state.index_name = index_name
+    app.state.uploads = uploads
+    app.state.thumbs = thumbs
+    app.state.settings = settings
+
+    @app.exception_handler(SearchliteError)
+    async def _library_error(request: Request, e: SearchliteError) -> JSON:
+        return error(e.http_status, str(e))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, e: RequestValidationError) -> JSON:
+        first = e.errors()[0] if e.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "body", "path"))
+        return error(400, f"invalid request: {where + ': ' if where else ''}{str(first.get('msg', 'malformed')).lower()}")
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, e: HTTPException) -> JSON:
+        return error(e.status_code, str(e.detail).lower())
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, e: Exception) -> JSON:
+        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=e)
+        return error(500, "internal error: see the server's log")
+
+    # --- the page --------------------------------------------------------------------------------
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> Response:
+        return _static_response(static, "index.html")
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static_file(name: str, request: Request) -> Response:
+        if name not in static:
+            return error(404, "not found")
+        return _static_response(static, name, request.headers.get("if-none-match"))
+
+    # --- search ----------------------------------------------------------------------------------
+
+    # id -> path of recent hits: a page's thumbnails are then served without a database query
+    recent = RecentPaths()
+
+    def hit_json(request: Request, hit: Any) -> dict[str, Any]:
+        base = str(request.base_url)
+        recent.put(hit.id, hit.path)
+        return {
+            "id": hit.id,
+            "path": hit.path,
+            "score": round(float(hit.score), 6),
+            "width": hit.width,
+            "height": hit.height,
+            "size": hit.size,
+            "tags": list(hit.tags),
+            "thumb": f"{base}api/thumbs/{hit.id}",
+            "image": f"{base}api/images/{hit.id}",
+        }
+
+    @app.get("/api/search", summary="Search by text, an uploaded image's key, or an indexed image (like)")
+    def search_get(
+        request: Request,
+        q: Annotated[Optional[str], Q(max_length=2000, description="text query")] = None,
+        k: Annotated[int, Q(ge=1, le=500)] = 60,
+        offset: Annotated[int, Q(ge=0, le=10_000, description="skip the first results (next pages)")] = 0,
+        tag: Annotated[Optional[str], Q(max_length=200)] = None,
+        not_: Annotated[list[str], Q(alias="not", description="texts to steer away from")] = [],  # noqa: B006
+        like: Annotated[Optional[int], Q(description="more like this indexed image")] = None,
+        image: Annotated[Optional[str], Q(max_length=64, description="key of an image uploaded with POST")] = None,
+    ) -> JSON:
+        query = Query(text=q, negatives=not_, tag=tag or None, like=like, image=image, k=k, offset=offset)
+        hits = run_query(engine, uploads, query)
+        return JSON({"hits": [hit_json(request, h) for h in hits]})
+
+    @app.post("/api/search", summary="Search by an uploaded image (multipart), with the same fields")
+    async def search_post(
+        request: Request,
+        image: Annotated[Optional[UploadFile], File(description="the query image")] = None,
+        q: Annotated[Optional[str], Form(max_length=2000)] = None,
+        k: Annotated[int, Form(ge=1, le=500)] = 60,
+        offset: Annotated[int, Form(ge=0, le=10_000)] = 0,
+        tag: Annotated[Optional[str], Form(max_length=200)] = None,
+        not_: Annotated[list[str], Form(alias="not")] = [],  # noqa: B006
+        like: Annotated[Optional[int], Form()] = None,
+    ) -> JSON:
+        key = None
+        if image is not None:
+            data = await image.read()
+            key = await run_in_threadpool(uploads.add, data)
+        query = Query(text=q, negatives=not_, tag=tag or None, like=like, image=key, k=k, offset=offset)
+        hits = await run_in_threadpool(run_query, engine, uploads, query)
+        return JSON({"hits": [hit_json(request, h) for h in hits], "image_key": key})
+
+    # --- files, by indexed id only ----------------------------------------------------------------
+
+    def row_of(raw_id: str) -> Any:
+        image_id = parse_id(raw_id)
+        row = engine.files([image_id]).get(image_id)
+        if row is None:
+            raise NotFoundError(f"no indexed image with id {image_id}")
+        return row
+
+    @app.get("/api/images/{image_id}", summary="The original file of an indexed image", response_class=Response)
+    def original(image_id: str) -> Response:
+        row = row_of(image_id)
+        try:
+            with open(row.path, "rb") as f:
+                header = f.read(16)
+        except OSError:
+            raise NotFoundError(f"image {row.id} is indexed but its file is gone: index the folder again") from None
+        return FileResponse(row.path, media_type=image_type(header), headers={"Cache-Control": "private, max-age=600"})
+
+    @app.get("/api/thumbs/{image_id}", summary="A WebP thumbnail of an indexed image", response_class=Response)
+    async def thumbnail(image_id: str, request: Request) -> Response:
+        # a cached thumbnail of a recent hit is answered on the event loop (a stat and a small
+        # read); anything slower (a database query, making the thumbnail) runs in a thread
+        number = parse_id(image_id)
+        path = recent.get(number)
+        if path is None:
+            path = (await run_in_threadpool(row_of, image_id)).path
+        found, _, key = thumbs.cached(number, path)
+        if found is None:
+            found, key = await run_in_threadpool(thumbs.get, number, path)
+        etag = f'"{key}"'
+        headers = {"ETag": etag, "Cache-Control": "private, max-age=600"}
+        if etag in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers=headers)
+        data = found if isinstance(found, bytes) else found.read_bytes()
+        return Response(data, media_type="image/webp", headers=headers)
+
+    # --- about the index ----------------------------------------------------------------------------
+
+    @app.get("/api/info", summary="Counts, model, sizes on disk, and the files that failed with reasons")
+    def info() -> JSON:
+        facts = engine.info()
+        failed = engine.failures()
+        facts["name"] = index_name
+        facts["failed_files"] = [{"path": r.path, "error": r.error} for r in failed[:FAILED_LISTED]]
+        facts["thumbnails"] = str(thumbs.folder)
+        return JSON(facts)
+
+    @app.get("/api/tags", summary="Tags and how many images carry each")
+    def tags() -> JSON:
+        counts = engine.info()["tags"]
+        return JSON({"tags": [{"label": label, "count": n} for label, n in counts.items()]})
+
+    from .knn import knn_router
+
+    app.include_router(knn_router(engine, uploads, index_name))
+
+    # the guard runs first, then CORS (only when asked for)
+    if settings.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"], allow_headers=["authorization", "content-type"])
+    app.add_middleware(Guard, allowed_hosts=settings.allowed_hosts(), token=settings.token, max_body=settings.max_upload_bytes)
+    return app
+
+
+class RecentPaths:
+    """A bounded map of image id -> path, newest kept (thread-safe enough: dict operations are atomic)."""
+
+    def __init__(self, keep: int = 20_000) -> None:
+        self.keep = keep
+        self._paths: dict[int, str] = {}
+
+    def put(self, image_id: int, path: str) -> None:
+        self._paths[image_id] = path
+        if len(self._paths) > self.keep:
+            for old in list(self._paths)[: len(self._paths) - self.keep]:
+                self._paths.pop(old, None)
+
+    def get(self, image_id: int) -> str | None:
+        return self._paths.get(image_id)
+
+
+def _load_static() -> dict[str, tuple[bytes, str, str]]:
+    """The page's files (package data), read once: name -> (bytes, content type, ETag)."""
+    import hashlib
+
+    files = {}
+    for entry in resources.files("searchlite.server").joinpath("static").iterdir():
+        suffix = Path(entry.name).suffix
+        if suffix in STATIC_TYPES:
+            data = entry.read_bytes()
+            files[entry.name] = (data, STATIC_TYPES[suffix], '"' + hashlib.sha1(data).hexdigest()[:16] + '"')
+    return files
+
+
+def _static_response(static: dict[str, tuple[bytes, str, str]], name: str, if_none_match: str | None = None) -> Response:
+    data, content_type, etag = static[name]
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if if_none_match and etag in if_none_match:
+        return Response(status_code=304, headers=headers)
+    return Response(data, media_type=content_type, headers=headers)

@@ -1,0 +1,112 @@
+"""From a request's terms to hits: text, negatives ("not people"), a tag, an uploaded image, and
+"more like this" (an indexed image's stored vector). Uploaded images are decoded in the engine's
+isolated decoder (embed_images) and kept, as vectors only, for later pages and the back button."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .. import ImageDecodeError, InvalidQueryError, NotFoundError, PathNotFoundError
+
+MAX_K = 500
+MAX_OFFSET = 10_000
+UPLOADS_KEPT = 64
+
+
+@dataclass
+class Query:
+    """One search request: every field optional, at least one of text, image, like."""
+
+    text: str | None = None
+    negatives: list[str] = field(default_factory=list)
+    tag: str | None = None
+    like: int | None = None  # an indexed image's id: "more like this"
+    image: str | None = None  # the key of an uploaded image's vector (UploadedImages)
+    k: int = 60
+    offset: int = 0
+
+
+class UploadedImages:
+    """Vectors of uploaded query images by a key (a hash of their bytes), the newest kept."""
+
+    def __init__(self, engine: Any, keep: int = UPLOADS_KEPT) -> None:
+        self.engine = engine
+        self.keep = keep
+        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, data: bytes, name: str = "uploaded image") -> str:
+        """Embed the image in data (decoded in the isolated decoder); returns its key."""
+        key = hashlib.sha256(data).hexdigest()[:24]
+        if self.get(key) is not None:
+            return key
+        if not data:
+            raise ImageDecodeError(f"{name} is empty")
+        with tempfile.TemporaryDirectory(prefix="searchlite-upload-") as folder:
+            path = os.path.join(folder, "upload")
+            with open(path, "wb") as f:
+                f.write(data)
+            try:
+                vector = self.engine.embed_images([path])[0]
+            except (ImageDecodeError, PathNotFoundError) as e:  # name the upload, not the temp file
+                raise ImageDecodeError(str(e).replace(f"file {path}", name).replace(path, name)) from None
+        with self._lock:
+            self._vectors[key] = vector
+            while len(self._vectors) > self.keep:
+                self._vectors.popitem(last=False)
+        return key
+
+    def get(self, key: str) -> np.ndarray | None:
+        with self._lock:
+            vector = self._vectors.get(key)
+            if vector is not None:
+                self._vectors.move_to_end(key)
+            return vector
+
+
+def run_query(engine: Any, uploads: UploadedImages, query: Query) -> list[Any]:
+    """The hits of query, best first: ranks offset .. offset+k."""
+    if not 1 <= query.k <= MAX_K:
+        raise InvalidQueryError(f"k must be between 1 and {MAX_K}, got {query.k}")
+    if not 0 <= query.offset <= MAX_OFFSET:
+        raise InvalidQueryError(f"offset must be between 0 and {MAX_OFFSET}, got {query.offset}")
+    for value in (query.text, query.tag, query.image, *query.negatives):
+        if value is not None and "\0" in value:
+            raise InvalidQueryError("the query contains a NUL character")
+    text = (query.text or "").strip() or None
+    negatives = [n.strip() for n in query.negatives if n and n.strip()]
+    wanted = query.offset + query.k
+    if query.like is None and query.image is None:
+        if text is None:
+            raise InvalidQueryError("the query is empty: give a text, an image or an image to find more like")
+        hits = engine.search(text, negative=negatives, k=wanted, tag=query.tag)
+    else:
+        # the library's own rule: a sum of unit vectors (negatives subtracted), re-normalised
+        parts = []
+        if query.image is not None:
+            vector = uploads.get(query.image)
+            if vector is None:
+                raise NotFoundError("that uploaded image is no longer held by the server: drop it again")
+            parts.append(vector)
+        if query.like is not None:
+            vector = engine.stored_vector(query.like) if query.like >= 0 else None
+            if vector is None:
+                raise NotFoundError(f"no indexed image with id {query.like}")
+            parts.append(vector)
+        if text is not None:
+            parts.append(engine.embed_text(text)[0])
+        if negatives:
+            parts.append(-engine.embed_text(negatives).sum(axis=0))
+        total = np.sum(parts, axis=0)
+        if float(np.linalg.norm(total)) < 1e-6:
+            raise InvalidQueryError("the query terms cancel each other out; change them")
+        hits = engine.search_vector(total, k=wanted, tag=query.tag)
+    return hits[query.offset :]

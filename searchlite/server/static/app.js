@@ -1,0 +1,398 @@
+// searchlite's page: plain JavaScript, no build step, no inline code (the CSP forbids it).
+"use strict";
+
+const PAGE = 60;
+const $ = (id) => document.getElementById(id);
+const els = {
+  form: $("search"), q: $("q"), not: $("not"), pick: $("pick"), file: $("file"), grid: $("grid"),
+  status: $("status"), chips: $("chips"), sentinel: $("sentinel"), drop: $("drop"), info: $("info"),
+  infoLink: $("info-link"), welcome: $("welcome"), welcomeFacts: $("welcome-facts"),
+  queryChip: $("query-chip"), queryThumb: $("query-thumb"), queryClear: $("query-clear"),
+  detail: $("detail"), detailImg: $("detail-img"), dPath: $("d-path"), dScore: $("d-score"), dDims: $("d-dims"),
+  dBytes: $("d-bytes"), dTags: $("d-tags"), copy: $("copy"), more: $("more"), original: $("original"),
+  prev: $("prev"), next: $("next"), close: $("close"),
+};
+
+let state = {};        // what the URL says: q, not[], tag, like, image, view
+let hits = [];         // results shown so far, best first
+let exhausted = false; // the last page came back short
+let loading = false;
+let generation = 0;    // bumps on every new query, so late answers of an old one are dropped
+let current = -1;      // the hit open in the detail view
+let queryImageUrl = null;
+
+// --- the URL holds the query ------------------------------------------------------------------
+
+function readState() {
+  const p = new URLSearchParams(location.search);
+  return {
+    q: p.get("q") || "", not: p.getAll("not").filter(Boolean), tag: p.get("tag") || "",
+    like: p.get("like") || "", image: p.get("image") || "", view: p.get("view") || "",
+  };
+}
+
+function toQuery(s) {
+  const p = new URLSearchParams();
+  if (s.view) p.set("view", s.view);
+  if (s.q) p.set("q", s.q);
+  for (const n of s.not || []) p.append("not", n);
+  if (s.tag) p.set("tag", s.tag);
+  if (s.like) p.set("like", s.like);
+  if (s.image) p.set("image", s.image);
+  return p;
+}
+
+function navigate(next, replace = false) {
+  const url = "/" + (toQuery(next).toString() ? "?" + toQuery(next) : "");
+  if (replace) history.replaceState(null, "", url); else history.pushState(null, "", url);
+  apply(readState());
+}
+
+function hasQuery(s) { return Boolean(s.q || s.like || s.image); }
+
+function apply(s) {
+  state = s;
+  els.q.value = s.q;
+  els.not.value = s.not.join(", ");
+  renderChipsState();
+  renderQueryChip();
+  els.infoLink.classList.toggle("active", s.view === "info");
+  if (s.view === "info") { showInfo(); return; }
+  els.info.hidden = true;
+  if (!hasQuery(s)) {
+    resetResults();
+    els.welcome.hidden = false;
+    setStatus("");
+    document.title = "searchlite";
+    return;
+  }
+  els.welcome.hidden = true;
+  document.title = (s.q || (s.like ? "more like this" : "image search")) + " · searchlite";
+  search(true);
+}
+
+// --- searching ---------------------------------------------------------------------------------
+
+function resetResults() {
+  generation += 1;
+  hits = []; exhausted = false; loading = false;
+  els.grid.replaceChildren();
+}
+
+function searchParams(offset) {
+  const p = toQuery({ ...state, view: "" });
+  p.set("k", String(PAGE));
+  p.set("offset", String(offset));
+  return p;
+}
+
+async function search(fresh) {
+  if (fresh) resetResults();
+  if (loading || exhausted) return;
+  loading = true;
+  const mine = generation;
+  const started = performance.now();
+  try {
+    const data = await getJSON("/api/search?" + searchParams(hits.length));
+    if (mine !== generation) return;
+    showHits(data.hits, performance.now() - started);
+  } catch (err) {
+    if (mine === generation) { setStatus(err.message, true); exhausted = true; }
+  } finally {
+    if (mine === generation) loading = false;
+  }
+  if (mine === generation) fillViewport();
+}
+
+async function searchByFile(file) {
+  if (!file) return;
+  if (!file.type.startsWith("image/") && file.type !== "") { setStatus("that is not an image file", true); return; }
+  const form = new FormData();
+  form.append("image", file, file.name || "pasted image");
+  if (els.q.value.trim()) form.append("q", els.q.value.trim());
+  for (const n of splitNot(els.not.value)) form.append("not", n);
+  if (state.tag) form.append("tag", state.tag);
+  form.append("k", String(PAGE));
+  resetResults();
+  els.welcome.hidden = true; els.info.hidden = true;
+  setStatus("searching by " + (file.name || "the pasted image") + "…");
+  const mine = generation;
+  loading = true;
+  const started = performance.now();
+  try {
+    const response = await fetch("/api/search", { method: "POST", body: form });
+    const data = await response.json();
+    if (!response.ok) throw new Error(data.error || response.statusText);
+    if (mine !== generation) return;
+    if (queryImageUrl) URL.revokeObjectURL(queryImageUrl);
+    queryImageUrl = URL.createObjectURL(file);
+    const next = { q: els.q.value.trim(), not: splitNot(els.not.value), tag: state.tag, like: "", image: data.image_key, view: "" };
+    history.pushState(null, "", "/?" + toQuery(next));
+    state = next;
+    renderQueryChip();
+    showHits(data.hits, performance.now() - started);
+  } catch (err) {
+    setStatus(err.message, true);
+  } finally {
+    if (mine === generation) loading = false;
+  }
+}
+
+function showHits(page, ms) {
+  if (page.length < PAGE) exhausted = true;
+  const first = hits.length;
+  hits.push(...page);
+  const fragment = document.createDocumentFragment();
+  page.forEach((hit, i) => fragment.append(tile(hit, first + i)));
+  els.grid.append(fragment);
+  if (!hits.length) setStatus("nothing found" + (state.tag ? " with the tag " + state.tag : ""));
+  else setStatus(describe() + " · " + hits.length + (exhausted ? "" : "+") + " results" + (first === 0 ? " in " + Math.round(ms) + " ms" : ""));
+}
+
+function describe() {
+  const parts = [];
+  if (state.image) parts.push("like your image");
+  if (state.like) parts.push("more like #" + state.like);
+  if (state.q) parts.push("“" + state.q + "”");
+  if (state.not.length) parts.push("not " + state.not.join(", "));
+  if (state.tag) parts.push("tagged " + state.tag);
+  return parts.join(" · ");
+}
+
+function tile(hit, index) {
+  const a = document.createElement("a");
+  a.className = "tile";
+  a.href = hit.image;
+  a.dataset.index = String(index);
+  a.dataset.id = String(hit.id);
+  const ratio = hit.width && hit.height ? Math.min(Math.max(hit.width / hit.height, 0.4), 3) : 1;
+  a.style.flexGrow = String(ratio);                       // justified rows (CSSOM is allowed by the CSP)
+  a.style.flexBasis = "calc(var(--row) * " + ratio + ")";
+  a.title = "score " + hit.score.toFixed(4) + " — " + basename(hit.path);
+  const img = document.createElement("img");
+  img.alt = basename(hit.path);
+  img.decoding = "async";
+  img.loading = index < PAGE ? "eager" : "lazy";
+  img.addEventListener("load", () => img.classList.add("loaded"), { once: true });
+  img.src = hit.thumb;
+  const score = document.createElement("span");
+  score.className = "score";
+  score.textContent = hit.score.toFixed(3);
+  a.append(img, score);
+  a.addEventListener("click", (e) => {
+    if (e.metaKey || e.ctrlKey || e.shiftKey || e.button !== 0) return;
+    e.preventDefault();
+    openDetail(index);
+  });
+  return a;
+}
+
+// keep loading as the user scrolls
+new IntersectionObserver((entries) => {
+  if (entries.some((e) => e.isIntersecting) && hasQuery(state) && state.view !== "info" && hits.length) search(false);
+}, { rootMargin: "800px" }).observe(els.sentinel);
+
+function fillViewport() {
+  if (!exhausted && hits.length && els.sentinel.getBoundingClientRect().top < innerHeight + 800) search(false);
+}
+
+// --- query by image: pick, paste, drop -----------------------------------------------------------
+
+els.pick.addEventListener("click", () => els.file.click());
+els.file.addEventListener("change", () => { searchByFile(els.file.files[0]); els.file.value = ""; });
+document.addEventListener("paste", (e) => {
+  const file = [...(e.clipboardData?.files || [])].find((f) => f.type.startsWith("image/"));
+  if (file) { e.preventDefault(); searchByFile(file); }
+});
+let dragDepth = 0;
+const carriesFiles = (e) => [...(e.dataTransfer?.types || [])].includes("Files");
+window.addEventListener("dragenter", (e) => { if (carriesFiles(e)) { dragDepth += 1; els.drop.hidden = false; } });
+window.addEventListener("dragleave", () => { dragDepth = Math.max(0, dragDepth - 1); if (!dragDepth) els.drop.hidden = true; });
+window.addEventListener("dragover", (e) => { if (carriesFiles(e)) e.preventDefault(); });
+window.addEventListener("drop", (e) => {
+  dragDepth = 0; els.drop.hidden = true;
+  const file = [...(e.dataTransfer?.files || [])][0];
+  if (file) { e.preventDefault(); searchByFile(file); }
+});
+
+function renderQueryChip() {
+  if (state.like) { els.queryThumb.src = "/api/thumbs/" + encodeURIComponent(state.like); els.queryChip.hidden = false; }
+  else if (state.image && queryImageUrl) { els.queryThumb.src = queryImageUrl; els.queryChip.hidden = false; }
+  else if (state.image) { els.queryThumb.removeAttribute("src"); els.queryThumb.alt = "image"; els.queryChip.hidden = false; }
+  else els.queryChip.hidden = true;
+}
+els.queryClear.addEventListener("click", () => navigate({ ...state, like: "", image: "" }));
+
+// --- the form, tags, keys ------------------------------------------------------------------------
+
+function splitNot(text) { return text.split(",").map((s) => s.trim()).filter(Boolean); }
+
+els.form.addEventListener("submit", (e) => {
+  e.preventDefault();
+  const q = els.q.value.trim();
+  const next = { ...state, q, not: splitNot(els.not.value), view: "" };
+  if (!hasQuery(next)) { els.q.focus(); return; }
+  navigate(next);
+});
+
+let tagCounts = [];
+async function loadTags() {
+  try { tagCounts = (await getJSON("/api/tags")).tags; } catch { tagCounts = []; }
+  els.chips.replaceChildren(...tagCounts.map(({ label, count }) => {
+    const b = document.createElement("button");
+    b.type = "button"; b.className = "chip"; b.dataset.tag = label;
+    b.append(label);
+    const n = document.createElement("span"); n.className = "count"; n.textContent = String(count);
+    b.append(n);
+    b.addEventListener("click", () => navigate({ ...state, tag: state.tag === label ? "" : label, view: "" }));
+    return b;
+  }));
+  renderChipsState();
+}
+function renderChipsState() {
+  for (const chip of els.chips.children) chip.setAttribute("aria-pressed", String(chip.dataset.tag === state.tag));
+}
+
+document.addEventListener("keydown", (e) => {
+  if (els.detail.open) {
+    if (e.key === "ArrowRight") { e.preventDefault(); step(1); }
+    else if (e.key === "ArrowLeft") { e.preventDefault(); step(-1); }
+    return; // Esc closes the dialog by itself
+  }
+  const typing = e.target instanceof HTMLInputElement || e.target instanceof HTMLTextAreaElement;
+  if (e.key === "/" && !typing && !e.ctrlKey && !e.metaKey) { e.preventDefault(); els.q.focus(); els.q.select(); }
+});
+
+// --- the detail view ------------------------------------------------------------------------------
+
+function openDetail(index) {
+  current = index;
+  const hit = hits[index];
+  els.detailImg.src = hit.image;
+  els.detailImg.alt = basename(hit.path);
+  els.dPath.textContent = hit.path;
+  els.dScore.textContent = hit.score.toFixed(4);
+  els.dDims.textContent = hit.width && hit.height ? hit.width + " × " + hit.height + " px" : "unknown";
+  els.dBytes.textContent = hit.size != null ? humanBytes(hit.size) : "unknown";
+  els.dTags.textContent = hit.tags.length ? hit.tags.join(", ") : "none";
+  els.original.href = hit.image;
+  els.copy.textContent = "Copy";
+  els.prev.disabled = index === 0;
+  els.next.disabled = index === hits.length - 1 && exhausted;
+  if (!els.detail.open) els.detail.showModal();
+  els.grid.querySelector(`[data-index="${index}"]`)?.scrollIntoView({ block: "nearest" });
+}
+
+async function step(delta) {
+  const target = current + delta;
+  if (target < 0) return;
+  if (target >= hits.length) {
+    if (exhausted) return;
+    await search(false);
+    if (target >= hits.length) return;
+  }
+  openDetail(target);
+}
+
+els.prev.addEventListener("click", () => step(-1));
+els.next.addEventListener("click", () => step(1));
+els.close.addEventListener("click", () => els.detail.close());
+els.detail.addEventListener("click", (e) => { if (e.target === els.detail) els.detail.close(); });
+els.detail.addEventListener("close", () => els.grid.querySelector(`[data-index="${current}"]`)?.focus({ preventScroll: true }));
+els.more.addEventListener("click", () => {
+  const hit = hits[current];
+  els.detail.close();
+  navigate({ q: "", not: [], tag: state.tag, like: String(hit.id), image: "", view: "" });
+});
+els.copy.addEventListener("click", async () => {
+  const text = els.dPath.textContent;
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch {
+    const range = document.createRange(); range.selectNodeContents(els.dPath);
+    const sel = getSelection(); sel.removeAllRanges(); sel.addRange(range);
+    document.execCommand("copy");
+  }
+  els.copy.textContent = "Copied";
+});
+
+// --- the index page -------------------------------------------------------------------------------
+
+async function showInfo() {
+  resetResults();
+  els.welcome.hidden = true;
+  setStatus("");
+  document.title = "index · searchlite";
+  let info;
+  try { info = await getJSON("/api/info"); } catch (err) { setStatus(err.message, true); return; }
+  const rows = [
+    ["Images indexed", info.images.toLocaleString()],
+    ["Failed", info.failed.toLocaleString()],
+    ["Not images", info.not_images.toLocaleString()],
+    ["Model", info.model || "none yet"],
+    ["Embedding size", info.dim ?? "—"],
+    ["Vector index", info.vector_index],
+    ["Database", humanBytes(info.database_bytes)],
+    ["Vectors file", humanBytes(info.vectors_bytes)],
+    ["Tags", Object.entries(info.tags).map(([t, n]) => t + " " + n).join(", ") || "none"],
+    ["Index folder", info.index],
+    ["Thumbnail cache", info.thumbnails],
+  ];
+  const h2 = document.createElement("h2"); h2.textContent = "Index “" + info.name + "”";
+  const table = document.createElement("table");
+  for (const [k, v] of rows) table.append(row(k, String(v), "th"));
+  const parts = [h2, table];
+  const h3 = document.createElement("h2");
+  h3.textContent = info.failed ? "Files that failed (" + info.failed + ")" : "No file failed";
+  parts.push(h3);
+  if (info.failed_files.length) {
+    const failed = document.createElement("table"); failed.className = "failed";
+    for (const f of info.failed_files) failed.append(row(f.path, f.error, "td"));
+    parts.push(failed);
+  }
+  els.info.replaceChildren(...parts);
+  els.info.hidden = false;
+}
+
+function row(key, value, keyTag) {
+  const tr = document.createElement("tr");
+  const k = document.createElement(keyTag); k.textContent = key;
+  const v = document.createElement("td"); v.textContent = value;
+  tr.append(k, v);
+  return tr;
+}
+
+// --- helpers ------------------------------------------------------------------------------------
+
+async function getJSON(url) {
+  const response = await fetch(url);
+  let data;
+  try { data = await response.json(); } catch { throw new Error(response.status + " " + response.statusText); }
+  if (!response.ok) throw new Error(data.error || response.statusText);
+  return data;
+}
+
+function setStatus(text, error = false) { els.status.textContent = text; els.status.classList.toggle("error", error); }
+function basename(path) { return path.split(/[\\/]/).pop(); }
+function humanBytes(n) {
+  if (n == null) return "—";
+  const units = ["B", "kB", "MB", "GB", "TB"];
+  let i = 0;
+  while (n >= 1000 && i < units.length - 1) { n /= 1000; i += 1; }
+  return (i ? n.toFixed(n < 10 ? 1 : 0) : n) + " " + units[i];
+}
+
+window.addEventListener("popstate", () => { if (els.detail.open) els.detail.close(); apply(readState()); });
+
+async function start() {
+  loadTags();
+  apply(readState());
+  if (!hasQuery(state) && state.view !== "info") {
+    try {
+      const info = await getJSON("/api/info");
+      els.welcomeFacts.textContent = info.images.toLocaleString() + " images indexed · " + (info.model || "");
+    } catch { /* the status line says what is wrong once the user searches */ }
+  }
+  if (!hasQuery(state)) els.q.focus();
+}
+start();

@@ -1,0 +1,89 @@
+"""`searchlite mcp`: the Model Context Protocol server, driven by the official SDK's own client
+(stdio_client spawning `python -m searchlite mcp --index ...`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+mcp = pytest.importorskip("mcp", reason="the mcp SDK is not installed: pip install 'searchlite[serve]'")
+
+from tests.server_fixtures import caption_of, shapes_index  # noqa: F401,E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_session(index: Path, steps):
+    """Start the server with the SDK's stdio client, initialise, run steps(session)."""
+    import anyio
+    from mcp import ClientSession, StdioServerParameters
+    from mcp.client.stdio import stdio_client
+
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "searchlite", "mcp", "--index", str(index)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+    async def main():
+        with anyio.fail_after(120):
+            async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+                await session.initialize()
+                return await steps(session)
+
+    return anyio.run(main)
+
+
+def field(obj, snake: str, camel: str):
+    """mcp 2 names fields in snake_case, mcp 1 as on the wire."""
+    return getattr(obj, snake, None) if hasattr(obj, snake) else getattr(obj, camel, None)
+
+
+def structured(result) -> object:
+    """A tool's answer: structured content when the SDK gives it, else the JSON text."""
+    assert not field(result, "is_error", "isError"), result.content
+    content = field(result, "structured_content", "structuredContent")
+    if content is not None:
+        return content.get("result", content) if isinstance(content, dict) and set(content) == {"result"} else content
+    texts = [c.text for c in result.content]
+    return json.loads(texts[0]) if len(texts) == 1 else [json.loads(t) for t in texts]
+
+
+def test_mcp_tools_answer_through_the_sdk_client(shapes_index) -> None:
+    photos, index, scenes = shapes_index
+    blue = next(p for p in sorted(photos.glob("*.png")) if "blue" in caption_of(str(p)))
+
+    async def steps(session):
+        tools = {t.name: t for t in (await session.list_tools()).tools}
+        searched = structured(await session.call_tool("search", {"text": "a red triangle", "k": 3}))
+        tagged = structured(await session.call_tool("search", {"text": "a shape", "k": 5, "tag": "green"}))
+        by_image = structured(await session.call_tool("search_by_image", {"path": str(blue), "k": 2}))
+        info = structured(await session.call_tool("info", {}))
+        classified = structured(await session.call_tool("classify", {"paths": [str(blue), str(photos / "missing.png")], "labels": ["red", "green", "blue", "yellow"]}))
+        bad = await session.call_tool("search", {"text": "", "k": 3})
+        return tools, searched, tagged, by_image, info, classified, bad
+
+    tools, searched, tagged, by_image, info, classified, bad = run_session(index, steps)
+    assert {"search", "search_by_image", "info", "classify"} <= set(tools)
+    assert "text" in field(tools["search"], "input_schema", "inputSchema")["properties"]
+    assert len(searched) == 3 and "red triangle" in caption_of(searched[0]["path"])
+    assert searched[0]["score"] >= searched[-1]["score"]
+    assert tagged and all(h["tags"] == ["green"] for h in tagged)
+    assert by_image[0]["path"] == str(blue) and by_image[0]["score"] > 0.999
+    assert info["images"] == len(scenes) and "searchlite-shapes" in info["model"]
+    assert classified[0]["label"] == "blue" and "error" in classified[1]
+    assert field(bad, "is_error", "isError") and "empty" in " ".join(c.text for c in bad.content).lower()
+
+
+def test_mcp_refuses_a_missing_index_with_a_message(tmp_path) -> None:
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, "-m", "searchlite", "mcp", "--index", str(tmp_path / "none")],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 1 and "no index in" in result.stderr and result.stdout == ""
