@@ -404,9 +404,9 @@ def classify(
 
 
 def _open_for_model(index: Path | None, model: str | None, pretrained: str | None, device: str | None) -> SearchEngine:
-    """The index, for its model and cached class weights, when there is one and no model is named;
-    otherwise an engine without an index (nothing written to disk) for the model named, or the
-    default one."""
+    """The index, for its model and cached class weights, when one is named (--index or
+    SEARCHLITE_INDEX: it must exist) or ./index exists and no model is named; otherwise an engine
+    without an index (nothing written to disk) for the model named, or the default one."""
     from .engine import SearchEngine
     from .errors import IndexNotFoundError
 
@@ -414,7 +414,8 @@ def _open_for_model(index: Path | None, model: str | None, pretrained: str | Non
         try:
             return SearchEngine.open(index, device=device, create=False)
         except IndexNotFoundError:
-            pass
+            if index is not None:  # the user named that index
+                raise
     return SearchEngine.without_index(model=model, pretrained=pretrained, device=device)
 
 

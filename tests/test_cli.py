@@ -235,7 +235,7 @@ def test_links_out_of_the_collection_are_counted_and_listed(cli, tmp_path: Path,
     facts = json.loads(info.stdout)
     assert (facts["images"], facts["not_images"], facts["links_not_followed"]) == (1, 1, 1)
     listed = cli("info", "--skipped").stdout.splitlines()
-    assert f"{collection / 'b-link.png'}\tsymbolic link out of the collection (use --follow-links to index it)" in listed
+    assert f"{collection / 'b-link.png'}\tsymbolic link out of the collection: not followed (following links is off)" in listed
     assert f"{collection / 'notes.txt'}\tnot an image" in listed
     assert cli("info", "--failed").stdout == ""
 
@@ -277,7 +277,7 @@ def test_a_moved_checkpoint_is_found_again_with_pretrained_alone(cli, photos: Pa
     lost = cli("query", "--image", photos / "astronaut.jpg")  # loads the model: its checkpoint is gone
     assert lost.exit_code == 1
     assert f"checkpoint {first} not found" in lost.stderr
-    assert "`searchlite index FOLDER --pretrained NEW_PATH`" in lost.stderr  # a command that has the flag
+    assert "`searchlite index FOLDER --pretrained" in lost.stderr  # a command that has the flag
     found = cli("index", photos, "--pretrained", moved)
     assert found.exit_code == 0, found.output
     assert "10 unchanged" in found.stderr

@@ -72,7 +72,7 @@ def test_every_file_gets_its_verdict_and_reason(corpus) -> None:
     # nothing else was recorded
     assert set(rows) == {base + e.path for e in expected if e.verdict != "absent"}
     counts = {v: sum(e.verdict == v for e in expected) for v in state_of}
-    links_out = sum(e.verdict == "skipped" and e.reason == "--follow-links" for e in expected)
+    links_out = sum(e.verdict == "skipped" and e.reason == "not followed" for e in expected)
     assert (report.added, report.failed, report.skipped + report.links_not_followed) == (counts["indexed"], counts["failed"], counts["skipped"])
     assert report.links_not_followed == links_out == 1
 

@@ -71,7 +71,8 @@ def test_negatives_and_tags_filter(client) -> None:
     assert colours(steered) < colours(plain) or colours(plain) == 0
     tagged = search(client, q="a shape", tag="blue", k=50)
     assert tagged and all(h["tags"] == ["blue"] for h in tagged)
-    assert search(client, q="a shape", tag="no such tag") == []
+    unknown = client.get("/api/search", params={"q": "a shape", "tag": "no such tag"})
+    assert unknown.status_code == 404 and unknown.json() == {"error": "unknown tag 'no such tag': this index's tags are blue, green, red, yellow"}
 
 
 def test_more_like_this_and_uploaded_images(client) -> None:
