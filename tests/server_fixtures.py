@@ -22,7 +22,9 @@ def build_shapes_index(root: Path, count: int = SCENES, seed: int = 20261203, si
     from searchlite import SearchEngine
 
     photos, index = root / "shapes", root / "index"
-    scenes = make_shapes.write(photos, count, seed) if size == 64 else _write_sized(photos, count, seed, size)
+    scenes = make_shapes.write(photos, count, seed, shapes=1) if size == 64 else _write_sized(photos, count, seed, size)
+    for i, scene in enumerate(scenes):  # the truth beside each scene (captions vary their phrasing)
+        (photos / f"{i:05d}.txt").write_text(" and ".join(f"{o.color} {o.shape}" for o in scene.objects) + "\n")
     with SearchEngine.open(index, model="searchlite-shapes") as engine:
         engine.index(photos)
         engine.tag(LABELS, name="colour")
@@ -36,9 +38,8 @@ def _write_sized(folder: Path, count: int, seed: int, size: int) -> list:
     rng = np.random.default_rng(seed)
     scenes = []
     for i in range(count):
-        scene = make_shapes.render(rng, size=size)
+        scene = make_shapes.render(rng, shapes=1, size=size)
         scene.image.save(folder / f"{i:05d}.png")
-        (folder / f"{i:05d}.txt").write_text(scene.caption + "\n")
         scenes.append(scene)
     return scenes
 
