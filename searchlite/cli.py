@@ -72,6 +72,8 @@ _HINTS = {
     "pretrained": "pass the weights with --pretrained TAG|hf-hub:ID|CHECKPOINT",
     "model": "drop --model/--pretrained to use the index's model, or pass --index with a new folder",
     "device": "pass --device cpu",
+    "precision": "use --precision auto|fp32|bf16|fp16",
+    "token": "pass --token SECRET (or set SEARCHLITE_TOKEN)",
     "labels": "e.g. --labels cat,dog,car",
     "probe": "make one with `searchlite probe train`",
     "query": 'e.g. searchlite query "a dog on grass", or --image PHOTO',
@@ -546,11 +548,7 @@ def serve(
         if not is_loopback(host) and not settings.token:
             typer.echo(f"searchlite: error: --host {host} makes the server reachable from other machines: add --token SECRET (or set SEARCHLITE_TOKEN)", err=True)
             raise typer.Exit(2)
-        try:
-            check_settings(settings)
-        except Exception as e:
-            typer.echo(f"searchlite: error: {e} (--token)", err=True)
-            raise typer.Exit(2) from None
+        check_settings(settings)  # the library's own checks; the host one is answered above with its flag
         with _open(index, device=device, create=False) as engine:
             from .server.app import create_app
 

@@ -326,3 +326,10 @@ def test_no_command_advises_a_flag_it_lacks(cli, photos: Path, tiny_model, tmp_p
     assert index.exit_code == 1 and "; pass the weights with --pretrained" in index.stderr
     assert cli("index", photos, "--pretrained", moved).exit_code == 0  # the new location, recorded
     assert cli("query", "--image", photos / "new.png").exit_code == 0
+
+
+def test_an_unknown_precision_is_bad_input_with_the_flag_hint(cli, photos: Path, tiny_model) -> None:
+    config, checkpoint = tiny_model
+    result = cli("index", photos, "--model", config, "--pretrained", checkpoint, "--precision", "fp8")
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr == "searchlite: error: precision fp8: use one of auto, fp32, bf16, fp16; use --precision auto|fp32|bf16|fp16\n"

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import ModelLoadError
+from ..errors import InvalidInputError
 from .spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ class ClipEncoder:
         import torch
 
         if requested not in PRECISIONS:
-            raise ModelLoadError(f"precision {requested!r}: use one of {', '.join(PRECISIONS)}")
+            raise InvalidInputError(f"precision {requested}: use one of {', '.join(PRECISIONS)}", setting="precision")
         candidate = requested
         if requested == "auto":
             capability = torch.backends.cpu.get_cpu_capability()

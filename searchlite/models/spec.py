@@ -97,7 +97,7 @@ def spec_from_flags(model: str | None, pretrained: str | None, *, random_init: b
         return ModelSpec(hf_hub=model[len(HF_HUB_PREFIX) :])
     model = model or DEFAULT_MODEL
     if pretrained and _looks_like_path(pretrained) and not os.path.isfile(pretrained):
-        raise ModelLoadError(f"checkpoint file {pretrained} not found: pass the path of an open_clip checkpoint as --pretrained")
+        raise ModelLoadError(f"checkpoint file {pretrained} not found: give the path of an existing open_clip checkpoint", setting="pretrained")
     if model in BUNDLED_MODELS:
         config_path, checkpoint = bundled_model(model)
         return replace(spec_from_flags(str(config_path), pretrained or str(checkpoint)), name=model)

@@ -18,10 +18,11 @@ def check_settings(settings: ServerSettings) -> None:
     """Refuse what would be unsafe: another machine may reach a non-loopback host, so it needs a token."""
     if not is_loopback(settings.host) and not settings.token:
         raise InvalidInputError(
-            f"host {settings.host} makes the server reachable from other machines: give it a token (a secret only your users know)"
+            f"host {settings.host} makes the server reachable from other machines: give it a token (a secret only your users know)",
+            setting="token",
         )
     if settings.token is not None and (len(settings.token) < 8 or not settings.token.isprintable() or " " in settings.token):
-        raise InvalidInputError("a token must be at least 8 printable characters without spaces")
+        raise InvalidInputError("a token must be at least 8 printable characters without spaces", setting="token")
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..errors import InvalidInputError
 from ..storage.atomic_file import write_atomic
 from . import tower
 from .tower import TextTower
@@ -41,7 +42,7 @@ def export_text_tower(encoder: ClipEncoder, path: Path, model_key: str) -> TextT
         return None
     try:
         write_atomic(path, tower.export_bytes(tensors, heads=heads, quick_gelu=quick_gelu, model_key=model_key))
-    except OSError as e:  # a read-only index still answers, through torch
-        log.info("cannot write %s (%s); text queries will use torch", path, e.strerror or e)
+    except (OSError, InvalidInputError) as e:  # a read-only index (or a link there) still answers, through torch
+        log.info("cannot write %s (%s); text queries will use torch", path, getattr(e, "strerror", None) or e)
         return None
     return TextTower.load(path, model_key)

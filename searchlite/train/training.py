@@ -24,7 +24,7 @@ from typing import Any
 from ..media import images
 from ..storage.atomic_file import write_atomic
 from ..models.encoder import ClipEncoder
-from ..errors import InvalidInputError, OutputExistsError, OutputPathError, PathNotFoundError, file_error
+from ..errors import InvalidInputError, OutputExistsError, OutputPathError, PathNotFoundError, file_error, os_reason
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def check_output(output: str | os.PathLike[str], *, overwrite: bool = False) -> 
     except FileNotFoundError:
         st = None
     except OSError as e:
-        raise OutputPathError(f"cannot use output {path}: {e.strerror.lower()}; give another output path") from None
+        raise OutputPathError(f"cannot use output {path}: {os_reason(e)}; give another output path") from None
     if st is not None:
         if stat.S_ISDIR(st.st_mode):
             raise OutputPathError(f"output {path} is a folder: give a file path inside it, e.g. {path / 'model.safetensors'}")
