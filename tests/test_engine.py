@@ -694,3 +694,17 @@ def test_index_runs_and_image_queries_leave_no_decoder_processes_behind(engine_f
     assert len(_decoder_processes()) <= engine.settings.workers  # kept for the next query image
     engine.close()
     assert _decoder_processes() == []
+
+
+def test_embed_text_takes_a_string_as_one_text_and_embed_images_names_the_bad_file(engine_factory, photos: Path, tmp_path: Path) -> None:
+    engine = engine_factory()
+    engine.index(photos)
+    one = engine.embed_text("a cat")
+    assert one.shape == (1, 64) and np.allclose(one, engine.embed_text(["a cat"]))
+    assert engine.embed_text(["a cat", "a dog"]).shape == (2, 64)
+    assert engine.embed_images(photos / "astronaut.jpg").shape == (1, 64)
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    with pytest.raises(ImageDecodeError, match=r"file .*broken.jpg: "):
+        engine.embed_images([photos / "astronaut.jpg", tmp_path / "broken.jpg"])
+    with pytest.raises(PathNotFoundError, match=r"file .*gone.jpg not found"):
+        engine.embed_images([tmp_path / "gone.jpg"])
