@@ -16,9 +16,8 @@ from PIL import Image
 
 from searchlite import IndexWriteError, SearchEngine
 from searchlite.config import FAISS_FILENAME, LOCK_FILENAME
-from tests.conftest import load_script
 
-kill_loop = load_script("kill_loop")
+from tests import kill_loop
 
 
 def paths_of(hits) -> list[str]:

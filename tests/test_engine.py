@@ -23,12 +23,12 @@ from searchlite import (
 )
 from searchlite.config import DB_FILENAME, FAISS_FILENAME, LOCK_FILENAME
 from searchlite.storage.writelock import writer_lock
-from tests.conftest import load_script
+from tests import kill_loop
 
 
 def stored_vectors(index_dir: Path) -> dict[str, np.ndarray]:
     """Every indexed path and its stored vector, read straight from SQLite."""
-    return {path: vector for path, (_, vector) in load_script("kill_loop").snapshot(index_dir).items() if vector is not None}
+    return {path: vector for path, (_, vector) in kill_loop.snapshot(index_dir).items() if vector is not None}
 
 
 def reference_embedding(tiny_model, path: Path) -> np.ndarray:

@@ -2,8 +2,8 @@
 every kill the index must answer searches (no duplicates, no missing files), and at the end a
 resumed index must equal an uninterrupted one built from scratch. Prints JSON.
 
-    python scripts/kill_loop.py --rounds 200                  # the long mode
-    python scripts/kill_loop.py --rounds 20 --model M --pretrained P
+    python tests/kill_loop.py --rounds 200                  # the long mode
+    python tests/kill_loop.py --rounds 20 --model M --pretrained P
 
 Without --model/--pretrained it builds a tiny random open_clip model of its own (no downloads).
 """
