@@ -79,6 +79,7 @@ def test_an_index_built_with_the_old_bundled_weights_is_refused(tmp_path) -> Non
     with pytest.raises(ModelMismatchError) as e:
         SearchEngine.open(tmp_path / "index", model="searchlite-shapes")
     message = str(e.value)
-    assert OLD_SHA256[:12] in message and new_sha256[:12] in message and "--index" in message
+    assert OLD_SHA256[:12] in message and new_sha256[:12] in message and "in a new folder" in message
+    assert e.value.setting == "model" and "--" not in message  # the CLI adds the flags
     with SearchEngine.open(tmp_path / "index") as engine, pytest.raises(ModelMismatchError, match="sha256 differs"):
         engine.load_model()  # adding images would need the old weights, which are gone
