@@ -1,6 +1,6 @@
 """Retrain the bundled toy model `searchlite-shapes` from scratch, on CPU, in one command:
 
-    OMP_NUM_THREADS=1 python scripts/train_shapes_model.py   # ~20 min on 2 cores; writes the package's model
+    OMP_NUM_THREADS=1 python scripts/train_shapes_model.py   # ~32 min on 2 cores; writes the package's model
     python scripts/train_shapes_model.py --steps 300     # a quick, weaker one
 
 It generates 30,000 captioned synthetic scenes (scripts/make_shapes.py: one to three shapes on
@@ -43,7 +43,7 @@ def halve(checkpoint: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenes", type=int, default=30000)
-    parser.add_argument("--steps", type=int, default=1800)
+    parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--config", type=Path, help="model config JSON (default: the bundled model's)")
