@@ -38,19 +38,19 @@ def results() -> dict:
 
 def test_text_queries_find_the_right_shapes(results: dict) -> None:
     assert results["precision_at_5"] >= 0.95, results
-    assert results["worst_precision_at_5"] >= 0.8, results
+    assert results["worst_precision_at_5"] >= 0.95, results  # every one of the 12 queries
 
 
-# The targets are 0.95 by shape and 0.9 on two-shape scenes; the shipped weights (1,800 steps) reach
-# 0.85 and 0.72 on these scenes (0.89 and 0.82 with seed 3), so these floors only guard against
-# regressions until a longer training run lands.
+# The targets are 0.95 by colour and by shape and 0.9 on two-shape scenes. The shipped weights reach
+# 1.00 / 0.95 / 0.97 on these scenes (seed 17); by shape they sit at the target (0.94-0.95 on other
+# seeds of 200 scenes), so the floor leaves room for a scene or two of float noise across machines.
 def test_zero_shot_with_the_default_template_by_colour_and_by_shape(results: dict) -> None:
     assert results["color_accuracy"] >= 0.95, results
-    assert results["shape_accuracy"] >= 0.8, results
+    assert results["shape_accuracy"] >= 0.93, results
 
 
 def test_on_two_shape_scenes_a_query_ranks_the_scenes_that_hold_it_first(results: dict) -> None:
-    assert results["two_shape_precision_at_5"] >= 0.65, results
+    assert results["two_shape_precision_at_5"] >= 0.9, results
 
 
 def test_the_bundled_model_needs_no_flags_after_the_first_and_queries_without_torch(tmp_path) -> None:
