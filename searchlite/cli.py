@@ -81,7 +81,7 @@ _HINTS = {
 # for commands that lack the flags a hint names: advice that works from any command
 _FALLBACK_HINTS = {
     "pretrained": "give the weights once with `searchlite index FOLDER --pretrained TAG|hf-hub:ID|CHECKPOINT`",
-    "model": "or build a separate index: `searchlite index FOLDER --index NEW_DIR --model MODEL --pretrained WEIGHTS`",
+    "model": "a separate index is built with `searchlite index FOLDER --index NEW_DIR --model MODEL --pretrained WEIGHTS`",
 }
 
 
