@@ -153,14 +153,14 @@ def test_searches_keep_working_while_an_index_run_goes_on(engine_factory, photos
     counts: list[int] = []
     running = threading.Event()
     running.set()
+    searched = threading.Condition()  # notified after each finished search (or error)
 
     def wait_for_a_search(done: int, total: int) -> None:
         """Between the writer's batches, let a reader finish a search (so reads really interleave
         with the run), with a deadline that only guards against a hang."""
-        seen, deadline = len(counts), time.monotonic() + 60
-        while len(counts) <= seen and not errors:
-            assert time.monotonic() < deadline, "no search finished while the index run went on"
-            time.sleep(0.01)
+        with searched:
+            seen = len(counts)
+            assert searched.wait_for(lambda: len(counts) > seen or errors, timeout=60), "no search finished while the index run went on"
 
     def reader() -> None:
         with SearchEngine.open(index_dir, create=False) as engine:
@@ -169,9 +169,13 @@ def test_searches_keep_working_while_an_index_run_goes_on(engine_factory, photos
                     hits = engine.search("a cat", k=1000)
                     assert len(hits) == len(set(paths_of(hits)))
                     assert all(os.path.exists(p) for p in paths_of(hits))
-                    counts.append(len(hits))
+                    with searched:
+                        counts.append(len(hits))
+                        searched.notify_all()
                 except BaseException as e:  # noqa: BLE001 - reported below
-                    errors.append(e)
+                    with searched:
+                        errors.append(e)
+                        searched.notify_all()
                     return
 
     threads = [threading.Thread(target=reader) for _ in range(3)]

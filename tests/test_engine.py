@@ -632,17 +632,17 @@ def test_batches_are_decoded_in_order_and_ahead_only_when_asked(ahead: int) -> N
     """On a CPU (ahead 0) nothing is decoded while the model encodes a batch; on a GPU (ahead 1)
     the next batch is, and never more than that."""
     import threading
-    import time
     from concurrent.futures import ThreadPoolExecutor
 
     from searchlite.ingest.indexer import _chunked_map
 
     started: list[int] = []
-    lock = threading.Lock()
+    progress = threading.Condition()  # notified as each decode starts
 
     def decode(item: int) -> int:
-        with lock:
+        with progress:
             started.append(item)
+            progress.notify_all()
         return item * 10
 
     class CountingPool:
@@ -663,10 +663,8 @@ def test_batches_are_decoded_in_order_and_ahead_only_when_asked(ahead: int) -> N
             chunks.append(chunk)
             expected = min(len(items), 3 * len(chunks) + 3 * ahead)
             assert pool.submitted == expected  # this chunk and `ahead` more, never others
-            deadline = time.monotonic() + 30  # a hang guard: they start in milliseconds
-            while len(started) < expected:  # the ones ahead decode while this chunk is encoded
-                assert time.monotonic() < deadline, f"{expected - len(started)} submitted decodes never started"
-                time.sleep(0.001)
+            with progress:  # the ones ahead decode while this chunk is encoded (30 s: a hang guard)
+                assert progress.wait_for(lambda: len(started) >= expected, timeout=30), f"{expected - len(started)} submitted decodes never started"
     assert chunks == [[0, 10, 20], [30, 40, 50], [60, 70, 80], [90]]
 
 
