@@ -193,9 +193,8 @@ class SearchEngine:
             )
             try:
                 report = indexer.run(root, progress)
-                if vectors.kind == "exact" and len(vectors) >= vectors.ann_min_vectors:
-                    log.warning("%d vectors: building an approximate index (once; optimizing again redoes it)", len(vectors))
-                    vectors.optimize()
+                if vectors.optimize_if_large():
+                    log.warning("%d vectors: built an approximate index (once; optimizing again redoes it)", len(vectors))
             except BaseException:
                 # Interrupted between a batch's commit and its FAISS update, the vectors in memory
                 # lag the database: then keep the older cache, which the next open rebuilds.
@@ -362,11 +361,16 @@ class SearchEngine:
                 encoder = self._encoder_factory(self.spec, self._device)
                 encoder.choose_precision(self.settings.precision)
                 self.model_load_seconds += time.monotonic() - started
-                if self._store.get_info("model") is None and not self._store.read_only:
-                    self._store.set_info("embed_dim", encoder.embed_dim)
-                    self._store.set_info("model", self.spec.to_record())
+                if not self._store.read_only:
+                    self._record_model(encoder.embed_dim)
                 self._encoder = encoder
             return self._encoder
+
+    def _record_model(self, dim: int) -> None:
+        """A new index records the model that fills it and its embedding dimension."""
+        if self._store.get_info("model") is None:
+            self._store.set_info("embed_dim", dim)
+            self._store.set_info("model", self.spec.to_record())
 
     def _record_checkpoint_location(self) -> None:
         """An index opened with its checkpoint's new location (the same weights) records it, so
@@ -426,9 +430,7 @@ class SearchEngine:
         matrix, paths = transfer.read_embeddings(Path(npy_path), Path(paths_path), dim, self.spec.describe())
         with self._writing():
             self._record_checkpoint_location()
-            if self._store.get_info("model") is None:
-                self._store.set_info("embed_dim", dim)
-                self._store.set_info("model", self.spec.to_record())
+            self._record_model(dim)
             counts = transfer.import_rows(self._store, self._get_vectors(writer=True), matrix, paths)
             self._save_vectors()
             refresh_tags(self._store)

@@ -65,6 +65,19 @@ def paths_of(hits) -> list[str]:
     return [h.path for h in hits]
 
 
+def counting_encoders(encoded: list[int]):
+    """An encoder factory for SearchEngine.open that appends each image batch's size to encoded."""
+    from searchlite.models.loading import load_encoder
+
+    def factory(spec, device):
+        encoder = load_encoder(spec, device)
+        real = encoder.encode_images
+        encoder.encode_images = lambda batch: encoded.append(len(batch)) or real(batch)
+        return encoder
+
+    return factory
+
+
 # --- parity and search correctness ----------------------------------------------------------------
 
 
@@ -237,15 +250,8 @@ def test_duplicates_reuse_the_vector_and_both_are_found(engine_factory, photos: 
 
 
 def test_duplicates_new_in_one_run_are_encoded_once(engine_factory, tmp_path: Path) -> None:
-    from searchlite.models.loading import load_encoder
-
     encoded: list[int] = []
-
-    def counting(spec, device):
-        encoder = load_encoder(spec, device)
-        real = encoder.encode_images
-        encoder.encode_images = lambda batch: encoded.append(len(batch)) or real(batch)
-        return encoder
+    counting = counting_encoders(encoded)
 
     folder = tmp_path / "twins"
     folder.mkdir()
@@ -601,14 +607,7 @@ def test_export_then_import_loads_embeddings_without_encoding(engine_factory, ph
 
     config, checkpoint = tiny_model
     encoded: list[int] = []
-
-    def counting(spec, device):
-        from searchlite.models.loading import load_encoder
-
-        encoder = load_encoder(spec, device)
-        real = encoder.encode_images
-        encoder.encode_images = lambda batch: encoded.append(len(batch)) or real(batch)
-        return encoder
+    counting = counting_encoders(encoded)
 
     with SearchEngine.open(tmp_path / "imported", model=str(config), pretrained=str(checkpoint), encoder_factory=counting) as other:
         assert other.import_embeddings(tmp_path / "emb.npy", tmp_path / "emb.jsonl") == (9, 1)

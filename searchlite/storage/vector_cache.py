@@ -37,8 +37,7 @@ class VectorCache:
         vectors = VectorIndex(dim)
         for ids, chunk in self._store.iter_vectors():
             vectors.add(ids, chunk)
-        if len(vectors) >= vectors.ann_min_vectors:
-            vectors.optimize()
+        vectors.optimize_if_large()
         if len(vectors) or self.path.exists():
             log.warning("rebuilt the vector cache %s from the database (%d vectors)", self.path, len(vectors))
         if writer:

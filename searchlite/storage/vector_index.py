@@ -73,6 +73,14 @@ class VectorIndex:
         """"exact" (flat scan) or "ivf" (approximate, inverted lists)."""
         return "ivf" if isinstance(self._index, _faiss().IndexIVF) else "exact"
 
+    def optimize_if_large(self) -> bool:
+        """Switch an exact index of ann_min_vectors or more to an approximate one (once: an IVF
+        index stays as it is). Returns whether it did."""
+        if self.kind != "exact" or len(self) < self.ann_min_vectors:
+            return False
+        self.optimize()
+        return True
+
     def optimize(self, *, force: bool = False, target_recall: float = TARGET_RECALL, seed: int = 0) -> dict[str, Any]:
         """Pick the structure for the current size: exact below ann_min_vectors (unless force),
         else an IVF index trained on the vectors, probing just enough lists for target_recall@10
