@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from searchlite import SearchEngine
+from searchlite.config import model_cache_dir
 from searchlite.text.tower import TextTower
 
 QUERIES = ["a dog on grass", "a red car parked on the street", "sunset over the sea", "a cat", "two people hiking in the mountains"]
@@ -121,7 +122,7 @@ def main() -> None:
             engine.search(QUERIES[1])
             assert isinstance(engine.text_encoder(), TextTower) and engine.text_encoder().uses_onnx
             encoder, tower = engine.load_model(), engine.text_encoder()
-            numpy_only = TextTower.load(index / "text_tower.safetensors", engine.model_key())
+            numpy_only = TextTower.load(model_cache_dir(engine.model_key()) / "text_tower.safetensors", engine.model_key())
             numpy_only._start_onnx = lambda x, mask, eot: numpy_only._transformer(x, mask)  # never moves to onnxruntime
 
             def naive_encode_text(text: str) -> None:  # open_clip's own encode_text, all 77 positions

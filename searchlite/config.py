@@ -10,6 +10,7 @@ DEFAULT_MODEL = "ViT-B-32-256"
 DEFAULT_PRETRAINED = "datacomp_s34b_b86k"
 
 INDEX_ENV = "SEARCHLITE_INDEX"
+CACHE_ENV = "SEARCHLITE_CACHE"
 DEFAULT_INDEX_DIR = "index"
 
 DB_FILENAME = "searchlite.db"
@@ -64,3 +65,13 @@ def resolve_index_dir(flag: str | os.PathLike[str] | None) -> Path:
         return Path(flag)
     env = os.environ.get(INDEX_ENV)
     return Path(env) if env else Path(DEFAULT_INDEX_DIR)
+
+
+def model_cache_dir(model_key: str) -> Path:
+    """Where a model's exported towers live, once per model for every index: $SEARCHLITE_CACHE,
+    else $XDG_CACHE_HOME/searchlite, else ~/.cache/searchlite; then models/<model key>."""
+    root = os.environ.get(CACHE_ENV)
+    if not root:
+        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(xdg, "searchlite")
+    return Path(root) / "models" / model_key

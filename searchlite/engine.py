@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -21,14 +22,15 @@ import numpy as np
 from .classify import probe, zeroshot
 from .classify.classifier import DEFAULT_TAG_THRESHOLD, LinearClassifier
 from .classify.tags import Classification, classify, refresh_tags, store_tag_set
-from .config import DB_FILENAME, FAISS_FILENAME, LOCK_FILENAME, IndexSettings, resolve_index_dir
+from .config import DB_FILENAME, FAISS_FILENAME, LOCK_FILENAME, IndexSettings, model_cache_dir, resolve_index_dir
 from .errors import IndexNotFoundError, InvalidInputError, InvalidQueryError, ModelMismatchError, PathNotFoundError, TagNotFoundError, file_error
 from .ingest import scanner
 from .ingest.indexer import Indexer, IndexReport, ProgressFn
 from .media.decode_worker import DecodePool
 from .media.embed_files import embed_files, read_image_file
-from .models.encoder import ClipEncoder
-from .models.loading import load_encoder
+from .models.encoder import ClipEncoder, ImageEncoder
+from .models.image_tower import ImageTower, export_image_tower
+from .models.loading import load_encoder, surely_cpu
 from .models.spec import ModelSpec, reconcile, spec_from_flags
 from .query.search import Hit, query_vector, search
 from .query.terms import parse_terms
@@ -74,8 +76,9 @@ class SearchEngine:
         self._encoder_factory = encoder_factory
         self._lock = threading.RLock()  # guards lazy loading
         self._encoder: ClipEncoder | None = None
+        self._image_encoder: ImageEncoder | None = None
         self._text_tower: TextTower | None = None
-        self._tower_checked = False  # whether the export beside the index has been looked for
+        self._tower_checked = False  # whether an exported text tower has been looked for
         self._text_cache = TextCache()
         self._cache = VectorCache(index_dir, store) if index_dir is not None else None
         self._vectors: VectorIndex | None = None
@@ -186,7 +189,7 @@ class SearchEngine:
             indexer = Indexer(
                 self._store,
                 vectors,
-                self.load_model,
+                self.image_encoder,
                 self.settings,
                 on_snapshot=self._save_vectors,
                 exclude=[str(index_dir.resolve()), os.path.abspath(index_dir)],
@@ -206,6 +209,7 @@ class SearchEngine:
                     self._save_vectors()
             if self._encoder is not None:
                 self._export_text_tower(self._encoder)
+            self._move_text_tower_to_cache(index_dir)
             report.tagged = refresh_tags(self._store)
             # the run's own time, and apart from it the model's loading (seconds of start-up that
             # later runs in the same process do not pay again)
@@ -314,9 +318,9 @@ class SearchEngine:
 
     def _embed_files(self, paths: list[str], what: str = "file") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         def batch_size() -> int:
-            return self.settings.batch_size_on(self._encoder.device if self._encoder else "cpu")
+            return self.settings.batch_size_on(self._image_encoder.device if self._image_encoder else "cpu")
 
-        return embed_files(paths, self.settings, self.load_model, batch_size, what, self._decoder_pool())
+        return embed_files(paths, self.settings, self.image_encoder, batch_size, what, self._decoder_pool())
 
     def _decoder_pool(self) -> DecodePool:
         """Decoder processes kept for query images, classification and decode_image (started on
@@ -327,25 +331,80 @@ class SearchEngine:
             return self._decoders
 
     def text_encoder(self) -> ClipEncoder | TextTower:
-        """What embeds text: the text tower exported beside the index, which gives the torch model's
-        embeddings without importing torch (seconds saved per cold query); the torch model where
-        there is no usable export, which is then written."""
+        """What embeds text: the model's text tower exported to the user's cache, which gives the
+        torch model's embeddings without importing torch (seconds saved per cold query); the torch
+        model where there is no usable export, which is then written."""
         tower = self._text_tower
         if tower is not None:  # no lock once loaded: text queries never wait on the image tower loading
             return tower
         with self._lock:
-            if self.index_dir is None:  # nowhere to keep an export: the model itself
-                return self.load_model()
-            if self._text_tower is None and not self._tower_checked and self._store.get_info("model") is not None:
+            if self._text_tower is None and not self._tower_checked and self._uses_own_model():
                 self._tower_checked = True
-                self._text_tower = TextTower.load(self.index_dir / TEXT_TOWER_FILENAME, self.model_key())
-                if self._text_tower is None:  # none was usable: an older index, or a damaged one
+                key = self.model_key()
+                self._text_tower = TextTower.load(model_cache_dir(key) / TEXT_TOWER_FILENAME, key)
+                if self._text_tower is None and self.index_dir is not None:  # written by searchlite < 0.2
+                    self._text_tower = TextTower.load(self.index_dir / TEXT_TOWER_FILENAME, key)
+                if self._text_tower is None:
                     self._export_text_tower(self.load_model())
             return self._text_tower or self.load_model()
 
     def _export_text_tower(self, encoder: ClipEncoder) -> None:
-        if self._text_tower is None:  # once in use (its onnxruntime session too), it stays
-            self._text_tower = export_text_tower(encoder, self.index_dir / TEXT_TOWER_FILENAME, self.model_key())
+        if self._text_tower is None and self._uses_own_model():  # once in use (its onnxruntime session too), it stays
+            key = self.model_key()
+            self._text_tower = export_text_tower(encoder, model_cache_dir(key) / TEXT_TOWER_FILENAME, key)
+
+    def _move_text_tower_to_cache(self, index_dir: Path) -> None:
+        """searchlite 0.1 kept a copy of the text tower beside each index (250 MB for the default
+        model); a writer moves it to the user's cache, where every index of the model finds it."""
+        legacy = index_dir / TEXT_TOWER_FILENAME
+        if not legacy.exists():
+            return
+        key = self.model_key()
+        target = model_cache_dir(key) / TEXT_TOWER_FILENAME
+        try:
+            if TextTower.load(target, key) is None and TextTower.load(legacy, key) is not None:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+                shutil.copyfile(legacy, temporary)
+                os.replace(temporary, target)
+            legacy.unlink()
+        except OSError as e:  # it stays where it was, and keeps answering from there
+            log.info("cannot move %s to %s: %s", legacy, target.parent, e.strerror or e)
+
+    def _uses_own_model(self) -> bool:
+        """Whether this engine loads its model itself (not through an encoder factory its caller
+        gave, whose encoder is then the one to use), so that exports of the model stand in for it."""
+        return self._encoder_factory is load_encoder
+
+    def image_encoder(self) -> ImageEncoder:
+        """What embeds images. On a CPU, the model's image tower exported to the user's cache
+        (image_tower.py): the torch model's embeddings without importing torch, and faster; exported
+        the first time the torch model is loaded here. Elsewhere, and for models the export does not
+        cover, the torch model."""
+        with self._lock:
+            if self._image_encoder is None:
+                self._image_encoder = self._image_tower() or self.load_model()
+            return self._image_encoder
+
+    def _image_tower(self) -> ImageTower | None:
+        if not (self._uses_own_model() and surely_cpu(self._device) and self.settings.precision in ("auto", "fp32")):
+            return None
+        key = self.model_key()
+        folder = model_cache_dir(key)
+        started = time.monotonic()
+        tower = ImageTower.load(folder, key)
+        if tower is not None:
+            self.model_load_seconds += time.monotonic() - started
+            if not self._store.read_only:
+                self._record_model(tower.embed_dim)
+            return tower
+        encoder = self.load_model()
+        if encoder.device != "cpu":
+            return None
+        started = time.monotonic()
+        tower = export_image_tower(encoder, folder, key)
+        self.model_load_seconds += time.monotonic() - started
+        return tower
 
     @property
     def model_loaded(self) -> bool:
@@ -426,7 +485,7 @@ class SearchEngine:
         npy_path holds float32 (n, d); paths_path the n paths, as .jsonl {"path": ...} lines or plain
         lines. Later index runs treat these files as unchanged. Returns (imported, not found here)."""
         self._store.check_writable()
-        dim = self._store.get_info("embed_dim") or self.load_model().embed_dim
+        dim = self._store.get_info("embed_dim") or self.image_encoder().embed_dim
         matrix, paths = transfer.read_embeddings(Path(npy_path), Path(paths_path), dim, self.spec.describe())
         with self._writing():
             self._record_checkpoint_location()
@@ -458,7 +517,7 @@ class SearchEngine:
         if cached is not None:
             n = len(label_set.labels)
             return LinearClassifier(label_set.labels, cached.reshape(n, -1), np.zeros(n, np.float32))
-        classifier = zeroshot.build(label_set, self.embed_text, self.load_model().logit_scale)
+        classifier = zeroshot.build(label_set, self.embed_text, self.image_encoder().logit_scale)
         self._store.cache_weights(key, classifier.weights)
         return classifier
 
@@ -559,7 +618,7 @@ class SearchEngine:
             if self._vectors is None:
                 if self._cache is None:
                     self._folder()  # raises: no index, no vectors
-                dim = self._store.get_info("embed_dim") or self.load_model().embed_dim
+                dim = self._store.get_info("embed_dim") or self.image_encoder().embed_dim
                 self._vectors = self._cache.load(dim, writer=writer)
             return self._vectors
 

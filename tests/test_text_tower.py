@@ -14,12 +14,24 @@ import numpy as np
 import pytest
 
 from searchlite import SearchEngine
+from searchlite.config import model_cache_dir
 from searchlite.text import tower as text_tower
 from searchlite.text.tokenizer import ClipTokenizer
 
 from .conftest import TINY_CONFIG
 
 ODD_TEXTS = [*text_tower.CHECK_TEXTS, "\x00\x01 control", "ﬁ ligature Ⅻ", "Ｆｕｌｌ ｗｉｄｔｈ", "tab\tnew\nline", "s'  'S 'T"]
+
+
+@pytest.fixture(autouse=True)
+def own_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A cache of exported towers for this test alone (some tests damage it)."""
+    monkeypatch.setenv("SEARCHLITE_CACHE", str(tmp_path / "cache"))
+
+
+def _export(engine: SearchEngine) -> Path:
+    """Where the model's text tower is kept: the user's cache, once per model."""
+    return model_cache_dir(engine.model_key()) / text_tower.FILENAME
 
 
 def _random_texts(n: int) -> list[str]:
@@ -46,7 +58,7 @@ def _hits(engine: SearchEngine, text: str) -> list[tuple[str, float]]:
 def test_an_index_run_exports_the_text_tower_and_queries_then_skip_torch(engine_factory, photos, index_dir) -> None:
     engine = engine_factory()
     engine.index(photos)
-    assert (index_dir / text_tower.FILENAME).is_file()
+    assert _export(engine).is_file() and not (index_dir / text_tower.FILENAME).exists()
     torch_answers = {t: _hits(engine, t) for t in ("a cat", "rocket launch", "café")}
     torch_vectors = engine.embed_text(list(ODD_TEXTS))
 
@@ -110,7 +122,7 @@ def test_text_queries_run_in_numpy_first_then_in_onnxruntime_with_torchs_answers
     engine.index(photos)
     texts = list(ODD_TEXTS) + _random_texts(30)
     reference = _torch_embeddings(engine, texts)
-    tower = text_tower.TextTower.load(index_dir / text_tower.FILENAME, engine.model_key())
+    tower = text_tower.TextTower.load(_export(engine), engine.model_key())
     assert tower is not None
 
     first = tower.encode_texts(texts)  # a one-off query: numpy, nothing set up
@@ -152,7 +164,7 @@ def test_when_onnxruntime_fails_or_drifts_numpy_keeps_answering(engine_factory, 
 
     for replacement, message in ((Broken, "cannot run"), (Drifting, "drifts")):
         monkeypatch.setattr(text_tower, "OnnxTransformer", replacement)
-        tower = text_tower.TextTower.load(index_dir / text_tower.FILENAME, engine.model_key())
+        tower = text_tower.TextTower.load(_export(engine), engine.model_key())
         caplog.clear()
         with caplog.at_level("INFO", logger="searchlite.text.tower"):
             answers = [tower.encode_texts(texts) for _ in range(3)]
@@ -180,7 +192,7 @@ def test_a_text_tower_it_cannot_run_is_not_exported_and_torch_answers(engine_fac
     engine = engine_factory(model=str(config), pretrained=str(checkpoint))
     engine.index(photos)
     expected = _hits(engine, "a cat")
-    assert not (index_dir / text_tower.FILENAME).exists()
+    assert not _export(engine).exists()
     with SearchEngine.open(index_dir) as fresh:
         assert _hits(fresh, "a cat") == expected
         assert fresh.model_loaded
@@ -190,7 +202,7 @@ def test_a_damaged_or_foreign_export_is_replaced_and_answers_stay_the_same(engin
     engine = engine_factory()
     engine.index(photos)
     expected = _hits(engine, "a cat")
-    export = index_dir / text_tower.FILENAME
+    export = _export(engine)
     good = export.read_bytes()
 
     def usable() -> bool:
@@ -206,7 +218,7 @@ def test_a_damaged_or_foreign_export_is_replaced_and_answers_stay_the_same(engin
     config, checkpoint = _tiny_variant(tmp_path, quick_gelu=True)
     other = engine_factory(index=other_index, model=str(config), pretrained=str(checkpoint))
     other.index(photos)
-    export.write_bytes((other_index / text_tower.FILENAME).read_bytes())  # another model's tower
+    export.write_bytes(_export(other).read_bytes())  # another model's tower
     with SearchEngine.open(index_dir) as fresh:
         assert _hits(fresh, "a cat") == expected
     assert usable()
@@ -228,4 +240,4 @@ def test_when_the_export_cannot_be_written_queries_still_answer(engine_factory, 
     expected = _hits(engine, "a cat")
     with SearchEngine.open(index_dir) as fresh:
         assert _hits(fresh, "a cat") == expected
-    assert not (index_dir / text_tower.FILENAME).exists()
+    assert not _export(engine).exists()

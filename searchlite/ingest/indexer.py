@@ -31,7 +31,7 @@ from . import scanner
 from .scanner import FileInfo
 
 if TYPE_CHECKING:
-    from ..models.encoder import ClipEncoder
+    from ..models.encoder import ImageEncoder
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class Indexer:
         self,
         store: Store,
         vectors: VectorIndex,
-        get_encoder: Callable[[], ClipEncoder],
+        get_encoder: Callable[[], ImageEncoder],
         settings: IndexSettings,
         on_snapshot: Callable[[], None],
         exclude: Sequence[str] = (),

@@ -13,10 +13,10 @@ from ..errors import ImageDecodeError, PathNotFoundError, SearchliteError
 from .decode_worker import DecodePool, DecodeWorker
 
 if TYPE_CHECKING:
-    from ..models.encoder import ClipEncoder
+    from ..models.encoder import ImageEncoder
 
 
-def decode_options(settings: IndexSettings, encoder: ClipEncoder) -> dict[str, Any]:
+def decode_options(settings: IndexSettings, encoder: ImageEncoder) -> dict[str, Any]:
     """images.decode_rgb's arguments for this model: how every image (indexed or a query) is read."""
     return {
         "min_side": settings.draft_factor * encoder.image_size,
@@ -42,7 +42,7 @@ def read_image_file(path: str, what: str = "file") -> bytes:
 def embed_files(
     paths: list[str],
     settings: IndexSettings,
-    get_encoder: Callable[[], ClipEncoder],
+    get_encoder: Callable[[], ImageEncoder],
     batch_size: Callable[[], int],
     what: str = "file",
     decoder: DecodeWorker | DecodePool | None = None,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -22,6 +22,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+class ImageEncoder(Protocol):
+    """What indexing and query images need of a model: a ClipEncoder (torch), or the torch-free
+    ImageTower exported from one (image_tower.py)."""
+
+    device: str
+    image_size: int
+    embed_dim: int
+    crops_center: bool
+    resizes_shortest_bicubic: bool
+    logit_scale: float
+
+    def preprocess(self, image: Image.Image) -> Any: ...
+
+    def encode_images(self, batch: list[Any]) -> np.ndarray: ...
 
 
 class ClipEncoder:
@@ -46,6 +62,12 @@ class ClipEncoder:
         self.precision = "fp32"  # of the image tower; see choose_precision
         scale = getattr(model, "logit_scale", None)
         self.logit_scale = float(scale.detach().exp()) if scale is not None else 100.0
+
+    @property
+    def deferred_preprocessing(self) -> tuple[list[Any], torch.Tensor, torch.Tensor] | None:
+        """(the PIL steps, mean (3, 1, 1), std (3, 1, 1)) of open_clip's preprocessing when it is PIL
+        steps followed by ToTensor and Normalize; None for anything else."""
+        return self._deferred
 
     @cached_property
     def embed_dim(self) -> int:

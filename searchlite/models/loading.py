@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,14 @@ def resolve_device(device: str | None) -> str:
     except (RuntimeError, AssertionError) as e:
         raise ModelLoadError(f"device {device!r} is not usable here ({e}); use the cpu device", setting="device") from None
     return device
+
+
+def surely_cpu(device: str | None) -> bool:
+    """Whether a model will run on the CPU, known without importing torch: the cpu device, or no
+    device given on a machine without an NVIDIA driver (where resolve_device picks the CPU)."""
+    if device is not None:
+        return device == "cpu"
+    return not (os.path.exists("/proc/driver/nvidia/version") or shutil.which("nvidia-smi"))
 
 
 def load_encoder(spec: ModelSpec, device: str | None = None, *, for_training: bool = False) -> ClipEncoder:

@@ -1,4 +1,4 @@
-"""Writing a model's text tower beside the index (text_tower.safetensors), so that text queries
+"""Writing a model's text tower to the user's cache (text_tower.safetensors), so that text queries
 run without torch. It is written only after the torch-free tokenizer and tower give the torch
 model's tokens and embeddings on test texts."""
 
@@ -41,6 +41,7 @@ def export_text_tower(encoder: ClipEncoder, path: Path, model_key: str) -> TextT
         log.info("not exporting the text tower: it drifts from the torch model (cosine %.6f)", cosine)
         return None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, tower.export_bytes(tensors, heads=heads, quick_gelu=quick_gelu, model_key=model_key))
     except (OSError, InvalidInputError) as e:  # a read-only index (or a link there) still answers, through torch
         log.info("cannot write %s (%s); text queries will use torch", path, getattr(e, "strerror", None) or e)

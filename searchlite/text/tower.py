@@ -1,8 +1,8 @@
 """CLIP's text tower without torch, so a text query needs no torch.
 
 Importing torch and open_clip and building the model takes seconds, which a command-line user would
-pay on every `searchlite query`. When an index is built, the model's text tower is exported next to
-it (text_tower.safetensors: its float32 weights) and checked against the torch tower; a query
+pay on every `searchlite query`. When an index is built, the model's text tower is exported to the
+user's cache, once per model (text_tower.safetensors: its float32 weights; config.model_cache_dir) and checked against the torch tower; a query
 then tokenizes (tokenizer.py) and runs the transformer: in numpy for an engine's first text query
 (nothing to set up), in onnxruntime from the second on (text_tower_onnx.py: about twice as fast, 0.3 s
 to set up). Only the standard open_clip CLIP text transformer is supported (causal, pooled at

@@ -1,0 +1,221 @@
+"""A model's image tower without torch: an ONNX export run by onnxruntime, with open_clip's
+preprocessing redone in Pillow and numpy.
+
+Importing torch and open_clip costs about 4 s, which `searchlite index` paid even to add one photo,
+and on this machine's CPUs onnxruntime runs the ViT image tower about 10% faster than torch. So the
+first time a model encodes images on a CPU, its image tower is exported (export_image_tower), checked
+against the torch model on test pictures (cosine >= MIN_COSINE, through each side's own
+preprocessing) and kept in the user's cache (models/cache.py); later runs load it from there without
+torch. Models whose preprocessing is not open_clip's usual one (bicubic resize of the shorter side,
+centre crop, ToTensor, Normalize), or that the exporter cannot trace, keep the torch path.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from ..errors import InvalidInputError
+from ..media.images import resize_shortest_side
+from ..storage.atomic_file import write_atomic
+
+if TYPE_CHECKING:
+    from .encoder import ClipEncoder
+
+log = logging.getLogger(__name__)
+
+FILENAME = "image_tower.onnx"
+FORMAT = "searchlite-image-tower-1"
+MIN_COSINE = 0.9999  # against the torch tower on CHECK_SIZES pictures, before an export is kept
+# (width, height) of the test pictures: landscape, portrait, a strip, one smaller than the input
+CHECK_SIZES = ((320, 240), (180, 300), (700, 90), (40, 50))
+
+
+class ImageTower:
+    """RGB PIL images -> unit float32 embeddings (n, d), as open_clip's
+    encode_image(preprocess(img), normalize=True) computes them, on the CPU. The image side of a
+    ClipEncoder: what indexing and query images need from a model. Safe to call from many threads."""
+
+    device = "cpu"
+    precision = "fp32"
+    # the preprocessing is always open_clip's usual one (export_image_tower refuses others)
+    crops_center = True
+    resizes_shortest_bicubic = True
+
+    def __init__(self, session: Any, meta: dict[str, Any]) -> None:
+        self._session = session
+        self.image_size: int = int(meta["image_size"])
+        self.embed_dim: int = int(meta["embed_dim"])
+        self.logit_scale: float = float(meta["logit_scale"])
+        self._mean = np.asarray(meta["mean"], dtype=np.float32).reshape(1, 3, 1, 1)
+        self._std = np.asarray(meta["std"], dtype=np.float32).reshape(1, 3, 1, 1)
+
+    @classmethod
+    def load(cls, folder: Path, model_key: str) -> ImageTower | None:
+        """The exported tower of model_key in folder; None when there is none. A file that belongs to
+        another model or cannot be loaded is reported (once, here) and also gives None: the caller
+        exports it again."""
+        path = folder / FILENAME
+        if not path.exists():
+            return None
+        try:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            meta = json.loads(session.get_modelmeta().custom_metadata_map.get("searchlite", "{}"))
+            if meta.get("format") != FORMAT or meta.get("model") != model_key:
+                raise ValueError("it was exported for another model")
+            return cls(session, meta)
+        except Exception as e:  # noqa: BLE001 - damaged or foreign: exporting it again mends it
+            log.warning("the exported image tower %s is unusable (%s); exporting it again from the weights", path, _first_line(e))
+            return None
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        """RGB PIL image -> (3, S, S) uint8: torchvision's Resize(S, BICUBIC) and CenterCrop(S) as
+        open_clip composes them, pixel for pixel; the scaling to [0, 1] and Normalize wait for
+        encode_images, which does them for a whole batch. Thread-safe."""
+        size = self.image_size
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        if min(image.size) != size:
+            image = resize_shortest_side(image, size)
+        w, h = image.size
+        left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))  # as torchvision rounds
+        if (w, h) != (size, size):
+            image = image.crop((left, top, left + size, top + size))
+        return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)  # (3, S, S)
+
+    def encode_images(self, batch: list[np.ndarray]) -> np.ndarray:
+        """Arrays from preprocess() -> (n, d) unit float32."""
+        x = np.stack(batch).astype(np.float32)  # (n, 3, S, S)
+        x /= np.float32(255)  # ToTensor, then Normalize: the same float32 operations as torch's
+        x -= self._mean
+        x /= self._std
+        (out,) = self._session.run(None, {"pixels": x})
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def export_image_tower(encoder: ClipEncoder, folder: Path, model_key: str) -> ImageTower | None:
+    """The encoder's image tower exported to folder/FILENAME after checking it against the torch
+    model; None when the model's preprocessing or tower is not one this covers, the export drifts,
+    or folder cannot be written (images are then encoded by torch)."""
+    meta = _preprocess_meta(encoder)
+    if meta is None:
+        log.info("not exporting the image tower: its preprocessing is not open_clip's usual one")
+        return None
+    meta.update(format=FORMAT, model=model_key, embed_dim=encoder.embed_dim, logit_scale=encoder.logit_scale)
+    try:
+        data = _onnx_bytes(encoder, meta)
+        import onnxruntime as ort
+
+        candidate = ImageTower(ort.InferenceSession(data, providers=["CPUExecutionProvider"]), meta)
+    except Exception as e:  # noqa: BLE001 - a tower the exporter cannot trace keeps the torch path
+        log.info("not exporting the image tower: %s", _first_line(e))
+        return None
+    pictures = check_pictures()
+    precision, encoder.precision = encoder.precision, "fp32"  # the export is fp32: compare like with like
+    try:
+        reference = encoder.encode_images([encoder.open_clip_transform(p) for p in pictures])
+    finally:
+        encoder.precision = precision
+    cosine = float((reference * candidate.encode_images([candidate.preprocess(p) for p in pictures])).sum(axis=1).min())
+    if cosine < MIN_COSINE:
+        log.info("not exporting the image tower: it drifts from the torch model (cosine %.6f)", cosine)
+        return None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(folder / FILENAME, data)
+    except (OSError, InvalidInputError) as e:  # an unwritable cache costs only speed: use it in memory
+        log.info("cannot keep the image tower in %s (%s)", folder, getattr(e, "strerror", None) or e)
+    return candidate
+
+
+def check_pictures() -> list[Image.Image]:
+    """Deterministic test pictures with structure at every scale (gradients plus noise)."""
+    rng = np.random.default_rng(0)
+    pictures = []
+    for w, h in CHECK_SIZES:
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = np.stack([xx * 255 // max(w - 1, 1), yy * 255 // max(h - 1, 1), (xx + yy) % 256], axis=-1)
+        noisy = np.clip(base + rng.normal(0, 30, base.shape), 0, 255).astype(np.uint8)
+        pictures.append(Image.fromarray(noisy, "RGB"))
+    return pictures
+
+
+def _preprocess_meta(encoder: ClipEncoder) -> dict[str, Any] | None:
+    """{image_size, mean, std} when the encoder's preprocessing is open_clip's usual Resize(S,
+    BICUBIC) of the shorter side, CenterCrop(S), conversion to RGB, ToTensor and Normalize."""
+    from open_clip.transform import MaybeConvertMode
+    from torchvision.transforms import CenterCrop, InterpolationMode, Resize
+
+    deferred = encoder.deferred_preprocessing
+    if deferred is None:
+        return None
+    steps, mean, std = deferred
+    size = encoder.image_size
+
+    def one(value: Any) -> int | None:
+        values = [value] if isinstance(value, int) else list(value)
+        return values[0] if len(set(values)) == 1 else None
+
+    kinds = []
+    for step in steps:
+        if isinstance(step, Resize):
+            if one(step.size) != size or step.interpolation != InterpolationMode.BICUBIC or step.max_size is not None:
+                return None
+            kinds.append("resize")
+        elif isinstance(step, CenterCrop):
+            if one(step.size) != size:
+                return None
+            kinds.append("crop")
+        elif isinstance(step, MaybeConvertMode) and step.mode == "RGB" or getattr(step, "__name__", "") == "_convert_to_rgb":
+            continue
+        else:
+            return None
+    if kinds != ["resize", "crop"]:
+        return None
+    return {"image_size": size, "mean": mean.flatten().tolist(), "std": std.flatten().tolist()}
+
+
+def _onnx_bytes(encoder: ClipEncoder, meta: dict[str, Any]) -> bytes:
+    """The image tower as ONNX: normalized pixels (n, 3, S, S) -> unit embeddings (n, d), with meta
+    in the model's metadata."""
+    import onnx
+    import torch
+
+    class Tower(torch.nn.Module):
+        def __init__(self, visual: torch.nn.Module) -> None:
+            super().__init__()
+            self.visual = visual
+
+        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+            features = self.visual(pixels)  # (n, d)
+            return features / features.norm(dim=-1, keepdim=True)
+
+    size = encoder.image_size
+    example = torch.zeros(2, 3, size, size)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.inference_mode(False):  # no no_grad: it would select fused kernels that do not export
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+        torch.onnx.export(
+            Tower(encoder.model.visual).eval(), (example,), buffer, dynamo=False, opset_version=17,
+            input_names=["pixels"], output_names=["embeddings"],
+            dynamic_axes={"pixels": {0: "n"}, "embeddings": {0: "n"}},
+        )
+    model = onnx.load_from_string(buffer.getvalue())
+    onnx.helper.set_model_props(model, {"searchlite": json.dumps(meta)})
+    return model.SerializeToString()
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
