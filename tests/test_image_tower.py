@@ -95,15 +95,15 @@ def test_the_tower_matches_open_clip_on_odd_pictures(engine_factory, tmp_path) -
     assert (expected * got).sum(axis=1).min() >= 0.9999
 
 
-@pytest.mark.parametrize("damage", ["truncated", "another model's"])
+@pytest.mark.parametrize("damage", ["truncated weights", "truncated graph", "another model's"])
 def test_a_damaged_or_foreign_export_is_rebuilt_with_a_notice(damage, engine_factory, photos, index_dir, tmp_path, tiny_model, caplog) -> None:
     engine = engine_factory()
     engine.index(photos)
     expected = [(h.path, round(h.score, 4)) for h in engine.search(image=photos / "cats" / "chelsea the cat.JPG", k=3)]
     export = _export_dir(engine) / image_tower.FILENAME
-    good = export.read_bytes()
-    if damage == "truncated":
-        export.write_bytes(good[: len(good) // 3])
+    if damage.startswith("truncated"):
+        damaged = export.with_name(image_tower.WEIGHTS) if "weights" in damage else export
+        damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 3])
     else:
         other = tmp_path / "other-model"
         config, checkpoint = tiny_model
@@ -114,7 +114,8 @@ def test_a_damaged_or_foreign_export_is_rebuilt_with_a_notice(damage, engine_fac
         torch.save(state, other.with_suffix(".pt"))
         stranger = engine_factory(index=tmp_path / "other-index", model=str(config), pretrained=str(other.with_suffix(".pt")))
         stranger.embed_images(photos / "cats" / "chelsea the cat.JPG")
-        export.write_bytes((_export_dir(stranger) / image_tower.FILENAME).read_bytes())
+        for name in (image_tower.FILENAME, image_tower.WEIGHTS):
+            (export.parent / name).write_bytes((_export_dir(stranger) / name).read_bytes())
 
     with caplog.at_level(logging.WARNING, logger="searchlite"), SearchEngine.open(index_dir) as fresh:
         assert [(h.path, round(h.score, 4)) for h in fresh.search(image=photos / "cats" / "chelsea the cat.JPG", k=3)] == expected
@@ -148,7 +149,7 @@ def test_two_processes_exporting_at_once_leave_one_good_export(tiny_model, photo
     outputs = [run.communicate(timeout=300) for run in runs]
     assert [run.returncode for run in runs] == [0, 0], outputs
     folder = next((own_cache / "models").iterdir())
-    assert [p.name for p in folder.iterdir()] == [image_tower.FILENAME]  # no temporary files left
+    assert sorted(p.name for p in folder.iterdir()) == [image_tower.FILENAME, image_tower.WEIGHTS]  # nothing temporary left
     assert image_tower.ImageTower.load(folder, folder.name) is not None
 
 
