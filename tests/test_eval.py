@@ -140,8 +140,15 @@ def test_zero_shot_probe_and_recall_equal_an_independent_computation(tiny_engine
     assert r["text_to_image"]["R@5"] == 1.0  # 4 images: every caption finds its image in the top 5
 
     # deterministic given the seed
-    again = tiny_engine.evaluate(tmp_path / "labelled", captions=csv_path, templates=f"single,{tmp_path / 'templates.txt'}", shots="1,2", draws=3, seed=5)
+    calls: list[tuple[str, int, int]] = []
+    again = tiny_engine.evaluate(
+        tmp_path / "labelled", captions=csv_path, templates=f"single,{tmp_path / 'templates.txt'}", shots="1,2", draws=3, seed=5,
+        progress=lambda *call: calls.append(call),
+    )
     assert again.to_json() == got
+    assert calls[-1] == ("fitting probes", 6, 6) and ("encoding images", 29, 29) in calls  # 28 images, 1 unreadable
+    other_seed = tiny_engine.evaluate(tmp_path / "labelled", templates="single", shots="1,2", draws=3, seed=6)
+    assert [p["accuracies"] for p in other_seed.to_json()["classification"]["probe"]["points"]] != [p["accuracies"] for p in points]
     text = report.tables()
     assert "top-5" in text and "golden_gate" in text and "R@10" in text and "few-shot linear probe" in text
 
@@ -221,6 +228,7 @@ def test_bad_inputs_are_one_line_errors(tiny_model, tmp_path: Path) -> None:
         (str(tmp_path / "labelled"), "--shots", "1,x"): "shots: give whole numbers of 1 or more separated by commas, e.g. 1,2,4,8,16 (got '1,x')",
         (str(tmp_path / "labelled"), "--templates", "nope"): "templates 'nope': use 'single', 'imagenet' or a file with one template per line",
         ("--captions", str(missing), "--plot", str(tmp_path / "p.png")): "the plot shows classification results: give a labelled folder to plot",
+        (str(tmp_path / "labelled"), "--plot", str(tmp_path / "no" / "p.png")): f"plot {tmp_path / 'no' / 'p.png'}: folder {tmp_path / 'no'} not found: create it first or write the plot elsewhere",
     }
     for args, message in cases.items():
         out = run_cli(tiny_model, *args)

@@ -28,21 +28,16 @@ def check_available() -> None:
 def write_png(report: ClassificationReport, model: str, path: str | os.PathLike[str]) -> None:
     """Draw the figure and write it atomically as a PNG."""
     check_available()
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure state is touched
 
-    matplotlib.use("Agg", force=True)  # files only, never a window
-    import matplotlib.pyplot as plt
-
-    fig, (curve, matrix) = plt.subplots(1, 2, figsize=(11, 4.4), dpi=90, gridspec_kw={"width_ratios": [1.15, 1]})
-    try:
-        _draw_curve(curve, report)
-        _draw_confusion(matrix, report)
-        fig.suptitle(f"{_short(model)}: {report.images} images, {len(report.classes)} classes", fontsize=10)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", metadata={"Software": None})  # no version stamp: same data, same bytes
-    finally:
-        plt.close(fig)
+    fig = Figure(figsize=(11, 4.4), dpi=90)
+    curve, matrix = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.15, 1]})
+    _draw_curve(curve, report)
+    _draw_confusion(matrix, report)
+    fig.suptitle(f"{_short(model)}: {report.images} images, {len(report.classes)} classes", fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})  # no version stamp: same data, same bytes
     try:
         write_atomic(Path(path), buf.getvalue())
     except OSError as e:
@@ -67,10 +62,13 @@ def _draw_curve(ax, report: ClassificationReport) -> None:  # noqa: ANN001 - a m
         ax.set_xscale("log", base=2)
         ax.set_xticks(shots, [str(s) for s in shots])
     for zs, colour in zip(report.zero_shot, colours * 4):
-        ax.axhline(zs.top1, linestyle="--", color=colour, label=f"zero-shot, {zs.templates} ({zs.template_count} prompts)")
+        prompts = f"{zs.template_count} prompt" + ("s" if zs.template_count != 1 else "")
+        ax.axhline(zs.top1, linestyle="--", color=colour, label=f"zero-shot, {os.path.basename(zs.templates)} ({prompts})")
     ax.set_xlabel("training images per class (shots)")
     ax.set_ylabel("top-1 accuracy")
-    ax.set_ylim(0, 1.02)
+    # zoomed to the data (in steps of 0.1), so that close curves stay apart
+    lowest = min([zs.top1 for zs in report.zero_shot] + [p.mean - p.std for p in report.probe])
+    ax.set_ylim(max(0.0, np.floor(lowest * 10 - 0.5) / 10), 1.01)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title("few-shot probe vs zero-shot", fontsize=10)

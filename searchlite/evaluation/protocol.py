@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -55,6 +56,9 @@ def evaluate(
         if folder is None:
             raise InvalidInputError("the plot shows classification results: give a labelled folder to plot")
         plot.check_available()
+        parent = Path(plot_path).parent
+        if not parent.is_dir():
+            raise InvalidInputError(f"plot {plot_path}: folder {parent} not found: create it first or write the plot elsewhere")
     labelled = template_sets = asked_shots = None
     if folder is not None:
         template_sets = [(name, tuple(zeroshot.resolve_templates(name))) for name in datasets.parse_template_sets(templates)]
