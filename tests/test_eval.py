@@ -260,3 +260,11 @@ def test_the_shapes_model_names_colours_and_finds_captioned_scenes(tmp_path: Pat
     assert got["classification"]["counts"] == {c: 4 for c in ("blue", "green", "red", "yellow")}
     assert got["classification"]["zero_shot"][0]["top1"] >= 0.9, got
     assert got["retrieval"]["images"] >= 10 and got["retrieval"]["text_to_image"]["R@5"] >= 0.9, got
+
+
+def test_a_caption_shared_by_two_images_ties_with_itself(tiny_engine: SearchEngine, tmp_path: Path) -> None:
+    files = make_labelled(tmp_path / "pics", ["a", "b"], per_class=1)
+    rows = [(str(files[n][0].relative_to(tmp_path)), "the same words") for n in ("a", "b")]
+    r = tiny_engine.evaluate(captions=write_captions(tmp_path / "pairs.csv", rows)).to_json()["retrieval"]
+    assert r["image_to_text"]["R@1"] == 1.0  # either copy of its caption is its caption
+    assert r["text_to_image"]["R@1"] == 0.5  # one text cannot pick both images first

@@ -124,6 +124,9 @@ def probe_curve(
 
 
 RECALL_AT = (1, 5, 10)
+# Cosines this close count as a tie: the same text or image scores a few float32 ulps apart
+# depending on where it sits in a matrix product, and must not outrank itself.
+TIE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -141,14 +144,15 @@ def retrieval_scores(image_vectors: np.ndarray, text_vectors: np.ndarray, owner:
 
     text->image: a caption is recalled at K when its image ranks among the first K images;
     image->text: an image is recalled at K when any of its captions ranks among the first K
-    captions. Rank = how many candidates score strictly higher (ties count in the query's favour)."""
+    captions. Rank = how many candidates score higher by more than TIE (ties count in the query's
+    favour)."""
     sims = text_vectors @ image_vectors.T  # (n captions, m images)
     true_score = sims[np.arange(len(owner)), owner]
-    t2i_rank = (sims > true_score[:, None]).sum(axis=1)  # (n,)
+    t2i_rank = (sims > true_score[:, None] + TIE).sum(axis=1)  # (n,)
     # per image: the score of its best caption, and how many captions beat it
     best = np.full(len(image_vectors), -np.inf, dtype=sims.dtype)
     np.maximum.at(best, owner, true_score)
-    i2t_rank = (sims > best[None, :]).sum(axis=0)  # (m,)
+    i2t_rank = (sims > best[None, :] + TIE).sum(axis=0)  # (m,)
     return RetrievalScores(
         len(image_vectors),
         len(owner),
