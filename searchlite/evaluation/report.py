@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,6 +113,11 @@ class EvalReport:
         return "\n".join(blocks)
 
 
+def _shown(templates: str) -> str:
+    """A template file by its name only (the tables stay narrow; JSON keeps the path)."""
+    return os.path.basename(templates) or templates
+
+
 def _r(x: float) -> float:
     return round(float(x), 4)
 
@@ -126,16 +132,16 @@ def _zero_shot_tables(c: ClassificationReport) -> str:
     top5 = any(zs.top5 is not None for zs in c.zero_shot)
     header = ["templates", "prompts", "top-1"] + (["top-5"] if top5 else [])
     rows = [
-        [zs.templates, str(zs.template_count), f"{zs.top1:.3f}"] + ([f"{zs.top5:.3f}"] if top5 and zs.top5 is not None else [])
+        [_shown(zs.templates), str(zs.template_count), f"{zs.top1:.3f}"] + ([f"{zs.top5:.3f}"] if top5 and zs.top5 is not None else [])
         for zs in c.zero_shot
     ]
     out = f"zero-shot: {c.images} images in {len(c.classes)} classes ({c.folder})\n" + _table(header, rows)
     per_class = [[name, str(c.counts[name])] + [f"{zs.per_class.get(name, 0.0):.3f}" for zs in c.zero_shot] for name in c.classes]
-    out += "\nper-class accuracy\n" + _table(["class", "images"] + [zs.templates for zs in c.zero_shot], per_class)
+    out += "\nper-class accuracy\n" + _table(["class", "images"] + [_shown(zs.templates) for zs in c.zero_shot], per_class)
     for zs in c.zero_shot:
         pairs = zs.most_confused(c.classes)
         text = ", ".join(f"{t} -> {p} ({n})" for t, p, n in pairs) or "none"
-        out += f"most confused ({zs.templates}): {text}\n"
+        out += f"most confused ({_shown(zs.templates)}): {text}\n"
     return out
 
 
@@ -151,7 +157,7 @@ def _probe_table(c: ClassificationReport) -> str:
     for name, shots in c.probe_wins_at().items():
         top1 = next(zs.top1 for zs in c.zero_shot if zs.templates == name)
         verdict = f"from {shots} shots per class" if shots else "at no shot count measured"
-        out += f"the probe beats zero-shot ({name}, {top1:.3f}) {verdict}\n"
+        out += f"the probe beats zero-shot ({_shown(name)}, {top1:.3f}) {verdict}\n"
     return out
 
 
