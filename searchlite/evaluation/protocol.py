@@ -105,10 +105,9 @@ def evaluate(
             raise InvalidInputError(f"caption file {captions}: fewer than two of its images could be read")
         new_index = {p: i for i, p in enumerate(kept_images)}
         rows = [(caption, new_index[pairs.images[o]]) for caption, o in zip(pairs.captions, pairs.owner) if pairs.images[o] in new_index]
-        # a caption repeated word for word gets one embedding, so that it ties with itself exactly
-        # (encoded twice, float noise would rank one copy above the other)
-        unique = list(dict.fromkeys(caption for caption, _ in rows))
-        text_vectors = parts.embed_text(unique)[[unique.index(caption) for caption, _ in rows]]
+        # a caption repeated word for word is embedded once
+        unique = {caption: i for i, caption in enumerate(dict.fromkeys(caption for caption, _ in rows))}
+        text_vectors = parts.embed_text(list(unique))[[unique[caption] for caption, _ in rows]]
         retrieval = metrics.retrieval_scores(
             np.stack([vectors[p] for p in kept_images]).astype(np.float32), text_vectors, np.array([o for _, o in rows])
         )
