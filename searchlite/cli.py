@@ -471,6 +471,64 @@ def probe_apply(
     _say_tagged(tagged, counts)
 
 
+@app.command("eval")
+def eval_(
+    folder: Annotated[
+        Optional[Path], typer.Argument(metavar="[LABELLED_DIR]", help="One subfolder of images per class (its name is the label).", show_default=False)
+    ] = None,
+    captions: Annotated[Optional[Path], typer.Option(metavar="PAIRS.csv", help="image,caption rows for text<->image recall@1/5/10.", show_default=False)] = None,
+    templates: Annotated[
+        str, typer.Option(metavar="single,imagenet,FILE...", help="Template sets to compare for zero-shot (comma-separated).")
+    ] = "single,imagenet",
+    shots: Annotated[
+        Optional[str], typer.Option(metavar="1,2,4,8,16", help="Training images per class for the linear probe. [default: 1,2,4,8,16, those that fit]", show_default=False)
+    ] = None,
+    draws: Annotated[int, typer.Option(min=1, metavar="N", help="Random draws of training images per shot count.")] = 5,
+    seed: Annotated[int, typer.Option(metavar="N", help="Seed of the draws (same seed, same numbers).")] = 0,
+    plot: Annotated[Optional[Path], typer.Option(metavar="OUT.png", help="Draw the probe curve and the confusion matrix (needs matplotlib).", show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object with everything measured.")] = False,
+    index: IndexOpt = None,
+    model: Annotated[
+        Optional[str], typer.Option(metavar="NAME|CONFIG.json", help="Evaluate this model instead of the index's (no index needed). [default: the index's, else ViT-B-32-256]")
+    ] = None,
+    pretrained: Annotated[Optional[str], typer.Option(metavar="TAG|hf-hub:ID|CHECKPOINT", help="Its weights (with or without --model).")] = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Evaluate a model on your labelled photos as the CLIP paper does: zero-shot accuracy per
+    template set, few-shot linear-probe curve, and caption retrieval recall. Tables on stdout."""
+    if folder is None and captions is None:
+        typer.echo("searchlite: error: give a LABELLED_DIR (one subfolder of images per class), --captions PAIRS.csv, or both", err=True)
+        raise typer.Exit(2)
+    with _user_errors(), _open_for_model(index, model, pretrained, device) as engine, _stage_progress() as progress:
+        report = engine.evaluate(folder, captions=captions, templates=templates, shots=shots, draws=draws, seed=seed, plot=plot, progress=progress)
+    typer.echo(f"evaluated {report.model}: {report.from_index} embeddings from the index, {report.encoded} images encoded", err=True)
+    if plot is not None:
+        typer.echo(f"wrote {_printable(str(plot))}", err=True)
+    if as_json:
+        _write([_json_line(report.to_json())])
+    else:
+        _write([report.tables().encode("utf-8", "backslashreplace")])
+
+
+@contextmanager
+def _stage_progress() -> Iterator[Any]:
+    """progress(stage, done, total): one tqdm bar per stage on stderr (on a terminal)."""
+    from tqdm import tqdm
+
+    bars: dict[str, Any] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage not in bars:
+            bars[stage] = tqdm(total=total, desc=stage, file=sys.stderr, disable=None)
+        bars[stage].update(done - bars[stage].n)
+
+    try:
+        yield update
+    finally:
+        for bar in bars.values():
+            bar.close()
+
+
 @app.command()
 def train(
     data: Annotated[Path, typer.Argument(metavar="DATA", help="Folder of images with same-name .txt captions, or a .csv/.jsonl of image,caption.", show_default=False)],

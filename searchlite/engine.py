@@ -23,6 +23,7 @@ from .classify import probe, zeroshot
 from .classify.classifier import DEFAULT_TAG_THRESHOLD, LinearClassifier
 from .classify.tags import Classification, classify, refresh_tags, store_tag_set
 from .config import DB_FILENAME, FAISS_FILENAME, LOCK_FILENAME, IndexSettings, model_cache_dir, resolve_index_dir
+from .evaluation.report import EvalReport
 from .errors import IndexNotFoundError, InvalidInputError, InvalidQueryError, ModelMismatchError, PathNotFoundError, TagNotFoundError, file_error
 from .ingest import scanner
 from .ingest.indexer import Indexer, IndexReport, ProgressFn
@@ -600,6 +601,34 @@ class SearchEngine:
         with self._writing():
             store_tag_set(self._store, name, classifier, key=key, threshold=threshold, source=source)
             return refresh_tags(self._store)
+
+    def evaluate(
+        self,
+        folder: str | os.PathLike[str] | None = None,
+        *,
+        captions: str | os.PathLike[str] | None = None,
+        templates: str | Sequence[str] = "single,imagenet",
+        shots: str | Sequence[int] | None = None,
+        draws: int = 5,
+        seed: int = 0,
+        plot: str | os.PathLike[str] | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> EvalReport:
+        """The CLIP paper's protocol on your data; returns an EvalReport (.tables(), .to_json()).
+
+        folder: one subfolder of images per class (its name is the label; _ reads as a space).
+        Zero-shot top-1/top-5, per-class accuracy and confusion for each template set
+        ("single", "imagenet" or a file); a linear probe at each shot count (default 1,2,4,8,16,
+        those that fit) on `draws` random draws, tested on the images not drawn. captions: a CSV
+        of image,caption rows for text<->image recall@1/5/10. Images the index holds (same
+        content) reuse their stored embeddings. plot: a PNG of the probe curve and the confusion
+        matrix (needs matplotlib). Deterministic given seed. progress(stage, done, total)."""
+        from .evaluation import protocol
+
+        parts = protocol.Collaborators(self._store, self._embed_files, self._zero_shot, self.embed_text, self.spec.describe())
+        return protocol.evaluate(
+            parts, folder, captions=captions, templates=templates, shots=shots, draws=draws, seed=seed, plot_path=plot, progress=progress
+        )
 
     def model_key(self) -> str:
         """Identifies the model's weights (not where its checkpoint lives)."""
