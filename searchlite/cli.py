@@ -77,6 +77,7 @@ _HINTS = {
     "labels": "e.g. --labels cat,dog,car",
     "probe": "make one with `searchlite probe train`",
     "query": 'e.g. searchlite query "a dog on grass", or --image PHOTO',
+    "ray": "e.g. --ray auto, --ray ray://HOST:10001 or --ray HOST:6379",
 }
 # for commands that lack the flags a hint names: advice that works from any command
 _FALLBACK_HINTS = {
@@ -190,6 +191,14 @@ def index(
     precision: Annotated[
         Optional[str], typer.Option(metavar="auto|fp32|bf16|fp16", help="Image tower precision; auto keeps fp32 unless the hardware has fast fp16/bf16 that matches it. [default: auto]")
     ] = None,
+    ray: Annotated[
+        Optional[str],
+        typer.Option(metavar="auto|ray://HOST:PORT|HOST:PORT", help="Decode and encode on a Ray cluster (auto: the one this machine belongs to); needs searchlite[ray]."),
+    ] = None,
+    shared_fs: Annotated[
+        Optional[bool],
+        typer.Option("--shared-fs/--no-shared-fs", help="Whether the Ray workers see the folders at the same paths (read there) or not (sent bytes). [default: found out per worker]", show_default=False),
+    ] = None,
 ) -> None:
     """Index photo folders: the first run reads everything, later runs only what changed."""
     from dataclasses import replace
@@ -205,7 +214,7 @@ def index(
     with _user_errors(), _open(index, model=model, pretrained=pretrained, device=device, settings=settings) as engine:
         for folder in folders:
             with _progress(f"indexing {_printable(str(folder))}") as progress:
-                report = engine.index(folder, progress=progress)
+                report = engine.index(folder, progress=progress, ray=ray, shared_fs=shared_fs)
             typer.echo(f"{_printable(str(folder))}: {report.summary()}", err=True)
             for path, reason in report.failures[:10]:
                 typer.echo(f"  failed: {_printable(path)}: {reason}", err=True)

@@ -174,14 +174,44 @@ class SearchEngine:
 
     # --- indexing ------------------------------------------------------------------------------
 
-    def index(self, folder: str | os.PathLike[str], progress: ProgressFn | None = None) -> IndexReport:
+    def index(
+        self,
+        folder: str | os.PathLike[str],
+        progress: ProgressFn | None = None,
+        *,
+        ray: str | None = None,
+        shared_fs: bool | None = None,
+    ) -> IndexReport:
         """Bring the index in line with folder: add new files, re-encode changed ones, follow moves,
-        drop deleted ones. Only what changed since the last run is read."""
+        drop deleted ones. Only what changed since the last run is read.
+
+        ray: encode on the Ray cluster at this address ("auto", "ray://host:port" or "host:port";
+        ingest/ray_stage.py) instead of here; this process still scans, reads and writes. shared_fs:
+        whether the cluster's workers see folder at the same path (None: found out per worker)."""
         index_dir = self._folder()
         self._store.check_writable()
         root = os.path.abspath(os.fspath(folder))
         if not os.path.exists(root):
             raise PathNotFoundError(f"folder {folder} not found")
+        stage: Callable[[], Any] | None = None
+        connected = False
+        if ray is not None:
+            from .ingest import ray_stage
+
+            connected = ray_stage.connect(ray)  # an unreachable cluster fails here, before any work
+
+            def ray_encoding() -> ray_stage.RayEncoding:
+                return ray_stage.RayEncoding(self.settings, self.image_encoder, self._ray_model, shared_fs)
+
+            stage = ray_encoding
+
+        try:
+            return self._index(root, index_dir, progress, stage)
+        finally:
+            if connected:
+                ray_stage.disconnect()
+
+    def _index(self, root: str, index_dir: Path, progress: ProgressFn | None, stage: Any) -> IndexReport:
         started = time.monotonic()
         loading_before = self.model_load_seconds
         with self._writing():
@@ -194,6 +224,7 @@ class SearchEngine:
                 self.settings,
                 on_snapshot=self._save_vectors,
                 exclude=[str(index_dir.resolve()), os.path.abspath(index_dir)],
+                stage=stage,
             )
             try:
                 report = indexer.run(root, progress)
@@ -406,6 +437,20 @@ class SearchEngine:
         tower = export_image_tower(encoder, folder, key)
         self.model_load_seconds += time.monotonic() - started
         return tower
+
+    def _ray_model(self, gpu: bool) -> dict[str, Any]:
+        """What Ray actors load to encode like this engine (ray_stage.ModelRecipe): on GPUs, the
+        torch model; on CPUs, the image tower exported here (torch stays off the workers)."""
+        if not self._uses_own_model():
+            raise InvalidInputError("indexing on Ray needs a model searchlite loads itself (not an encoder factory)")
+        torch_model = {"kind": "torch", "spec": self.spec, "precision": self.settings.precision}
+        if gpu:
+            return {**torch_model, "device": "cuda"}
+        encoder = self.image_encoder()
+        folder = model_cache_dir(self.model_key())
+        if isinstance(encoder, ImageTower) and all((folder / name).exists() for name in ImageTower.FILES):
+            return {"kind": "tower", "key": self.model_key(), "folder": str(folder)}
+        return {**torch_model, "device": "cpu"}
 
     @property
     def model_loaded(self) -> bool:

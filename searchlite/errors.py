@@ -17,6 +17,7 @@ it, in terms of values (never command-line flags: the CLI adds those hints).
     ├── ModelMismatchError       another model than the index's                (409)
     ├── ModelLoadError           a model cannot be loaded                      (500)
     │   └── WeightsUnavailableError  not cached and cannot be downloaded       (503)
+    ├── ClusterError             a Ray cluster cannot be reached or used       (503)
     ├── CorruptIndexError        the database is damaged                       (500)
     ├── IndexReadError           the database cannot be read (I/O, permissions) (500)
     └── WriteFailedError         a file could not be written (disk full, I/O)  (507)
@@ -116,6 +117,12 @@ class ModelLoadError(SearchliteError):
 
 class WeightsUnavailableError(ModelLoadError):
     """Pretrained weights are not cached and could not be downloaded."""
+
+    http_status = 503
+
+
+class ClusterError(SearchliteError):
+    """A Ray cluster to encode on cannot be reached, or lost every worker (index(ray=...))."""
 
     http_status = 503
 

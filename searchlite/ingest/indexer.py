@@ -1,14 +1,15 @@
-"""The indexing flow: scan -> diff against the store -> decode in parallel -> encode in batches ->
-one SQLite transaction per batch -> FAISS.
+"""The indexing flow: scan -> diff against the store -> read and hash in parallel -> decode and
+encode in batches (an EncodeStage) -> one SQLite transaction per batch -> FAISS.
 
-Worker threads each drive a decoder process (decode_worker.py). On a GPU they decode the next batch
-while the model encodes one; on a CPU each batch is decoded on all cores, then encoded on all cores
-(see _Run._chunks_ahead).
+Where images are decoded and encoded is the EncodeStage's business: LocalEncoding here (worker
+threads each drive a decoder process, decode_worker.py; on a GPU they decode the next batch while
+the model encodes one, on a CPU each batch is decoded on all cores, then encoded on all cores), or
+ray_stage.RayEncoding on a Ray cluster. Either way this module alone writes: batches are committed in
+the order they were formed, one transaction each.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import time
@@ -16,7 +17,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -88,7 +89,7 @@ class _Prepared:
 
     file: FileInfo
     content_hash: str | None = None
-    tensor: Any = None  # model input, when the file needs encoding
+    tensor: Any = None  # when the file needs encoding: the model input, or what the stage makes it from
     width: int | None = None
     height: int | None = None
     reuse: bool = False  # content already has a vector
@@ -97,6 +98,86 @@ class _Prepared:
     by_settings: bool = False  # the failure came from decoding, under decode_settings()
     vanished: bool = False  # deleted while the run went on
     changing: bool = False  # written to while it was read: left for the next run
+    vector: np.ndarray | None = None  # set by the encoding stage
+
+
+class EncodeStage(Protocol):
+    """Where files that need encoding are decoded and encoded. prepare() runs in reading threads on
+    each such file; submit() starts encoding a batch and returns a function that waits for it and
+    sets, on each item, vector (with width and height), or error (by_settings), or changing.
+    batches_in_flight() batches are encoded while the writer commits earlier ones."""
+
+    def batch_size(self) -> int: ...
+
+    def chunks_ahead(self) -> int: ...
+
+    def batches_in_flight(self) -> int: ...
+
+    def prepare(self, p: _Prepared, data: bytes) -> _Prepared: ...
+
+    def submit(self, batch: list[_Prepared]) -> Callable[[], None]: ...
+
+    def cancel(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class LocalEncoding:
+    """Decoding in this machine's decoder processes (threads drive them), encoding with the model
+    here."""
+
+    def __init__(self, get_encoder: Callable[[], ImageEncoder], settings: IndexSettings) -> None:
+        self.get_encoder = get_encoder
+        self.settings = settings
+        self.device: str | None = None  # the model's, once it is loaded
+        self.decoders = DecodePool(settings.workers, settings.decode_timeout_s, settings.decoder_memory_limit)
+
+    def batch_size(self) -> int:
+        return self.settings.batch_size_on(self.device or "cpu")
+
+    def chunks_ahead(self) -> int:
+        """Batches decoded while the model encodes one. On a GPU, one: the CPU is free to decode.
+        On a CPU, none: torch's threads already fill every core, and a decoder taking one of them
+        stalls the others at each step's barrier (on two cores the model lost a quarter of its
+        speed to decoders using a tenth of the CPU); decoding a batch on all cores, then encoding
+        it, is faster."""
+        return 1 if (self.device or "cpu").startswith("cuda") else 0
+
+    def batches_in_flight(self) -> int:
+        return 0  # encoded when submitted
+
+    def prepare(self, p: _Prepared, data: bytes) -> _Prepared:
+        """Decode (in a child process) and preprocess; raises only when the model cannot be loaded."""
+        encoder = self.get_encoder()  # the model loads on first need; its errors stop the run
+        self.device = encoder.device
+        try:
+            with self.decoders.worker() as decoder:
+                decoded = decoder.decode(data, **decode_options(self.settings, encoder))
+            p.tensor = encoder.preprocess(decoded.image)
+        except ImageDecodeError as e:
+            p.error, p.by_settings = str(e), True
+            return p
+        except DecodeCancelled:
+            p.changing = True  # not judged: the run is stopping
+            return p
+        except Exception as e:  # noqa: BLE001 - one bad file must never stop the run
+            log.debug("unexpected failure on %s", p.file.path, exc_info=True)
+            p.error, p.by_settings = f"cannot decode image: {type(e).__name__}: {e}", True
+            return p
+        p.width, p.height = decoded.width, decoded.height
+        return p
+
+    def submit(self, batch: list[_Prepared]) -> Callable[[], None]:
+        encoded = self.get_encoder().encode_images([p.tensor for p in batch])
+        for p, vector in zip(batch, encoded):
+            p.vector = vector
+        return lambda: None
+
+    def cancel(self) -> None:
+        self.decoders.cancel()
+
+    def close(self) -> None:
+        self.decoders.close()
 
 
 class Indexer:
@@ -110,8 +191,11 @@ class Indexer:
         settings: IndexSettings,
         on_snapshot: Callable[[], None],
         exclude: Sequence[str] = (),
+        stage: Callable[[], EncodeStage] | None = None,
     ) -> None:
+        """stage: makes the EncodeStage of a run that has files to read (LocalEncoding by default)."""
         self.exclude = exclude
+        self.make_stage = stage or (lambda: LocalEncoding(get_encoder, settings))
         self.store = store
         self.vectors = vectors
         self.get_encoder = get_encoder
@@ -176,48 +260,38 @@ class _Run:
         self.missing_by_hash = missing_by_hash
         self.last_snapshot = started
         self.known_hashes = indexer.store.indexed_hashes()
-        self.pending: list[_Prepared] = []  # waiting to be encoded or written
-        self.device: str | None = None  # the model's, once it is loaded
+        self.pending: list[_Prepared] = []  # waiting to be sent to the stage
+        # batches sent to the stage, not yet committed: (files, the copy encoded per content, wait)
+        self.in_flight: deque[tuple[list[_Prepared], dict[str | None, _Prepared], Callable[[], None]]] = deque()
+        self.stage: EncodeStage
 
     def process(self, work: list[FileInfo], progress: ProgressFn | None) -> None:
         settings = self.ix.settings
-        decoders = DecodePool(settings.workers, settings.decode_timeout_s, settings.decoder_memory_limit)
+        stage = self.stage = self.ix.make_stage()
         pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="searchlite-decode")
         try:
-            prepare = functools.partial(self._prepare, decoders)
             done = 0
-            for chunk in _chunked_map(pool, prepare, work, self._batch_size, self._chunks_ahead):
-                if self.device is None and any(p.tensor is not None for p in chunk):
-                    self.device = self.ix.get_encoder().device  # loaded: it made the tensors
+            for chunk in _chunked_map(pool, self._prepare, work, stage.batch_size, stage.chunks_ahead):
                 self.pending.extend(chunk)
                 n_tensors = sum(p.tensor is not None for p in self.pending)
-                if n_tensors >= self._batch_size() or len(self.pending) >= 4 * self._batch_size():
+                if n_tensors >= stage.batch_size() or len(self.pending) >= 4 * stage.batch_size():
                     self._flush()
                 if progress:
                     done += len(chunk)
                     progress(done, len(work))
             self._flush()
+            while self.in_flight:
+                self._commit(*self.in_flight.popleft())
         except BaseException:
-            decoders.cancel()  # interrupted or failed: stop decoding now, keep what was committed
+            stage.cancel()  # interrupted or failed: stop decoding now, keep what was committed
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-            decoders.close()
+            stage.close()
 
-    def _batch_size(self) -> int:
-        return self.ix.settings.batch_size_on(self.device or "cpu")
-
-    def _chunks_ahead(self) -> int:
-        """Batches decoded while the model encodes one. On a GPU, one: the CPU is free to decode.
-        On a CPU, none: torch's threads already fill every core, and a decoder taking one of them
-        stalls the others at each step's barrier (on two cores the model lost a quarter of its
-        speed to decoders using a tenth of the CPU); decoding a batch on all cores, then encoding
-        it, is faster."""
-        return 1 if (self.device or "cpu").startswith("cuda") else 0
-
-    def _prepare(self, decoders: DecodePool, f: FileInfo) -> _Prepared:
-        """Runs in a worker thread: read, hash, sniff, decode (in a child process), preprocess.
-        Returns a verdict for every file; raises only when the model cannot be loaded."""
+    def _prepare(self, f: FileInfo) -> _Prepared:
+        """Runs in a worker thread: read, hash, sniff, then the stage's part (decoding, here or
+        later). Returns a verdict for every file; raises only when the model cannot be loaded."""
         if f.error is not None or f.skip is not None:
             return _Prepared(f, error=f.error, skipped=f.skip)
         try:
@@ -235,22 +309,10 @@ class _Run:
             return _Prepared(f, digest, reuse=True)
         if images.detect_format(data[: images.HEADER_BYTES]) is None:
             return _Prepared(f, digest, skipped="not an image")
-        encoder = self.ix.get_encoder()  # the model loads on first need; its errors stop the run
-        try:
-            with decoders.worker() as decoder:
-                decoded = decoder.decode(data, **decode_options(self.ix.settings, encoder))
-            tensor = encoder.preprocess(decoded.image)
-        except ImageDecodeError as e:
-            return _Prepared(f, digest, error=str(e), by_settings=True)
-        except DecodeCancelled:
-            return _Prepared(f, changing=True)  # not judged: the run is stopping
-        except Exception as e:  # noqa: BLE001 - one bad file must never stop the run
-            log.debug("unexpected failure on %s", f.path, exc_info=True)
-            return _Prepared(f, digest, error=f"cannot decode image: {type(e).__name__}: {e}", by_settings=True)
-        return _Prepared(f, digest, tensor, decoded.width, decoded.height)
+        return self.stage.prepare(_Prepared(f, digest), data)
 
     def _flush(self) -> None:
-        """Encode what waits, then write everything pending in one transaction."""
+        """Send what waits to the stage for encoding; commit batches past the stage's window."""
         if not self.pending:
             return
         batch = [p for p in self.pending if p.tensor is not None]
@@ -264,15 +326,32 @@ class _Run:
             else:
                 first_of.setdefault(p.content_hash, p)
         to_encode = list(first_of.values())
-        encoded = self.ix.get_encoder().encode_images([p.tensor for p in to_encode]) if to_encode else None
-        vectors_of = {p.content_hash: encoded[i] for i, p in enumerate(to_encode)} if to_encode else {}
+        wait = self.stage.submit(to_encode) if to_encode else (lambda: None)
+        self.in_flight.append((self.pending, first_of, wait))
+        self.pending = []
+        while len(self.in_flight) > self.stage.batches_in_flight():
+            self._commit(*self.in_flight.popleft())
+
+    def _commit(self, pending: list[_Prepared], first_of: dict[str | None, _Prepared], wait: Callable[[], None]) -> None:
+        """Wait for a batch's vectors, then write everything in it in one transaction."""
+        wait()
+        for p in pending:
+            if p.tensor is None or p.reuse:
+                continue
+            if p.content_hash in self.known_hashes:  # committed by a batch encoded beside this one
+                p.tensor, p.reuse = None, True
+                continue
+            first = first_of[p.content_hash]
+            if first is not p:  # a copy takes the verdict of the copy that was encoded
+                p.width, p.height, p.error, p.by_settings, p.changing = first.width, first.height, first.error, first.by_settings, first.changing
+        encoded_hashes = {h for h, p in first_of.items() if p.vector is not None and not p.reuse}
         report = self.report
 
         added_ids: list[int] = []
         added_vectors: list[np.ndarray] = []
         dropped_ids: list[int] = []
         with self.ix.store.transaction() as tx:
-            for p in self.pending:
+            for p in pending:
                 f = p.file
                 old = self.known.get(f.path)
                 if p.changing:
@@ -307,7 +386,7 @@ class _Run:
                     assert vector is not None  # hashes are only deleted at the end of a run
                     report.reused += 1
                 else:
-                    vector = vectors_of[p.content_hash]
+                    vector = first_of[p.content_hash].vector
                     if first_of[p.content_hash] is p:
                         report.encoded += 1
                     else:
@@ -333,8 +412,7 @@ class _Run:
             self.ix.vectors.remove(np.array(dropped_ids, dtype=np.int64))
         if added_ids:
             self.ix.vectors.add(np.array(added_ids, dtype=np.int64), np.stack(added_vectors))
-        self.known_hashes.update(h for h in vectors_of if h is not None)
-        self.pending = []
+        self.known_hashes.update(h for h in encoded_hashes if h is not None)
         if time.monotonic() - self.last_snapshot >= self.ix.settings.snapshot_interval_s:
             self.ix.on_snapshot()
             self.last_snapshot = time.monotonic()

@@ -48,6 +48,7 @@ class ImageTower:
 
     device = "cpu"
     precision = "fp32"
+    FILES = (FILENAME, WEIGHTS)  # what an export is made of
     # the preprocessing is always open_clip's usual one (export_image_tower refuses others)
     crops_center = True
     resizes_shortest_bicubic = True
@@ -61,15 +62,15 @@ class ImageTower:
         self._std = np.asarray(meta["std"], dtype=np.float32).reshape(1, 3, 1, 1)
 
     @classmethod
-    def load(cls, folder: Path, model_key: str) -> ImageTower | None:
+    def load(cls, folder: Path, model_key: str, threads: int | None = None) -> ImageTower | None:
         """The exported tower of model_key in folder; None when there is none. A file that belongs to
         another model or cannot be loaded is reported (once, here) and also gives None: the caller
-        exports it again."""
+        exports it again. threads: onnxruntime's, when not one per core (a Ray actor's share)."""
         path = folder / FILENAME
         if not path.exists():
             return None
         try:
-            session = _session(path)
+            session = _session(path, threads)
             meta = json.loads(session.get_modelmeta().custom_metadata_map.get("searchlite", "{}"))
             if meta.get("format") != FORMAT or meta.get("model") != model_key:
                 raise ValueError("it was exported for another model")
@@ -220,11 +221,13 @@ def _onnx_bytes(encoder: ClipEncoder) -> bytes:
     return buffer.getvalue()
 
 
-def _session(model: Path | bytes) -> Any:
+def _session(model: Path | bytes, threads: int | None = None) -> Any:
     """An onnxruntime session on the CPU, with every optimization (including those for this CPU)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
     options.log_severity_level = 3  # errors only: they are reported as one line by the caller
     return ort.InferenceSession(str(model) if isinstance(model, Path) else model, options, providers=["CPUExecutionProvider"])
 

@@ -1,0 +1,116 @@
+"""Indexing through Ray on one machine: the same photos indexed locally and through a local Ray
+cluster (one node with this machine's CPUs, every process on 127.0.0.1), images/s of each and Ray's
+overhead. Rounds alternate the two (each into a new index): on a shared machine the speed drifts, and
+medians of alternating rounds compare like with like. Prints JSON.
+
+    HF_HOME=/tmp/hf HF_HUB_OFFLINE=1 python scripts/bench_ray.py --images 200   # default model
+    python scripts/bench_ray.py --model tiny.json --pretrained tiny.pt               # any model
+
+A Ray run's time includes starting its actors (a process each, loading the exported tower); the
+connection to the cluster is made once, before the rounds, as a long-lived driver would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# every Ray process on loopback, no usage reports (read when ray is imported)
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_agent_register_timeout_ms", "180000")
+os.environ.setdefault("RAY_raylet_start_wait_time_s", "180")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_index import make_photos  # noqa: E402
+
+from searchlite import SearchEngine  # noqa: E402
+from searchlite.config import IndexSettings  # noqa: E402
+
+
+def timed_index(engine: SearchEngine, photos: Path, **options) -> tuple[float, float, int]:
+    """(img/s of the whole run, img/s after the first batch was committed, images encoded)."""
+    first: list[float] = []
+
+    def progress(done: int, total: int) -> None:
+        if not first:
+            first.append(time.perf_counter())
+
+    started = time.perf_counter()
+    report = engine.index(photos, progress=progress, **options)
+    elapsed = time.perf_counter() - started
+    rest = report.encoded - settings_batch(engine)
+    after_first = rest / (started + elapsed - first[0]) if first and rest > 0 else float("nan")
+    return report.encoded / elapsed, after_first, report.encoded
+
+
+def settings_batch(engine: SearchEngine) -> int:
+    return engine.settings.batch_size_on("cpu")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--width", type=int, default=1600)
+    parser.add_argument("--height", type=int, default=1200)
+    parser.add_argument("--model")
+    parser.add_argument("--pretrained")
+    parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="the Ray node's CPUs (its actors)")
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    with tempfile.TemporaryDirectory() as tmp:
+        photos = Path(tmp) / "photos"
+        photos.mkdir()
+        make_photos(photos, args.images, (args.width, args.height))
+        settings = IndexSettings()
+        cluster = Cluster(initialize_head=True, connect=False, head_node_args={
+            "num_cpus": args.cpus, "node_ip_address": "127.0.0.1", "include_dashboard": False,
+            "object_store_memory": 200 * 2**20})
+        try:
+            ray.init(address=cluster.address, _node_ip_address="127.0.0.1", log_to_driver=False, logging_level="ERROR")
+            local, remote, local_steady, remote_steady = [], [], [], []
+            for i in range(args.rounds):
+                for kind in ("local", "ray"):
+                    with SearchEngine.open(Path(tmp) / f"{kind}{i}", model=args.model, pretrained=args.pretrained, settings=settings) as engine:
+                        engine.image_encoder()  # export the tower (once) and load it before the clock starts
+                        if kind == "local":
+                            rate, steady, n = timed_index(engine, photos)
+                            local.append(rate), local_steady.append(steady)
+                        else:
+                            rate, steady, n = timed_index(engine, photos, ray=cluster.address)
+                            remote.append(rate), remote_steady.append(steady)
+            result = {
+                "model": engine.spec.describe(),
+                "images": n,
+                "image_size": [args.width, args.height],
+                "cpus": os.cpu_count(),
+                "ray_actors": args.cpus,
+                "local_img_per_s": round(statistics.median(local), 2),
+                "ray_img_per_s": round(statistics.median(remote), 2),
+                "ray_overhead": round(1 - statistics.median(remote) / statistics.median(local), 3),
+                # after the first batch is committed: without the actors' start-up
+                "local_steady_img_per_s": round(statistics.median(local_steady), 2),
+                "ray_steady_img_per_s": round(statistics.median(remote_steady), 2),
+                "ray_steady_overhead": round(1 - statistics.median(remote_steady) / statistics.median(local_steady), 3),
+                "rounds": args.rounds,
+                "local_runs": [round(x, 2) for x in local],
+                "ray_runs": [round(x, 2) for x in remote],
+            }
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

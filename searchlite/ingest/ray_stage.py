@@ -1,0 +1,359 @@
+"""Encoding on a Ray cluster: the EncodeStage of `index(folder, ray=ADDRESS)`.
+
+The driver (this process) scans, diffs, reads and hashes as a local run does; only files that need
+encoding go to the cluster, a batch per Ray actor task. Each actor holds one model: on a cluster with
+GPUs, one actor per GPU (num_gpus=1) runs the torch model; otherwise one actor per CPU runs the
+torch-free image tower exported on the driver (image_tower.py), loaded from the driver's cache folder
+when the actor sees it (a shared home) and else from the bytes the driver put in the object store.
+Actors decode in their own decoder processes (decode_worker.py: the same limits and verdicts as a
+local run), read files by path when they see the driver's files (probed per actor on a file the
+driver hashed, or forced with shared_fs) and otherwise get their bytes from the driver. Results come
+back to the driver, which commits batch by batch in order (indexer._Run): an interrupted run loses
+only the batches in flight. An actor lost with its node costs the batches it held, which go to
+another actor; the run fails only when no actor is left.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..config import IndexSettings
+from ..errors import ClusterError, ImageDecodeError
+from ..media.embed_files import decode_options
+from ..models.image_tower import ImageTower
+from ..storage.store import content_hash
+
+if TYPE_CHECKING:
+    from ..models.encoder import ImageEncoder
+    from .indexer import _Prepared
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 5.0  # to reach a cluster's address before giving up
+TASKS_PER_ACTOR = 2  # batches queued on each actor: one encoding, one waiting
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+# A model for the actors: {"kind": "tower", "key", "folder", "files": [ObjectRef]} or
+# {"kind": "torch", "spec", "device", "precision"}
+ModelRecipe = dict[str, Any]
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ClusterError("indexing on a Ray cluster needs Ray: pip install 'searchlite[ray]'") from None
+    return ray
+
+
+def connect(address: str) -> bool:
+    """Connect this process to the Ray cluster at address: "auto" (the cluster this machine belongs
+    to), "ray://host:port" (Ray Client) or "host:port" (its GCS). Returns whether this call made the
+    connection (then disconnect() ends it). Raises ClusterError at once when nothing answers there."""
+    address = address.strip()
+    host_port = address[len("ray://"):] if address.startswith("ray://") else address
+    loopback = False
+    if address != "auto":
+        host, _, port = host_port.rpartition(":")
+        host = host.strip("[]")
+        if not host or not port.isdigit():
+            raise ClusterError(f"Ray address {address}: give auto, ray://HOST:PORT or HOST:PORT", setting="ray")
+        loopback = host in LOOPBACK
+        _probe(host, int(port), address)
+    ray = _import_ray()
+    if ray.is_initialized():
+        return False
+    if loopback:
+        _stay_on_loopback()
+    if address == "auto":
+        address = _auto_address(ray)
+    kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False, "configure_logging": False}
+    if loopback and not address.startswith("ray://"):
+        kwargs["_node_ip_address"] = "127.0.0.1"
+    try:
+        ray.init(address=address, **kwargs)
+    except Exception as e:  # noqa: BLE001 - Ray raises many kinds; the user needs one line
+        raise ClusterError(f"cannot connect to the Ray cluster at {address}: {_first_line(e)}", setting="ray") from None
+    return True
+
+
+def _stay_on_loopback() -> None:
+    """Ray replaces a loopback address with the machine's interface address unless told that this
+    is a single-machine cluster (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read when ray is imported):
+    a cluster on 127.0.0.1 is one, whatever the environment said."""
+    try:
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    except (ImportError, AttributeError):  # another Ray: its own defaults
+        pass
+
+
+def disconnect() -> None:
+    ray = _import_ray()
+    ray.shutdown()
+
+
+def _auto_address(ray: Any) -> str:
+    """The address "auto" means: $RAY_ADDRESS, else the cluster last started on this machine."""
+    address = os.environ.get("RAY_ADDRESS")
+    if not address:
+        try:
+            from ray._private.services import canonicalize_bootstrap_address
+
+            address = canonicalize_bootstrap_address("auto")
+        except Exception:  # noqa: BLE001 - an internal API: fall back to saying none was found
+            address = None
+    if not address:
+        raise ClusterError("no Ray cluster runs on this machine: start one (ray start --head) or give its address", setting="ray")
+    if address.startswith("ray://") or ":" in address:
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        if port.isdigit():
+            _probe(host.strip("[]"), int(port), address)
+    return address
+
+
+def _probe(host: str, port: int, address: str) -> None:
+    """A TCP connection to the cluster's port within CONNECT_TIMEOUT_S, or ClusterError."""
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as e:
+        reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise ClusterError(f"cannot reach the Ray cluster at {address} ({reason}): check the address and that the cluster runs",
+                           setting="ray") from None
+
+
+class RayEncoding:
+    """The EncodeStage that sends batches to model actors on a Ray cluster (see the module's doc).
+
+    model(gpu) gives the recipe of the actors' model; get_encoder() the driver's own encoder, whose
+    image size and preprocessing set the decoding options. shared_fs: True reads files by path on
+    the workers, False sends their bytes, None probes each actor."""
+
+    def __init__(
+        self,
+        settings: IndexSettings,
+        get_encoder: Callable[[], ImageEncoder],
+        model: Callable[[bool], ModelRecipe],
+        shared_fs: bool | None = None,
+    ) -> None:
+        self.settings = settings
+        self.get_encoder = get_encoder
+        self.model = model
+        self.shared_fs = shared_fs
+        self.device: str | None = None
+        self.actors: list[Any] = []  # alive
+        self.by_path: dict[Any, bool] = {}  # actor -> reads files by path
+        self.load: dict[Any, int] = {}  # actor -> batches it holds
+        self.lost = 0
+        self._started = False
+
+    def batch_size(self) -> int:
+        return self.settings.batch_size_on(self.device or "cpu")
+
+    def chunks_ahead(self) -> int:
+        return 1  # reading and hashing go on while the cluster encodes
+
+    def batches_in_flight(self) -> int:
+        return TASKS_PER_ACTOR * max(1, len(self.actors))
+
+    def prepare(self, p: _Prepared, data: bytes) -> _Prepared:
+        p.tensor = data  # decoded on the cluster
+        return p
+
+    def _start(self, probe: _Prepared) -> None:
+        """Create the actors (the first time a batch is sent); probe probes the shared filesystem."""
+        ray = _import_ray()
+        resources = ray.cluster_resources()
+        gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
+        gpu = gpus > 0
+        self.device = "cuda" if gpu else "cpu"
+        self.options = decode_options(self.settings, self.get_encoder())
+        recipe = self.model(gpu)
+        if recipe["kind"] == "tower":
+            folder = Path(recipe["folder"])
+            files = {name: (folder / name).read_bytes() for name in ImageTower.FILES}
+            recipe["files"] = [ray.put(files)]  # in a list: fetched only by actors that need it
+        if gpu:
+            count, threads = gpus, max(1, min(8, cpus // gpus - 1))
+            actor_options = {"num_gpus": 1, "num_cpus": 1, "max_concurrency": 2}  # decode one batch while encoding another
+        else:
+            count, threads = max(1, cpus), 1
+            actor_options = {"num_cpus": 1}
+        actor_class = ray.remote(max_restarts=0, max_task_retries=0, **actor_options)(EncodeActor)
+        self.actors = [actor_class.remote(recipe, self.settings, self.options, threads) for _ in range(count)]
+        if self.shared_fs is None:
+            checks = [a.can_read.remote(probe.file.path, probe.content_hash) for a in self.actors]
+            alive = []
+            for actor, check in zip(self.actors, checks):
+                try:
+                    self.by_path[actor] = bool(ray.get(check))
+                    alive.append(actor)
+                except ray.exceptions.RayActorError as e:
+                    self._lose(actor, e)
+            self.actors = alive
+        else:
+            self.by_path = {a: self.shared_fs for a in self.actors}
+        if not self.actors:
+            raise ClusterError(f"no encoding actor could start on the Ray cluster: {self._last_error}")
+        self.load = {a: 0 for a in self.actors}
+        log.info("encoding on %d Ray actor(s) (%s), %d reading files by path", len(self.actors), self.device,
+                 sum(self.by_path.values()))
+        self._started = True
+
+    _last_error = ""
+
+    def _lose(self, actor: Any, error: BaseException) -> None:
+        self._last_error = _first_line(error)
+        log.warning("lost a Ray actor (%s); its batches go to the others", self._last_error)
+        if actor in self.actors:
+            self.actors.remove(actor)
+            self.lost += 1
+        self.load.pop(actor, None)
+
+    def _send(self, batch: list[_Prepared]) -> tuple[Any, Any]:
+        if not self.actors:
+            raise ClusterError(f"every Ray actor was lost (last: {self._last_error}); run the same command again to resume")
+        actor = min(self.actors, key=lambda a: self.load[a])
+        self.load[actor] += 1
+        items = [(p.file.path, None if self.by_path[actor] else p.tensor, p.content_hash) for p in batch]
+        return actor, actor.encode.remote(items)
+
+    def submit(self, batch: list[_Prepared]) -> Callable[[], None]:
+        if not self._started:
+            self._start(batch[0])
+        ray = _import_ray()
+        actor, ref = self._send(batch)
+
+        def wait() -> None:
+            nonlocal actor, ref
+            while True:
+                try:
+                    vectors, verdicts = ray.get(ref)
+                    break
+                except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError, ray.exceptions.ActorUnavailableError) as e:
+                    self._lose(actor, e)
+                    actor, ref = self._send(batch)  # again, elsewhere
+                except ray.exceptions.RayTaskError as e:
+                    raise ClusterError(f"encoding failed on the Ray cluster: {_first_line(e)}") from None
+            if actor in self.load:
+                self.load[actor] -= 1
+            row = 0
+            for p, verdict in zip(batch, verdicts):
+                if verdict[0] == "ok":
+                    p.vector, p.width, p.height = vectors[row], verdict[1], verdict[2]
+                    row += 1
+                elif verdict[0] == "error":
+                    p.error, p.by_settings = verdict[1], True
+                else:
+                    p.changing = True
+                p.tensor = b""  # the bytes are no longer needed (still marks "was to encode")
+
+        return wait
+
+    def cancel(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if not self.actors and not self.by_path:
+            return
+        ray = _import_ray()
+        for actor in list(self.by_path):
+            try:
+                ray.kill(actor)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        self.actors, self.by_path, self.load = [], {}, {}
+
+
+class EncodeActor:
+    """One model on a Ray worker (made an actor by RayEncoding): decodes and encodes batches."""
+
+    def __init__(self, recipe: ModelRecipe, settings: IndexSettings, options: dict[str, Any], threads: int) -> None:
+        from ..media.decode_worker import DecodePool
+
+        self.settings = settings
+        self.options = options
+        self.encoder = _load_model(recipe, threads)
+        self.decoders = DecodePool(threads, settings.decode_timeout_s, settings.decoder_memory_limit)
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="searchlite-decode")
+
+    def can_read(self, path: str, digest: str) -> bool:
+        """Whether this worker sees the driver's file at path (same content)."""
+        try:
+            with open(path, "rb") as f:
+                return content_hash(f.read()) == digest
+        except OSError:
+            return False
+
+    def encode(self, items: list[tuple[str, bytes | None, str]]) -> tuple[np.ndarray | None, list[tuple[Any, ...]]]:
+        """(path, bytes or None to read path, content hash) each -> (the vectors of the files
+        decoded, in order; a verdict per file: ("ok", width, height), ("error", reason) or
+        ("changing",) for a file whose content is no longer the one the driver hashed)."""
+        decoded = list(self.pool.map(self._decode, items))
+        tensors = [d[1] for d in decoded if d[0] == "ok"]
+        vectors = self.encoder.encode_images(tensors) if tensors else None
+        return vectors, [d[:1] + d[2:] for d in decoded]
+
+    def _decode(self, item: tuple[str, bytes | None, str]) -> tuple[Any, ...]:
+        path, data, digest = item
+        if data is None:
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except OSError:
+                return ("changing", None)
+            if content_hash(data) != digest:
+                return ("changing", None)
+        try:
+            with self.decoders.worker() as decoder:
+                image = decoder.decode(data, **self.options)
+            return ("ok", self.encoder.preprocess(image.image), image.width, image.height)
+        except ImageDecodeError as e:
+            return ("error", None, str(e))
+        except Exception as e:  # noqa: BLE001 - one bad file must never stop the run (as indexer.LocalEncoding)
+            return ("error", None, f"cannot decode image: {type(e).__name__}: {e}")
+
+
+def _load_model(recipe: ModelRecipe, threads: int) -> Any:
+    if recipe["kind"] == "tower":
+        key = recipe["key"]
+        tower = ImageTower.load(Path(recipe["folder"]), key, threads)  # the driver's cache, when shared
+        if tower is None:
+            import ray
+
+            files = ray.get(recipe["files"][0])
+            folder = Path(tempfile.mkdtemp(prefix="searchlite-tower-"))
+            try:
+                for name, data in files.items():
+                    (folder / name).write_bytes(data)
+                tower = ImageTower.load(folder, key, threads)
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)  # onnxruntime has read or mapped it
+        if tower is None:
+            raise RuntimeError("the exported image tower sent by the driver cannot be loaded")
+        return tower
+    import torch
+
+    from ..models.loading import load_encoder
+
+    torch.set_num_threads(max(1, threads))
+    encoder = load_encoder(recipe["spec"], recipe["device"])
+    encoder.choose_precision(recipe["precision"])
+    return encoder
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
