@@ -66,7 +66,23 @@ def main() -> None:
     args = parser.parse_args()
 
     import ray
+    import ray._private.services as services
     from ray.cluster_utils import Cluster
+
+    # a node waits a fixed 30 s for its raylet to register: too little on a busy machine
+    get_node = services.get_node
+
+    def patient_get_node(*a, **kw):
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                return get_node(*a, **kw)
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    services.get_node = patient_get_node
 
     with tempfile.TemporaryDirectory() as tmp:
         photos = Path(tmp) / "photos"

@@ -13,6 +13,7 @@ import re
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -43,8 +44,23 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
         for name, value in RAY_ENV.items():
             mp.setenv(name, value)
         import ray  # after RAY_ENV: Ray reads it on import
+        import ray._private.services as services
         from ray.cluster_utils import Cluster
 
+        # A node waits a fixed 30 s for its raylet to register, too little on a busy 2-core machine
+        get_node = services.get_node
+
+        def patient_get_node(*args, **kwargs):
+            deadline, pause = time.monotonic() + 240, threading.Event()
+            while True:
+                try:
+                    return get_node(*args, **kwargs)
+                except RuntimeError:
+                    if time.monotonic() > deadline:
+                        raise
+                    pause.wait(0.5)
+
+        mp.setattr(services, "get_node", patient_get_node)
         # the cluster's processes keep this environment: the tests' caches, never the user's
         mp.setenv("SEARCHLITE_CACHE", str(tmp_path_factory.getbasetemp() / "searchlite_cache"))
         mp.setenv("HF_HUB_OFFLINE", "1")
@@ -131,10 +147,9 @@ def test_second_run_on_ray_encodes_only_what_changed(cluster, engine_factory, ph
     local.index(photos)
     on_ray.index(photos, ray=c.address, shared_fs=True)
     # a new photo, a deleted one, a moved one
-    shutil.copy(photos / "nature" / "horse.png", tmp_path / "horse.png")
     from PIL import Image
 
-    Image.open(tmp_path / "horse.png").convert("L").save(photos / "grey horse.png")
+    Image.open(photos / "astronaut.jpg").rotate(90).save(photos / "turned astronaut.png")
     (photos / "misc" / "camera.gif").unlink()
     (photos / "space" / "rocket.jpeg").rename(photos / "rocket moved.jpeg")
 
