@@ -185,6 +185,25 @@ def test_unreachable_cluster_is_one_line_at_once(engine_factory, photos: Path, i
     assert engine.info()["images"] == 0  # nothing was indexed
 
 
+def test_an_interrupted_run_on_ray_keeps_its_committed_batches_and_resumes(cluster, engine_factory, photos: Path, tmp_path: Path) -> None:
+    c, _ = cluster
+    local = engine_factory(index=tmp_path / "local")
+    local.index(photos)
+    on_ray = engine_factory(index=tmp_path / "ray", settings=_settings(batch_size=1))
+
+    def progress(done: int, total: int) -> None:
+        if done >= 9:  # 3 actors hold 2 batches each: the first 3 batches are committed by now
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        on_ray.index(photos, progress=progress, ray=c.address)
+    kept = on_ray.info()["images"]
+    assert 0 < kept < 10  # the batches committed before the interruption; those in flight are lost
+    report = on_ray.index(photos, ray=c.address)
+    assert report.encoded == 10 - kept and report.unchanged == kept
+    kill_loop.assert_same_index(tmp_path / "ray", tmp_path / "local")
+
+
 def test_a_worker_node_lost_mid_run_costs_its_batches_not_the_run(cluster, engine_factory, photos: Path, tmp_path: Path, caplog) -> None:
     c, workers = cluster
     local = engine_factory(index=tmp_path / "local")

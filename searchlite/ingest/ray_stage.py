@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5.0  # to reach a cluster's address before giving up
 TASKS_PER_ACTOR = 2  # batches queued on each actor: one encoding, one waiting
+START_TIMEOUT_S = 600.0  # for a first actor to start (a process, loading the model)
+START_GRACE_S = 60.0  # then for the others (those the cluster has no room for now are dropped)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 # A model for the actors: {"kind": "tower", "key", "folder", "files": [ObjectRef]} or
@@ -157,6 +159,7 @@ class RayEncoding:
         self.by_path: dict[Any, bool] = {}  # actor -> reads files by path
         self.load: dict[Any, int] = {}  # actor -> batches it holds
         self.lost = 0
+        self._all: list[Any] = []  # every actor started, for close()
         self._started = False
 
     def batch_size(self) -> int:
@@ -181,10 +184,6 @@ class RayEncoding:
         self.device = "cuda" if gpu else "cpu"
         self.options = decode_options(self.settings, self.get_encoder())
         recipe = self.model(gpu)
-        if recipe["kind"] == "tower":
-            folder = Path(recipe["folder"])
-            files = {name: (folder / name).read_bytes() for name in ImageTower.FILES}
-            recipe["files"] = [ray.put(files)]  # in a list: fetched only by actors that need it
         if gpu:
             count, threads = gpus, max(1, min(8, cpus // gpus - 1))
             actor_options = {"num_gpus": 1, "num_cpus": 1, "max_concurrency": 2}  # decode one batch while encoding another
@@ -192,27 +191,46 @@ class RayEncoding:
             count, threads = max(1, cpus), 1
             actor_options = {"num_cpus": 1}
         actor_class = ray.remote(max_restarts=0, max_task_retries=0, **actor_options)(EncodeActor)
-        self.actors = [actor_class.remote(recipe, self.settings, self.options, threads) for _ in range(count)]
-        if self.shared_fs is None:
-            checks = [a.can_read.remote(probe.file.path, probe.content_hash) for a in self.actors]
-            alive = []
-            for actor, check in zip(self.actors, checks):
-                try:
-                    self.by_path[actor] = bool(ray.get(check))
-                    alive.append(actor)
-                except ray.exceptions.RayActorError as e:
-                    self._lose(actor, e)
-            self.actors = alive
-        else:
-            self.by_path = {a: self.shared_fs for a in self.actors}
+        actors = self._all = [actor_class.remote(self.settings, self.options, threads) for _ in range(count)]
+        # each actor loads the model (the tower from the driver's folder, if it sees it) and says
+        # whether it reads the driver's files
+        started = self._each(actors, lambda a: a.start.remote(recipe, probe.file.path, probe.content_hash))
+        short = [a for a, (loaded, _) in started.items() if not loaded]
+        if short:  # the tower's files, sent once through the object store to the actors that lack them
+            folder = Path(recipe["folder"])
+            files = ray.put({name: (folder / name).read_bytes() for name in ImageTower.FILES})
+            loaded = self._each(short, lambda a: a.start_from.remote([files]))  # in a list: not resolved by Ray
+            started = {a: v for a, v in started.items() if a in loaded or a not in short}
+        self.actors = list(started)
         if not self.actors:
             raise ClusterError(f"no encoding actor could start on the Ray cluster: {self._last_error}")
+        self.by_path = {a: can_read if self.shared_fs is None else self.shared_fs for a, (_, can_read) in started.items()}
         self.load = {a: 0 for a in self.actors}
         log.info("encoding on %d Ray actor(s) (%s), %d reading files by path", len(self.actors), self.device,
                  sum(self.by_path.values()))
         self._started = True
 
     _last_error = ""
+
+    def _each(self, actors: list[Any], call: Callable[[Any], Any]) -> dict[Any, Any]:
+        """call(actor) on each actor -> {actor: its result}, without the actors that died."""
+        ray = _import_ray()
+        refs = {call(a): a for a in actors}
+        ready, late = ray.wait(list(refs), num_returns=1, timeout=START_TIMEOUT_S)
+        if ready and late:
+            more, late = ray.wait(late, num_returns=len(late), timeout=START_GRACE_S)
+            ready += more
+        results = {}
+        for ref in ready:
+            try:
+                results[refs[ref]] = ray.get(ref)
+            except ray.exceptions.RayError as e:
+                self._lose(refs[ref], e)
+                ray.kill(refs[ref])
+        for ref in late:
+            self._lose(refs[ref], TimeoutError("did not start in time (the cluster may lack room for it)"))
+            ray.kill(refs[ref])
+        return results
 
     def _lose(self, actor: Any, error: BaseException) -> None:
         self._last_error = _first_line(error)
@@ -221,6 +239,7 @@ class RayEncoding:
             self.actors.remove(actor)
             self.lost += 1
         self.load.pop(actor, None)
+        self.by_path.pop(actor, None)
 
     def _send(self, batch: list[_Prepared]) -> tuple[Any, Any]:
         if not self.actors:
@@ -266,28 +285,54 @@ class RayEncoding:
         self.close()
 
     def close(self) -> None:
-        if not self.actors and not self.by_path:
+        if not self._all:
             return
         ray = _import_ray()
-        for actor in list(self.by_path):
+        for actor in self._all:
             try:
                 ray.kill(actor)
             except Exception:  # noqa: BLE001 - already gone
                 pass
-        self.actors, self.by_path, self.load = [], {}, {}
+        self._all, self.actors, self.by_path, self.load = [], [], {}, {}
 
 
 class EncodeActor:
     """One model on a Ray worker (made an actor by RayEncoding): decodes and encodes batches."""
 
-    def __init__(self, recipe: ModelRecipe, settings: IndexSettings, options: dict[str, Any], threads: int) -> None:
+    def __init__(self, settings: IndexSettings, options: dict[str, Any], threads: int) -> None:
         from ..media.decode_worker import DecodePool
 
         self.settings = settings
         self.options = options
-        self.encoder = _load_model(recipe, threads)
+        self.threads = threads
+        self.encoder: Any = None
         self.decoders = DecodePool(threads, settings.decode_timeout_s, settings.decoder_memory_limit)
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="searchlite-decode")
+
+    def start(self, recipe: ModelRecipe, path: str, digest: str) -> tuple[bool, bool]:
+        """Load the model; (whether it is loaded, whether this worker sees the driver's file at
+        path): a tower not in the driver's folder here waits for start_from."""
+        if recipe["kind"] == "tower":
+            self.key = recipe["key"]
+            self.encoder = ImageTower.load(Path(recipe["folder"]), self.key, self.threads)
+        else:
+            self.encoder = _load_torch(recipe, self.threads)
+        return self.encoder is not None, self.can_read(path, digest)
+
+    def start_from(self, files: list[Any]) -> bool:
+        """Load the tower from its files' bytes ([an ObjectRef of {name: bytes}])."""
+        import ray
+
+        folder = Path(tempfile.mkdtemp(prefix="searchlite-tower-"))
+        try:
+            for name, data in ray.get(files[0]).items():
+                (folder / name).write_bytes(data)
+            self.encoder = ImageTower.load(folder, self.key, self.threads)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)  # onnxruntime has read or mapped it
+        if self.encoder is None:
+            raise RuntimeError("the exported image tower sent by the driver cannot be loaded")
+        return True
 
     def can_read(self, path: str, digest: str) -> bool:
         """Whether this worker sees the driver's file at path (same content)."""
@@ -326,24 +371,7 @@ class EncodeActor:
             return ("error", None, f"cannot decode image: {type(e).__name__}: {e}")
 
 
-def _load_model(recipe: ModelRecipe, threads: int) -> Any:
-    if recipe["kind"] == "tower":
-        key = recipe["key"]
-        tower = ImageTower.load(Path(recipe["folder"]), key, threads)  # the driver's cache, when shared
-        if tower is None:
-            import ray
-
-            files = ray.get(recipe["files"][0])
-            folder = Path(tempfile.mkdtemp(prefix="searchlite-tower-"))
-            try:
-                for name, data in files.items():
-                    (folder / name).write_bytes(data)
-                tower = ImageTower.load(folder, key, threads)
-            finally:
-                shutil.rmtree(folder, ignore_errors=True)  # onnxruntime has read or mapped it
-        if tower is None:
-            raise RuntimeError("the exported image tower sent by the driver cannot be loaded")
-        return tower
+def _load_torch(recipe: ModelRecipe, threads: int) -> Any:
     import torch
 
     from ..models.loading import load_encoder
