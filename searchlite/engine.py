@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,7 +23,6 @@ from .classify import probe, zeroshot
 from .classify.classifier import DEFAULT_TAG_THRESHOLD, LinearClassifier
 from .classify.tags import Classification, classify, refresh_tags, store_tag_set
 from .config import DB_FILENAME, FAISS_FILENAME, LOCK_FILENAME, IndexSettings, model_cache_dir, resolve_index_dir
-from .evaluation.report import EvalReport
 from .errors import IndexNotFoundError, InvalidInputError, InvalidQueryError, ModelMismatchError, PathNotFoundError, TagNotFoundError, file_error
 from .ingest import scanner
 from .ingest.indexer import Indexer, IndexReport, ProgressFn
@@ -41,9 +40,10 @@ from .storage.vector_cache import VectorCache
 from .storage.vector_index import VectorIndex
 from .storage.writelock import writer_lock
 from .text.cache import TextCache
-from .text.export import export_text_tower
-from .text.tower import FILENAME as TEXT_TOWER_FILENAME
-from .text.tower import TextTower
+
+if TYPE_CHECKING:  # imported where used: an index run with nothing to say about text skips them
+    from .evaluation.report import EvalReport
+    from .text.tower import TextTower
 
 log = logging.getLogger(__name__)
 
@@ -340,6 +340,9 @@ class SearchEngine:
             return tower
         with self._lock:
             if self._text_tower is None and not self._tower_checked and self._uses_own_model():
+                from .text.tower import FILENAME as TEXT_TOWER_FILENAME
+                from .text.tower import TextTower
+
                 self._tower_checked = True
                 key = self.model_key()
                 self._text_tower = TextTower.load(model_cache_dir(key) / TEXT_TOWER_FILENAME, key)
@@ -351,12 +354,18 @@ class SearchEngine:
 
     def _export_text_tower(self, encoder: ClipEncoder) -> None:
         if self._text_tower is None and self._uses_own_model():  # once in use (its onnxruntime session too), it stays
+            from .text.export import export_text_tower
+            from .text.tower import FILENAME as TEXT_TOWER_FILENAME
+
             key = self.model_key()
             self._text_tower = export_text_tower(encoder, model_cache_dir(key) / TEXT_TOWER_FILENAME, key)
 
     def _move_text_tower_to_cache(self, index_dir: Path) -> None:
         """searchlite 0.1 kept a copy of the text tower beside each index (250 MB for the default
         model); a writer moves it to the user's cache, where every index of the model finds it."""
+        from .text.tower import FILENAME as TEXT_TOWER_FILENAME
+        from .text.tower import TextTower
+
         legacy = index_dir / TEXT_TOWER_FILENAME
         if not legacy.exists():
             return

@@ -182,6 +182,7 @@ class _Run:
     def process(self, work: list[FileInfo], progress: ProgressFn | None) -> None:
         settings = self.ix.settings
         decoders = DecodePool(settings.workers, settings.decode_timeout_s, settings.decoder_memory_limit)
+        decoders.start()  # their start-up overlaps the model's loading
         pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="searchlite-decode")
         try:
             prepare = functools.partial(self._prepare, decoders)

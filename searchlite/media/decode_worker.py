@@ -80,6 +80,7 @@ class DecodeWorker:
         self.memory_limit = memory_limit
         self._process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
+        self._asked = False  # to exit, by ask_to_exit
         self.closed = False
 
     def decode(self, data: bytes, **kwargs: Any) -> Decoded:
@@ -108,6 +109,10 @@ class DecodeWorker:
             return Decoded(Image.frombytes("RGB", size, pixels), width, height)
         raise ImageDecodeError(f"{reason}, {CRASH_ATTEMPTS} times")
 
+    def start(self) -> None:
+        """Start the child if it is not running."""
+        self._ensure_started()
+
     def _ensure_started(self) -> Connection:
         if self.closed:
             raise DecodeCancelled()
@@ -121,6 +126,7 @@ class DecodeWorker:
             )
             theirs.close()
             self._conn = Connection(ours.detach())
+            self._asked = False
         return self._conn
 
     def _exit_code(self) -> int | None:
@@ -144,13 +150,22 @@ class DecodeWorker:
             self._conn.close()
         self._process = self._conn = None
 
-    def close(self) -> None:
-        """Ask the child to exit; kill it if it does not."""
-        if self._conn is not None and self._process is not None:
+    def ask_to_exit(self) -> None:
+        """Tell the child to exit when it is done (close() then waits for it)."""
+        if self._conn is not None and self._process is not None and not self._asked:
+            self._asked = True
             try:
                 self._conn.send(None)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        """Ask the child to exit; kill it if it does not within 2 s."""
+        self.ask_to_exit()
+        if self._process is not None:
+            try:
                 self._process.wait(2)
-            except (OSError, subprocess.TimeoutExpired):
+            except subprocess.TimeoutExpired:
                 pass
         self.kill()
 
@@ -163,6 +178,12 @@ class DecodePool:
         self._free: queue.Queue[DecodeWorker] = queue.Queue()
         for worker in self._workers:
             self._free.put(worker)
+
+    def start(self) -> None:
+        """Start every child now (they are otherwise started on first use), so that their start-up
+        overlaps whatever the caller does before the first decode, such as loading a model."""
+        for worker in self._workers:
+            worker.start()
 
     @contextmanager
     def worker(self) -> Iterator[DecodeWorker]:
@@ -184,6 +205,8 @@ class DecodePool:
 
     def close(self) -> None:
         """Stop every child; call when no thread uses the pool any more."""
-        for worker in self._workers:
+        for worker in self._workers:  # all at once: each child takes a while to exit
             worker.closed = True
+            worker.ask_to_exit()
+        for worker in self._workers:
             worker.close()
