@@ -25,11 +25,7 @@ from .classify.tags import Classification, classify, refresh_tags, store_tag_set
 from .config import DB_FILENAME, FAISS_FILENAME, LOCK_FILENAME, IndexSettings, model_cache_dir, resolve_index_dir
 from .errors import IndexNotFoundError, InvalidInputError, InvalidQueryError, ModelMismatchError, PathNotFoundError, TagNotFoundError, file_error
 from .ingest import scanner
-from .ingest.indexer import Indexer, IndexReport, ProgressFn
-from .media.decode_worker import DecodePool
-from .media.embed_files import embed_files, read_image_file
 from .models.encoder import ClipEncoder, ImageEncoder
-from .models.image_tower import ImageTower, export_image_tower
 from .models.loading import load_encoder, surely_cpu
 from .models.spec import ModelSpec, reconcile, spec_from_flags
 from .query.search import Hit, query_vector, search
@@ -41,8 +37,11 @@ from .storage.vector_index import VectorIndex
 from .storage.writelock import writer_lock
 from .text.cache import TextCache
 
-if TYPE_CHECKING:  # imported where used: an index run with nothing to say about text skips them
+if TYPE_CHECKING:  # imported where used: a cold text query needs no decoders, an index run no text tower
     from .evaluation.report import EvalReport
+    from .ingest.indexer import IndexReport, ProgressFn
+    from .media.decode_worker import DecodePool
+    from .models.image_tower import ImageTower
     from .text.tower import TextTower
 
 log = logging.getLogger(__name__)
@@ -177,6 +176,8 @@ class SearchEngine:
     def index(self, folder: str | os.PathLike[str], progress: ProgressFn | None = None) -> IndexReport:
         """Bring the index in line with folder: add new files, re-encode changed ones, follow moves,
         drop deleted ones. Only what changed since the last run is read."""
+        from .ingest.indexer import Indexer
+
         index_dir = self._folder()
         self._store.check_writable()
         root = os.path.abspath(os.fspath(folder))
@@ -298,6 +299,8 @@ class SearchEngine:
         decoded in an isolated decoder process under the index's time and memory limits; with
         min_side, reduced cheaply to no less than twice that on its shorter side. Raises
         PathNotFoundError or ImageDecodeError. Safe from many threads (a pool of decoders)."""
+        from .media.embed_files import read_image_file
+
         data = read_image_file(os.fspath(path))
         return self._decoder_pool().decode(data, min_side=min_side, max_pixels=self.settings.max_pixels).image
 
@@ -318,6 +321,8 @@ class SearchEngine:
         return np.stack([vectors[p] for p in paths])
 
     def _embed_files(self, paths: list[str], what: str = "file") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        from .media.embed_files import embed_files
+
         def batch_size() -> int:
             return self.settings.batch_size_on(self._image_encoder.device if self._image_encoder else "cpu")
 
@@ -328,6 +333,8 @@ class SearchEngine:
         first use, stopped by close())."""
         with self._lock:
             if self._decoders is None:
+                from .media.decode_worker import DecodePool
+
                 self._decoders = DecodePool(self.settings.workers, self.settings.decode_timeout_s, self.settings.decoder_memory_limit)
             return self._decoders
 
@@ -397,6 +404,8 @@ class SearchEngine:
             return self._image_encoder
 
     def _image_tower(self) -> ImageTower | None:
+        from .models.image_tower import ImageTower, export_image_tower
+
         if not (self._uses_own_model() and surely_cpu(self._device) and self.settings.precision in ("auto", "fp32")):
             return None
         key = self.model_key()
