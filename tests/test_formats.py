@@ -17,7 +17,9 @@ from typer.testing import CliRunner
 from searchlite.cli import app
 from searchlite.errors import ImageDecodeError
 from searchlite.media.images import HEADER_BYTES, decode_rgb, detect_format, open_image
-from tests.raw_files import write_dng
+from tests.conftest import load_script
+
+write_dng = load_script("make_dng").write_dng
 
 RED, BLUE, GREEN = (220, 20, 20), (20, 20, 220), (20, 200, 20)
 

@@ -1,11 +1,17 @@
-"""Real camera RAW files for tests: a minimal valid DNG (Adobe's open RAW format, which LibRaw reads
-like any camera's) written by hand, as a camera writes it: a Bayer mosaic of 12-bit sensor values in
-a sub-directory, an embedded JPEG preview in the first directory, the orientation in a tag."""
+"""Write real camera RAW files from pictures: a minimal valid DNG (Adobe's open RAW format, which
+LibRaw reads like any camera's), as a camera writes it: a Bayer mosaic of 12-bit sensor values in a
+sub-directory, an embedded JPEG preview in the first directory, the orientation in a tag. For tests
+and benchmarks (rawpy decodes these for real), and for trying searchlite on RAW files:
+
+    python scripts/make_dng.py photo.jpg photo.dng [--preview 1600] [--orientation 6]
+"""
 
 from __future__ import annotations
 
+import argparse
 import io
 import struct
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -41,9 +47,10 @@ class _Directory:
 
 
 def srgb_to_linear(pixels: np.ndarray) -> np.ndarray:
-    """8-bit sRGB (h, w, 3) -> linear light in [0, 1]."""
-    c = pixels.astype(np.float64) / 255.0
-    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    """8-bit sRGB (h, w, 3) -> linear light in [0, 1] (float32)."""
+    c = np.arange(256, dtype=np.float64) / 255.0
+    table = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4).astype(np.float32)
+    return table[pixels]
 
 
 def write_dng(picture: Image.Image, preview: Image.Image | None = None, *, orientation: int = 1, make: str = "Searchlite") -> bytes:
@@ -52,12 +59,11 @@ def write_dng(picture: Image.Image, preview: Image.Image | None = None, *, orien
     linear = srgb_to_linear(np.asarray(picture.convert("RGB")))
     h, w, _ = linear.shape
     white = 4095
-    sensor = np.clip(linear, 0, 1) * white
     mosaic = np.empty((h, w), np.uint16)  # RGGB
-    mosaic[0::2, 0::2] = sensor[0::2, 0::2, 0]
-    mosaic[0::2, 1::2] = sensor[0::2, 1::2, 1]
-    mosaic[1::2, 0::2] = sensor[1::2, 0::2, 1]
-    mosaic[1::2, 1::2] = sensor[1::2, 1::2, 2]
+    mosaic[0::2, 0::2] = linear[0::2, 0::2, 0] * white
+    mosaic[0::2, 1::2] = linear[0::2, 1::2, 1] * white
+    mosaic[1::2, 0::2] = linear[1::2, 0::2, 1] * white
+    mosaic[1::2, 1::2] = linear[1::2, 1::2, 2] * white
 
     first = _Directory()
     strips: list[tuple[_Directory, bytes]] = []
@@ -134,3 +140,23 @@ def write_dng(picture: Image.Image, preview: Image.Image | None = None, *, orien
 
     body = encode(first) + encode(raw)
     return b"II*\0" + struct.pack("<I", first_at) + body + bytes(blobs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("picture", type=Path, help="any picture Pillow reads (as the sensor saw it)")
+    parser.add_argument("output", type=Path)
+    parser.add_argument("--preview", type=int, default=0, metavar="PX", help="embed a JPEG preview this wide (0: none)")
+    parser.add_argument("--orientation", type=int, default=1, choices=range(1, 9), help="EXIF orientation to record")
+    args = parser.parse_args()
+    picture = Image.open(args.picture).convert("RGB")
+    picture = picture.crop((0, 0, picture.width // 2 * 2, picture.height // 2 * 2))
+    preview = None
+    if args.preview:
+        preview = picture.resize((args.preview, round(args.preview * picture.height / picture.width)), Image.LANCZOS)
+    args.output.write_bytes(write_dng(picture, preview, orientation=args.orientation))
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
