@@ -319,3 +319,29 @@ def test_files_needing_a_missing_extra_fail_with_its_install_command_until_it_is
     result = cli("index", album)
     assert "2 updated" in result.stderr and "0 failed" in result.stderr, result.stderr
     assert json.loads(cli("info", "--json").stdout)["images"] == 4
+
+
+def test_files_an_older_searchlite_called_not_images_are_looked_at_again_once(cli, tmp_path: Path, index_dir: Path) -> None:
+    from searchlite.config import DB_FILENAME
+    from searchlite.storage.store import SKIPPED, Store
+
+    album = tmp_path / "album"
+    album.mkdir()
+    heic = album / "IMG_0001.HEIC"
+    heic.write_bytes(_save(_photo("astronaut"), "HEIF", quality=80))
+    notes = album / "notes.txt"
+    notes.write_text("a text file")
+    assert "1 added" in cli("index", album).stderr
+    # the verdicts of a searchlite that knew no HEIC (no record of the formats it knew)
+    store = Store.open(index_dir / DB_FILENAME, create=False)
+    try:
+        with store.transaction() as tx:
+            for path in (heic, notes):
+                st = path.stat()
+                tx.put(str(path), size=st.st_size, mtime_ns=st.st_mtime_ns, content_hash=None, state=SKIPPED, error="not an image")
+    finally:
+        store.close()
+    result = cli("index", album)
+    assert "1 updated" in result.stderr and "1 not images" in result.stderr, result.stderr
+    assert "2 unchanged" in cli("index", album).stderr  # judged under this version: not read again
+    assert json.loads(cli("info", "--json").stdout)["images"] == 1

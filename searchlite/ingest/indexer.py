@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int], None]
 
+NOT_AN_IMAGE = "not an image"  # the skip reason of a file no decoder recognises
+
 def decode_settings(settings: IndexSettings) -> dict[str, float]:
     """The settings a decoding verdict depends on."""
     return {"max_megapixels": settings.max_megapixels, "decode_timeout_s": settings.decode_timeout_s}
@@ -138,6 +140,8 @@ class Indexer:
             if row is not None and row.size == f.size and row.mtime_ns == f.mtime_ns:
                 if row.state == FAILED and _judge_again(row.failed_under, current, extra_available):
                     work.append(f)  # failed under other limits, or for an extra now installed
+                elif row.state == SKIPPED and row.error == NOT_AN_IMAGE and _formats_version(row) != images.FORMATS_VERSION:
+                    work.append(f)  # judged by a searchlite that knew fewer formats
                 elif (f.skip == scanner.RAW_SIBLING) != (row.state == SKIPPED and row.error == scanner.RAW_SIBLING):
                     work.append(f)  # the sibling rule's verdict changed (the setting, or the JPEG came or went)
                 else:
@@ -165,6 +169,11 @@ class Indexer:
         report.seconds = time.monotonic() - started
         return report
 
+
+
+def _formats_version(row: FileRow) -> int:
+    """The images.FORMATS_VERSION a "not an image" verdict was given under (1: before it was kept)."""
+    return int((row.failed_under or {}).get("formats", 1))
 
 
 def _judge_again(failed_under: dict[str, Any] | None, current: dict[str, Any], extra_available: Callable[[str], bool]) -> bool:
@@ -254,7 +263,7 @@ class _Run:
             return _Prepared(f, digest, reuse=True)
         fmt = images.detect_format(data[: images.HEADER_BYTES], f.path)
         if fmt is None:
-            return _Prepared(f, digest, skipped="not an image")
+            return _Prepared(f, digest, skipped=NOT_AN_IMAGE)
         needs = images.missing_extra(fmt)
         if needs is not None:  # known without a decoder; judged again once the extra is installed
             return _Prepared(f, digest, error=images.missing_extra_reason(needs), by_settings=True, needs=needs)
@@ -312,6 +321,8 @@ class _Run:
                     failed_under = decode_settings(self.ix.settings) if p.by_settings else None
                     if p.needs is not None:
                         failed_under = {**(failed_under or {}), "needs": p.needs}
+                    if p.skipped == NOT_AN_IMAGE:  # the column keeps what a verdict was reached under
+                        failed_under = {"formats": images.FORMATS_VERSION}
                     tx.put(f.path, size=f.size, mtime_ns=f.mtime_ns, content_hash=p.content_hash, state=state, error=reason,
                            failed_under=failed_under)
                     if old is not None and old.state == INDEXED:

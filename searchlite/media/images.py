@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 # pillow-heif's. Camera RAW (RAW_FORMATS) goes through rawpy instead.
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "TIFF", "BMP", "HEIF", "AVIF"})
 
+# Bumped whenever detect_format learns formats: a file judged "not an image" under an older
+# number is looked at again (2: HEIF, AVIF and camera RAW)
+FORMATS_VERSION = 2
+
 # How many leading bytes detect_format reads: a TIFF-based RAW is told from a plain TIFF by tags in
 # its first directory, which cameras write near the start
 HEADER_BYTES = 65536
@@ -201,7 +205,7 @@ def decode_rgb(
     try:
         fmt = detect_format(data[:HEADER_BYTES], name)
         if fmt in RAW_FORMATS:
-            img, width, height, transpose = _open_raw(data, fmt, min_side, max_pixels)
+            img, width, height, transpose = _open_raw(data, min_side, max_pixels)
         else:
             img = open_image(data, fmt)
             width, height = img.size
@@ -255,7 +259,7 @@ def _check_pixels(width: int, height: int, max_pixels: int | None) -> None:
 
 
 def _open_raw(
-    data: bytes, fmt: str, min_side: int | None, max_pixels: int | None
+    data: bytes, min_side: int | None, max_pixels: int | None
 ) -> tuple[Image.Image, int, int, Image.Transpose | None]:
     """A camera RAW as (picture as the sensor saw it, sensor width, height, the transpose that
     shows it upright); see decode_rgb."""
