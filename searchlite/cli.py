@@ -190,6 +190,14 @@ def index(
     precision: Annotated[
         Optional[str], typer.Option(metavar="auto|fp32|bf16|fp16", help="Image tower precision; auto keeps fp32 unless the hardware has fast fp16/bf16 that matches it. [default: auto]")
     ] = None,
+    raw_siblings: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--raw-siblings/--no-raw-siblings",
+            help="Also index camera RAW files that have a same-name JPEG beside them (IMG_1.CR2 + IMG_1.JPG); the index remembers the choice. [default: off]",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Index photo folders: the first run reads everything, later runs only what changed."""
     from dataclasses import replace
@@ -197,7 +205,7 @@ def index(
     from .config import IndexSettings
 
     flags = {"batch_size": batch_size, "workers": workers, "max_megapixels": max_megapixels, "follow_links": follow_links, "precision": precision}
-    settings = replace(IndexSettings(), **{k: v for k, v in flags.items() if v})
+    settings = replace(IndexSettings(), **{k: v for k, v in flags.items() if v}, raw_siblings=raw_siblings)
     for folder in folders:  # every folder before any work: a typo must not cost a model load
         if not os.path.exists(folder):
             typer.echo(f"searchlite: error: folder {_printable(str(folder))} not found", err=True)
@@ -215,6 +223,9 @@ def index(
                 typer.echo(f"  link not followed (out of the collection; --follow-links follows it): {_printable(path)}", err=True)
             if len(report.not_followed) > 10:
                 typer.echo(f"  … and {len(report.not_followed) - 10} more: searchlite info --skipped", err=True)
+            if report.raw_siblings:
+                typer.echo(f"  {report.raw_siblings} camera raw file{'s' if report.raw_siblings != 1 else ''} not indexed: "
+                           "the same-name JPEG beside each is (--raw-siblings indexes both)", err=True)
 
 
 @contextmanager
@@ -293,6 +304,15 @@ def info(
         _write([_describe_info(facts).encode("utf-8", "backslashreplace")])
 
 
+def _raw_sibling_row(facts: dict[str, Any]) -> list[tuple[str, str]]:
+    """info's line on camera RAW files beside same-name JPEGs, when there is something to say."""
+    if facts.get("raw_siblings_indexed"):
+        return [("raw siblings", "indexed beside their JPEGs (--no-raw-siblings skips them)")]
+    if facts.get("raw_siblings_skipped"):
+        return [("raw siblings", f"{facts['raw_siblings_skipped']} not indexed, their same-name JPEGs are (--raw-siblings indexes both)")]
+    return []
+
+
 _SEARCH_KINDS = {"exact": "exact search", "ivf": "approximate search (IVF)"}
 
 
@@ -304,6 +324,7 @@ def _describe_info(facts: dict[str, Any]) -> str:
         ("images", str(facts["images"])),
         ("failed", str(facts["failed"]) + (" (searchlite info --failed lists them)" if facts["failed"] else "")),
         ("not images", str(facts["not_images"])),
+        *_raw_sibling_row(facts),
         ("model", facts["model"] or "none yet (the first index run records it)"),
         ("dimensions", str(facts["dim"] or "none yet")),
         ("database", _human_size(facts["database_bytes"])),

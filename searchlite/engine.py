@@ -14,6 +14,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -175,7 +176,10 @@ class SearchEngine:
 
     def index(self, folder: str | os.PathLike[str], progress: ProgressFn | None = None) -> IndexReport:
         """Bring the index in line with folder: add new files, re-encode changed ones, follow moves,
-        drop deleted ones. Only what changed since the last run is read."""
+        drop deleted ones. Only what changed since the last run is read.
+
+        settings.raw_siblings, when given, is remembered by the index for later runs: a camera RAW
+        file beside a same-name JPEG is skipped (the JPEG is indexed) unless it is True."""
         from .ingest.indexer import Indexer
 
         index_dir = self._folder()
@@ -192,7 +196,7 @@ class SearchEngine:
                 self._store,
                 vectors,
                 self.image_encoder,
-                self.settings,
+                self._remembered_settings(),
                 on_snapshot=self._save_vectors,
                 exclude=[str(index_dir.resolve()), os.path.abspath(index_dir)],
             )
@@ -218,6 +222,16 @@ class SearchEngine:
             report.model_seconds = self.model_load_seconds - loading_before
             report.seconds = time.monotonic() - started - report.model_seconds
             return report
+
+    def _remembered_settings(self) -> IndexSettings:
+        """This run's settings, with those the index remembers (raw_siblings) filled in where not
+        given, and remembered where given."""
+        stored = bool(self._store.get_info("raw_siblings"))
+        if self.settings.raw_siblings is None:
+            return replace(self.settings, raw_siblings=stored)
+        if self.settings.raw_siblings != stored:
+            self._store.set_info("raw_siblings", self.settings.raw_siblings)
+        return self.settings
 
     # --- search --------------------------------------------------------------------------------
 
@@ -302,7 +316,7 @@ class SearchEngine:
         from .media.embed_files import read_image_file
 
         data = read_image_file(os.fspath(path))
-        return self._decoder_pool().decode(data, min_side=min_side, max_pixels=self.settings.max_pixels).image
+        return self._decoder_pool().decode(data, min_side=min_side, max_pixels=self.settings.max_pixels, name=os.fspath(path)).image
 
     def embed_text(self, texts: str | Sequence[str]) -> np.ndarray:
         """Unit text embeddings (n, d) from the index's model, one row per text (a single string is
@@ -468,13 +482,17 @@ class SearchEngine:
         db = index_dir / DB_FILENAME
         db_bytes = sum(p.stat().st_size for p in (db, db.with_name(db.name + "-wal")) if p.exists())
         faiss_file = index_dir / FAISS_FILENAME
-        links = sum(r.error == scanner.LINK_OUT_OF_COLLECTION for r in self.skipped()) if counts.get(SKIPPED) else 0
+        reasons = [r.error for r in self.skipped()] if counts.get(SKIPPED) else []
+        links = reasons.count(scanner.LINK_OUT_OF_COLLECTION)
+        raw_siblings = reasons.count(scanner.RAW_SIBLING)
         return {
             "index": str(index_dir.resolve()),
             "images": counts.get(INDEXED, 0),
             "failed": counts.get(FAILED, 0),
-            "not_images": counts.get(SKIPPED, 0) - links,
+            "not_images": counts.get(SKIPPED, 0) - links - raw_siblings,
             "links_not_followed": links,
+            "raw_siblings_skipped": raw_siblings,  # camera RAW files whose same-name JPEG is indexed
+            "raw_siblings_indexed": bool(self._store.get_info("raw_siblings")),  # the remembered setting
             "model": ModelSpec.from_record(recorded).describe() if recorded else None,
             "dim": self._store.get_info("embed_dim"),
             "database_bytes": db_bytes,

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int], None]
 
+NOT_AN_IMAGE = "not an image"  # the skip reason of a file no decoder recognises
+
 def decode_settings(settings: IndexSettings) -> dict[str, float]:
     """The settings a decoding verdict depends on."""
     return {"max_megapixels": settings.max_megapixels, "decode_timeout_s": settings.decode_timeout_s}
@@ -56,6 +58,7 @@ class IndexReport:
     failed: int = 0
     skipped: int = 0  # files that are not images
     links_not_followed: int = 0  # links to files out of the collection (see --follow-links)
+    raw_siblings: int = 0  # camera RAW files not indexed because their same-name JPEG is
     retry_later: int = 0  # files that changed while being read: the next run takes them
     tagged: int = 0  # images given tags by the index's tag sets
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
@@ -75,6 +78,8 @@ class IndexReport:
         ]
         if self.links_not_followed:
             parts.append(f"{self.links_not_followed} link{'s' if self.links_not_followed != 1 else ''} not followed")
+        if self.raw_siblings:
+            parts.append(f"{self.raw_siblings} raw{'s' if self.raw_siblings != 1 else ''} with a JPEG beside")
         if self.retry_later:
             parts.append(f"{self.retry_later} changing (next run)")
         rate = f", {self.encoded / self.seconds:.1f} img/s" if self.encoded and self.seconds else ""
@@ -95,6 +100,7 @@ class _Prepared:
     skipped: str | None = None  # why it is not indexed (not an image, a link out of the collection)
     error: str | None = None  # why it failed
     by_settings: bool = False  # the failure came from decoding, under decode_settings()
+    needs: str | None = None  # the optional extra whose absence failed it (images.missing_extra)
     vanished: bool = False  # deleted while the run went on
     changing: bool = False  # written to while it was read: left for the next run
 
@@ -121,17 +127,23 @@ class Indexer:
     def run(self, root: str, progress: ProgressFn | None = None) -> IndexReport:
         started = time.monotonic()
         report = IndexReport()
-        files = list(scanner.scan(root, self.exclude, follow_links=self.settings.follow_links))
+        files = list(scanner.scan(root, self.exclude, follow_links=self.settings.follow_links,
+                                  raw_siblings=bool(self.settings.raw_siblings)))
         known = self.store.rows_under(root)
         seen = {f.path for f in files}
         missing = [row for path, row in known.items() if path not in seen]
         current = decode_settings(self.settings)
+        extra_available = functools.cache(images.extra_available)
         work = []
         for f in files:
             row = known.get(f.path)
             if row is not None and row.size == f.size and row.mtime_ns == f.mtime_ns:
-                if row.state == FAILED and row.failed_under not in (None, current):
-                    work.append(f)  # failed under other limits: judge it again under these
+                if row.state == FAILED and _judge_again(row.failed_under, current, extra_available):
+                    work.append(f)  # failed under other limits, or for an extra now installed
+                elif row.state == SKIPPED and row.error == NOT_AN_IMAGE and _formats_version(row) != images.FORMATS_VERSION:
+                    work.append(f)  # judged by a searchlite that knew fewer formats
+                elif (f.skip == scanner.RAW_SIBLING) != (row.state == SKIPPED and row.error == scanner.RAW_SIBLING):
+                    work.append(f)  # the sibling rule's verdict changed (the setting, or the JPEG came or went)
                 else:
                     report.unchanged += 1
             else:
@@ -157,6 +169,22 @@ class Indexer:
         report.seconds = time.monotonic() - started
         return report
 
+
+
+def _formats_version(row: FileRow) -> int:
+    """The images.FORMATS_VERSION a "not an image" verdict was given under (1: before it was kept)."""
+    return int((row.failed_under or {}).get("formats", 1))
+
+
+def _judge_again(failed_under: dict[str, Any] | None, current: dict[str, Any], extra_available: Callable[[str], bool]) -> bool:
+    """Whether a file that failed (unchanged since) is decoded again: when it failed for want of an
+    extra that is installed now, or under other limits than these."""
+    if failed_under is None:
+        return False
+    needs = failed_under.get("needs")
+    if needs is not None:
+        return extra_available(needs)
+    return failed_under != current
 
 
 class _Run:
@@ -234,12 +262,16 @@ class _Run:
         digest = content_hash(data)
         if digest in self.known_hashes:
             return _Prepared(f, digest, reuse=True)
-        if images.detect_format(data[: images.HEADER_BYTES]) is None:
-            return _Prepared(f, digest, skipped="not an image")
+        fmt = images.detect_format(data[: images.HEADER_BYTES], f.path)
+        if fmt is None:
+            return _Prepared(f, digest, skipped=NOT_AN_IMAGE)
+        needs = images.missing_extra(fmt)
+        if needs is not None:  # known without a decoder; judged again once the extra is installed
+            return _Prepared(f, digest, error=images.missing_extra_reason(needs), by_settings=True, needs=needs)
         encoder = self.ix.get_encoder()  # the model loads on first need; its errors stop the run
         try:
             with decoders.worker() as decoder:
-                decoded = decoder.decode(data, **decode_options(self.ix.settings, encoder))
+                decoded = decoder.decode(data, **decode_options(self.ix.settings, encoder), name=f.path)
             tensor = encoder.preprocess(decoded.image)
         except ImageDecodeError as e:
             return _Prepared(f, digest, error=str(e), by_settings=True)
@@ -288,6 +320,10 @@ class _Run:
                 if p.error is not None or p.skipped is not None:
                     state, reason = (FAILED, p.error) if p.error is not None else (SKIPPED, p.skipped)
                     failed_under = decode_settings(self.ix.settings) if p.by_settings else None
+                    if p.needs is not None:
+                        failed_under = {**(failed_under or {}), "needs": p.needs}
+                    if p.skipped == NOT_AN_IMAGE:  # the column keeps what a verdict was reached under
+                        failed_under = {"formats": images.FORMATS_VERSION}
                     tx.put(f.path, size=f.size, mtime_ns=f.mtime_ns, content_hash=p.content_hash, state=state, error=reason,
                            failed_under=failed_under)
                     if old is not None and old.state == INDEXED:
@@ -298,6 +334,8 @@ class _Run:
                     elif p.skipped == scanner.LINK_OUT_OF_COLLECTION:
                         report.links_not_followed += 1
                         report.not_followed.append(f.path)
+                    elif p.skipped == scanner.RAW_SIBLING:
+                        report.raw_siblings += 1
                     else:
                         report.skipped += 1
                     continue
