@@ -198,3 +198,23 @@ def test_moved_and_copied_photos_keep_their_metadata(engine_factory, tmp_path: P
     assert (report.moved, report.added, report.encoded) == (1, 1, 0)
     assert names(engine.search("a photo", place="Lisbon")) == ["lisbon moved.jpg"]
     assert set(names(engine.search("a photo", camera="iphone", after="2023"))) == {"alps.jpg", "copy.jpg"}
+
+
+def test_the_http_api_takes_the_same_filters(exif_index) -> None:
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from searchlite.server.app import create_app
+
+    engine, folder = exif_index
+    with TestClient(create_app(engine), base_url="http://127.0.0.1") as client:
+        response = client.get("/api/search", params={"q": "a photo", "camera": "iphone", "after": "2023"})
+        assert response.status_code == 200, response.text
+        [hit] = response.json()["hits"]
+        assert Path(hit["path"]).name == "alps.jpg" and hit["taken_at"] == "2023-08-02T09:00:00"
+        response = client.get("/api/search", params={"sort": "-date", "near": "46.55,7.98,20"})
+        assert [Path(h["path"]).name for h in response.json()["hits"]] == ["alps.jpg"]
+        response = client.get("/api/search", params={"sort": "date", "path": str(folder / "*.jpg")})
+        assert [Path(h["path"]).name for h in response.json()["hits"]] == ["old.jpg", "lisbon.jpg", "alps.jpg"]
+        response = client.get("/api/search", params={"q": "a photo", "before": "2023-13"})
+        assert response.status_code == 400 and "cannot read the date '2023-13'" in response.json()["error"]
