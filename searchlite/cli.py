@@ -301,6 +301,35 @@ def query(
 
 
 @app.command()
+def duplicates(
+    tier: Annotated[str, typer.Option(metavar="exact|near|similar", help="exact: same bytes; near: the same picture re-encoded, resized, cropped a little, rotated or converted; similar: burst shots, the same scene.")] = "near",
+    path: Annotated[Optional[str], typer.Option("--path", metavar="DIR|GLOB", help="Only images under this folder, or matching this glob.")] = None,
+    as_json: JsonOpt = False,
+    index: IndexOpt = None,
+) -> None:
+    """Groups of duplicate images, each with a suggested keeper (largest, then earliest, then shortest path). Deletes nothing."""
+    if tier not in ("exact", "near", "similar"):
+        typer.echo(f"searchlite: error: unknown --tier {tier!r}: give --tier exact, near or similar", err=True)
+        raise typer.Exit(2)
+    with _user_errors(), _open(index, create=False) as engine:
+        groups = engine.duplicates(tier, path=path)
+    spare = sum(len(g.files) - 1 for g in groups)
+    typer.echo(f"{len(groups)} group{'s' if len(groups) != 1 else ''} of {tier} duplicates; {spare} file{'s' if spare != 1 else ''} beside the keepers (nothing was deleted)", err=True)
+    if as_json:
+        _write(_json_line(g.to_dict()) for g in groups)
+        return
+
+    def lines() -> Iterator[bytes]:
+        for n, g in enumerate(groups, 1):
+            yield f"group {n}: {len(g.files)} files, keep the first ({g.reason})\n".encode()
+            for f in g.files:
+                size = f"{f.width}x{f.height}" if f.width and f.height else "?"
+                yield f"{'keep' if f.keeper else '    '}\t{size}\t{f.taken_at or '-'}\t".encode() + os.fsencode(f.path) + b"\n"
+
+    _write(lines())
+
+
+@app.command()
 def info(
     as_json: JsonOpt = False,
     failed: Annotated[bool, typer.Option("--failed", help="List the files that failed, with reasons.")] = False,

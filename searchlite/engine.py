@@ -23,7 +23,7 @@ from .classify import probe, zeroshot
 from .classify.classifier import DEFAULT_TAG_THRESHOLD, LinearClassifier
 from .classify.tags import Classification, classify, refresh_tags, store_tag_set
 from .config import DB_FILENAME, FAISS_FILENAME, LOCK_FILENAME, IndexSettings, resolve_index_dir
-from .errors import IndexNotFoundError, IndexVersionError, InvalidInputError, InvalidQueryError, ModelMismatchError, PathNotFoundError, TagNotFoundError, file_error
+from .errors import IndexNotFoundError, IndexVersionError, InvalidInputError, SearchliteError, InvalidQueryError, ModelMismatchError, PathNotFoundError, TagNotFoundError, file_error
 from .ingest import scanner
 from .ingest.indexer import Indexer, IndexReport, ProgressFn
 from .media.decode_worker import DecodePool
@@ -31,7 +31,9 @@ from .media.embed_files import embed_files, read_image_file
 from .models.encoder import ClipEncoder
 from .models.loading import load_encoder
 from .models.spec import ModelSpec, reconcile, spec_from_flags
-from .query import relevance
+from .media.metadata import perceptual_hash
+from .query import duplicates, relevance
+from .query.duplicates import DuplicateGroup
 from .query.filters import Filters
 from .query.relevance import fixed_cutoff
 from .query.search import SORTS, Hit, list_by_date, query_vector, rank_all, search
@@ -349,6 +351,39 @@ class SearchEngine:
         if among is not None and not len(among):
             return []
         return self._ranked(vectors, np.ascontiguousarray(query / norm), k, among, sort, min_score, all_ranked)
+
+    def duplicates(self, tier: str = duplicates.NEAR, *, path: str | os.PathLike[str] | None = None) -> list[DuplicateGroup]:
+        """Groups of duplicate images, largest first, each with a suggested keeper and why (see
+        query/duplicates.py for the tiers: "exact", "near", "similar"); path: only images under
+        this folder or matching this glob. Reads the index only; never deletes anything."""
+        if tier not in duplicates.TIERS:
+            raise InvalidInputError(f"unknown duplicate tier {tier!r}: give exact, near or similar")
+        self._folder()
+        among = self.filters(path=path).matching_ids(self._store) if path is not None else None
+        rows = {
+            r.id: {"path": os.fsdecode(r.path), "width": r.width, "height": r.height, "size": r.size, "taken_at": r.taken_at,
+                   "content_hash": r.content_hash, "phash": r.phash}
+            for r in self._store.select_where(("path", "width", "height", "size", "taken_at", "content_hash", "phash"))
+        }
+        wanted = set(rows) if among is None else set(among.tolist()) & set(rows)
+        wanted = {i for i in wanted if os.path.exists(rows[i]["path"])}  # files deleted since the last index run
+        ids_parts, vector_parts = [], []
+        for chunk_ids, chunk_vectors in self._store.iter_vectors():
+            keep = np.fromiter((int(i) in wanted for i in chunk_ids), dtype=bool, count=len(chunk_ids))
+            ids_parts.append(chunk_ids[keep])
+            vector_parts.append(chunk_vectors[keep])
+        if not ids_parts:
+            return []
+        ids, vectors = np.concatenate(ids_parts), np.concatenate(vector_parts)
+
+        def phash_of(image_id: int) -> str | None:  # rows indexed before hashes were stored
+            try:
+                return perceptual_hash(self.decode_image(rows[image_id]["path"], min_side=64))
+            except SearchliteError as e:
+                log.info("no perceptual hash for %s: %s", rows[image_id]["path"], e)
+                return None
+
+        return duplicates.find_groups(tier, ids, vectors, rows, phash_of)
 
     def files(self, ids: Iterable[int]) -> dict[int, FileRow]:
         """Indexed files by id; ids that are not indexed are absent."""
