@@ -78,7 +78,7 @@ def range_pairs(vectors: np.ndarray, threshold: float, *, nprobe: int = 12, seed
         index.nprobe = min(nprobe, nlist)
     index.add(vectors)
     limits, scores, found = index.range_search(vectors, float(threshold))
-    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(limits))
+    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(limits).astype(np.int64))
     keep = rows < found
     return rows[keep], found[keep].astype(np.int64), scores[keep]
 
