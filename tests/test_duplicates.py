@@ -87,3 +87,18 @@ def test_the_range_search_finds_the_pairs_an_exhaustive_comparison_finds() -> No
     assert set(zip(left.tolist(), right.tolist())) == ref
     groups = {frozenset(g) for g in components(900, left, right)}
     assert groups == {frozenset(np.nonzero(owner == c)[0].tolist()) for c in np.unique(owner) if (owner == c).sum() > 1}
+
+
+def test_the_approximate_range_search_of_large_sets_finds_the_close_pairs() -> None:
+    rng = np.random.default_rng(4)
+    n, d = 6000, 128  # above IVF_MIN_VECTORS: PCA + IVF candidates, checked exactly
+    centres = rng.standard_normal((4000, d)).astype(np.float32)
+    owner = np.concatenate([np.arange(4000), rng.integers(0, 4000, n - 4000)])
+    vectors = centres[owner] + 0.2 * rng.standard_normal((n, d)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    left, right, scores = range_pairs(vectors, 0.9)
+    assert np.all(scores >= 0.9) and np.all(left < right)
+    sims = vectors @ vectors.T
+    ref = {(i, j) for i, j in zip(*np.nonzero(sims >= 0.9)) if i < j}
+    found = set(zip(left.tolist(), right.tolist()))
+    assert found <= ref and len(found) >= 0.97 * len(ref), (len(found), len(ref))

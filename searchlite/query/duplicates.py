@@ -7,9 +7,9 @@
   are as close, are not called duplicates.
 - similar: vectors at cosine >= SIMILAR_COSINE (burst shots, the same scene), no pixel check.
 
-Candidate pairs come from a FAISS range search (an IVF index for large sets: each vector is compared
-with the few lists near it, not with every other one); groups are the connected components of the
-confirmed pairs. The keeper is the largest picture, then the earliest taken, then the shortest path.
+Candidate pairs come from a FAISS range search (for large sets over an IVF index of PCA-reduced
+vectors: each vector is compared with the few lists near it, not with every other one, and each
+candidate is then checked exactly); groups are the connected components of the confirmed pairs. The keeper is the largest picture, then the earliest taken, then the shortest path.
 """
 
 from __future__ import annotations
@@ -25,8 +25,11 @@ EXACT, NEAR, SIMILAR = "exact", "near", "similar"
 TIERS = (EXACT, NEAR, SIMILAR)
 NEAR_COSINE = 0.85
 SIMILAR_COSINE = 0.90
-PHASH_MAX_DISTANCE = 10  # of 64 bits: re-encodes and resizes stay within ~4, other photos sit near 32
-IVF_MIN_VECTORS = 20_000  # below, an exact range search is fast enough
+PHASH_MAX_DISTANCE = 12  # of 64 bits: re-encodes and resizes stay within ~4, 5% crops within ~12; other photos >= 20
+IVF_MIN_VECTORS = 5_000  # below, an exact range search is fast enough (about a second here)
+REDUCED_DIM = 64  # candidate pairs are found in this many PCA dimensions...
+CANDIDATE_MARGIN = 0.15  # ...at the threshold less this, then checked exactly
+NPROBE = 16
 
 
 @dataclass(frozen=True)
@@ -56,10 +59,12 @@ class DuplicateGroup:
         }
 
 
-def range_pairs(vectors: np.ndarray, threshold: float, *, nprobe: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs (i < j, positions in vectors) with inner product >= threshold, and their scores, by a
-    FAISS range search: exact below IVF_MIN_VECTORS vectors, else over an IVF index probing nprobe
-    lists per vector (pairs this close share a list or sit in neighbouring ones)."""
+def range_pairs(vectors: np.ndarray, threshold: float, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs (i < j, positions in vectors) of unit vectors with inner product >= threshold, and
+    their scores. Below IVF_MIN_VECTORS: an exact FAISS range search. Above: candidates from a range
+    search at threshold - CANDIDATE_MARGIN over an IVF index of the vectors projected by PCA to
+    REDUCED_DIM dimensions (close pairs stay close there; each vector is compared with the
+    NPROBE lists nearest it, not with every other vector), each candidate then checked exactly."""
     import faiss
 
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -68,16 +73,33 @@ def range_pairs(vectors: np.ndarray, threshold: float, *, nprobe: int = 12, seed
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     if n < IVF_MIN_VECTORS:
         index = faiss.IndexFlatIP(d)
-    else:
-        nlist = int(min(4096, max(64, round(math.sqrt(n)))))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-        rng = np.random.default_rng(seed)
-        sample = vectors[rng.choice(n, size=min(n, 40 * nlist), replace=False)]
-        index.cp.seed = seed
-        index.train(sample)
-        index.nprobe = min(nprobe, nlist)
-    index.add(vectors)
-    limits, scores, found = index.range_search(vectors, float(threshold))
+        index.add(vectors)
+        return _upper(*index.range_search(vectors, float(threshold)), n)
+    rng = np.random.default_rng(seed)
+    reduced = vectors
+    if d > REDUCED_DIM:
+        pca = faiss.PCAMatrix(d, REDUCED_DIM)
+        pca.train(vectors[rng.choice(n, size=min(n, 20_000), replace=False)])
+        reduced = pca.apply(vectors)
+        reduced /= np.maximum(np.linalg.norm(reduced, axis=1, keepdims=True), 1e-12)
+    dim = reduced.shape[1]
+    nlist = int(min(8192, max(64, round(2 * math.sqrt(n)))))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed, index.cp.niter, index.cp.min_points_per_centroid = seed, 10, 5
+    index.train(reduced[rng.choice(n, size=min(n, 20 * nlist), replace=False)])
+    index.add(reduced)
+    index.nprobe = min(NPROBE, nlist)
+    left, right, _ = _upper(*index.range_search(reduced, float(threshold) - CANDIDATE_MARGIN), n)
+    scores = np.empty(len(left), np.float32)
+    for start in range(0, len(left), 200_000):  # exact scores of the candidates, in bounded memory
+        part = slice(start, start + 200_000)
+        scores[part] = np.einsum("ij,ij->i", vectors[left[part]], vectors[right[part]])
+    keep = scores >= threshold
+    return left[keep], right[keep], scores[keep]
+
+
+def _upper(limits: np.ndarray, scores: np.ndarray, found: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A range search's results as pairs i < j."""
     rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(limits).astype(np.int64))
     keep = rows < found
     return rows[keep], found[keep].astype(np.int64), scores[keep]
