@@ -60,3 +60,39 @@ def test_few_scores_keep_everything_and_min_score_overrides() -> None:
     assert verdict.threshold == -math.inf and verdict.relevant(np.array([0.1])).all()
     assert cutoff(np.full(100, 0.3)).relevant(np.full(100, 0.3)).sum() == 0  # all alike: none stands out
     assert fixed_cutoff(0.25).relevant(np.array([0.2, 0.25, 0.3])).tolist() == [False, True, True]
+
+
+def test_sort_date_returns_the_relevant_scenes_in_date_order(tmp_path) -> None:
+    """With the bundled shapes model on fresh scenes: `query TEXT --sort date` returns the scenes
+    showing that colour and shape (not a top-k), oldest first; --all marks every scene."""
+    import json
+    import os
+
+    from typer.testing import CliRunner
+
+    from searchlite import SearchEngine
+    from searchlite.cli import app
+    from tests.conftest import load_script
+
+    scenes = load_script("render_eval_shapes").write(tmp_path / "scenes", 150, seed=23)
+    paths = sorted((tmp_path / "scenes").iterdir())
+    for i, path in enumerate(paths):  # capture times from file times: scene i taken on day i, in reverse order
+        t = (1_700_000_000 - 86_400 * i) * 10**9
+        os.utime(path, ns=(t, t))
+    wanted = {str(p) for p, s in zip(paths, scenes) if s.objects[0] == ("red", "circle")}
+    with SearchEngine.open(tmp_path / "index", model="searchlite-shapes") as engine:
+        engine.index(tmp_path / "scenes")
+        hits = engine.search("a red circle", sort="date")
+        got = {h.path for h in hits}
+        assert len(got & wanted) >= 0.8 * len(wanted) and len(got & wanted) >= 0.9 * len(got), (len(got), len(wanted), len(got & wanted))
+        assert [h.taken_at for h in hits] == sorted(h.taken_at for h in hits)
+        newest = engine.search("a red circle", sort="-date")
+        assert [h.path for h in newest] == [h.path for h in hits][::-1]
+        assert [h.path for h in engine.search("a red circle", sort="date", min_score=-1.0)] == [
+            h.path for h in engine.search(sort="date")
+        ]  # a cut-off below every score keeps every scene
+    result = CliRunner().invoke(app, ["query", "a red circle", "--all", "--json", "--index", str(tmp_path / "index")])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 150 and {r["path"] for r in rows if r["relevant"]} == got
+    assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
