@@ -6,6 +6,7 @@ the vectors in memory, and the write lock around every change."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -24,12 +25,17 @@ from .classify import probe, zeroshot
 from .classify.classifier import DEFAULT_TAG_THRESHOLD, LinearClassifier
 from .classify.tags import Classification, classify, refresh_tags, store_tag_set
 from .config import DB_FILENAME, FAISS_FILENAME, LOCK_FILENAME, IndexSettings, model_cache_dir, resolve_index_dir
-from .errors import IndexNotFoundError, InvalidInputError, InvalidQueryError, ModelMismatchError, PathNotFoundError, TagNotFoundError, file_error
+from .errors import IndexNotFoundError, IndexVersionError, InvalidInputError, SearchliteError, InvalidQueryError, ModelMismatchError, PathNotFoundError, TagNotFoundError, file_error
 from .ingest import scanner
 from .models.encoder import ClipEncoder, ImageEncoder
 from .models.loading import load_encoder, surely_cpu
 from .models.spec import ModelSpec, reconcile, spec_from_flags
-from .query.search import Hit, query_vector, search
+from .media.metadata import perceptual_hash
+from .query import duplicates, relevance
+from .query.duplicates import DuplicateGroup
+from .query.filters import Filters
+from .query.relevance import fixed_cutoff
+from .query.search import SORTS, Hit, list_by_date, query_vector, rank_all, search
 from .query.terms import parse_terms
 from .storage import transfer
 from .storage.store import FAILED, INDEXED, SKIPPED, FileRow, Store
@@ -49,7 +55,7 @@ log = logging.getLogger(__name__)
 
 EncoderFactory = Callable[[ModelSpec, "str | None"], ClipEncoder]
 
-__all__ = ["Classification", "Hit", "SearchEngine"]
+__all__ = ["Classification", "Filters", "Hit", "SearchEngine"]
 
 
 class SearchEngine:
@@ -243,6 +249,11 @@ class SearchEngine:
         negative: str | Sequence[str] | None = None,
         k: int = 10,
         tag: str | None = None,
+        filters: Filters | None = None,
+        sort: str | None = None,
+        min_score: float | None = None,
+        all_ranked: bool = False,
+        **filter_values: Any,
     ) -> list[Hit]:
         """Top-k images by cosine similarity to the query.
 
@@ -251,23 +262,73 @@ class SearchEngine:
         that exists as given is never split). Texts and images add up, negatives subtract, and the
         sum is re-normalised. tag keeps only images carrying that tag (see tag()); a tag that no
         tag set of the index has raises TagNotFoundError listing the known ones.
+
+        filters (a Filters), or its fields as keyword arguments (after, before, camera, path,
+        near, place), keep only the images whose metadata and path match; they are exact.
+        sort="date" (oldest first) or "-date" (newest first) returns every image the query is
+        relevant to in date order instead of a top-k: relevance is decided from the query's scores
+        against all the images searched (query/relevance.py), or is score >= min_score when given;
+        with no query at all it lists the matching images by date. all_ranked returns every image
+        searched, each with Hit.relevant set. Without sort, min_score drops top-k hits below it.
         """
         if k < 1:
             raise InvalidQueryError(f"k must be at least 1, got {k}")
-        terms = parse_terms(_as_list(text), _as_list(image), _as_list(negative))
+        if sort is not None and sort not in SORTS:
+            raise InvalidQueryError(f"unknown sort {sort!r}: give date (oldest first) or -date (newest first)")
+        filters = self.filters(filters, **filter_values)
         index_dir = self._folder()
         if self._vectors is None and self._store.get_info("model") is None:
             raise IndexNotFoundError(f"the index in {index_dir} is empty: index a folder into it first", setting="index_dir")
         vectors = self.vectors
-        among = self._among(tag)
+        among = self._among(tag, filters)
+        if sort is not None and text in (None, [], ()) and image in (None, [], ()) and negative in (None, [], ()):
+            return list_by_date(self._store, self._store.indexed_ids() if among is None else among, sort)
+        terms = parse_terms(_as_list(text), _as_list(image), _as_list(negative))
         if among is not None and not len(among):
             return []
         query = query_vector(terms, self.embed_text, lambda paths: self._embed_images(paths, "query image"))
-        return search(self._store, vectors, query, k, among)
+        return self._ranked(vectors, query, k, among, sort, min_score, all_ranked)
 
-    def _among(self, tag: str | None) -> np.ndarray | None:
-        """The ids to search among: those carrying tag (searched exactly, however rare the tag);
-        None for all."""
+    def _ranked(
+        self, vectors: VectorIndex, query: np.ndarray, k: int, among: np.ndarray | None,
+        sort: str | None, min_score: float | None, all_ranked: bool,
+    ) -> list[Hit]:
+        if sort is None and not all_ranked:
+            hits = search(self._store, vectors, query, k, among)
+            return hits if min_score is None else [h for h in hits if h.score >= min_score]
+        decide = (lambda _: fixed_cutoff(min_score)) if min_score is not None else relevance.cutoff
+        hits, verdict = rank_all(self._store, vectors, query, decide, among, keep_irrelevant=all_ranked, sort=sort)
+        log.info("relevance: %s", verdict.describe())
+        return hits
+
+    def filters(self, filters: Filters | None = None, **values: Any) -> Filters | None:
+        """Filters from a Filters and/or its fields as keyword arguments, checked (InvalidInputError
+        names a bad value) and with any place resolved (Filters.place_chosen says which city)."""
+        unknown = set(values) - {"after", "before", "camera", "path", "near", "place"}
+        if unknown:
+            raise TypeError(f"unexpected keyword arguments: {', '.join(sorted(unknown))}")
+        given = {key: value for key, value in values.items() if value is not None}
+        if given:
+            filters = dataclasses.replace(filters or Filters(), **given)
+        if not filters:
+            return None
+        checked = filters.checked()
+        chosen = checked.place_chosen
+        if chosen is not None and chosen.others and filters.place_chosen is None:
+            log.info("place %r: chose %s, the most populous of %d places of that name", checked.place, chosen.describe(), len(chosen.others) + 1)
+        return checked
+
+    def _among(self, tag: str | None, filters: Filters | None = None) -> np.ndarray | None:
+        """The ids to search among: those carrying tag and matching filters (searched exactly,
+        however rare); None for all."""
+        among = self._tagged(tag)
+        if filters:
+            matching = filters.matching_ids(self._store)
+            among = matching if among is None else np.intersect1d(among, matching)
+        return among
+
+    def _tagged(self, tag: str | None) -> np.ndarray | None:
+        """The ids carrying tag; None for all."""
         if tag is None:
             return None
         known = sorted({label for tag_set in self._store.tag_sets() for label in tag_set.labels})
@@ -280,11 +341,25 @@ class SearchEngine:
             raise TagNotFoundError(f"unknown tag {tag!r}: this index's tags are {', '.join(known)}")
         return np.fromiter(self._store.ids_tagged(tag), dtype=np.int64)
 
-    def search_vector(self, vector: np.ndarray | Sequence[float], *, k: int = 10, tag: str | None = None) -> list[Hit]:
+    def search_vector(
+        self,
+        vector: np.ndarray | Sequence[float],
+        *,
+        k: int = 10,
+        tag: str | None = None,
+        filters: Filters | None = None,
+        sort: str | None = None,
+        min_score: float | None = None,
+        all_ranked: bool = False,
+        **filter_values: Any,
+    ) -> list[Hit]:
         """search() for a query embedding made elsewhere (d,) or (1, d), e.g. a stored one
         (stored_vector) or a client's; it is normalised here."""
         if k < 1:
             raise InvalidQueryError(f"k must be at least 1, got {k}")
+        if sort is not None and sort not in SORTS:
+            raise InvalidQueryError(f"unknown sort {sort!r}: give date (oldest first) or -date (newest first)")
+        filters = self.filters(filters, **filter_values)
         vectors = self.vectors
         query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
         if query.shape[1] != vectors.dim or not np.all(np.isfinite(query)):
@@ -292,10 +367,43 @@ class SearchEngine:
         norm = float(np.linalg.norm(query))
         if norm == 0.0:
             raise InvalidQueryError("a query embedding must not be all zeros")
-        among = self._among(tag)
+        among = self._among(tag, filters)
         if among is not None and not len(among):
             return []
-        return search(self._store, vectors, np.ascontiguousarray(query / norm), k, among)
+        return self._ranked(vectors, np.ascontiguousarray(query / norm), k, among, sort, min_score, all_ranked)
+
+    def duplicates(self, tier: str = duplicates.NEAR, *, path: str | os.PathLike[str] | None = None) -> list[DuplicateGroup]:
+        """Groups of duplicate images, largest first, each with a suggested keeper and why (see
+        query/duplicates.py for the tiers: "exact", "near", "similar"); path: only images under
+        this folder or matching this glob. Reads the index only; never deletes anything."""
+        if tier not in duplicates.TIERS:
+            raise InvalidInputError(f"unknown duplicate tier {tier!r}: give exact, near or similar")
+        self._folder()
+        among = self.filters(path=path).matching_ids(self._store) if path is not None else None
+        rows = {
+            r.id: {"path": os.fsdecode(r.path), "width": r.width, "height": r.height, "size": r.size, "taken_at": r.taken_at,
+                   "content_hash": r.content_hash, "phash": r.phash}
+            for r in self._store.select_where(("path", "width", "height", "size", "taken_at", "content_hash", "phash"))
+        }
+        wanted = set(rows) if among is None else set(among.tolist()) & set(rows)
+        wanted = {i for i in wanted if os.path.exists(rows[i]["path"])}  # files deleted since the last index run
+        ids_parts, vector_parts = [], []
+        for chunk_ids, chunk_vectors in self._store.iter_vectors():
+            keep = np.fromiter((int(i) in wanted for i in chunk_ids), dtype=bool, count=len(chunk_ids))
+            ids_parts.append(chunk_ids[keep])
+            vector_parts.append(chunk_vectors[keep])
+        if not ids_parts:
+            return []
+        ids, vectors = np.concatenate(ids_parts), np.concatenate(vector_parts)
+
+        def phash_of(image_id: int) -> str | None:  # rows indexed before hashes were stored
+            try:
+                return perceptual_hash(self.decode_image(rows[image_id]["path"], min_side=64))
+            except SearchliteError as e:
+                log.info("no perceptual hash for %s: %s", rows[image_id]["path"], e)
+                return None
+
+        return duplicates.find_groups(tier, ids, vectors, rows, phash_of)
 
     def files(self, ids: Iterable[int]) -> dict[int, FileRow]:
         """Indexed files by id; ids that are not indexed are absent."""
@@ -499,6 +607,20 @@ class SearchEngine:
             "vectors_bytes": faiss_file.stat().st_size if faiss_file.exists() else 0,
             "vector_index": (self._store.get_info("faiss") or {}).get("kind", "exact"),
             "tags": self._store.tag_counts(),
+            **self._metadata_summary(),
+        }
+
+    def _metadata_summary(self) -> dict[str, Any]:
+        """info()'s capture dates and cameras (empty on an old index opened read-only)."""
+        try:
+            first, last, by_source = self._store.date_range()
+            cameras = self._store.camera_counts()
+        except IndexVersionError:  # read-only, before the metadata columns (schema 4)
+            return {"dates": None, "cameras": []}
+        return {
+            # the photos' own wall clock; "from_mtime": how many have only their file's mtime
+            "dates": None if first is None else {"first": first, "last": last, "from_exif": by_source.get("exif", 0), "from_mtime": by_source.get("mtime", 0)},
+            "cameras": [{"make": make, "model": model, "images": n} for make, model, n in cameras],
         }
 
     def failures(self) -> list[FileRow]:

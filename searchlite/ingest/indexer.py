@@ -24,6 +24,7 @@ from ..config import IndexSettings
 from ..media import images
 from ..media.decode_worker import DecodeCancelled, DecodePool
 from ..media.embed_files import decode_options
+from ..media.metadata import HEADER_READ_BYTES, METADATA_VERSION, ImageMetadata
 from ..errors import ImageDecodeError
 from ..storage.store import FAILED, INDEXED, SKIPPED, FileRow, Store, Transaction, content_hash
 from ..storage.vector_index import VectorIndex
@@ -61,6 +62,7 @@ class IndexReport:
     raw_siblings: int = 0  # camera RAW files not indexed because their same-name JPEG is
     retry_later: int = 0  # files that changed while being read: the next run takes them
     tagged: int = 0  # images given tags by the index's tag sets
+    metadata_read: int = 0  # of the unchanged: images whose header metadata was read (no re-encoding)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     not_followed: list[str] = field(default_factory=list)  # the links counted in links_not_followed
     seconds: float = 0.0  # the run, not counting the model's loading
@@ -82,6 +84,8 @@ class IndexReport:
             parts.append(f"{self.raw_siblings} raw{'s' if self.raw_siblings != 1 else ''} with a JPEG beside")
         if self.retry_later:
             parts.append(f"{self.retry_later} changing (next run)")
+        if self.metadata_read:
+            parts.append(f"{self.metadata_read} with metadata read")
         rate = f", {self.encoded / self.seconds:.1f} img/s" if self.encoded and self.seconds else ""
         loading = f", plus {self.model_seconds:.1f}s loading the model" if self.model_seconds else ""
         return f"{', '.join(parts)} in {self.seconds:.1f}s{loading} ({self.encoded} encoded{rate})"
@@ -99,6 +103,7 @@ class _Prepared:
     reuse: bool = False  # content already has a vector
     skipped: str | None = None  # why it is not indexed (not an image, a link out of the collection)
     error: str | None = None  # why it failed
+    metadata: ImageMetadata | None = None  # the header's facts
     by_settings: bool = False  # the failure came from decoding, under decode_settings()
     needs: str | None = None  # the optional extra whose absence failed it (images.missing_extra)
     vanished: bool = False  # deleted while the run went on
@@ -135,6 +140,7 @@ class Indexer:
         current = decode_settings(self.settings)
         extra_available = functools.cache(images.extra_available)
         work = []
+        unread: list[tuple[FileInfo, FileRow]] = []  # unchanged images whose header was not read yet
         for f in files:
             row = known.get(f.path)
             if row is not None and row.size == f.size and row.mtime_ns == f.mtime_ns:
@@ -146,6 +152,8 @@ class Indexer:
                     work.append(f)  # the sibling rule's verdict changed (the setting, or the JPEG came or went)
                 else:
                     report.unchanged += 1
+                    if row.state == INDEXED and (row.metadata_version or 0) < METADATA_VERSION:
+                        unread.append((f, row))
             else:
                 work.append(f)
         log.info("%d files: %d to process, %d gone", len(files), len(work), len(missing))
@@ -159,6 +167,8 @@ class Indexer:
         if work:
             run = _Run(self, report, known, missing_by_hash, started)
             run.process(work, progress)
+        if unread:
+            self._read_metadata(unread, report)
         gone = [row for rows in missing_by_hash.values() for row in rows]
         gone += [row for row in missing if row.state != INDEXED or not row.content_hash]
         if gone:
@@ -168,6 +178,36 @@ class Indexer:
             report.removed += len(gone)
         report.seconds = time.monotonic() - started
         return report
+
+    def _read_metadata(self, unread: list[tuple[FileInfo, FileRow]], report: IndexReport) -> None:
+        """Fill in the header metadata of unchanged images indexed before it was read (or by an
+        older reader): the first HEADER_READ_BYTES of each file, parsed in a decoder process; the
+        model is neither loaded nor run."""
+        settings = self.settings
+        decoders = DecodePool(settings.workers, settings.decode_timeout_s, settings.decoder_memory_limit)
+
+        def read(item: tuple[FileInfo, FileRow]) -> ImageMetadata | None:
+            f, _ = item
+            try:
+                with open(f.path, "rb") as fh:
+                    data = fh.read(HEADER_READ_BYTES)
+                return decoders.read_metadata(data).with_mtime(f.mtime_ns)
+            except (OSError, ImageDecodeError, DecodeCancelled) as e:
+                log.debug("no metadata for %s: %s", f.path, e)
+                return None
+
+        try:
+            with ThreadPoolExecutor(settings.workers, thread_name_prefix="searchlite-metadata") as pool:
+                for start in range(0, len(unread), 1000):
+                    chunk = unread[start : start + 1000]
+                    found = list(pool.map(read, chunk))
+                    with self.store.transaction(vectors_changed=False) as tx:
+                        for (_, row), meta in zip(chunk, found):
+                            if meta is not None:
+                                tx.set_metadata(row.id, meta.to_columns(), METADATA_VERSION, width=meta.width, height=meta.height)
+                                report.metadata_read += 1
+        finally:
+            decoders.close()
 
 
 
@@ -261,7 +301,11 @@ class _Run:
             return _Prepared(f, changing=True)
         digest = content_hash(data)
         if digest in self.known_hashes:
-            return _Prepared(f, digest, reuse=True)
+            try:  # a copy or a move of known content: its header only
+                meta = decoders.read_metadata(data).with_mtime(f.mtime_ns)
+            except (ImageDecodeError, DecodeCancelled):
+                meta = None
+            return _Prepared(f, digest, reuse=True, metadata=meta)
         fmt = images.detect_format(data[: images.HEADER_BYTES], f.path)
         if fmt is None:
             return _Prepared(f, digest, skipped=NOT_AN_IMAGE)
@@ -271,7 +315,7 @@ class _Run:
         encoder = self.ix.get_encoder()  # the model loads on first need; its errors stop the run
         try:
             with decoders.worker() as decoder:
-                decoded = decoder.decode(data, **decode_options(self.ix.settings, encoder), name=f.path)
+                decoded, meta = decoder.decode_with_metadata(data, **decode_options(self.ix.settings, encoder), name=f.path)
             tensor = encoder.preprocess(decoded.image)
         except ImageDecodeError as e:
             return _Prepared(f, digest, error=str(e), by_settings=True)
@@ -280,7 +324,7 @@ class _Run:
         except Exception as e:  # noqa: BLE001 - one bad file must never stop the run
             log.debug("unexpected failure on %s", f.path, exc_info=True)
             return _Prepared(f, digest, error=f"cannot decode image: {type(e).__name__}: {e}", by_settings=True)
-        return _Prepared(f, digest, tensor, decoded.width, decoded.height)
+        return _Prepared(f, digest, tensor, decoded.width, decoded.height, metadata=meta.with_mtime(f.mtime_ns))
 
     def _flush(self) -> None:
         """Encode what waits, then write everything pending in one transaction."""
@@ -360,6 +404,8 @@ class _Run:
                     vector=vector,
                     width=p.width,
                     height=p.height,
+                    metadata=p.metadata.to_columns() if p.metadata else None,
+                    metadata_version=METADATA_VERSION if p.metadata else None,
                 )
                 added_ids.append(row_id)
                 added_vectors.append(vector)
@@ -383,15 +429,24 @@ class _Run:
         f = p.file
         if old is not None and old.state == INDEXED and old.content_hash == p.content_hash:
             tx.touch(old.id, size=f.size, mtime_ns=f.mtime_ns)  # same bytes, new mtime
+            self._keep_metadata(tx, old.id, p)
             self.report.unchanged += 1
             return True
         candidates = self.missing_by_hash.get(p.content_hash or "")
         if old is None and candidates:
             moved = candidates.pop()
             tx.move(moved.id, f.path, size=f.size, mtime_ns=f.mtime_ns)
+            self._keep_metadata(tx, moved.id, p)
             self.report.moved += 1
             return True
         return False
+
+    @staticmethod
+    def _keep_metadata(tx: Transaction, row_id: int, p: _Prepared) -> None:
+        """A touched or moved file's header, read again (its mtime may stand in for a capture
+        time); the perceptual hash of its unchanged pixels stays."""
+        if p.metadata is not None:
+            tx.set_metadata(row_id, p.metadata.to_columns(), METADATA_VERSION)
 
 
 T = TypeVar("T")
