@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from .ingest.indexer import IndexReport
     from .models.encoder import ClipEncoder
     from .models.spec import ModelSpec
+    from .query.filters import Filters
     from .query.search import Hit
     from .storage.store import FileRow
     from .storage.vector_index import VectorIndex
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "SearchEngine": "engine",
     "Hit": "query.search",
+    "Filters": "query.filters",
     "Classification": "classify.tags",
     "IndexReport": "ingest.indexer",
     "FileRow": "storage.store",

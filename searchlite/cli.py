@@ -199,6 +199,14 @@ def index(
         Optional[bool],
         typer.Option("--shared-fs/--no-shared-fs", help="Whether the Ray workers see the folders at the same paths (read there) or not (sent bytes). [default: found out per worker]", show_default=False),
     ] = None,
+    raw_siblings: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--raw-siblings/--no-raw-siblings",
+            help="Also index camera RAW files that have a same-name JPEG beside them (IMG_1.CR2 + IMG_1.JPG); the index remembers the choice. [default: off]",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Index photo folders: the first run reads everything, later runs only what changed."""
     from dataclasses import replace
@@ -206,7 +214,7 @@ def index(
     from .config import IndexSettings
 
     flags = {"batch_size": batch_size, "workers": workers, "max_megapixels": max_megapixels, "follow_links": follow_links, "precision": precision}
-    settings = replace(IndexSettings(), **{k: v for k, v in flags.items() if v})
+    settings = replace(IndexSettings(), **{k: v for k, v in flags.items() if v}, raw_siblings=raw_siblings)
     for folder in folders:  # every folder before any work: a typo must not cost a model load
         if not os.path.exists(folder):
             typer.echo(f"searchlite: error: folder {_printable(str(folder))} not found", err=True)
@@ -224,6 +232,9 @@ def index(
                 typer.echo(f"  link not followed (out of the collection; --follow-links follows it): {_printable(path)}", err=True)
             if len(report.not_followed) > 10:
                 typer.echo(f"  … and {len(report.not_followed) - 10} more: searchlite info --skipped", err=True)
+            if report.raw_siblings:
+                typer.echo(f"  {report.raw_siblings} camera raw file{'s' if report.raw_siblings != 1 else ''} not indexed: "
+                           "the same-name JPEG beside each is (--raw-siblings indexes both)", err=True)
 
 
 @contextmanager
@@ -253,29 +264,89 @@ def query(
     text: Annotated[Optional[list[str]], typer.Argument(metavar="[TEXT]...", help='Texts to search for; "2::beach" weights a term (a single colon is plain text).', show_default=False)] = None,
     image: Annotated[Optional[list[str]], typer.Option("--image", "-i", metavar="PATH", help='Find images similar to this file (repeatable); "0.5::PATH" weights it.')] = None,
     negative: Annotated[Optional[list[str]], typer.Option("--not", metavar="TEXT", help='Text to steer away from (repeatable); "3::people" weights it.')] = None,
-    k: Annotated[int, typer.Option("-k", "--top", min=1, metavar="K", help="Number of results.")] = 10,
+    k: Annotated[int, typer.Option("-k", "--top", min=1, metavar="K", help="Number of results (not with --sort or --all, which return every match).")] = 10,
     as_json: JsonOpt = False,
     null: Annotated[
         bool, typer.Option("--null", "-0", help="End each score<TAB>path record with NUL, not newline (any file name is safe; not with --json).")
     ] = False,
     tag: Annotated[Optional[str], typer.Option(metavar="LABEL", help="Only images carrying this tag (see `searchlite tag`).")] = None,
+    after: Annotated[Optional[str], typer.Option(metavar="DATE", help="Only photos taken from DATE on: 2023, 2023-06, 2023-06-14 or an ISO time.")] = None,
+    before: Annotated[Optional[str], typer.Option(metavar="DATE", help="Only photos taken before DATE (same forms; --after 2023 --before 2024 is 2023).")] = None,
+    camera: Annotated[Optional[str], typer.Option(metavar="TEXT", help="Only photos whose camera make or model contains TEXT (any case).")] = None,
+    path: Annotated[Optional[str], typer.Option("--path", metavar="DIR|GLOB", help="Only images under this folder, or matching this glob.")] = None,
+    near: Annotated[Optional[str], typer.Option(metavar="LAT,LON[,KM]", help="Only photos taken within KM (default 5) of this position.")] = None,
+    place: Annotated[Optional[str], typer.Option(metavar="NAME", help='Only photos taken in this city ("Lisbon", "Paris, US"), resolved offline.')] = None,
+    sort: Annotated[
+        Optional[str], typer.Option(metavar="date|-date", help="Every relevant image, oldest (date) or newest (-date) first; with no query, every matching photo.")
+    ] = None,
+    min_score: Annotated[Optional[float], typer.Option(metavar="SCORE", help="Relevant means score >= SCORE (instead of the cut-off judged from the scores).")] = None,
+    all_ranked: Annotated[bool, typer.Option("--all", help='Every image searched, with "relevant": true|false in --json.')] = False,
     index: IndexOpt = None,
     device: DeviceOpt = None,
 ) -> None:
-    """Search the index: prints score<TAB>path per line, best first."""
+    """Search the index: prints score<TAB>path per line, best first (by date with --sort)."""
     if as_json and null:
         typer.echo("searchlite: error: give --json or -0, not both (JSON lines already keep any file name intact)", err=True)
         raise typer.Exit(2)
+    if sort is not None and sort not in ("date", "-date"):
+        typer.echo(f"searchlite: error: unknown --sort {sort!r}: give --sort date (oldest first) or --sort -date (newest first)", err=True)
+        raise typer.Exit(2)
+    listing = sort is not None and not (text or image or negative)  # matching photos by date, no query
     with _user_errors(), _open(index, device=device, create=False) as engine:
-        hits = engine.search(text or [], image=image or [], negative=negative or [], k=k, tag=tag)
-    _write(
-        _json_line(
-            {"path": h.path, "score": round(h.score, 6), "id": h.id, "width": h.width, "height": h.height, "size": h.size, "tags": list(h.tags)}
+        filters = engine.filters(after=after, before=before, camera=camera, path=path, near=near, place=place)
+        chosen = filters.place_chosen if filters else None
+        if chosen is not None:
+            others = f"; also {len(chosen.others)} other place{'s' if len(chosen.others) != 1 else ''} of that name ({', '.join(chosen.others[:3])}{', ...' if len(chosen.others) > 3 else ''}): add a country, e.g. \"{chosen.name}, {chosen.country}\", or use --near" if chosen.others else ""
+            typer.echo(f"searchlite: place {place!r} is {chosen.describe()}{others}", err=True)
+        hits = engine.search(
+            text or [], image=image or [], negative=negative or [], k=k, tag=tag, filters=filters, sort=sort, min_score=min_score, all_ranked=all_ranked
         )
-        if as_json
-        else f"{h.score:.4f}\t".encode() + os.fsencode(h.path) + (b"\0" if null else b"\n")
-        for h in hits
-    )
+
+    def record(h: Any) -> dict[str, Any]:
+        out = {"path": h.path} if listing else {"path": h.path, "score": round(h.score, 6)}
+        out |= {"id": h.id, "width": h.width, "height": h.height, "size": h.size, "tags": list(h.tags), "taken_at": h.taken_at}
+        if h.relevant is not None and all_ranked:
+            out["relevant"] = h.relevant
+        return out
+
+    def line(h: Any) -> bytes:
+        first = (h.taken_at or "-") if listing else f"{h.score:.4f}"
+        if sort is not None and not listing:
+            first += f"\t{h.taken_at or '-'}"
+        if all_ranked and h.relevant is not None:
+            first += "\trelevant" if h.relevant else "\t-"
+        return f"{first}\t".encode() + os.fsencode(h.path) + (b"\0" if null else b"\n")
+
+    _write(_json_line(record(h)) if as_json else line(h) for h in hits)
+
+
+@app.command()
+def duplicates(
+    tier: Annotated[str, typer.Option(metavar="exact|near|similar", help="exact: same bytes; near: the same picture re-encoded, resized, cropped a little, rotated or converted; similar: burst shots, the same scene.")] = "near",
+    path: Annotated[Optional[str], typer.Option("--path", metavar="DIR|GLOB", help="Only images under this folder, or matching this glob.")] = None,
+    as_json: JsonOpt = False,
+    index: IndexOpt = None,
+) -> None:
+    """Groups of duplicate images, each with a suggested keeper (largest, then earliest, then shortest path). Deletes nothing."""
+    if tier not in ("exact", "near", "similar"):
+        typer.echo(f"searchlite: error: unknown --tier {tier!r}: give --tier exact, near or similar", err=True)
+        raise typer.Exit(2)
+    with _user_errors(), _open(index, create=False) as engine:
+        groups = engine.duplicates(tier, path=path)
+    spare = sum(len(g.files) - 1 for g in groups)
+    typer.echo(f"{len(groups)} group{'s' if len(groups) != 1 else ''} of {tier} duplicates; {spare} file{'s' if spare != 1 else ''} beside the keepers (nothing was deleted)", err=True)
+    if as_json:
+        _write(_json_line(g.to_dict()) for g in groups)
+        return
+
+    def lines() -> Iterator[bytes]:
+        for n, g in enumerate(groups, 1):
+            yield f"group {n}: {len(g.files)} files, keep the first ({g.reason})\n".encode()
+            for f in g.files:
+                size = f"{f.width}x{f.height}" if f.width and f.height else "?"
+                yield f"{'keep' if f.keeper else '    '}\t{size}\t{f.taken_at or '-'}\t".encode() + os.fsencode(f.path) + b"\n"
+
+    _write(lines())
 
 
 @app.command()
@@ -302,6 +373,15 @@ def info(
         _write([_describe_info(facts).encode("utf-8", "backslashreplace")])
 
 
+def _raw_sibling_row(facts: dict[str, Any]) -> list[tuple[str, str]]:
+    """info's line on camera RAW files beside same-name JPEGs, when there is something to say."""
+    if facts.get("raw_siblings_indexed"):
+        return [("raw siblings", "indexed beside their JPEGs (--no-raw-siblings skips them)")]
+    if facts.get("raw_siblings_skipped"):
+        return [("raw siblings", f"{facts['raw_siblings_skipped']} not indexed, their same-name JPEGs are (--raw-siblings indexes both)")]
+    return []
+
+
 _SEARCH_KINDS = {"exact": "exact search", "ivf": "approximate search (IVF)"}
 
 
@@ -313,14 +393,30 @@ def _describe_info(facts: dict[str, Any]) -> str:
         ("images", str(facts["images"])),
         ("failed", str(facts["failed"]) + (" (searchlite info --failed lists them)" if facts["failed"] else "")),
         ("not images", str(facts["not_images"])),
+        *_raw_sibling_row(facts),
         ("model", facts["model"] or "none yet (the first index run records it)"),
         ("dimensions", str(facts["dim"] or "none yet")),
         ("database", _human_size(facts["database_bytes"])),
         ("vectors", f"{_human_size(facts['vectors_bytes'])}, " + _SEARCH_KINDS.get(facts["vector_index"], facts["vector_index"])),
         ("tags", tags),
+        ("taken", _describe_dates(facts.get("dates"))),
+        ("cameras", ", ".join(f"{_camera_name(c)} {c['images']}" for c in facts.get("cameras") or []) or "none recorded"),
     ]
     width = max(len(key) for key, _ in rows) + 2
     return "".join(f"{key + ':':<{width}}{value}\n" for key, value in rows)
+
+
+def _describe_dates(dates: dict[str, Any] | None) -> str:
+    if not dates:
+        return "no dates yet"
+    guessed = f" ({dates['from_mtime']} from file times, no EXIF date)" if dates["from_mtime"] else ""
+    return f"{dates['first'].replace('T', ' ')} to {dates['last'].replace('T', ' ')}{guessed}"
+
+
+def _camera_name(camera: dict[str, Any]) -> str:
+    """"Canon EOS R5", not "Canon Canon EOS R5": the model often repeats the make."""
+    make, model = camera.get("make") or "", camera.get("model") or ""
+    return model if make and model.lower().startswith(make.lower().split()[0]) else " ".join(p for p in (make, model) if p)
 
 
 def _human_size(n: int) -> str:

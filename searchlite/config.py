@@ -41,6 +41,9 @@ class IndexSettings:
     decode_timeout_s: float = 30.0
     # follow symbolic links to folders and out of the collection
     follow_links: bool = False
+    # index a camera RAW file even when a same-name JPEG lies beside it (IMG_1.CR2 + IMG_1.JPG);
+    # None: as the index remembers from the last run that set it (off until then)
+    raw_siblings: bool | None = None
     # image tower precision: auto (fp16 on CUDA, bf16 on CPUs with native bf16, else fp32), or forced
     precision: str = "auto"
 

@@ -6,6 +6,7 @@ the vectors in memory, and the write lock around every change."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -14,8 +15,9 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,17 +25,17 @@ from .classify import probe, zeroshot
 from .classify.classifier import DEFAULT_TAG_THRESHOLD, LinearClassifier
 from .classify.tags import Classification, classify, refresh_tags, store_tag_set
 from .config import DB_FILENAME, FAISS_FILENAME, LOCK_FILENAME, IndexSettings, model_cache_dir, resolve_index_dir
-from .evaluation.report import EvalReport
-from .errors import IndexNotFoundError, InvalidInputError, InvalidQueryError, ModelMismatchError, PathNotFoundError, TagNotFoundError, file_error
+from .errors import IndexNotFoundError, IndexVersionError, InvalidInputError, SearchliteError, InvalidQueryError, ModelMismatchError, PathNotFoundError, TagNotFoundError, file_error
 from .ingest import scanner
-from .ingest.indexer import Indexer, IndexReport, ProgressFn
-from .media.decode_worker import DecodePool
-from .media.embed_files import embed_files, read_image_file
 from .models.encoder import ClipEncoder, ImageEncoder
-from .models.image_tower import ImageTower, export_image_tower
 from .models.loading import load_encoder, surely_cpu
 from .models.spec import ModelSpec, reconcile, spec_from_flags
-from .query.search import Hit, query_vector, search
+from .media.metadata import perceptual_hash
+from .query import duplicates, relevance
+from .query.duplicates import DuplicateGroup
+from .query.filters import Filters
+from .query.relevance import fixed_cutoff
+from .query.search import SORTS, Hit, list_by_date, query_vector, rank_all, search
 from .query.terms import parse_terms
 from .storage import transfer
 from .storage.store import FAILED, INDEXED, SKIPPED, FileRow, Store
@@ -41,15 +43,19 @@ from .storage.vector_cache import VectorCache
 from .storage.vector_index import VectorIndex
 from .storage.writelock import writer_lock
 from .text.cache import TextCache
-from .text.export import export_text_tower
-from .text.tower import FILENAME as TEXT_TOWER_FILENAME
-from .text.tower import TextTower
+
+if TYPE_CHECKING:  # imported where used: a cold text query needs no decoders, an index run no text tower
+    from .evaluation.report import EvalReport
+    from .ingest.indexer import IndexReport, ProgressFn
+    from .media.decode_worker import DecodePool
+    from .models.image_tower import ImageTower
+    from .text.tower import TextTower
 
 log = logging.getLogger(__name__)
 
 EncoderFactory = Callable[[ModelSpec, "str | None"], ClipEncoder]
 
-__all__ = ["Classification", "Hit", "SearchEngine"]
+__all__ = ["Classification", "Filters", "Hit", "SearchEngine"]
 
 
 class SearchEngine:
@@ -187,20 +193,23 @@ class SearchEngine:
 
         ray: encode on the Ray cluster at this address ("auto", "ray://host:port" or "host:port";
         ingest/ray_stage.py) instead of here; this process still scans, reads and writes. shared_fs:
-        whether the cluster's workers see folder at the same path (None: found out per worker)."""
+        whether the cluster's workers see folder at the same path (None: found out per worker).
+
+        settings.raw_siblings, when given, is remembered by the index for later runs: a camera RAW
+        file beside a same-name JPEG is skipped (the JPEG is indexed) unless it is True."""
         index_dir = self._folder()
         self._store.check_writable()
         root = os.path.abspath(os.fspath(folder))
         if not os.path.exists(root):
             raise PathNotFoundError(f"folder {folder} not found")
-        stage: Callable[[], Any] | None = None
+        stage: Callable[[Any], Any] | None = None
         connected = False
         if ray is not None:
             from .ingest import ray_stage
 
             connected = ray_stage.connect(ray)  # an unreachable cluster fails here, before any work
 
-            def ray_encoding() -> ray_stage.RayEncoding:
+            def ray_encoding(decoders: Any) -> ray_stage.RayEncoding:  # decodes on the cluster, not with these
                 return ray_stage.RayEncoding(self.settings, self.image_encoder, self._ray_model, shared_fs)
 
             stage = ray_encoding
@@ -212,6 +221,8 @@ class SearchEngine:
                 ray_stage.disconnect()
 
     def _index(self, root: str, index_dir: Path, progress: ProgressFn | None, stage: Any) -> IndexReport:
+        from .ingest.indexer import Indexer
+
         started = time.monotonic()
         loading_before = self.model_load_seconds
         with self._writing():
@@ -221,7 +232,7 @@ class SearchEngine:
                 self._store,
                 vectors,
                 self.image_encoder,
-                self.settings,
+                self._remembered_settings(),
                 on_snapshot=self._save_vectors,
                 exclude=[str(index_dir.resolve()), os.path.abspath(index_dir)],
                 stage=stage,
@@ -249,6 +260,16 @@ class SearchEngine:
             report.seconds = time.monotonic() - started - report.model_seconds
             return report
 
+    def _remembered_settings(self) -> IndexSettings:
+        """This run's settings, with those the index remembers (raw_siblings) filled in where not
+        given, and remembered where given."""
+        stored = bool(self._store.get_info("raw_siblings"))
+        if self.settings.raw_siblings is None:
+            return replace(self.settings, raw_siblings=stored)
+        if self.settings.raw_siblings != stored:
+            self._store.set_info("raw_siblings", self.settings.raw_siblings)
+        return self.settings
+
     # --- search --------------------------------------------------------------------------------
 
     def search(
@@ -259,6 +280,11 @@ class SearchEngine:
         negative: str | Sequence[str] | None = None,
         k: int = 10,
         tag: str | None = None,
+        filters: Filters | None = None,
+        sort: str | None = None,
+        min_score: float | None = None,
+        all_ranked: bool = False,
+        **filter_values: Any,
     ) -> list[Hit]:
         """Top-k images by cosine similarity to the query.
 
@@ -267,23 +293,73 @@ class SearchEngine:
         that exists as given is never split). Texts and images add up, negatives subtract, and the
         sum is re-normalised. tag keeps only images carrying that tag (see tag()); a tag that no
         tag set of the index has raises TagNotFoundError listing the known ones.
+
+        filters (a Filters), or its fields as keyword arguments (after, before, camera, path,
+        near, place), keep only the images whose metadata and path match; they are exact.
+        sort="date" (oldest first) or "-date" (newest first) returns every image the query is
+        relevant to in date order instead of a top-k: relevance is decided from the query's scores
+        against all the images searched (query/relevance.py), or is score >= min_score when given;
+        with no query at all it lists the matching images by date. all_ranked returns every image
+        searched, each with Hit.relevant set. Without sort, min_score drops top-k hits below it.
         """
         if k < 1:
             raise InvalidQueryError(f"k must be at least 1, got {k}")
-        terms = parse_terms(_as_list(text), _as_list(image), _as_list(negative))
+        if sort is not None and sort not in SORTS:
+            raise InvalidQueryError(f"unknown sort {sort!r}: give date (oldest first) or -date (newest first)")
+        filters = self.filters(filters, **filter_values)
         index_dir = self._folder()
         if self._vectors is None and self._store.get_info("model") is None:
             raise IndexNotFoundError(f"the index in {index_dir} is empty: index a folder into it first", setting="index_dir")
         vectors = self.vectors
-        among = self._among(tag)
+        among = self._among(tag, filters)
+        if sort is not None and text in (None, [], ()) and image in (None, [], ()) and negative in (None, [], ()):
+            return list_by_date(self._store, self._store.indexed_ids() if among is None else among, sort)
+        terms = parse_terms(_as_list(text), _as_list(image), _as_list(negative))
         if among is not None and not len(among):
             return []
         query = query_vector(terms, self.embed_text, lambda paths: self._embed_images(paths, "query image"))
-        return search(self._store, vectors, query, k, among)
+        return self._ranked(vectors, query, k, among, sort, min_score, all_ranked)
 
-    def _among(self, tag: str | None) -> np.ndarray | None:
-        """The ids to search among: those carrying tag (searched exactly, however rare the tag);
-        None for all."""
+    def _ranked(
+        self, vectors: VectorIndex, query: np.ndarray, k: int, among: np.ndarray | None,
+        sort: str | None, min_score: float | None, all_ranked: bool,
+    ) -> list[Hit]:
+        if sort is None and not all_ranked:
+            hits = search(self._store, vectors, query, k, among)
+            return hits if min_score is None else [h for h in hits if h.score >= min_score]
+        decide = (lambda _: fixed_cutoff(min_score)) if min_score is not None else relevance.cutoff
+        hits, verdict = rank_all(self._store, vectors, query, decide, among, keep_irrelevant=all_ranked, sort=sort)
+        log.info("relevance: %s", verdict.describe())
+        return hits
+
+    def filters(self, filters: Filters | None = None, **values: Any) -> Filters | None:
+        """Filters from a Filters and/or its fields as keyword arguments, checked (InvalidInputError
+        names a bad value) and with any place resolved (Filters.place_chosen says which city)."""
+        unknown = set(values) - {"after", "before", "camera", "path", "near", "place"}
+        if unknown:
+            raise TypeError(f"unexpected keyword arguments: {', '.join(sorted(unknown))}")
+        given = {key: value for key, value in values.items() if value is not None}
+        if given:
+            filters = dataclasses.replace(filters or Filters(), **given)
+        if not filters:
+            return None
+        checked = filters.checked()
+        chosen = checked.place_chosen
+        if chosen is not None and chosen.others and filters.place_chosen is None:
+            log.info("place %r: chose %s, the most populous of %d places of that name", checked.place, chosen.describe(), len(chosen.others) + 1)
+        return checked
+
+    def _among(self, tag: str | None, filters: Filters | None = None) -> np.ndarray | None:
+        """The ids to search among: those carrying tag and matching filters (searched exactly,
+        however rare); None for all."""
+        among = self._tagged(tag)
+        if filters:
+            matching = filters.matching_ids(self._store)
+            among = matching if among is None else np.intersect1d(among, matching)
+        return among
+
+    def _tagged(self, tag: str | None) -> np.ndarray | None:
+        """The ids carrying tag; None for all."""
         if tag is None:
             return None
         known = sorted({label for tag_set in self._store.tag_sets() for label in tag_set.labels})
@@ -296,11 +372,25 @@ class SearchEngine:
             raise TagNotFoundError(f"unknown tag {tag!r}: this index's tags are {', '.join(known)}")
         return np.fromiter(self._store.ids_tagged(tag), dtype=np.int64)
 
-    def search_vector(self, vector: np.ndarray | Sequence[float], *, k: int = 10, tag: str | None = None) -> list[Hit]:
+    def search_vector(
+        self,
+        vector: np.ndarray | Sequence[float],
+        *,
+        k: int = 10,
+        tag: str | None = None,
+        filters: Filters | None = None,
+        sort: str | None = None,
+        min_score: float | None = None,
+        all_ranked: bool = False,
+        **filter_values: Any,
+    ) -> list[Hit]:
         """search() for a query embedding made elsewhere (d,) or (1, d), e.g. a stored one
         (stored_vector) or a client's; it is normalised here."""
         if k < 1:
             raise InvalidQueryError(f"k must be at least 1, got {k}")
+        if sort is not None and sort not in SORTS:
+            raise InvalidQueryError(f"unknown sort {sort!r}: give date (oldest first) or -date (newest first)")
+        filters = self.filters(filters, **filter_values)
         vectors = self.vectors
         query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
         if query.shape[1] != vectors.dim or not np.all(np.isfinite(query)):
@@ -308,10 +398,43 @@ class SearchEngine:
         norm = float(np.linalg.norm(query))
         if norm == 0.0:
             raise InvalidQueryError("a query embedding must not be all zeros")
-        among = self._among(tag)
+        among = self._among(tag, filters)
         if among is not None and not len(among):
             return []
-        return search(self._store, vectors, np.ascontiguousarray(query / norm), k, among)
+        return self._ranked(vectors, np.ascontiguousarray(query / norm), k, among, sort, min_score, all_ranked)
+
+    def duplicates(self, tier: str = duplicates.NEAR, *, path: str | os.PathLike[str] | None = None) -> list[DuplicateGroup]:
+        """Groups of duplicate images, largest first, each with a suggested keeper and why (see
+        query/duplicates.py for the tiers: "exact", "near", "similar"); path: only images under
+        this folder or matching this glob. Reads the index only; never deletes anything."""
+        if tier not in duplicates.TIERS:
+            raise InvalidInputError(f"unknown duplicate tier {tier!r}: give exact, near or similar")
+        self._folder()
+        among = self.filters(path=path).matching_ids(self._store) if path is not None else None
+        rows = {
+            r.id: {"path": os.fsdecode(r.path), "width": r.width, "height": r.height, "size": r.size, "taken_at": r.taken_at,
+                   "content_hash": r.content_hash, "phash": r.phash}
+            for r in self._store.select_where(("path", "width", "height", "size", "taken_at", "content_hash", "phash"))
+        }
+        wanted = set(rows) if among is None else set(among.tolist()) & set(rows)
+        wanted = {i for i in wanted if os.path.exists(rows[i]["path"])}  # files deleted since the last index run
+        ids_parts, vector_parts = [], []
+        for chunk_ids, chunk_vectors in self._store.iter_vectors():
+            keep = np.fromiter((int(i) in wanted for i in chunk_ids), dtype=bool, count=len(chunk_ids))
+            ids_parts.append(chunk_ids[keep])
+            vector_parts.append(chunk_vectors[keep])
+        if not ids_parts:
+            return []
+        ids, vectors = np.concatenate(ids_parts), np.concatenate(vector_parts)
+
+        def phash_of(image_id: int) -> str | None:  # rows indexed before hashes were stored
+            try:
+                return perceptual_hash(self.decode_image(rows[image_id]["path"], min_side=64))
+            except SearchliteError as e:
+                log.info("no perceptual hash for %s: %s", rows[image_id]["path"], e)
+                return None
+
+        return duplicates.find_groups(tier, ids, vectors, rows, phash_of)
 
     def files(self, ids: Iterable[int]) -> dict[int, FileRow]:
         """Indexed files by id; ids that are not indexed are absent."""
@@ -329,8 +452,10 @@ class SearchEngine:
         decoded in an isolated decoder process under the index's time and memory limits; with
         min_side, reduced cheaply to no less than twice that on its shorter side. Raises
         PathNotFoundError or ImageDecodeError. Safe from many threads (a pool of decoders)."""
+        from .media.embed_files import read_image_file
+
         data = read_image_file(os.fspath(path))
-        return self._decoder_pool().decode(data, min_side=min_side, max_pixels=self.settings.max_pixels).image
+        return self._decoder_pool().decode(data, min_side=min_side, max_pixels=self.settings.max_pixels, name=os.fspath(path)).image
 
     def embed_text(self, texts: str | Sequence[str]) -> np.ndarray:
         """Unit text embeddings (n, d) from the index's model, one row per text (a single string is
@@ -349,6 +474,8 @@ class SearchEngine:
         return np.stack([vectors[p] for p in paths])
 
     def _embed_files(self, paths: list[str], what: str = "file") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        from .media.embed_files import embed_files
+
         def batch_size() -> int:
             return self.settings.batch_size_on(self._image_encoder.device if self._image_encoder else "cpu")
 
@@ -359,6 +486,8 @@ class SearchEngine:
         first use, stopped by close())."""
         with self._lock:
             if self._decoders is None:
+                from .media.decode_worker import DecodePool
+
                 self._decoders = DecodePool(self.settings.workers, self.settings.decode_timeout_s, self.settings.decoder_memory_limit)
             return self._decoders
 
@@ -371,6 +500,9 @@ class SearchEngine:
             return tower
         with self._lock:
             if self._text_tower is None and not self._tower_checked and self._uses_own_model():
+                from .text.tower import FILENAME as TEXT_TOWER_FILENAME
+                from .text.tower import TextTower
+
                 self._tower_checked = True
                 key = self.model_key()
                 self._text_tower = TextTower.load(model_cache_dir(key) / TEXT_TOWER_FILENAME, key)
@@ -382,12 +514,18 @@ class SearchEngine:
 
     def _export_text_tower(self, encoder: ClipEncoder) -> None:
         if self._text_tower is None and self._uses_own_model():  # once in use (its onnxruntime session too), it stays
+            from .text.export import export_text_tower
+            from .text.tower import FILENAME as TEXT_TOWER_FILENAME
+
             key = self.model_key()
             self._text_tower = export_text_tower(encoder, model_cache_dir(key) / TEXT_TOWER_FILENAME, key)
 
     def _move_text_tower_to_cache(self, index_dir: Path) -> None:
         """searchlite 0.1 kept a copy of the text tower beside each index (250 MB for the default
         model); a writer moves it to the user's cache, where every index of the model finds it."""
+        from .text.tower import FILENAME as TEXT_TOWER_FILENAME
+        from .text.tower import TextTower
+
         legacy = index_dir / TEXT_TOWER_FILENAME
         if not legacy.exists():
             return
@@ -419,6 +557,8 @@ class SearchEngine:
             return self._image_encoder
 
     def _image_tower(self) -> ImageTower | None:
+        from .models.image_tower import ImageTower, export_image_tower
+
         if not (self._uses_own_model() and surely_cpu(self._device) and self.settings.precision in ("auto", "fp32")):
             return None
         key = self.model_key()
@@ -443,6 +583,8 @@ class SearchEngine:
         torch model; on CPUs, the image tower exported here (torch stays off the workers)."""
         if not self._uses_own_model():
             raise InvalidInputError("indexing on Ray needs a model searchlite loads itself (not an encoder factory)")
+        from .models.image_tower import ImageTower
+
         torch_model = {"kind": "torch", "spec": self.spec, "precision": self.settings.precision}
         if gpu:
             return {**torch_model, "device": "cuda"}
@@ -495,19 +637,37 @@ class SearchEngine:
         db = index_dir / DB_FILENAME
         db_bytes = sum(p.stat().st_size for p in (db, db.with_name(db.name + "-wal")) if p.exists())
         faiss_file = index_dir / FAISS_FILENAME
-        links = sum(r.error == scanner.LINK_OUT_OF_COLLECTION for r in self.skipped()) if counts.get(SKIPPED) else 0
+        reasons = [r.error for r in self.skipped()] if counts.get(SKIPPED) else []
+        links = reasons.count(scanner.LINK_OUT_OF_COLLECTION)
+        raw_siblings = reasons.count(scanner.RAW_SIBLING)
         return {
             "index": str(index_dir.resolve()),
             "images": counts.get(INDEXED, 0),
             "failed": counts.get(FAILED, 0),
-            "not_images": counts.get(SKIPPED, 0) - links,
+            "not_images": counts.get(SKIPPED, 0) - links - raw_siblings,
             "links_not_followed": links,
+            "raw_siblings_skipped": raw_siblings,  # camera RAW files whose same-name JPEG is indexed
+            "raw_siblings_indexed": bool(self._store.get_info("raw_siblings")),  # the remembered setting
             "model": ModelSpec.from_record(recorded).describe() if recorded else None,
             "dim": self._store.get_info("embed_dim"),
             "database_bytes": db_bytes,
             "vectors_bytes": faiss_file.stat().st_size if faiss_file.exists() else 0,
             "vector_index": (self._store.get_info("faiss") or {}).get("kind", "exact"),
             "tags": self._store.tag_counts(),
+            **self._metadata_summary(),
+        }
+
+    def _metadata_summary(self) -> dict[str, Any]:
+        """info()'s capture dates and cameras (empty on an old index opened read-only)."""
+        try:
+            first, last, by_source = self._store.date_range()
+            cameras = self._store.camera_counts()
+        except IndexVersionError:  # read-only, before the metadata columns (schema 4)
+            return {"dates": None, "cameras": []}
+        return {
+            # the photos' own wall clock; "from_mtime": how many have only their file's mtime
+            "dates": None if first is None else {"first": first, "last": last, "from_exif": by_source.get("exif", 0), "from_mtime": by_source.get("mtime", 0)},
+            "cameras": [{"make": make, "model": model, "images": n} for make, model, n in cameras],
         }
 
     def failures(self) -> list[FileRow]:

@@ -267,14 +267,18 @@ def test_a_missing_folder_is_named_before_any_work_and_creates_nothing(cli, phot
     assert not index_dir.exists()
 
 
-def test_a_moved_checkpoint_is_found_again_with_pretrained_alone(cli, photos: Path, tmp_path: Path, tiny_model) -> None:
+def test_a_moved_checkpoint_is_found_again_with_pretrained_alone(cli, photos: Path, tmp_path: Path, tiny_model, monkeypatch) -> None:
     config, checkpoint = tiny_model
     first, moved = tmp_path / "first.pt", tmp_path / "moved" / "tiny.pt"
     shutil.copy(checkpoint, first)
     assert cli("index", photos, "--model", config, "--pretrained", first).exit_code == 0
     moved.parent.mkdir()
     first.rename(moved)
-    lost = cli("query", "--image", photos / "astronaut.jpg")  # loads the model: its checkpoint is gone
+    # the model's exported towers answer without the checkpoint ...
+    assert cli("query", "--image", photos / "astronaut.jpg").exit_code == 0
+    # ... and without them (a new cache) the model must be loaded: its checkpoint is gone
+    monkeypatch.setenv("SEARCHLITE_CACHE", str(tmp_path / "empty cache"))
+    lost = cli("query", "--image", photos / "astronaut.jpg")
     assert lost.exit_code == 1
     assert f"checkpoint {first} not found" in lost.stderr
     assert "`searchlite index FOLDER --pretrained" in lost.stderr  # a command that has the flag
@@ -310,13 +314,14 @@ def test_export_refuses_special_files_and_links_to_them(cli, indexed: Path, tmp_
     assert cli("export", fifo).exit_code == 1 and not (tmp_path / "pipe.jsonl").exists()
 
 
-def test_no_command_advises_a_flag_it_lacks(cli, photos: Path, tiny_model, tmp_path: Path) -> None:
+def test_no_command_advises_a_flag_it_lacks(cli, photos: Path, tiny_model, tmp_path: Path, monkeypatch) -> None:
     config, checkpoint = tiny_model
     moved = tmp_path / "weights" / "tiny.pt"
     moved.parent.mkdir()
     shutil.copy(checkpoint, tmp_path / "tiny.pt")
     assert cli("index", photos, "--model", config, "--pretrained", tmp_path / "tiny.pt").exit_code == 0
     (tmp_path / "tiny.pt").rename(moved)
+    monkeypatch.setenv("SEARCHLITE_CACHE", str(tmp_path / "empty cache"))  # no exported towers: the model must load
     from PIL import Image
 
     Image.new("RGB", (40, 30), (9, 99, 199)).save(photos / "new.png")  # something the model must encode

@@ -160,14 +160,14 @@ def test_mixed_query_is_the_weighted_combination(engine_factory, photos: Path) -
 
 def test_many_query_images_are_embedded_in_batches_each_as_alone(engine_factory, photos: Path, monkeypatch) -> None:
     from searchlite.config import IndexSettings
-    from searchlite.models.encoder import ClipEncoder
 
     engine = engine_factory(settings=IndexSettings(batch_size=3))
     paths = sorted(p for p in photos.rglob("*") if p.is_file())[:7]
     alone = np.concatenate([engine.embed_images([p]) for p in paths])
     sizes = []
-    encode_images = ClipEncoder.encode_images
-    monkeypatch.setattr(ClipEncoder, "encode_images", lambda self, batch: sizes.append(len(batch)) or encode_images(self, batch))
+    encoder = type(engine.image_encoder())  # on a CPU, the exported tower
+    encode_images = encoder.encode_images
+    monkeypatch.setattr(encoder, "encode_images", lambda self, batch: sizes.append(len(batch)) or encode_images(self, batch))
     together = engine.embed_images(paths)
     assert sizes == [3, 3, 1]
     np.testing.assert_allclose(together, alone, atol=1e-5)

@@ -16,7 +16,7 @@ from searchlite.config import DB_FILENAME
 from searchlite.storage import migrations
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-OLD_INDEXES = ["2e598f4", "9e1518f"]  # before the tag tables; v1 with them and a tag set
+OLD_INDEXES = ["2e598f4", "9e1518f", "52856a0"]  # before the tag tables; v1 with them and a tag set; schema 3
 
 
 def _load_fixture_script():
@@ -60,9 +60,11 @@ def test_each_migration_builds_on_the_schema_before_it(tmp_path: Path) -> None:
     conn.execute("INSERT INTO images (path, size, mtime_ns, state) VALUES (x'2f61', 1, 2, 'indexed')")
     assert migrations.migrate(conn, upto=2) == (1, 2)
     assert {"tag_sets", "tags", "class_weights"} <= migrations.table_names(conn)
-    assert migrations.migrate(conn) == (2, 3)
+    assert migrations.migrate(conn, upto=3) == (2, 3)
     assert conn.execute("SELECT path, failed_under FROM images").fetchall() == [(b"/a", None)]
-    assert migrations.migrate(conn) == (3, 3)  # nothing left to do
+    assert migrations.migrate(conn) == (3, 4)
+    assert conn.execute("SELECT path, taken_at, make, phash, metadata_version FROM images").fetchall() == [(b"/a", None, None, None, None)]
+    assert migrations.migrate(conn) == (4, 4)  # nothing left to do
     conn.close()
 
 
@@ -110,9 +112,19 @@ def test_an_index_written_by_old_code_answers_like_a_fresh_one(commit: str, tiny
         fresh.tag(labels)
         assert old.info()["tags"] == fresh.info()["tags"]
         assert [h.path for h in old.search("a red square", tag="red")] == [h.path for h in fresh.search("a red square", tag="red")]
+        # its "not an image" verdicts predate the formats this searchlite knows (HEIC, RAW): the
+        # first run looks at those files once more, and finds them still no images
+        # and reads its images' header metadata (once, without re-encoding)
+        rejudged = old.index(photos)
+        assert (rejudged.skipped, rejudged.unchanged, rejudged.encoded, rejudged.metadata_read) == (1, 6, 0, 6)
         again_old, again_fresh = old.index(photos), fresh.index(photos)
+        assert again_old.metadata_read == 0 and again_fresh.metadata_read == 0
         assert dataclasses.replace(again_old, seconds=0) == dataclasses.replace(again_fresh, seconds=0)
         assert again_old.unchanged == 7 and again_old.encoded == 0
+        assert old.info()["dates"] == fresh.info()["dates"] == {
+            "first": fresh.info()["dates"]["first"], "last": fresh.info()["dates"]["last"], "from_exif": 0, "from_mtime": 6
+        }
+        assert [h.path for h in old.search(sort="date", path=photos / "sub")] == [str(photos / "sub" / n) for n in ("d.bmp", "e.bmp", "f.bmp")]
         assert [h.path for h in old.search("a red square", k=10)] == [h.path for h in want]
     with sqlite3.connect(index / DB_FILENAME) as conn:
         assert conn.execute("SELECT value FROM index_info WHERE key = 'schema_version'").fetchone() == (str(migrations.SCHEMA_VERSION),)
@@ -127,7 +139,7 @@ def test_a_newer_schema_is_refused_naming_both_versions(tmp_path: Path) -> None:
     index.mkdir()
     conn = sqlite3.connect(index / DB_FILENAME, isolation_level=None)
     migrations.migrate(conn)
-    conn.execute("UPDATE index_info SET value = '5' WHERE key = 'schema_version'")
+    conn.execute("UPDATE index_info SET value = '99' WHERE key = 'schema_version'")
     conn.close()
     before = (index / DB_FILENAME).read_bytes()
     with pytest.raises(IndexVersionError):
@@ -135,7 +147,7 @@ def test_a_newer_schema_is_refused_naming_both_versions(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["info", "--index", str(index)])
     assert result.exit_code == 1
     assert result.stderr == (
-        f"searchlite: error: the index in {index} was written by a newer searchlite (schema 5; this one reads "
+        f"searchlite: error: the index in {index} was written by a newer searchlite (schema 99; this one reads "
         f"up to {migrations.SCHEMA_VERSION}): upgrade searchlite (pip install -U searchlite)\n"
     )
     assert (index / DB_FILENAME).read_bytes() == before

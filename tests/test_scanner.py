@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from searchlite.ingest.scanner import scan
+from searchlite.ingest.scanner import RAW_SIBLING, scan
 from searchlite.storage.store import content_hash
 
 
@@ -91,3 +91,12 @@ def test_non_utf8_names_round_trip_to_the_original_bytes(tmp_path: Path) -> None
 
 def test_content_hash_depends_only_on_content() -> None:
     assert content_hash(b"abc") == content_hash(b"abc") != content_hash(b"abd")
+
+
+def test_a_raw_beside_a_same_name_jpeg_is_skipped_unless_raw_siblings(tmp_path: Path) -> None:
+    for name in ["IMG_1.CR2", "IMG_1.JPG", "img_2.nef", "IMG_2.jpeg", "IMG_3.ARW", "IMG_3.HEIC", "IMG_4.DNG", "other/IMG_4.JPG"]:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    skipped = {os.path.basename(f.path) for f in scan(tmp_path) if f.skip == RAW_SIBLING}
+    assert skipped == {"IMG_1.CR2", "img_2.nef", "IMG_3.ARW"}  # IMG_4's JPEG is in another folder
+    assert not any(f.skip for f in scan(tmp_path, raw_siblings=True))

@@ -52,7 +52,7 @@ def test_text_search_finds_the_right_shapes(client) -> None:
     captions = [caption_of(h["path"]) for h in hits]
     assert "red circle" in captions[0] and all("red" in c for c in captions), captions
     hit = hits[0]
-    assert set(hit) == {"id", "path", "score", "width", "height", "size", "tags", "thumb", "image"}
+    assert set(hit) == {"id", "path", "score", "width", "height", "size", "tags", "taken_at", "thumb", "image"}
     assert hit["thumb"] == f"{BASE}/api/thumbs/{hit['id']}" and hit["image"] == f"{BASE}/api/images/{hit['id']}"
     assert (hit["width"], hit["height"]) == (64, 64) and hit["size"] == os.path.getsize(hit["path"])
     assert hit["tags"] == ["red"]

@@ -10,6 +10,7 @@ the order they were formed, one transaction each.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -25,6 +26,7 @@ from ..config import IndexSettings
 from ..media import images
 from ..media.decode_worker import DecodeCancelled, DecodePool
 from ..media.embed_files import decode_options
+from ..media.metadata import HEADER_READ_BYTES, METADATA_VERSION, ImageMetadata
 from ..errors import ImageDecodeError
 from ..storage.store import FAILED, INDEXED, SKIPPED, FileRow, Store, Transaction, content_hash
 from ..storage.vector_index import VectorIndex
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int], None]
+
+NOT_AN_IMAGE = "not an image"  # the skip reason of a file no decoder recognises
 
 def decode_settings(settings: IndexSettings) -> dict[str, float]:
     """The settings a decoding verdict depends on."""
@@ -57,8 +61,10 @@ class IndexReport:
     failed: int = 0
     skipped: int = 0  # files that are not images
     links_not_followed: int = 0  # links to files out of the collection (see --follow-links)
+    raw_siblings: int = 0  # camera RAW files not indexed because their same-name JPEG is
     retry_later: int = 0  # files that changed while being read: the next run takes them
     tagged: int = 0  # images given tags by the index's tag sets
+    metadata_read: int = 0  # of the unchanged: images whose header metadata was read (no re-encoding)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     not_followed: list[str] = field(default_factory=list)  # the links counted in links_not_followed
     seconds: float = 0.0  # the run, not counting the model's loading
@@ -76,8 +82,12 @@ class IndexReport:
         ]
         if self.links_not_followed:
             parts.append(f"{self.links_not_followed} link{'s' if self.links_not_followed != 1 else ''} not followed")
+        if self.raw_siblings:
+            parts.append(f"{self.raw_siblings} raw{'s' if self.raw_siblings != 1 else ''} with a JPEG beside")
         if self.retry_later:
             parts.append(f"{self.retry_later} changing (next run)")
+        if self.metadata_read:
+            parts.append(f"{self.metadata_read} with metadata read")
         rate = f", {self.encoded / self.seconds:.1f} img/s" if self.encoded and self.seconds else ""
         loading = f", plus {self.model_seconds:.1f}s loading the model" if self.model_seconds else ""
         return f"{', '.join(parts)} in {self.seconds:.1f}s{loading} ({self.encoded} encoded{rate})"
@@ -95,7 +105,9 @@ class _Prepared:
     reuse: bool = False  # content already has a vector
     skipped: str | None = None  # why it is not indexed (not an image, a link out of the collection)
     error: str | None = None  # why it failed
+    metadata: ImageMetadata | None = None  # the header's facts
     by_settings: bool = False  # the failure came from decoding, under decode_settings()
+    needs: str | None = None  # the optional extra whose absence failed it (images.missing_extra)
     vanished: bool = False  # deleted while the run went on
     changing: bool = False  # written to while it was read: left for the next run
     vector: np.ndarray | None = None  # set by the encoding stage
@@ -126,11 +138,12 @@ class LocalEncoding:
     """Decoding in this machine's decoder processes (threads drive them), encoding with the model
     here."""
 
-    def __init__(self, get_encoder: Callable[[], ImageEncoder], settings: IndexSettings) -> None:
+    def __init__(self, get_encoder: Callable[[], ImageEncoder], settings: IndexSettings, decoders: DecodePool) -> None:
         self.get_encoder = get_encoder
         self.settings = settings
         self.device: str | None = None  # the model's, once it is loaded
-        self.decoders = DecodePool(settings.workers, settings.decode_timeout_s, settings.decoder_memory_limit)
+        self.decoders = decoders
+        decoders.start()  # their start-up overlaps the model's loading
 
     def batch_size(self) -> int:
         return self.settings.batch_size_on(self.device or "cpu")
@@ -152,7 +165,7 @@ class LocalEncoding:
         self.device = encoder.device
         try:
             with self.decoders.worker() as decoder:
-                decoded = decoder.decode(data, **decode_options(self.settings, encoder))
+                decoded, meta = decoder.decode_with_metadata(data, **decode_options(self.settings, encoder), name=p.file.path)
             p.tensor = encoder.preprocess(decoded.image)
         except ImageDecodeError as e:
             p.error, p.by_settings = str(e), True
@@ -164,7 +177,7 @@ class LocalEncoding:
             log.debug("unexpected failure on %s", p.file.path, exc_info=True)
             p.error, p.by_settings = f"cannot decode image: {type(e).__name__}: {e}", True
             return p
-        p.width, p.height = decoded.width, decoded.height
+        p.width, p.height, p.metadata = decoded.width, decoded.height, meta.with_mtime(p.file.mtime_ns)
         return p
 
     def submit(self, batch: list[_Prepared]) -> Callable[[], None]:
@@ -174,10 +187,10 @@ class LocalEncoding:
         return lambda: None
 
     def cancel(self) -> None:
-        self.decoders.cancel()
+        pass  # the run cancels its decoders
 
     def close(self) -> None:
-        self.decoders.close()
+        pass
 
 
 class Indexer:
@@ -191,11 +204,12 @@ class Indexer:
         settings: IndexSettings,
         on_snapshot: Callable[[], None],
         exclude: Sequence[str] = (),
-        stage: Callable[[], EncodeStage] | None = None,
+        stage: Callable[[DecodePool], EncodeStage] | None = None,
     ) -> None:
-        """stage: makes the EncodeStage of a run that has files to read (LocalEncoding by default)."""
+        """stage: makes the EncodeStage of a run that has files to read, given the run's decoder
+        processes (LocalEncoding by default)."""
         self.exclude = exclude
-        self.make_stage = stage or (lambda: LocalEncoding(get_encoder, settings))
+        self.make_stage = stage or (lambda decoders: LocalEncoding(get_encoder, settings, decoders))
         self.store = store
         self.vectors = vectors
         self.get_encoder = get_encoder
@@ -205,19 +219,28 @@ class Indexer:
     def run(self, root: str, progress: ProgressFn | None = None) -> IndexReport:
         started = time.monotonic()
         report = IndexReport()
-        files = list(scanner.scan(root, self.exclude, follow_links=self.settings.follow_links))
+        files = list(scanner.scan(root, self.exclude, follow_links=self.settings.follow_links,
+                                  raw_siblings=bool(self.settings.raw_siblings)))
         known = self.store.rows_under(root)
         seen = {f.path for f in files}
         missing = [row for path, row in known.items() if path not in seen]
         current = decode_settings(self.settings)
+        extra_available = functools.cache(images.extra_available)
         work = []
+        unread: list[tuple[FileInfo, FileRow]] = []  # unchanged images whose header was not read yet
         for f in files:
             row = known.get(f.path)
             if row is not None and row.size == f.size and row.mtime_ns == f.mtime_ns:
-                if row.state == FAILED and row.failed_under not in (None, current):
-                    work.append(f)  # failed under other limits: judge it again under these
+                if row.state == FAILED and _judge_again(row.failed_under, current, extra_available):
+                    work.append(f)  # failed under other limits, or for an extra now installed
+                elif row.state == SKIPPED and row.error == NOT_AN_IMAGE and _formats_version(row) != images.FORMATS_VERSION:
+                    work.append(f)  # judged by a searchlite that knew fewer formats
+                elif (f.skip == scanner.RAW_SIBLING) != (row.state == SKIPPED and row.error == scanner.RAW_SIBLING):
+                    work.append(f)  # the sibling rule's verdict changed (the setting, or the JPEG came or went)
                 else:
                     report.unchanged += 1
+                    if row.state == INDEXED and (row.metadata_version or 0) < METADATA_VERSION:
+                        unread.append((f, row))
             else:
                 work.append(f)
         log.info("%d files: %d to process, %d gone", len(files), len(work), len(missing))
@@ -231,6 +254,8 @@ class Indexer:
         if work:
             run = _Run(self, report, known, missing_by_hash, started)
             run.process(work, progress)
+        if unread:
+            self._read_metadata(unread, report)
         gone = [row for rows in missing_by_hash.values() for row in rows]
         gone += [row for row in missing if row.state != INDEXED or not row.content_hash]
         if gone:
@@ -241,6 +266,52 @@ class Indexer:
         report.seconds = time.monotonic() - started
         return report
 
+    def _read_metadata(self, unread: list[tuple[FileInfo, FileRow]], report: IndexReport) -> None:
+        """Fill in the header metadata of unchanged images indexed before it was read (or by an
+        older reader): the first HEADER_READ_BYTES of each file, parsed in a decoder process; the
+        model is neither loaded nor run."""
+        settings = self.settings
+        decoders = DecodePool(settings.workers, settings.decode_timeout_s, settings.decoder_memory_limit)
+
+        def read(item: tuple[FileInfo, FileRow]) -> ImageMetadata | None:
+            f, _ = item
+            try:
+                with open(f.path, "rb") as fh:
+                    data = fh.read(HEADER_READ_BYTES)
+                return decoders.read_metadata(data).with_mtime(f.mtime_ns)
+            except (OSError, ImageDecodeError, DecodeCancelled) as e:
+                log.debug("no metadata for %s: %s", f.path, e)
+                return None
+
+        try:
+            with ThreadPoolExecutor(settings.workers, thread_name_prefix="searchlite-metadata") as pool:
+                for start in range(0, len(unread), 1000):
+                    chunk = unread[start : start + 1000]
+                    found = list(pool.map(read, chunk))
+                    with self.store.transaction(vectors_changed=False) as tx:
+                        for (_, row), meta in zip(chunk, found):
+                            if meta is not None:
+                                tx.set_metadata(row.id, meta.to_columns(), METADATA_VERSION, width=meta.width, height=meta.height)
+                                report.metadata_read += 1
+        finally:
+            decoders.close()
+
+
+
+def _formats_version(row: FileRow) -> int:
+    """The images.FORMATS_VERSION a "not an image" verdict was given under (1: before it was kept)."""
+    return int((row.failed_under or {}).get("formats", 1))
+
+
+def _judge_again(failed_under: dict[str, Any] | None, current: dict[str, Any], extra_available: Callable[[str], bool]) -> bool:
+    """Whether a file that failed (unchanged since) is decoded again: when it failed for want of an
+    extra that is installed now, or under other limits than these."""
+    if failed_under is None:
+        return False
+    needs = failed_under.get("needs")
+    if needs is not None:
+        return extra_available(needs)
+    return failed_under != current
 
 
 class _Run:
@@ -267,7 +338,9 @@ class _Run:
 
     def process(self, work: list[FileInfo], progress: ProgressFn | None) -> None:
         settings = self.ix.settings
-        stage = self.stage = self.ix.make_stage()
+        # this machine's decoders: the stage's, when it decodes here, and for the headers of known content
+        decoders = self.decoders = DecodePool(settings.workers, settings.decode_timeout_s, settings.decoder_memory_limit)
+        stage = self.stage = self.ix.make_stage(decoders)
         pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="searchlite-decode")
         try:
             done = 0
@@ -283,11 +356,13 @@ class _Run:
             while self.in_flight:
                 self._commit(*self.in_flight.popleft())
         except BaseException:
-            stage.cancel()  # interrupted or failed: stop decoding now, keep what was committed
+            decoders.cancel()  # interrupted or failed: stop decoding now, keep what was committed
+            stage.cancel()
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             stage.close()
+            decoders.close()
 
     def _prepare(self, f: FileInfo) -> _Prepared:
         """Runs in a worker thread: read, hash, sniff, then the stage's part (decoding, here or
@@ -306,9 +381,17 @@ class _Run:
             return _Prepared(f, changing=True)
         digest = content_hash(data)
         if digest in self.known_hashes:
-            return _Prepared(f, digest, reuse=True)
-        if images.detect_format(data[: images.HEADER_BYTES]) is None:
-            return _Prepared(f, digest, skipped="not an image")
+            try:  # a copy or a move of known content: its header only
+                meta = self.decoders.read_metadata(data).with_mtime(f.mtime_ns)
+            except (ImageDecodeError, DecodeCancelled):
+                meta = None
+            return _Prepared(f, digest, reuse=True, metadata=meta)
+        fmt = images.detect_format(data[: images.HEADER_BYTES], f.path)
+        if fmt is None:
+            return _Prepared(f, digest, skipped=NOT_AN_IMAGE)
+        needs = images.missing_extra(fmt)
+        if needs is not None:  # known without a decoder; judged again once the extra is installed
+            return _Prepared(f, digest, error=images.missing_extra_reason(needs), by_settings=True, needs=needs)
         return self.stage.prepare(_Prepared(f, digest), data)
 
     def _flush(self) -> None:
@@ -344,6 +427,8 @@ class _Run:
             first = first_of[p.content_hash]
             if first is not p:  # a copy takes the verdict of the copy that was encoded
                 p.width, p.height, p.error, p.by_settings, p.changing = first.width, first.height, first.error, first.by_settings, first.changing
+                if p.metadata is None and first.metadata is not None:
+                    p.metadata = first.metadata.with_mtime(p.file.mtime_ns)
         encoded_hashes = {h for h, p in first_of.items() if p.vector is not None and not p.reuse}
         report = self.report
 
@@ -366,6 +451,10 @@ class _Run:
                 if p.error is not None or p.skipped is not None:
                     state, reason = (FAILED, p.error) if p.error is not None else (SKIPPED, p.skipped)
                     failed_under = decode_settings(self.ix.settings) if p.by_settings else None
+                    if p.needs is not None:
+                        failed_under = {**(failed_under or {}), "needs": p.needs}
+                    if p.skipped == NOT_AN_IMAGE:  # the column keeps what a verdict was reached under
+                        failed_under = {"formats": images.FORMATS_VERSION}
                     tx.put(f.path, size=f.size, mtime_ns=f.mtime_ns, content_hash=p.content_hash, state=state, error=reason,
                            failed_under=failed_under)
                     if old is not None and old.state == INDEXED:
@@ -376,6 +465,8 @@ class _Run:
                     elif p.skipped == scanner.LINK_OUT_OF_COLLECTION:
                         report.links_not_followed += 1
                         report.not_followed.append(f.path)
+                    elif p.skipped == scanner.RAW_SIBLING:
+                        report.raw_siblings += 1
                     else:
                         report.skipped += 1
                     continue
@@ -400,6 +491,8 @@ class _Run:
                     vector=vector,
                     width=p.width,
                     height=p.height,
+                    metadata=p.metadata.to_columns() if p.metadata else None,
+                    metadata_version=METADATA_VERSION if p.metadata else None,
                 )
                 added_ids.append(row_id)
                 added_vectors.append(vector)
@@ -422,15 +515,24 @@ class _Run:
         f = p.file
         if old is not None and old.state == INDEXED and old.content_hash == p.content_hash:
             tx.touch(old.id, size=f.size, mtime_ns=f.mtime_ns)  # same bytes, new mtime
+            self._keep_metadata(tx, old.id, p)
             self.report.unchanged += 1
             return True
         candidates = self.missing_by_hash.get(p.content_hash or "")
         if old is None and candidates:
             moved = candidates.pop()
             tx.move(moved.id, f.path, size=f.size, mtime_ns=f.mtime_ns)
+            self._keep_metadata(tx, moved.id, p)
             self.report.moved += 1
             return True
         return False
+
+    @staticmethod
+    def _keep_metadata(tx: Transaction, row_id: int, p: _Prepared) -> None:
+        """A touched or moved file's header, read again (its mtime may stand in for a capture
+        time); the perceptual hash of its unchanged pixels stays."""
+        if p.metadata is not None:
+            tx.set_metadata(row_id, p.metadata.to_columns(), METADATA_VERSION)
 
 
 T = TypeVar("T")

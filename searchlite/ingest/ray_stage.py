@@ -272,6 +272,7 @@ class RayEncoding:
             for p, verdict in zip(batch, verdicts):
                 if verdict[0] == "ok":
                     p.vector, p.width, p.height = vectors[row], verdict[1], verdict[2]
+                    p.metadata = verdict[3].with_mtime(p.file.mtime_ns)
                     row += 1
                 elif verdict[0] == "error":
                     p.error, p.by_settings = verdict[1], True
@@ -346,6 +347,7 @@ class EncodeActor:
         """(path, bytes or None to read path, content hash) each -> (the vectors of the files
         decoded, in order; a verdict per file: ("ok", width, height), ("error", reason) or
         ("changing",) for a file whose content is no longer the one the driver hashed)."""
+        # "ok" verdicts carry the header metadata (media/metadata.py) as a fourth item
         decoded = list(self.pool.map(self._decode, items))
         tensors = [d[1] for d in decoded if d[0] == "ok"]
         vectors = self.encoder.encode_images(tensors) if tensors else None
@@ -363,8 +365,8 @@ class EncodeActor:
                 return ("changing", None)
         try:
             with self.decoders.worker() as decoder:
-                image = decoder.decode(data, **self.options)
-            return ("ok", self.encoder.preprocess(image.image), image.width, image.height)
+                image, meta = decoder.decode_with_metadata(data, **self.options, name=path)
+            return ("ok", self.encoder.preprocess(image.image), image.width, image.height, meta)
         except ImageDecodeError as e:
             return ("error", None, str(e))
         except Exception as e:  # noqa: BLE001 - one bad file must never stop the run (as indexer.LocalEncoding)

@@ -6,6 +6,10 @@ UTF-8 are carried losslessly as surrogate escapes (os.fsencode gives the origina
 Symbolic links: a link to a file inside the collection is indexed like the file; links to folders
 are not followed, and links leading out of the collection are reported, not followed; with
 follow_links=True every link is followed, loops included safely (each folder is walked once).
+
+Camera RAW siblings: a camera that shoots RAW+JPEG writes IMG_1.CR2 beside IMG_1.JPG, one picture
+twice. The RAW is reported as skipped (RAW_SIBLING) unless raw_siblings=True; the pairing goes by
+name (the same stem, case aside, in the same folder), the JPEG (or HEIC/HEIF) being the rendered one.
 """
 
 from __future__ import annotations
@@ -16,10 +20,17 @@ import stat
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
+from ..media.raw import RAW_EXTENSIONS
+
 log = logging.getLogger(__name__)
 
 # the skip reason of a link to a file out of the collection (counted apart from files not images)
 LINK_OUT_OF_COLLECTION = "symbolic link out of the collection: not followed (following links is off)"
+# the skip reason of a camera RAW file beside a same-name JPEG (counted apart from files not images)
+RAW_SIBLING = "camera raw with a same-name JPEG beside it: the JPEG is indexed (raw siblings are off)"
+
+# the rendered copies a camera writes beside its RAW files (.hif: Canon's HEIF)
+_RENDERED_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".heic", ".heif", ".hif"})
 
 
 @dataclass(frozen=True)
@@ -39,26 +50,43 @@ def is_hidden(name: str) -> bool:
 
 
 def scan(
-    root: str | os.PathLike[str], exclude: Collection[str] = (), *, follow_links: bool = False
+    root: str | os.PathLike[str],
+    exclude: Collection[str] = (),
+    *,
+    follow_links: bool = False,
+    raw_siblings: bool = False,
 ) -> Iterator[FileInfo]:
     """Yield every visible file under root (or root itself, if it is a file), sorted by path.
 
-    Hidden entries and the folders in `exclude` (absolute paths) are skipped.
+    Hidden entries and the folders in `exclude` (absolute paths) are skipped. A camera RAW file with
+    a same-name JPEG beside it comes with skip=RAW_SIBLING, unless raw_siblings.
     """
     root = os.path.abspath(os.fspath(root))
     st = os.stat(root)
     if stat.S_ISREG(st.st_mode):
         yield FileInfo(root, st.st_size, st.st_mtime_ns)
         return
-    walker = _Walker(root, frozenset(exclude), follow_links)
+    walker = _Walker(root, frozenset(exclude), follow_links, raw_siblings)
     yield from walker.walk(root, st)
 
 
+def _split_name(name: str) -> tuple[str, str]:
+    """(stem case-folded, extension lower-cased) of a file name."""
+    stem, ext = os.path.splitext(name)
+    return stem.casefold(), ext.lower()
+
+
+def _rendered_stems(names: Collection[str]) -> set[str]:
+    """The stems of the JPEG/HEIF files among names: RAW files with these stems have a sibling."""
+    return {stem for stem, ext in map(_split_name, names) if ext in _RENDERED_EXTENSIONS}
+
+
 class _Walker:
-    def __init__(self, root: str, exclude: frozenset[str], follow_links: bool) -> None:
+    def __init__(self, root: str, exclude: frozenset[str], follow_links: bool, raw_siblings: bool) -> None:
         self.real_root = os.path.realpath(root)
         self.exclude = exclude
         self.follow_links = follow_links
+        self.raw_siblings = raw_siblings
         self.seen_dirs: set[tuple[int, int]] = set()
 
     def inside(self, path: str) -> bool:
@@ -76,12 +104,12 @@ class _Walker:
         except OSError as e:
             log.warning("cannot list %s: %s", folder, e.strerror or e)
             return
+        entries = [e for e in entries if not is_hidden(e.name) and e.path not in self.exclude]
+        rendered = set() if self.raw_siblings else _rendered_stems([e.name for e in entries])
         for entry in entries:
-            if is_hidden(entry.name) or entry.path in self.exclude:
-                continue
-            yield from self.entry(entry)
+            yield from self.entry(entry, rendered)
 
-    def entry(self, entry: os.DirEntry[str]) -> Iterator[FileInfo]:
+    def entry(self, entry: os.DirEntry[str], rendered: set[str]) -> Iterator[FileInfo]:
         path = entry.path
         try:
             is_link = entry.is_symlink()
@@ -107,4 +135,6 @@ class _Walker:
         if stat.S_ISDIR(st.st_mode):
             yield from self.walk(path, st)
         elif stat.S_ISREG(st.st_mode):
-            yield FileInfo(path, st.st_size, st.st_mtime_ns)
+            stem, ext = _split_name(entry.name)
+            sibling = ext in RAW_EXTENSIONS and stem in rendered
+            yield FileInfo(path, st.st_size, st.st_mtime_ns, skip=RAW_SIBLING if sibling else None)

@@ -2,11 +2,14 @@
 hostile file costs one worker and one verdict ("failed"), never the indexing run.
 
 Each child runs images.decode_rgb under a memory cap; the parent waits at most a time limit per
-file, kills and replaces a child that crashed or overran, and retries a crashed file once.
+file, kills and replaces a child that crashed or overran, and retries a crashed file once. The
+child also reads the file's header metadata (media/metadata.py) when asked: with the decode (plus a
+perceptual hash of the decoded pixels), or alone, without decoding any pixel.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import socket
@@ -19,6 +22,11 @@ from typing import Any
 
 from ..errors import ImageDecodeError
 from .images import Decoded
+from .metadata import ImageMetadata
+
+# kwargs key of a request that also (WITH) or only (ONLY) wants the header metadata
+_METADATA = "_metadata"
+_WITH, _ONLY = "with", "only"
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +53,7 @@ def serve(fd: int, memory_limit: int) -> None:
     from PIL import Image
 
     from .images import decode_rgb
+    from .metadata import perceptual_hash, read_metadata_bytes
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     warnings.simplefilter("ignore")  # Pillow's warnings on odd files; verdicts say what matters
@@ -59,9 +68,17 @@ def serve(fd: int, memory_limit: int) -> None:
         if message is None:
             return
         data, kwargs = message
+        wanted = kwargs.pop(_METADATA, None)
         try:
-            decoded = decode_rgb(data, **kwargs)
-            reply: tuple[Any, ...] = ("ok", decoded.width, decoded.height, decoded.image.size, decoded.image.tobytes())
+            if wanted == _ONLY:
+                reply: tuple[Any, ...] = ("meta", _header(data, read_metadata_bytes).to_dict())
+            else:
+                decoded = decode_rgb(data, **kwargs)
+                reply = ("ok", decoded.width, decoded.height, decoded.image.size, decoded.image.tobytes())
+                if wanted == _WITH:
+                    meta = _header(data, read_metadata_bytes)
+                    meta = dataclasses.replace(meta, width=decoded.width, height=decoded.height, phash=perceptual_hash(decoded.image))
+                    reply += (meta.to_dict(),)
         except ImageDecodeError as e:
             reply = ("error", str(e), e.setting)
         except MemoryError:
@@ -72,6 +89,14 @@ def serve(fd: int, memory_limit: int) -> None:
             return
 
 
+def _header(data: bytes, read: Any) -> ImageMetadata:
+    """The header metadata of data; a file Pillow cannot open gets a reason."""
+    try:
+        return read(data)
+    except Exception as e:  # noqa: BLE001 - any plugin's failure on a hostile header
+        raise ImageDecodeError(f"cannot read the image header: {e}") from None
+
+
 class DecodeWorker:
     """One child process, started on first use and replaced when it dies."""
 
@@ -80,12 +105,32 @@ class DecodeWorker:
         self.memory_limit = memory_limit
         self._process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
+        self._asked = False  # to exit, by ask_to_exit
         self.closed = False
 
     def decode(self, data: bytes, **kwargs: Any) -> Decoded:
         """decode_rgb(data, **kwargs) in the child. Raises ImageDecodeError with the reason."""
+        return self._decode(data, kwargs)[0]
+
+    def decode_with_metadata(self, data: bytes, **kwargs: Any) -> tuple[Decoded, ImageMetadata]:
+        """decode(), and the file's header metadata with the perceptual hash of its pixels."""
+        decoded, meta = self._decode(data, {**kwargs, _METADATA: _WITH})
+        assert meta is not None
+        return decoded, meta
+
+    def read_metadata(self, data: bytes) -> ImageMetadata:
+        """The header metadata of the image in data (no pixel is decoded). Raises ImageDecodeError."""
+        reply = self._call(data, {_METADATA: _ONLY})
+        return ImageMetadata(**reply[1])
+
+    def _decode(self, data: bytes, kwargs: dict[str, Any]) -> tuple[Decoded, ImageMetadata | None]:
         from PIL import Image
 
+        _, width, height, size, pixels, *meta = self._call(data, kwargs)
+        return Decoded(Image.frombytes("RGB", size, pixels), width, height), (ImageMetadata(**meta[0]) if meta else None)
+
+    def _call(self, data: bytes, kwargs: dict[str, Any]) -> tuple[Any, ...]:
+        """One request to the child; its reply, or ImageDecodeError with the reason."""
         reason = ""
         for _ in range(CRASH_ATTEMPTS):
             conn = self._ensure_started()
@@ -104,9 +149,12 @@ class DecodeWorker:
                 continue
             if reply[0] == "error":
                 raise ImageDecodeError(reply[1], setting=reply[2] if len(reply) > 2 else None)
-            _, width, height, size, pixels = reply
-            return Decoded(Image.frombytes("RGB", size, pixels), width, height)
+            return reply
         raise ImageDecodeError(f"{reason}, {CRASH_ATTEMPTS} times")
+
+    def start(self) -> None:
+        """Start the child if it is not running."""
+        self._ensure_started()
 
     def _ensure_started(self) -> Connection:
         if self.closed:
@@ -121,6 +169,7 @@ class DecodeWorker:
             )
             theirs.close()
             self._conn = Connection(ours.detach())
+            self._asked = False
         return self._conn
 
     def _exit_code(self) -> int | None:
@@ -144,13 +193,22 @@ class DecodeWorker:
             self._conn.close()
         self._process = self._conn = None
 
-    def close(self) -> None:
-        """Ask the child to exit; kill it if it does not."""
-        if self._conn is not None and self._process is not None:
+    def ask_to_exit(self) -> None:
+        """Tell the child to exit when it is done (close() then waits for it)."""
+        if self._conn is not None and self._process is not None and not self._asked:
+            self._asked = True
             try:
                 self._conn.send(None)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        """Ask the child to exit; kill it if it does not within 2 s."""
+        self.ask_to_exit()
+        if self._process is not None:
+            try:
                 self._process.wait(2)
-            except (OSError, subprocess.TimeoutExpired):
+            except subprocess.TimeoutExpired:
                 pass
         self.kill()
 
@@ -163,6 +221,12 @@ class DecodePool:
         self._free: queue.Queue[DecodeWorker] = queue.Queue()
         for worker in self._workers:
             self._free.put(worker)
+
+    def start(self) -> None:
+        """Start every child now (they are otherwise started on first use), so that their start-up
+        overlaps whatever the caller does before the first decode, such as loading a model."""
+        for worker in self._workers:
+            worker.start()
 
     @contextmanager
     def worker(self) -> Iterator[DecodeWorker]:
@@ -177,6 +241,11 @@ class DecodePool:
         with self.worker() as worker:
             return worker.decode(data, **kwargs)
 
+    def read_metadata(self, data: bytes) -> ImageMetadata:
+        """DecodeWorker.read_metadata on whichever worker is free."""
+        with self.worker() as worker:
+            return worker.read_metadata(data)
+
     def cancel(self) -> None:
         """Kill every child at once (on interruption): waiting decodes raise DecodeCancelled."""
         for worker in self._workers:
@@ -184,6 +253,8 @@ class DecodePool:
 
     def close(self) -> None:
         """Stop every child; call when no thread uses the pool any more."""
-        for worker in self._workers:
+        for worker in self._workers:  # all at once: each child takes a while to exit
             worker.closed = True
+            worker.ask_to_exit()
+        for worker in self._workers:
             worker.close()

@@ -66,7 +66,7 @@ def embed_files(
                 try:
                     data = read_image_file(path, what)
                     try:
-                        image = decoder.decode(data, **decode_options(settings, get_encoder())).image
+                        image = decoder.decode(data, **decode_options(settings, get_encoder()), name=path).image
                     except ImageDecodeError as e:
                         raise ImageDecodeError(f"{what} {path}: {e}", setting=e.setting) from None
                     batch.append((path, image))

@@ -1,12 +1,19 @@
 """Safe image decoding: bytes in, the RGB picture a viewer would show out.
 
-Recognises images by content (magic bytes), never by extension; applies EXIF orientation; takes the
-first frame of animations and multi-page files; converts every mode to RGB, compositing transparency
-over a white background and scaling high-bit-depth grayscale to 8 bits.
+Recognises images by content (magic bytes), never by extension (except, as a last resort, a RAW
+whose TIFF structure says too little); applies EXIF orientation; takes the first frame of
+animations and multi-page files; converts every mode to RGB, compositing transparency over a white
+background and scaling high-bit-depth grayscale to 8 bits.
+
+HEIC/HEIF needs pillow-heif and camera RAW needs rawpy (the `heif` and `raw` extras); AVIF needs a
+Pillow built with it (11.3 and later). Without them such a file fails with the install command as
+its reason, never silently.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import io
 import logging
 from dataclasses import dataclass
@@ -16,14 +23,34 @@ import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
 from ..errors import ImageDecodeError
+from . import raw
+from .raw import RAW_FORMATS
 
 log = logging.getLogger(__name__)
 
-# Pillow format names we accept. MPO is the multi-picture JPEG many cameras write.
-SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "TIFF", "BMP"})
+# Pillow format names we accept. MPO is the multi-picture JPEG many cameras write; HEIF is
+# pillow-heif's. Camera RAW (RAW_FORMATS) goes through rawpy instead.
+SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "TIFF", "BMP", "HEIF", "AVIF"})
 
-# How many leading bytes detect_format needs.
-HEADER_BYTES = 16
+# Bumped whenever detect_format learns formats: a file judged "not an image" under an older
+# number is looked at again (2: HEIF, AVIF and camera RAW)
+FORMATS_VERSION = 2
+
+# How many leading bytes detect_format reads: a TIFF-based RAW is told from a plain TIFF by tags in
+# its first directory, which cameras write near the start
+HEADER_BYTES = 65536
+
+# ISO base media file brands (the ftyp box): HEIF stills and sequences, AVIF, Canon's CR3
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"})
+_AVIF_BRANDS = frozenset({b"avif", b"avis"})
+_GENERIC_BRANDS = frozenset({b"mif1", b"msf1", b"mif2", b"miaf"})
+
+# the optional extras: what each provides, and the command that installs it
+_EXTRAS = {
+    "heif": ("HEIC/HEIF images need the pillow-heif package", "pip install 'searchlite[heif]'"),
+    "avif": ("AVIF images need Pillow 11.3 or later (built with AVIF)", "pip install 'searchlite[heif]'"),
+    "raw": ("camera raw files need the rawpy package", "pip install 'searchlite[raw]'"),
+}
 
 BACKGROUND = (255, 255, 255)
 
@@ -31,8 +58,10 @@ BACKGROUND = (255, 255, 255)
 Extent = tuple[Fraction, Fraction]
 
 
-def detect_format(header: bytes) -> str | None:
-    """The image format named by a file's first bytes, or None when it is not a supported image."""
+def detect_format(header: bytes, name: str | None = None) -> str | None:
+    """The image format named by a file's first bytes (up to HEADER_BYTES of them), or None when it
+    is not a supported image: a Pillow format name, or one of RAW_FORMATS. name: the file's name,
+    consulted only for a TIFF-structured file whose first directory does not say whether it is RAW."""
     if header.startswith(b"\xff\xd8\xff"):
         return "JPEG"
     if header.startswith(b"\x89PNG\r\n\x1a\n"):
@@ -42,10 +71,93 @@ def detect_format(header: bytes) -> str | None:
     if header[:6] in (b"GIF87a", b"GIF89a"):
         return "GIF"
     if header[:4] in (b"II*\x00", b"MM\x00*"):
-        return "TIFF"
+        return raw.tiff_raw_format(header, name) or "TIFF"
     if header[:2] == b"BM":
         return "BMP"
+    if header[4:8] == b"ftyp":
+        return _iso_media_format(header)
+    return raw.magic_format(header)
+
+
+def _iso_media_format(header: bytes) -> str | None:
+    """HEIF, AVIF or CR3 from an ISO base media file's ftyp box (major and compatible brands)."""
+    major = header[8:12]
+    if major == b"crx ":
+        return "CR3"
+    box_size = int.from_bytes(header[:4], "big")
+    compatible = {header[i : i + 4] for i in range(16, min(box_size, len(header)) - 3, 4)}
+    if major in _AVIF_BRANDS:
+        return "AVIF"
+    if major in _HEIF_BRANDS:
+        return "HEIF"
+    if major in _GENERIC_BRANDS:
+        if compatible & _HEIF_BRANDS:
+            return "HEIF"
+        if compatible & _AVIF_BRANDS:
+            return "AVIF"
+        return "HEIF"  # a HEIF of another codec: libheif decides
     return None
+
+
+def missing_extra(fmt: str | None) -> str | None:
+    """The optional extra ("heif", "avif", "raw") that decoding fmt needs and this installation
+    lacks, or None. Cheap: it finds modules without importing them."""
+    if fmt in RAW_FORMATS:
+        return None if importlib.util.find_spec("rawpy") is not None else "raw"
+    if fmt == "HEIF":
+        return None if importlib.util.find_spec("pillow_heif") is not None else "heif"
+    if fmt == "AVIF":
+        return None if _pillow_has_avif() else "avif"
+    return None
+
+
+def extra_available(extra: str) -> bool:
+    """Whether an extra named by missing_extra is installed now."""
+    fmt = {"heif": "HEIF", "avif": "AVIF", "raw": "DNG"}.get(extra)
+    return fmt is not None and missing_extra(fmt) is None
+
+
+def missing_extra_reason(extra: str) -> str:
+    """Why a file needing this extra was not decoded, with the command that fixes it."""
+    what, command = _EXTRAS[extra]
+    return f"{what}: {command}"
+
+
+def _pillow_has_avif() -> bool:
+    from PIL import features
+
+    return bool(features.check_module("avif"))
+
+
+@functools.cache
+def _register_heif_opener() -> None:
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+
+
+def open_image(data: bytes, fmt: str | None = None) -> Image.Image:
+    """Open a picture Pillow reads (any but camera RAW), the plugins its format needs registered:
+    its header, size and EXIF (getexif()) are read, its pixels not yet. fmt: detect_format's answer,
+    when known. Raises ImageDecodeError (the install command when an extra is missing)."""
+    fmt = fmt or detect_format(data[:HEADER_BYTES])
+    if fmt in RAW_FORMATS:
+        raise ImageDecodeError(f"{fmt} is a camera raw format: decode it with decode_rgb")
+    extra = missing_extra(fmt)
+    if extra is not None:
+        raise ImageDecodeError(missing_extra_reason(extra))
+    if fmt == "HEIF":
+        try:
+            _register_heif_opener()
+        except ImportError as e:  # present but broken (a missing shared library)
+            raise ImageDecodeError(f"{missing_extra_reason('heif')} ({e})") from e
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as e:
+        raise ImageDecodeError("cannot decode image: damaged or unrecognised image data") from e
+    if img.format not in SUPPORTED_FORMATS:
+        raise ImageDecodeError(f"unsupported image format {img.format}")
+    return img
 
 
 @dataclass(frozen=True)
@@ -69,6 +181,7 @@ def decode_rgb(
     max_pixels: int | None = None,
     center_crop: bool = False,
     resize_shortest: int | None = None,
+    name: str | None = None,
 ) -> Decoded:
     """Decode image bytes to an RGB image, oriented as its EXIF says.
 
@@ -81,27 +194,32 @@ def decode_rgb(
     resize_shortest: finish with the model's own first step, a bicubic resize of the shorter side
       to this (pixel for pixel what open_clip's Resize does), so that what leaves a decoder
       process is the small picture.
+    name: the file's name, for detect_format's last resort.
+    Camera RAW: the camera's embedded preview when its shorter side is at least min_side (a JPEG
+    the camera rendered: fast), else a demosaic of the sensor data with the camera's white balance
+    (2x2 binned when even half the sensor is over twice min_side, bilinear when reduced for a model
+    at all, LibRaw's AHD for a full-quality decode). Either way the RAW's orientation
+    is applied once (a preview's own EXIF is ignored: previews are stored as the sensor saw them).
     Raises ImageDecodeError with a reason a user can read.
     """
     try:
-        img = Image.open(io.BytesIO(data))
-        if img.format not in SUPPORTED_FORMATS:
-            raise ImageDecodeError(f"unsupported image format {img.format}")
-        width, height = img.size
-        if max_pixels and width * height > max_pixels:
-            raise ImageDecodeError(
-                f"image is {width}x{height} ({_megapixels(width * height)} MP), over the "
-                f"{_megapixels(max_pixels)} MP limit; raise the limit to index it",
-                setting="max_megapixels",
-            )
+        fmt = detect_format(data[:HEADER_BYTES], name)
+        if fmt in RAW_FORMATS:
+            img, width, height, transpose = _open_raw(data, min_side, max_pixels)
+        else:
+            img = open_image(data, fmt)
+            width, height = img.size
+            _check_pixels(width, height, max_pixels)
+            transpose = None
         # the full picture's extent in the current pixels: a reduced decode's last row and column
         # hold only part of a pixel's worth (4000x2250 at 1/8 is 500x281.25, stored as 500x282)
-        extent = (Fraction(width), Fraction(height))
+        extent = (Fraction(img.size[0]), Fraction(img.size[1]))
         if min_side and img.format in ("JPEG", "MPO"):
             drafted = img.draft(None, (min_side, min_side))  # (mode, (0, 0, w, h)): the extent, scaled
             if drafted:
                 extent = (Fraction(drafted[1][2]), Fraction(drafted[1][3]))
-        transpose = _exif_transpose(img)
+        if fmt not in RAW_FORMATS:
+            transpose = _exif_transpose(img)
         img.load()  # first frame only; later frames are never decoded
         img = to_rgb(img)
         if center_crop:
@@ -129,6 +247,46 @@ def decode_rgb(
         if "truncated" in str(e).lower():
             raise ImageDecodeError("cannot decode image: the file is truncated (its data ends early)") from e
         raise ImageDecodeError(f"cannot decode image: {e}") from e
+
+
+def _check_pixels(width: int, height: int, max_pixels: int | None) -> None:
+    if max_pixels and width * height > max_pixels:
+        raise ImageDecodeError(
+            f"image is {width}x{height} ({_megapixels(width * height)} MP), over the "
+            f"{_megapixels(max_pixels)} MP limit; raise the limit to index it",
+            setting="max_megapixels",
+        )
+
+
+def _open_raw(
+    data: bytes, min_side: int | None, max_pixels: int | None
+) -> tuple[Image.Image, int, int, Image.Transpose | None]:
+    """A camera RAW as (picture as the sensor saw it, sensor width, height, the transpose that
+    shows it upright); see decode_rgb."""
+    try:
+        opened = raw.RawFile(data)
+    except ImportError as e:
+        reason = missing_extra_reason("raw")
+        raise ImageDecodeError(reason if isinstance(e, ModuleNotFoundError) else f"{reason} ({e})") from e
+    with opened:
+        width, height = opened.size
+        _check_pixels(width, height, max_pixels)
+        transpose = _TRANSPOSES.get(opened.orientation)
+        if min_side:
+            preview = opened.preview()
+            if preview is not None and _preview_serves(preview.size, (width, height), min_side):
+                return preview, width, height, transpose
+        half_size = bool(min_side) and min(width, height) >= 4 * min_side
+        return opened.demosaic(half_size=half_size, fast=bool(min_side)), width, height, transpose
+
+
+def _preview_serves(preview: tuple[int, int], sensor: tuple[int, int], min_side: int) -> bool:
+    """A preview stands in for the RAW when it is big enough for the model and shows the same
+    frame (some cameras letterbox previews to another aspect ratio)."""
+    if min(preview) < min_side:
+        return False
+    aspect, sensor_aspect = preview[0] / preview[1], sensor[0] / sensor[1]
+    return abs(aspect - sensor_aspect) <= 0.02 * sensor_aspect
 
 
 def _crop_long_strip(img: Image.Image, extent: Extent) -> tuple[Image.Image, Extent]:

@@ -229,6 +229,9 @@ def _session(model: Path | bytes, threads: int | None = None) -> Any:
     if threads:
         options.intra_op_num_threads = threads
     options.log_severity_level = 3  # errors only: they are reported as one line by the caller
+    # idle threads sleep instead of spinning: between batches the cores belong to the decoder
+    # processes (64 camera JPEGs indexed: 7.5 img/s instead of 7.0)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(model) if isinstance(model, Path) else model, options, providers=["CPUExecutionProvider"])
 
 

@@ -9,9 +9,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..storage.store import Store
+from ..storage.store import FileRow, Store
 from ..storage.vector_index import VectorIndex
+from .relevance import Cutoff
 from .terms import IMAGE, TEXT, Term, combine
+
+DATE = "date"
+NEWEST_FIRST = "-date"
+SORTS = (DATE, NEWEST_FIRST)
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +32,8 @@ class Hit:
     height: int | None = None
     size: int | None = None
     tags: tuple[str, ...] = ()
+    taken_at: str | None = None  # capture time, the photo's wall clock (see media/metadata.py)
+    relevant: bool | None = None  # the relevance cut-off's verdict, when one was applied
 
 
 def query_vector(
@@ -64,5 +71,51 @@ def search(store: Store, vectors: VectorIndex, query: np.ndarray, k: int, among:
         wanted *= 2
     if candidates and not found:  # e.g. the photos' drive is not mounted
         log.warning("none of the matching files exist (first: %s); is their drive connected?", candidates[0][1].path)
+    return _hits(store, found)
+
+
+def _hits(store: Store, found: list[tuple[float, FileRow]], relevant: list[bool] | None = None) -> list[Hit]:
     tags_of = store.tags_of(r.id for _, r in found)
-    return [Hit(r.path, s, r.id, r.width, r.height, r.size, tuple(tags_of[r.id])) for s, r in found]
+    return [
+        Hit(r.path, s, r.id, r.width, r.height, r.size, tuple(tags_of[r.id]), r.taken_at, None if relevant is None else relevant[i])
+        for i, (s, r) in enumerate(found)
+    ]
+
+
+def rank_all(
+    store: Store, vectors: VectorIndex, query: np.ndarray, decide: Callable[[np.ndarray], Cutoff],
+    among: np.ndarray | None = None, *, keep_irrelevant: bool = False, sort: str | None = None,
+) -> tuple[list[Hit], Cutoff]:
+    """Every file the query is relevant to (decide() judges the scores of all the files searched),
+    or with keep_irrelevant every file, each marked; best first, or by capture time with sort."""
+    scores, ids = vectors.scores(query, among=among)
+    verdict = decide(scores)
+    relevant = verdict.relevant(scores)
+    if not keep_irrelevant:
+        scores, ids, relevant = scores[relevant], ids[relevant], relevant[relevant]
+    rows = _existing(store, ids)
+    found = [(float(s), rows[int(i)], bool(r)) for s, i, r in zip(scores, ids, relevant) if int(i) in rows]
+    if sort is not None:
+        found = _by_date(found, sort, key=lambda item: item[1])
+    return _hits(store, [(s, r) for s, r, _ in found], [r for _, _, r in found]), verdict
+
+
+def list_by_date(store: Store, ids: np.ndarray, sort: str) -> list[Hit]:
+    """The files among ids (all indexed ones when None) by capture time, with no query."""
+    rows = _existing(store, ids)
+    return _hits(store, [(0.0, r) for r in _by_date(list(rows.values()), sort, key=lambda r: r)])
+
+
+def _existing(store: Store, ids: np.ndarray) -> dict[int, FileRow]:
+    """Indexed rows of ids whose files still exist, in chunks (SQLite's parameter limit)."""
+    ids = [int(i) for i in ids]
+    rows: dict[int, FileRow] = {}
+    for start in range(0, len(ids), 10_000):
+        rows.update(store.fetch(ids[start : start + 10_000]))
+    return {i: r for i, r in rows.items() if os.path.exists(r.path)}
+
+
+def _by_date(items: list, sort: str, key: Callable) -> list:
+    """Oldest first ("date") or newest first ("-date"); files with no capture time last, then by path."""
+    dated = sorted((x for x in items if key(x).taken_at is not None), key=lambda x: (key(x).taken_at, key(x).path), reverse=sort == NEWEST_FIRST)
+    return dated + sorted((x for x in items if key(x).taken_at is None), key=lambda x: key(x).path)

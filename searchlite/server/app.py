@@ -8,7 +8,7 @@ import logging
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from fastapi import FastAPI, File, Form, Query as Q, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -138,6 +138,7 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
             "height": hit.height,
             "size": hit.size,
             "tags": list(hit.tags),
+            "taken_at": hit.taken_at,
             "thumb": f"{base}api/thumbs/{hit.id}",
             "image": f"{base}api/images/{hit.id}",
         }
@@ -152,8 +153,16 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
         not_: Annotated[list[str], Q(alias="not", description="texts to steer away from")] = [],  # noqa: B006
         like: Annotated[Optional[int], Q(description="more like this indexed image")] = None,
         image: Annotated[Optional[str], Q(max_length=64, description="key of an image uploaded with POST")] = None,
+        after: Annotated[Optional[str], Q(max_length=64, description="taken from this date on: 2023, 2023-06, 2023-06-14 or an ISO time")] = None,
+        before: Annotated[Optional[str], Q(max_length=64, description="taken before this date (same forms)")] = None,
+        camera: Annotated[Optional[str], Q(max_length=200, description="part of the camera's make or model")] = None,
+        path: Annotated[Optional[str], Q(max_length=4096, description="under this folder, or matching this glob")] = None,
+        near: Annotated[Optional[str], Q(max_length=100, description="LAT,LON[,KM]")] = None,
+        place: Annotated[Optional[str], Q(max_length=200, description="a city's name, resolved offline")] = None,
+        sort: Annotated[Optional[Literal["date", "-date"]], Q(description="every relevant image by capture time")] = None,
     ) -> JSON:
-        query = Query(text=q, negatives=not_, tag=tag or None, like=like, image=image, k=k, offset=offset)
+        filters = {"after": after, "before": before, "camera": camera, "path": path, "near": near, "place": place}
+        query = Query(text=q, negatives=not_, tag=tag or None, like=like, image=image, k=k, offset=offset, filters=filters, sort=sort)
         hits = run_query(engine, uploads, query)
         return JSON({"hits": [hit_json(request, h) for h in hits]})
 
@@ -167,12 +176,20 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
         tag: Annotated[Optional[str], Form(max_length=200)] = None,
         not_: Annotated[list[str], Form(alias="not")] = [],  # noqa: B006
         like: Annotated[Optional[int], Form()] = None,
+        after: Annotated[Optional[str], Form(max_length=64)] = None,
+        before: Annotated[Optional[str], Form(max_length=64)] = None,
+        camera: Annotated[Optional[str], Form(max_length=200)] = None,
+        path: Annotated[Optional[str], Form(max_length=4096)] = None,
+        near: Annotated[Optional[str], Form(max_length=100)] = None,
+        place: Annotated[Optional[str], Form(max_length=200)] = None,
+        sort: Annotated[Optional[Literal["date", "-date"]], Form()] = None,
     ) -> JSON:
         key = None
         if image is not None:
             data = await image.read()
             key = await run_in_threadpool(uploads.add, data)
-        query = Query(text=q, negatives=not_, tag=tag or None, like=like, image=key, k=k, offset=offset)
+        filters = {"after": after, "before": before, "camera": camera, "path": path, "near": near, "place": place}
+        query = Query(text=q, negatives=not_, tag=tag or None, like=like, image=key, k=k, offset=offset, filters=filters, sort=sort)
         hits = await run_in_threadpool(run_query, engine, uploads, query)
         return JSON({"hits": [hit_json(request, h) for h in hits], "image_key": key})
 

@@ -32,6 +32,9 @@ class Query:
     image: str | None = None  # the key of an uploaded image's vector (UploadedImages)
     k: int = 60
     offset: int = 0
+    # metadata and path filters, as SearchEngine.search takes them (after, before, camera, path, near, place)
+    filters: dict[str, str] = field(default_factory=dict)
+    sort: str | None = None  # "date" / "-date": every relevant image by capture time
 
 
 class UploadedImages:
@@ -78,16 +81,17 @@ def run_query(engine: Any, uploads: UploadedImages, query: Query) -> list[Any]:
         raise InvalidQueryError(f"k must be between 1 and {MAX_K}, got {query.k}")
     if not 0 <= query.offset <= MAX_OFFSET:
         raise InvalidQueryError(f"offset must be between 0 and {MAX_OFFSET}, got {query.offset}")
-    for value in (query.text, query.tag, query.image, *query.negatives):
+    filters = {key: value for key, value in query.filters.items() if value not in (None, "")}
+    for value in (query.text, query.tag, query.image, *query.negatives, *filters.values()):
         if value is not None and "\0" in value:
             raise InvalidQueryError("the query contains a NUL character")
     text = (query.text or "").strip() or None
     negatives = [n.strip() for n in query.negatives if n and n.strip()]
     wanted = query.offset + query.k
     if query.like is None and query.image is None:
-        if text is None:
+        if text is None and query.sort is None:
             raise InvalidQueryError("the query is empty: give a text, an image or an image to find more like")
-        hits = engine.search(text, negative=negatives, k=wanted, tag=query.tag)
+        hits = engine.search(text, negative=negatives, k=wanted, tag=query.tag, sort=query.sort, **filters)
     else:
         # the library's own rule: a sum of unit vectors (negatives subtracted), re-normalised
         parts = []
@@ -108,5 +112,5 @@ def run_query(engine: Any, uploads: UploadedImages, query: Query) -> list[Any]:
         total = np.sum(parts, axis=0)
         if float(np.linalg.norm(total)) < 1e-6:
             raise InvalidQueryError("the query terms cancel each other out; change them")
-        hits = engine.search_vector(total, k=wanted, tag=query.tag)
+        hits = engine.search_vector(total, k=wanted, tag=query.tag, sort=query.sort, **filters)
     return hits[query.offset :]

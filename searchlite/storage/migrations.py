@@ -85,7 +85,34 @@ def m003_failed_under(conn: sqlite3.Connection) -> None:
     _run(conn, "ALTER TABLE images ADD COLUMN failed_under VARCHAR")
 
 
-MIGRATIONS: list[Migration] = [m001_images_and_index_info, m002_tag_tables, m003_failed_under]
+def m004_image_metadata(conn: sqlite3.Connection) -> None:
+    """What a photo's header says (media/metadata.py): capture time (the photo's wall clock, its UTC
+    offset and instant when known, and whether it came from EXIF or the file's mtime), camera, lens,
+    GPS position, media type, a perceptual hash of the pixels; metadata_version records which
+    reader filled them (NULL: not read yet, so the next `index` run reads the header)."""
+    _run(
+        conn,
+        """
+        ALTER TABLE images ADD COLUMN taken_at VARCHAR;
+        ALTER TABLE images ADD COLUMN taken_offset VARCHAR;
+        ALTER TABLE images ADD COLUMN taken_utc FLOAT;
+        ALTER TABLE images ADD COLUMN taken_source VARCHAR;
+        ALTER TABLE images ADD COLUMN make VARCHAR;
+        ALTER TABLE images ADD COLUMN model VARCHAR;
+        ALTER TABLE images ADD COLUMN lens VARCHAR;
+        ALTER TABLE images ADD COLUMN latitude FLOAT;
+        ALTER TABLE images ADD COLUMN longitude FLOAT;
+        ALTER TABLE images ADD COLUMN altitude FLOAT;
+        ALTER TABLE images ADD COLUMN media_type VARCHAR;
+        ALTER TABLE images ADD COLUMN phash VARCHAR;
+        ALTER TABLE images ADD COLUMN metadata_version INTEGER;
+        CREATE INDEX IF NOT EXISTS ix_images_taken_at ON images (taken_at);
+        CREATE INDEX IF NOT EXISTS ix_images_latitude ON images (latitude)
+        """
+    )
+
+
+MIGRATIONS: list[Migration] = [m001_images_and_index_info, m002_tag_tables, m003_failed_under, m004_image_metadata]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

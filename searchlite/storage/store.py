@@ -77,7 +77,28 @@ images = Table(
     Column("vector", LargeBinary),
     # a decode failure: the limits it failed under (JSON); a run with other limits tries it again
     Column("failed_under", String),
+    # header metadata (media/metadata.py; m004): NULL metadata_version means not read yet
+    Column("taken_at", String, index=True),  # the photo's wall clock, "YYYY-MM-DDTHH:MM:SS"
+    Column("taken_offset", String),  # "+02:00", when known
+    Column("taken_utc", Float),  # Unix seconds, when the offset is known
+    Column("taken_source", String),  # "exif" or "mtime"
+    Column("make", String),
+    Column("model", String),
+    Column("lens", String),
+    Column("latitude", Float, index=True),
+    Column("longitude", Float),
+    Column("altitude", Float),
+    Column("media_type", String),
+    Column("phash", String),  # 64-bit perceptual hash, 16 hex digits
+    Column("metadata_version", Integer),
     sqlite_autoincrement=True,
+)
+
+# the columns a metadata dict (ImageMetadata.to_dict() plus taken_utc) fills; width/height are the
+# images' own columns
+METADATA_COLUMNS = (
+    "taken_at", "taken_offset", "taken_utc", "taken_source", "make", "model", "lens",
+    "latitude", "longitude", "altitude", "media_type", "phash",
 )
 
 # A named tag set: a linear classifier (zero-shot or probe) whose verdicts are stored as tags.
@@ -146,6 +167,8 @@ class FileRow:
     height: int | None = None
     error: str | None = None
     failed_under: dict[str, Any] | None = None  # see images.failed_under
+    taken_at: str | None = None  # see images.taken_at
+    metadata_version: int | None = None  # None: the header has not been read yet
 
 
 def _row(r: Any) -> FileRow:
@@ -160,6 +183,8 @@ def _row(r: Any) -> FileRow:
         height=r.height,
         error=r.error,
         failed_under=None if r.failed_under is None else json.loads(r.failed_under),
+        taken_at=r.taken_at,
+        metadata_version=r.metadata_version,
     )
 
 
@@ -174,6 +199,8 @@ _ROW_COLUMNS = (
     images.c.height,
     images.c.error,
     images.c.failed_under,
+    images.c.taken_at,
+    images.c.metadata_version,
 )
 
 
@@ -406,6 +433,51 @@ class Store:
                     out[image_id].append(label)
         return out
 
+    def ids_where(self, *conditions: Any) -> np.ndarray:
+        """Ids of indexed rows meeting every SQLAlchemy condition on `images`, int64, ascending."""
+        query = select(images.c.id).where(images.c.state == INDEXED, *conditions).order_by(images.c.id)
+        with self._reading() as conn:
+            return np.fromiter(conn.execute(query).scalars(), dtype=np.int64)
+
+    def select_where(self, columns: Iterable[str], *conditions: Any) -> list[Any]:
+        """Rows (id and the named columns of `images`) of indexed rows meeting every condition."""
+        query = select(images.c.id, *(images.c[c] for c in columns)).where(images.c.state == INDEXED, *conditions)
+        with self._reading() as conn:
+            return list(conn.execute(query))
+
+    def metadata_of(self, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """The header metadata of indexed rows by id (see METADATA_COLUMNS), width and height included."""
+        ids = [int(i) for i in ids]
+        out: dict[int, dict[str, Any]] = {}
+        names = ("width", "height") + METADATA_COLUMNS
+        for start in range(0, len(ids), 10_000):
+            for row in self.select_where(names, images.c.id.in_(ids[start : start + 10_000])):
+                out[row.id] = {name: getattr(row, name) for name in names}
+        return out
+
+    def date_range(self) -> tuple[str | None, str | None, dict[str, int]]:
+        """(earliest, latest) capture time of indexed images, and how many have a time by source."""
+        query = select(func.min(images.c.taken_at), func.max(images.c.taken_at)).where(images.c.state == INDEXED)
+        by_source = (
+            select(images.c.taken_source, func.count())
+            .where(images.c.state == INDEXED, images.c.taken_source.is_not(None))
+            .group_by(images.c.taken_source)
+        )
+        with self._reading() as conn:
+            first, last = conn.execute(query).one()
+            return first, last, {source: n for source, n in conn.execute(by_source)}
+
+    def camera_counts(self) -> list[tuple[str | None, str | None, int]]:
+        """(make, model, images) of indexed images with a camera recorded, most images first."""
+        query = (
+            select(images.c.make, images.c.model, func.count())
+            .where(images.c.state == INDEXED, or_(images.c.make.is_not(None), images.c.model.is_not(None)))
+            .group_by(images.c.make, images.c.model)
+            .order_by(func.count().desc(), images.c.make, images.c.model)
+        )
+        with self._reading() as conn:
+            return [(make, model, n) for make, model, n in conn.execute(query)]
+
     def counts(self) -> dict[str, int]:
         query = select(images.c.state, func.count()).group_by(images.c.state)
         with self._reading() as conn:
@@ -463,8 +535,12 @@ class Transaction:
         height: int | None = None,
         error: str | None = None,
         failed_under: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+        metadata_version: int | None = None,
     ) -> int:
-        """Insert or replace the row for path; returns its id (kept when the path existed)."""
+        """Insert or replace the row for path; returns its id (kept when the path existed).
+        metadata: header facts by METADATA_COLUMNS name (absent ones are NULL), read by the reader
+        of metadata_version."""
         values = dict(
             size=size,
             mtime_ns=mtime_ns,
@@ -475,12 +551,24 @@ class Transaction:
             height=height,
             error=error,
             failed_under=None if failed_under is None else json.dumps(failed_under, sort_keys=True),
+            **_metadata_values(metadata, metadata_version),
         )
         stmt = sqlite_insert(images).values(path=os.fsencode(path), **values)
         stmt = stmt.on_conflict_do_update(index_elements=[images.c.path], set_=values)
         row_id = self._conn.execute(stmt.returning(images.c.id)).scalar_one()
         self._conn.execute(delete(tags).where(tags.c.image_id == row_id))  # recomputed for the new content
         return row_id
+
+    def set_metadata(self, row_id: int, metadata: dict[str, Any] | None, metadata_version: int | None, *,
+                     width: int | None = None, height: int | None = None) -> None:
+        """Replace a row's header metadata (its vector and state stay; so does its perceptual hash
+        when metadata has none, as a header read alone gives)."""
+        values = _metadata_values(metadata, metadata_version)
+        if values["phash"] is None:
+            del values["phash"]
+        if width is not None and height is not None:
+            values.update(width=width, height=height)
+        self._conn.execute(update(images).where(images.c.id == row_id).values(**values))
 
     def move(self, row_id: int, path: str, *, size: int, mtime_ns: int) -> None:
         """The file of row_id now lives at path (same content: the vector stays)."""
@@ -521,6 +609,13 @@ class Transaction:
                 tags.insert(),
                 [{"image_id": i, "tag_set": tag_set, "label": label, "score": score, "best": best} for i, label, score, best in rows],
             )
+
+
+def _metadata_values(metadata: dict[str, Any] | None, version: int | None) -> dict[str, Any]:
+    metadata = metadata or {}
+    values = {name: metadata.get(name) for name in METADATA_COLUMNS}
+    values["metadata_version"] = version
+    return values
 
 
 def content_hash(data: bytes) -> str:

@@ -180,6 +180,21 @@ class VectorIndex:
                 return self._search_gpu(queries, k)
             return self._index.search(queries, k)
 
+    def scores(self, query: np.ndarray, *, among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The exact score of one query (1, d) against every vector (or only those among):
+        (scores float32 (n,), ids int64 (n,)), best first. An approximate index scans all its lists."""
+        query = as_vectors(query, self.dim)
+        with self._lock, _single_thread(True):
+            if among is None and self.kind == "ivf":
+                among = self.ids()
+            n = len(self) if among is None else min(len(self), len(among))
+            if n <= 0:
+                return np.zeros(0, np.float32), np.zeros(0, np.int64)
+            # on the CPU: the GPU's search takes k <= 2048
+            scores, ids = self._index.search(query, n) if among is None else self._index.search(query, n, params=self._only(among))
+        keep = ids[0] >= 0
+        return scores[0][keep], ids[0][keep]
+
     def _only(self, ids: np.ndarray) -> Any:
         faiss = _faiss()
         selector = faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64))

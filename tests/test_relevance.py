@@ -1,0 +1,98 @@
+"""The relevance cut-off on synthetic score distributions: it keeps a group that stands out, keeps
+nothing when nothing does, and with two groups above the bulk keeps only the top one."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from searchlite.query.relevance import cutoff, fixed_cutoff
+
+
+def scores(*groups: tuple[int, float, float], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of (count, mean, sd) groups, shuffled; and which belong to the last group."""
+    rng = np.random.default_rng(seed)
+    parts = [rng.normal(mean, sd, count) for count, mean, sd in groups]
+    labels = np.concatenate([np.full(len(p), i == len(parts) - 1) for i, p in enumerate(parts)])
+    order = rng.permutation(len(labels))
+    return np.concatenate(parts)[order], labels[order]
+
+
+def f1(kept: np.ndarray, truth: np.ndarray) -> float:
+    tp = int((kept & truth).sum())
+    return 0.0 if tp == 0 else 2 * tp / (int(kept.sum()) + int(truth.sum()))
+
+
+def test_one_clear_cluster_is_kept() -> None:
+    for seed in range(3):
+        s, truth = scores((5000, 0.20, 0.03), (40, 0.34, 0.01), seed=seed)
+        verdict = cutoff(s)
+        assert f1(verdict.relevant(s), truth) >= 0.95, (seed, verdict)
+        assert 0.24 < verdict.threshold < 0.34
+
+
+def test_nothing_stands_out_so_nothing_is_relevant() -> None:
+    for seed in range(3):
+        s, _ = scores((20000, 0.20, 0.03), seed=seed)
+        verdict = cutoff(s)
+        assert verdict.relevant(s).sum() <= 0.001 * len(s), (seed, verdict)
+        assert "nothing stands out" in verdict.describe() or verdict.relevant(s).sum() == 0
+
+
+def test_with_two_clusters_above_the_bulk_only_the_top_one_is_kept() -> None:
+    # the bulk, a middle group sharing part of the query (right colour, wrong shape), the matches
+    for seed in range(3):
+        s, truth = scores((3000, 0.20, 0.04), (2500, 0.46, 0.05), (250, 0.75, 0.02), seed=seed)
+        verdict = cutoff(s)
+        assert f1(verdict.relevant(s), truth) >= 0.97, (seed, verdict)
+
+
+def test_the_cut_off_moves_with_the_query_where_a_constant_would_fail() -> None:
+    low, low_truth = scores((5000, 0.10, 0.02), (60, 0.19, 0.01), seed=1)
+    high, high_truth = scores((5000, 0.25, 0.02), (60, 0.34, 0.01), seed=2)
+    assert f1(cutoff(low).relevant(low), low_truth) >= 0.95
+    assert f1(cutoff(high).relevant(high), high_truth) >= 0.95
+
+
+def test_few_scores_keep_everything_and_min_score_overrides() -> None:
+    verdict = cutoff(np.array([0.1, 0.2, 0.3]))
+    assert verdict.threshold == -math.inf and verdict.relevant(np.array([0.1])).all()
+    assert cutoff(np.full(100, 0.3)).relevant(np.full(100, 0.3)).sum() == 0  # all alike: none stands out
+    assert fixed_cutoff(0.25).relevant(np.array([0.2, 0.25, 0.3])).tolist() == [False, True, True]
+
+
+def test_sort_date_returns_the_relevant_scenes_in_date_order(tmp_path) -> None:
+    """With the bundled shapes model on fresh scenes: `query TEXT --sort date` returns the scenes
+    showing that colour and shape (not a top-k), oldest first; --all marks every scene."""
+    import json
+    import os
+
+    from typer.testing import CliRunner
+
+    from searchlite import SearchEngine
+    from searchlite.cli import app
+    from tests.conftest import load_script
+
+    scenes = load_script("render_eval_shapes").write(tmp_path / "scenes", 150, seed=23)
+    paths = sorted((tmp_path / "scenes").iterdir())
+    for i, path in enumerate(paths):  # capture times from file times: scene i taken on day i, in reverse order
+        t = (1_700_000_000 - 86_400 * i) * 10**9
+        os.utime(path, ns=(t, t))
+    wanted = {str(p) for p, s in zip(paths, scenes) if s.objects[0] == ("red", "circle")}
+    with SearchEngine.open(tmp_path / "index", model="searchlite-shapes") as engine:
+        engine.index(tmp_path / "scenes")
+        hits = engine.search("a red circle", sort="date")
+        got = {h.path for h in hits}
+        assert len(got & wanted) >= 0.8 * len(wanted) and len(got & wanted) >= 0.9 * len(got), (len(got), len(wanted), len(got & wanted))
+        assert [h.taken_at for h in hits] == sorted(h.taken_at for h in hits)
+        newest = engine.search("a red circle", sort="-date")
+        assert [h.path for h in newest] == [h.path for h in hits][::-1]
+        assert [h.path for h in engine.search("a red circle", sort="date", min_score=-1.0)] == [
+            h.path for h in engine.search(sort="date")
+        ]  # a cut-off below every score keeps every scene
+    result = CliRunner().invoke(app, ["query", "a red circle", "--all", "--json", "--index", str(tmp_path / "index")])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 150 and {r["path"] for r in rows if r["relevant"]} == got
+    assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
