@@ -34,24 +34,11 @@ from searchlite import SearchEngine  # noqa: E402
 from searchlite.config import IndexSettings  # noqa: E402
 
 
-def timed_index(engine: SearchEngine, photos: Path, **options) -> tuple[float, float, int]:
-    """(img/s of the whole run, img/s after the first batch was committed, images encoded)."""
-    first: list[float] = []
-
-    def progress(done: int, total: int) -> None:
-        if not first:
-            first.append(time.perf_counter())
-
+def timed_index(engine: SearchEngine, photos: Path, **options) -> tuple[float, int]:
+    """(img/s of the whole run, images encoded)."""
     started = time.perf_counter()
-    report = engine.index(photos, progress=progress, **options)
-    elapsed = time.perf_counter() - started
-    rest = report.encoded - settings_batch(engine)
-    after_first = rest / (started + elapsed - first[0]) if first and rest > 0 else float("nan")
-    return report.encoded / elapsed, after_first, report.encoded
-
-
-def settings_batch(engine: SearchEngine) -> int:
-    return engine.settings.batch_size_on("cpu")
+    report = engine.index(photos, **options)
+    return report.encoded / (time.perf_counter() - started), report.encoded
 
 
 def main() -> None:
@@ -94,17 +81,17 @@ def main() -> None:
             "object_store_memory": 200 * 2**20})
         try:
             ray.init(address=cluster.address, _node_ip_address="127.0.0.1", log_to_driver=False, logging_level="ERROR")
-            local, remote, local_steady, remote_steady = [], [], [], []
+            local, remote = [], []
             for i in range(args.rounds):
                 for kind in ("local", "ray"):
                     with SearchEngine.open(Path(tmp) / f"{kind}{i}", model=args.model, pretrained=args.pretrained, settings=settings) as engine:
                         engine.image_encoder()  # export the tower (once) and load it before the clock starts
                         if kind == "local":
-                            rate, steady, n = timed_index(engine, photos)
-                            local.append(rate), local_steady.append(steady)
+                            rate, n = timed_index(engine, photos)
+                            local.append(rate)
                         else:
-                            rate, steady, n = timed_index(engine, photos, ray=cluster.address)
-                            remote.append(rate), remote_steady.append(steady)
+                            rate, n = timed_index(engine, photos, ray=cluster.address)
+                            remote.append(rate)
             result = {
                 "model": engine.spec.describe(),
                 "images": n,
@@ -114,10 +101,6 @@ def main() -> None:
                 "local_img_per_s": round(statistics.median(local), 2),
                 "ray_img_per_s": round(statistics.median(remote), 2),
                 "ray_overhead": round(1 - statistics.median(remote) / statistics.median(local), 3),
-                # after the first batch is committed: without the actors' start-up
-                "local_steady_img_per_s": round(statistics.median(local_steady), 2),
-                "ray_steady_img_per_s": round(statistics.median(remote_steady), 2),
-                "ray_steady_overhead": round(1 - statistics.median(remote_steady) / statistics.median(local_steady), 3),
                 "rounds": args.rounds,
                 "local_runs": [round(x, 2) for x in local],
                 "ray_runs": [round(x, 2) for x in remote],
