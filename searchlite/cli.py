@@ -250,23 +250,36 @@ def query(
         bool, typer.Option("--null", "-0", help="End each score<TAB>path record with NUL, not newline (any file name is safe; not with --json).")
     ] = False,
     tag: Annotated[Optional[str], typer.Option(metavar="LABEL", help="Only images carrying this tag (see `searchlite tag`).")] = None,
+    type_: Annotated[Optional[str], typer.Option("--type", metavar="video|image", help="Only videos, or only images.")] = None,
     index: IndexOpt = None,
     device: DeviceOpt = None,
 ) -> None:
-    """Search the index: prints score<TAB>path per line, best first."""
+    """Search the index: prints score<TAB>path per line, best first; a third column says where
+    a video or a region matched (t=SECONDS or box=x0,y0,x1,y1), when it did."""
     if as_json and null:
         typer.echo("searchlite: error: give --json or -0, not both (JSON lines already keep any file name intact)", err=True)
         raise typer.Exit(2)
     with _user_errors(), _open(index, device=device, create=False) as engine:
-        hits = engine.search(text or [], image=image or [], negative=negative or [], k=k, tag=tag)
+        hits = engine.search(text or [], image=image or [], negative=negative or [], k=k, tag=tag, type=type_)
     _write(
-        _json_line(
-            {"path": h.path, "score": round(h.score, 6), "id": h.id, "width": h.width, "height": h.height, "size": h.size, "tags": list(h.tags)}
-        )
+        _json_line(_hit_record(h))
         if as_json
-        else f"{h.score:.4f}\t".encode() + os.fsencode(h.path) + (b"\0" if null else b"\n")
+        else f"{h.score:.4f}\t".encode() + os.fsencode(h.path) + (f"\t{h.where()}".encode() if h.where() else b"") + (b"\0" if null else b"\n")
         for h in hits
     )
+
+
+def _hit_record(h: Any) -> dict[str, Any]:
+    """A hit as --json prints it: box, time and span only where the hit has them."""
+    record = {"path": h.path, "score": round(h.score, 6), "id": h.id, "width": h.width, "height": h.height, "size": h.size, "tags": list(h.tags)}
+    if h.kind != "image":
+        record["type"] = h.kind
+    if h.box is not None:
+        record["box"] = list(h.box)
+    if h.time is not None:
+        record["time"] = round(h.time, 3)
+        record["span"] = None if h.span is None else round(h.span, 3)
+    return record
 
 
 @app.command()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -33,6 +34,8 @@ from .models.spec import ModelSpec, reconcile, spec_from_flags
 from .query.search import Hit, query_vector, search
 from .query.terms import parse_terms
 from .storage import transfer
+from .query.explain import Explanation
+from .storage.atomic_file import write_atomic
 from .storage.store import FAILED, INDEXED, SKIPPED, FileRow, Store
 from .storage.vector_cache import VectorCache
 from .storage.vector_index import VectorIndex
@@ -47,6 +50,8 @@ log = logging.getLogger(__name__)
 EncoderFactory = Callable[[ModelSpec, "str | None"], ClipEncoder]
 
 __all__ = ["Classification", "Hit", "SearchEngine"]
+
+FILE_TYPES = ("image", "video")  # what search(type=...) keeps
 
 
 class SearchEngine:
@@ -198,7 +203,7 @@ class SearchEngine:
             except BaseException:
                 # Interrupted between a batch's commit and its FAISS update, the vectors in memory
                 # lag the database: then keep the older cache, which the next open rebuilds.
-                if not np.array_equal(np.sort(vectors.ids()), self._store.indexed_ids()):
+                if not np.array_equal(np.sort(vectors.ids()), self._store.vector_ids()):
                     self._vectors = None
                 raise
             finally:
@@ -223,8 +228,10 @@ class SearchEngine:
         negative: str | Sequence[str] | None = None,
         k: int = 10,
         tag: str | None = None,
+        type: str | None = None,
     ) -> list[Hit]:
-        """Top-k images by cosine similarity to the query.
+        """Top-k files by cosine similarity to the query (a file with several vectors, such as a
+        video's shots or an image's regions, by its best one, named in the hit's time or box).
 
         text, image and negative each take one item or a list; a term may carry a weight as
         "2::beach" (a number and a double colon; a single colon is plain text, and an image path
@@ -239,17 +246,19 @@ class SearchEngine:
         if self._vectors is None and self._store.get_info("model") is None:
             raise IndexNotFoundError(f"the index in {index_dir} is empty: index a folder into it first", setting="index_dir")
         vectors = self.vectors
-        among = self._among(tag)
+        among = self._among(tag, type)
         if among is not None and not len(among):
             return []
         query = query_vector(terms, self.embed_text, lambda paths: self._embed_images(paths, "query image"))
         return search(self._store, vectors, query, k, among)
 
-    def _among(self, tag: str | None) -> np.ndarray | None:
-        """The ids to search among: those carrying tag (searched exactly, however rare the tag);
-        None for all."""
+    def _among(self, tag: str | None, type: str | None = None) -> np.ndarray | None:
+        """The FAISS ids to search among: the vectors of files carrying tag (searched exactly,
+        however rare the tag) and of the type given; None for all."""
+        if type is not None and type not in FILE_TYPES:
+            raise InvalidQueryError(f"type {type!r}: use one of {', '.join(FILE_TYPES)}")
         if tag is None:
-            return None
+            return None if type is None else self._store.vector_ids_of(file_kind=type)
         known = sorted({label for tag_set in self._store.tag_sets() for label in tag_set.labels})
         if tag not in known:
             if not known:
@@ -258,9 +267,11 @@ class SearchEngine:
                     "labels (searchlite tag, SearchEngine.tag) or a probe (searchlite probe apply)"
                 )
             raise TagNotFoundError(f"unknown tag {tag!r}: this index's tags are {', '.join(known)}")
-        return np.fromiter(self._store.ids_tagged(tag), dtype=np.int64)
+        return self._store.vector_ids_of(self._store.ids_tagged(tag), file_kind=type)
 
-    def search_vector(self, vector: np.ndarray | Sequence[float], *, k: int = 10, tag: str | None = None) -> list[Hit]:
+    def search_vector(
+        self, vector: np.ndarray | Sequence[float], *, k: int = 10, tag: str | None = None, type: str | None = None
+    ) -> list[Hit]:
         """search() for a query embedding made elsewhere (d,) or (1, d), e.g. a stored one
         (stored_vector) or a client's; it is normalised here."""
         if k < 1:
@@ -272,7 +283,7 @@ class SearchEngine:
         norm = float(np.linalg.norm(query))
         if norm == 0.0:
             raise InvalidQueryError("a query embedding must not be all zeros")
-        among = self._among(tag)
+        among = self._among(tag, type)
         if among is not None and not len(among):
             return []
         return search(self._store, vectors, np.ascontiguousarray(query / norm), k, among)
@@ -295,6 +306,35 @@ class SearchEngine:
         PathNotFoundError or ImageDecodeError. Safe from many threads (a pool of decoders)."""
         data = read_image_file(os.fspath(path))
         return self._decoder_pool().decode(data, min_side=min_side, max_pixels=self.settings.max_pixels).image
+
+    def explain(
+        self, image: str | os.PathLike[str], text: str, *, output: str | os.PathLike[str] | None = None, scale: float | None = None
+    ) -> Explanation:
+        """Where text matches in an image file: the cosine of the text with each cell of the
+        image tower's grid features (with the training-free correction of models/dense.py), and
+        its peak in pixels of the oriented image. output: also write the image overlaid with the
+        heat map there (PNG). Raises InvalidInputError for a model without grid features."""
+        from .models import dense
+        from .query.explain import explain, overlay
+
+        path = os.fspath(image)
+        data = read_image_file(path)
+        query = self.embed_text([text])[0]
+        encoder = self.load_model()
+        scale = scale or dense.DEFAULT_SCALE
+        decoded = self._decoder_pool().decode(data, min_side=int(scale * encoder.image_size), max_pixels=self.settings.max_pixels)
+        grid = dense.grid_features(encoder.model, decoded.image, scale=scale, device=encoder.device)
+        rows, cols = grid.vectors.shape[:2]
+        grid = dense.Grid(grid.vectors, decoded.width / cols, decoded.height / rows)  # cells in the original's pixels
+        result = explain(grid, query, decoded.width, decoded.height, encoder.logit_scale)
+        if output is not None:
+            buf = io.BytesIO()
+            overlay(decoded.image, result).save(buf, "PNG")
+            try:
+                write_atomic(Path(output), buf.getvalue())
+            except OSError as e:
+                raise file_error(Path(output), e, writing=True) from None
+        return result
 
     def embed_text(self, texts: str | Sequence[str]) -> np.ndarray:
         """Unit text embeddings (n, d) from the index's model, one row per text (a single string is

@@ -25,7 +25,7 @@ from ..media import images
 from ..media.decode_worker import DecodeCancelled, DecodePool
 from ..media.embed_files import decode_options
 from ..errors import ImageDecodeError
-from ..storage.store import FAILED, INDEXED, SKIPPED, FileRow, Store, Transaction, content_hash
+from ..storage.store import FAILED, INDEXED, SKIPPED, FileRow, Store, Transaction, VectorPart, content_hash
 from ..storage.vector_index import VectorIndex
 from . import scanner
 from .scanner import FileInfo
@@ -97,6 +97,8 @@ class _Prepared:
     by_settings: bool = False  # the failure came from decoding, under decode_settings()
     vanished: bool = False  # deleted while the run went on
     changing: bool = False  # written to while it was read: left for the next run
+    kind: str = "image"  # of the file's own vector: "image" or "video"
+    parts: list[VectorPart] = field(default_factory=list)  # its other vectors (regions, shots)
 
 
 class Indexer:
@@ -152,7 +154,7 @@ class Indexer:
         if gone:
             with self.store.transaction() as tx:
                 tx.delete(row.id for row in gone)
-            self.vectors.remove(np.array([row.id for row in gone], dtype=np.int64))
+            self.vectors.remove(np.array(tx.removed_ids, dtype=np.int64))
             report.removed += len(gone)
         report.seconds = time.monotonic() - started
         return report
@@ -268,9 +270,8 @@ class _Run:
         vectors_of = {p.content_hash: encoded[i] for i, p in enumerate(to_encode)} if to_encode else {}
         report = self.report
 
-        added_ids: list[int] = []
-        added_vectors: list[np.ndarray] = []
-        dropped_ids: list[int] = []
+        removed_ids: list[int] = []
+        added: list[tuple[int, np.ndarray]] = []
         with self.ix.store.transaction() as tx:
             for p in self.pending:
                 f = p.file
@@ -281,7 +282,6 @@ class _Run:
                 if p.vanished:
                     if old is not None:
                         tx.delete([old.id])
-                        dropped_ids.append(old.id)
                         report.removed += 1
                     continue
                 if p.error is not None or p.skipped is not None:
@@ -289,8 +289,6 @@ class _Run:
                     failed_under = decode_settings(self.ix.settings) if p.by_settings else None
                     tx.put(f.path, size=f.size, mtime_ns=f.mtime_ns, content_hash=p.content_hash, state=state, error=reason,
                            failed_under=failed_under)
-                    if old is not None and old.state == INDEXED:
-                        dropped_ids.append(old.id)
                     if p.error is not None:
                         report.failed += 1
                         report.failures.append((f.path, p.error))
@@ -305,14 +303,18 @@ class _Run:
                         continue
                     vector = self.ix.store.vector_for_hash(p.content_hash)
                     assert vector is not None  # hashes are only deleted at the end of a run
+                    kind, parts = self.ix.store.parts_for_hash(p.content_hash)
                     report.reused += 1
                 else:
                     vector = vectors_of[p.content_hash]
+                    kind, parts = p.kind, p.parts
                     if first_of[p.content_hash] is p:
                         report.encoded += 1
                     else:
+                        first = first_of[p.content_hash]
+                        kind, parts = first.kind, first.parts
                         report.reused += 1
-                row_id = tx.put(
+                tx.put(
                     f.path,
                     size=f.size,
                     mtime_ns=f.mtime_ns,
@@ -321,18 +323,19 @@ class _Run:
                     vector=vector,
                     width=p.width,
                     height=p.height,
+                    kind=kind,
+                    parts=parts,
                 )
-                added_ids.append(row_id)
-                added_vectors.append(vector)
                 if old is None:
                     report.added += 1
                 else:
                     report.updated += 1
+            removed_ids, added = tx.removed_ids, tx.added
         # committed: bring FAISS in line
-        if dropped_ids:
-            self.ix.vectors.remove(np.array(dropped_ids, dtype=np.int64))
-        if added_ids:
-            self.ix.vectors.add(np.array(added_ids, dtype=np.int64), np.stack(added_vectors))
+        if removed_ids:
+            self.ix.vectors.remove(np.array(removed_ids, dtype=np.int64))
+        if added:
+            self.ix.vectors.add(np.array([i for i, _ in added], dtype=np.int64), np.stack([v for _, v in added]))
         self.known_hashes.update(h for h in vectors_of if h is not None)
         self.pending = []
         if time.monotonic() - self.last_snapshot >= self.ix.settings.snapshot_interval_s:

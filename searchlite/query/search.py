@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..storage.store import Store
+from ..storage.store import Store, VectorRow
 from ..storage.vector_index import VectorIndex
 from .terms import IMAGE, TEXT, Term, combine
 
@@ -18,7 +18,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result. score is the cosine similarity between the query and the image."""
+    """One search result. score is the cosine similarity between the query and the file's best
+    matching vector; box (x0, y0, x1, y1, pixels of the oriented image) says which region of an
+    image matched, time and span (seconds) which shot of a video; None when the whole file did."""
 
     path: str
     score: float
@@ -27,6 +29,19 @@ class Hit:
     height: int | None = None
     size: int | None = None
     tags: tuple[str, ...] = ()
+    box: tuple[int, int, int, int] | None = None
+    time: float | None = None
+    span: float | None = None
+    kind: str = "image"  # of the file: "image" or "video"
+
+    def where(self) -> str | None:
+        """Where in the file the query matched, for a TSV column: "t=12.4", "box=x0,y0,x1,y1",
+        or None for the whole file."""
+        if self.time is not None:
+            return f"t={self.time:.1f}"
+        if self.box is not None:
+            return "box=" + ",".join(str(int(v)) for v in self.box)
+        return None
 
 
 def query_vector(
@@ -49,20 +64,32 @@ def query_vector(
 
 
 def search(store: Store, vectors: VectorIndex, query: np.ndarray, k: int, among: np.ndarray | None = None) -> list[Hit]:
-    """Top-k indexed files by cosine similarity to query (1, d); among: search only these ids.
+    """Top-k indexed files by the cosine similarity of their best vector to query (1, d); among:
+    search only these FAISS ids.
 
-    Files deleted since the last `index` run are left out (one stat per hit), so FAISS is asked for
-    more until k existing files are found or the index is exhausted."""
+    A file owning several vectors (regions, shots) counts once, at its best. Files deleted since
+    the last `index` run are left out (one stat per hit), so FAISS is asked for more until k
+    existing files are found or the index is exhausted."""
     wanted, available = k, len(vectors) if among is None else min(len(vectors), len(among))
     while True:
         scores, ids = vectors.search(query, wanted, among=among)
-        rows = store.fetch(int(i) for i in ids[0] if i >= 0)
-        candidates = [(float(s), r) for s, i in zip(scores[0], ids[0]) if (r := rows.get(int(i))) is not None]
-        found = [(s, r) for s, r in candidates if os.path.exists(r.path)][:k]
+        parts = store.vector_rows(int(i) for i in ids[0] if i >= 0)
+        best: dict[int, tuple[float, VectorRow]] = {}  # file id -> its best vector, in rank order
+        for s, i in zip(scores[0], ids[0]):
+            part = parts.get(int(i))
+            if part is not None and part.image_id not in best:
+                best[part.image_id] = (float(s), part)
+        rows = store.fetch(best)
+        candidates = [(s, part, r) for file_id, (s, part) in best.items() if (r := rows.get(file_id)) is not None]
+        found = [c for c in candidates if os.path.exists(c[2].path)][:k]
         if len(found) >= k or wanted >= available:
             break
         wanted *= 2
     if candidates and not found:  # e.g. the photos' drive is not mounted
-        log.warning("none of the matching files exist (first: %s); is their drive connected?", candidates[0][1].path)
-    tags_of = store.tags_of(r.id for _, r in found)
-    return [Hit(r.path, s, r.id, r.width, r.height, r.size, tuple(tags_of[r.id])) for s, r in found]
+        log.warning("none of the matching files exist (first: %s); is their drive connected?", candidates[0][2].path)
+    tags_of = store.tags_of(r.id for _, _, r in found)
+    kinds = store.file_kinds(r.id for _, _, r in found)
+    return [
+        Hit(r.path, s, r.id, r.width, r.height, r.size, tuple(tags_of[r.id]), part.box, part.time, part.span, kinds.get(r.id, "image"))
+        for s, part, r in found
+    ]

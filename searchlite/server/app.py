@@ -130,7 +130,7 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
     def hit_json(request: Request, hit: Any) -> dict[str, Any]:
         base = str(request.base_url)
         recent.put(hit.id, hit.path)
-        return {
+        record = {
             "id": hit.id,
             "path": hit.path,
             "score": round(float(hit.score), 6),
@@ -141,6 +141,14 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
             "thumb": f"{base}api/thumbs/{hit.id}",
             "image": f"{base}api/images/{hit.id}",
         }
+        # where in the file it matched, only when a part of it did (as the CLI's --json)
+        if hit.kind != "image":
+            record["type"] = hit.kind
+        if hit.box is not None:
+            record["box"] = list(hit.box)
+        if hit.time is not None:
+            record["time"], record["span"] = hit.time, hit.span
+        return record
 
     @app.get("/api/search", summary="Search by text, an uploaded image's key, or an indexed image (like)")
     def search_get(
