@@ -418,6 +418,29 @@ def classify(
         raise typer.Exit(1)
 
 
+@app.command()
+def explain(
+    image: Annotated[Path, typer.Argument(metavar="IMAGE", help="An image file (indexed or not).", show_default=False)],
+    text: Annotated[str, typer.Argument(metavar="TEXT", help="What to look for in it.", show_default=False)],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="PNG", help="Write the image overlaid with the heat map here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the grid of scores and the peak as JSON.")] = False,
+    index: IndexOpt = None,
+    model: Annotated[
+        Optional[str], typer.Option(metavar="NAME|CONFIG.json", help="Use this model instead of the index's (no index needed). [default: the index's, else ViT-B-32-256]")
+    ] = None,
+    pretrained: Annotated[Optional[str], typer.Option(metavar="TAG|hf-hub:ID|CHECKPOINT", help="Its weights (with or without --model).")] = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Where TEXT matches in IMAGE: prints the peak as x<TAB>y (pixels of the oriented image),
+    the grid of scores with --json, and writes a heat map with --output."""
+    with _user_errors(), _open_for_model(index, model, pretrained, device) as engine:
+        result = engine.explain(image, text, output=output)
+    if as_json:
+        _write([_json_line({"path": str(image), "text": text} | result.to_json())])
+    else:
+        _write([f"{result.peak[0]:.0f}\t{result.peak[1]:.0f}\n".encode()])
+
+
 def _open_for_model(index: Path | None, model: str | None, pretrained: str | None, device: str | None) -> SearchEngine:
     """The index, for its model and cached class weights, when one is named (--index or
     SEARCHLITE_INDEX: it must exist) or ./index exists and no model is named; otherwise an engine
