@@ -40,6 +40,11 @@ class IndexSettings:
     decode_timeout_s: float = 30.0
     # follow symbolic links to folders and out of the collection
     follow_links: bool = False
+    # videos: at least one frame every this many seconds (keyframes too), at most video_max_frames
+    # frames per video (the interval widens for long videos), and this long to decode one
+    video_interval_s: float = 1.0
+    video_max_frames: int = 600
+    video_timeout_s: float = 300.0
     # image tower precision: auto (fp16 on CUDA, bf16 on CPUs with native bf16, else fp32), or forced
     precision: str = "auto"
 

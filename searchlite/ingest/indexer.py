@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from ..config import IndexSettings
-from ..media import images
+from ..media import images, video
 from ..media.decode_worker import DecodeCancelled, DecodePool
 from ..media.embed_files import decode_options
 from ..errors import ImageDecodeError
@@ -37,9 +37,10 @@ log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int], None]
 
-def decode_settings(settings: IndexSettings) -> dict[str, float]:
-    """The settings a decoding verdict depends on."""
-    return {"max_megapixels": settings.max_megapixels, "decode_timeout_s": settings.decode_timeout_s}
+def decode_settings(settings: IndexSettings) -> dict[str, Any]:
+    """The settings a decoding verdict depends on (whether PyAV is installed too: a video that
+    failed without it is tried again once it is)."""
+    return {"max_megapixels": settings.max_megapixels, "decode_timeout_s": settings.decode_timeout_s, "pyav": video.available()}
 
 
 @dataclass
@@ -98,6 +99,14 @@ class _Prepared:
     vanished: bool = False  # deleted while the run went on
     changing: bool = False  # written to while it was read: left for the next run
     kind: str = "image"  # of the file's own vector: "image" or "video"
+    frame_times: list[float] = field(default_factory=list)  # a video's sampled frames
+    frame_tensors: list[Any] = field(default_factory=list)
+    duration: float = 0.0
+
+    @property
+    def n_inputs(self) -> int:
+        """Model inputs waiting to be encoded."""
+        return len(self.frame_tensors) if self.frame_tensors else int(self.tensor is not None)
     parts: list[VectorPart] = field(default_factory=list)  # its other vectors (regions, shots)
 
 
@@ -189,10 +198,10 @@ class _Run:
             prepare = functools.partial(self._prepare, decoders)
             done = 0
             for chunk in _chunked_map(pool, prepare, work, self._batch_size, self._chunks_ahead):
-                if self.device is None and any(p.tensor is not None for p in chunk):
+                if self.device is None and any(p.n_inputs for p in chunk):
                     self.device = self.ix.get_encoder().device  # loaded: it made the tensors
                 self.pending.extend(chunk)
-                n_tensors = sum(p.tensor is not None for p in self.pending)
+                n_tensors = sum(p.n_inputs for p in self.pending)
                 if n_tensors >= self._batch_size() or len(self.pending) >= 4 * self._batch_size():
                     self._flush()
                 if progress:
@@ -235,10 +244,17 @@ class _Run:
         digest = content_hash(data)
         if digest in self.known_hashes:
             return _Prepared(f, digest, reuse=True)
+        is_video = False
         if images.detect_format(data[: images.HEADER_BYTES]) is None:
-            return _Prepared(f, digest, skipped="not an image")
+            if video.detect_video(data[: images.HEADER_BYTES]) is None:
+                return _Prepared(f, digest, skipped="not an image")
+            if not video.available():
+                return _Prepared(f, digest, error=video.NEEDS_PYAV, by_settings=True)
+            is_video = True
         encoder = self.ix.get_encoder()  # the model loads on first need; its errors stop the run
         try:
+            if is_video:
+                return self._prepare_video(decoders, f, digest, data, encoder)
             with decoders.worker() as decoder:
                 decoded = decoder.decode(data, **decode_options(self.ix.settings, encoder))
             tensor = encoder.preprocess(decoded.image)
@@ -251,23 +267,55 @@ class _Run:
             return _Prepared(f, digest, error=f"cannot decode image: {type(e).__name__}: {e}", by_settings=True)
         return _Prepared(f, digest, tensor, decoded.width, decoded.height)
 
+    def _prepare_video(self, decoders: DecodePool, f: FileInfo, digest: str, data: bytes, encoder: ClipEncoder) -> _Prepared:
+        """Sample a video's frames in a decoder process and preprocess them."""
+        settings = self.ix.settings
+        with decoders.worker() as decoder:
+            frames = decoder.decode_video(
+                data, settings.video_timeout_s, interval_s=settings.video_interval_s, max_frames=settings.video_max_frames,
+                min_side=settings.draft_factor * encoder.image_size,
+            )
+        tensors = [encoder.preprocess(image) for image in frames.images]
+        return _Prepared(f, digest, None, frames.width, frames.height, kind="video", frame_times=frames.times,
+                         frame_tensors=tensors, duration=frames.duration)
+
+    def _encode(self, to_encode: list[_Prepared]) -> dict[str | None, np.ndarray]:
+        """Own vectors by content hash of files to encode; a video's shots go to its parts."""
+        inputs = [t for p in to_encode for t in (p.frame_tensors or [p.tensor])]
+        encoder = self.ix.get_encoder()
+        step = self._batch_size()
+        encoded = np.concatenate([encoder.encode_images(inputs[i : i + step]) for i in range(0, len(inputs), step)])
+        vectors_of: dict[str | None, np.ndarray] = {}
+        offset = 0
+        for p in to_encode:
+            if p.frame_tensors:
+                frames = encoded[offset : offset + len(p.frame_tensors)]
+                offset += len(p.frame_tensors)
+                shots = video.split_shots(p.frame_times, frames, p.duration)
+                p.parts = [VectorPart("shot", s.vector, time=s.time, span=s.span) for s in shots]
+                vectors_of[p.content_hash] = video.whole_video_vector(shots)
+                p.frame_tensors = []  # encoded: free the frames
+            else:
+                vectors_of[p.content_hash] = encoded[offset]
+                offset += 1
+        return vectors_of
+
     def _flush(self) -> None:
         """Encode what waits, then write everything pending in one transaction."""
         if not self.pending:
             return
-        batch = [p for p in self.pending if p.tensor is not None]
+        batch = [p for p in self.pending if p.n_inputs]
         # Copies of one content met in this run are encoded once: the first copy in the batch is
         # encoded, later ones take its vector, and content committed by an earlier batch of this
         # run takes the stored vector (a move or a copy, as for content known before the run).
         first_of: dict[str | None, _Prepared] = {}
         for p in batch:
             if p.content_hash in self.known_hashes:
-                p.tensor, p.reuse = None, True
+                p.tensor, p.frame_tensors, p.reuse = None, [], True
             else:
                 first_of.setdefault(p.content_hash, p)
         to_encode = list(first_of.values())
-        encoded = self.ix.get_encoder().encode_images([p.tensor for p in to_encode]) if to_encode else None
-        vectors_of = {p.content_hash: encoded[i] for i, p in enumerate(to_encode)} if to_encode else {}
+        vectors_of = self._encode(to_encode) if to_encode else {}
         report = self.report
 
         removed_ids: list[int] = []

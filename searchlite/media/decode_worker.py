@@ -19,6 +19,7 @@ from typing import Any
 
 from ..errors import ImageDecodeError
 from .images import Decoded
+from .video import Frames
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +59,25 @@ def serve(fd: int, memory_limit: int) -> None:
             return
         if message is None:
             return
-        data, kwargs = message
+        op, data, kwargs = message
         try:
-            decoded = decode_rgb(data, **kwargs)
-            reply: tuple[Any, ...] = ("ok", decoded.width, decoded.height, decoded.image.size, decoded.image.tobytes())
+            if op == "video":
+                from .video import sample_frames
+
+                frames = sample_frames(data, **kwargs)
+                pictures = [(img.size, img.convert("RGB").tobytes()) for img in frames.images]
+                reply: tuple[Any, ...] = ("ok", frames.times, pictures, frames.width, frames.height, frames.duration)
+            else:
+                decoded = decode_rgb(data, **kwargs)
+                reply = ("ok", decoded.width, decoded.height, decoded.image.size, decoded.image.tobytes())
         except ImageDecodeError as e:
             reply = ("error", str(e), e.setting)
+        except Exception as e:  # noqa: BLE001 - a video library's odd failure is one file's verdict
+            if op != "video":
+                raise
+            reply = ("error", f"cannot read video: {type(e).__name__}: {e}")
         except MemoryError:
-            reply = ("error", "not enough memory to decode this image")
+            reply = ("error", f"not enough memory to decode this {'video' if op == 'video' else 'image'}")
         try:
             conn.send(reply)
         except OSError:  # the parent is gone (killed or interrupted): nothing left to do
@@ -86,14 +98,26 @@ class DecodeWorker:
         """decode_rgb(data, **kwargs) in the child. Raises ImageDecodeError with the reason."""
         from PIL import Image
 
+        _, width, height, size, pixels = self._call("image", data, kwargs, self.time_limit)
+        return Decoded(Image.frombytes("RGB", size, pixels), width, height)
+
+    def decode_video(self, data: bytes, time_limit: float, **kwargs: Any) -> Frames:
+        """video.sample_frames(data, **kwargs) in the child, within time_limit seconds. Raises
+        ImageDecodeError with the reason."""
+        from PIL import Image
+
+        _, times, pictures, width, height, duration = self._call("video", data, kwargs, time_limit)
+        return Frames(times, [Image.frombytes("RGB", size, pixels) for size, pixels in pictures], width, height, duration)
+
+    def _call(self, op: str, data: bytes, kwargs: dict[str, Any], time_limit: float) -> tuple[Any, ...]:
         reason = ""
         for _ in range(CRASH_ATTEMPTS):
             conn = self._ensure_started()
             try:
-                conn.send((data, kwargs))
-                if not conn.poll(self.time_limit):
+                conn.send((op, data, kwargs))
+                if not conn.poll(time_limit):
                     self.kill()
-                    raise ImageDecodeError(f"decoding took longer than {self.time_limit:g}s; the file was skipped")
+                    raise ImageDecodeError(f"decoding took longer than {time_limit:g}s; the file was skipped")
                 reply = conn.recv()
             except (EOFError, OSError):
                 if self.closed:
@@ -104,8 +128,7 @@ class DecodeWorker:
                 continue
             if reply[0] == "error":
                 raise ImageDecodeError(reply[1], setting=reply[2] if len(reply) > 2 else None)
-            _, width, height, size, pixels = reply
-            return Decoded(Image.frombytes("RGB", size, pixels), width, height)
+            return reply
         raise ImageDecodeError(f"{reason}, {CRASH_ATTEMPTS} times")
 
     def _ensure_started(self) -> Connection:

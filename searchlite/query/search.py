@@ -63,6 +63,15 @@ def query_vector(
     return combine(in_term_order, [t.weight for t in terms])
 
 
+def _best_shot(store: Store, query: np.ndarray, video_id: int) -> VectorRow:
+    """A video matched as a whole still says when: at its shot nearest the query."""
+    parts, numbers = store.part_vectors(video_id)
+    shots = [i for i, p in enumerate(parts) if p.time is not None]
+    if not shots:
+        return VectorRow(video_id, video_id, "video")
+    return parts[max(shots, key=lambda i: float(numbers[i] @ query[0]))]
+
+
 def search(store: Store, vectors: VectorIndex, query: np.ndarray, k: int, among: np.ndarray | None = None) -> list[Hit]:
     """Top-k indexed files by the cosine similarity of their best vector to query (1, d); among:
     search only these FAISS ids.
@@ -89,6 +98,7 @@ def search(store: Store, vectors: VectorIndex, query: np.ndarray, k: int, among:
         log.warning("none of the matching files exist (first: %s); is their drive connected?", candidates[0][2].path)
     tags_of = store.tags_of(r.id for _, _, r in found)
     kinds = store.file_kinds(r.id for _, _, r in found)
+    found = [(s, _best_shot(store, query, r.id) if kinds.get(r.id) == "video" and part.time is None else part, r) for s, part, r in found]
     return [
         Hit(r.path, s, r.id, r.width, r.height, r.size, tuple(tags_of[r.id]), part.box, part.time, part.span, kinds.get(r.id, "image"))
         for s, part, r in found

@@ -463,6 +463,17 @@ class Store:
                 found.extend(conn.execute(query.where(vectors.c.image_id.in_(chunk))).scalars())
             return np.array(found, dtype=np.int64)
 
+    def part_vectors(self, image_id: int) -> tuple[list[VectorRow], np.ndarray]:
+        """A file's vectors other than its own (regions, shots) and their numbers (n, d)."""
+        if not self._has_vectors:
+            return [], np.zeros((0, 0), np.float32)
+        query = select(vectors).where(vectors.c.image_id == image_id, vectors.c.vector.is_not(None)).order_by(vectors.c.id)
+        with self._reading() as conn:
+            rows = conn.execute(query).all()
+        if not rows:
+            return [], np.zeros((0, 0), np.float32)
+        return [_vector_row(r) for r in rows], np.frombuffer(b"".join(r.vector for r in rows), np.float32).reshape(len(rows), -1)
+
     def file_kinds(self, image_ids: Iterable[int]) -> dict[int, str]:
         """"image" or "video" by file id, from the kind of each file's own vector."""
         ids = list(image_ids)
