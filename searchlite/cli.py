@@ -190,13 +190,18 @@ def index(
     precision: Annotated[
         Optional[str], typer.Option(metavar="auto|fp32|bf16|fp16", help="Image tower precision; auto keeps fp32 unless the hardware has fast fp16/bf16 that matches it. [default: auto]")
     ] = None,
+    regions: Annotated[
+        bool, typer.Option("--regions", help="Also store vectors for regions of large images, to find small objects (remembered by the index).")
+    ] = False,
 ) -> None:
-    """Index photo folders: the first run reads everything, later runs only what changed."""
+    """Index photo folders (and videos, with searchlite[video]): the first run reads everything,
+    later runs only what changed."""
     from dataclasses import replace
 
     from .config import IndexSettings
 
-    flags = {"batch_size": batch_size, "workers": workers, "max_megapixels": max_megapixels, "follow_links": follow_links, "precision": precision}
+    flags = {"batch_size": batch_size, "workers": workers, "max_megapixels": max_megapixels, "follow_links": follow_links, "precision": precision,
+             "regions": regions}
     settings = replace(IndexSettings(), **{k: v for k, v in flags.items() if v})
     for folder in folders:  # every folder before any work: a typo must not cost a model load
         if not os.path.exists(folder):

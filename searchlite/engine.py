@@ -6,6 +6,7 @@ the vectors in memory, and the write lock around every change."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -188,11 +189,16 @@ class SearchEngine:
         with self._writing():
             self._record_checkpoint_location()
             vectors = self._get_vectors(writer=True)
+            settings = self.settings
+            if settings.regions and not self._store.get_info("regions"):
+                self._store.set_info("regions", True)  # remembered: later runs store regions too
+            elif self._store.get_info("regions") and not settings.regions:
+                settings = dataclasses.replace(settings, regions=True)
             indexer = Indexer(
                 self._store,
                 vectors,
                 self.load_model,
-                self.settings,
+                settings,
                 on_snapshot=self._save_vectors,
                 exclude=[str(index_dir.resolve()), os.path.abspath(index_dir)],
             )
@@ -443,6 +449,7 @@ class SearchEngine:
             "vectors_bytes": faiss_file.stat().st_size if faiss_file.exists() else 0,
             "vector_index": (self._store.get_info("faiss") or {}).get("kind", "exact"),
             "tags": self._store.tag_counts(),
+            "regions": bool(self._store.get_info("regions")),
         }
 
     def failures(self) -> list[FileRow]:

@@ -102,6 +102,7 @@ class _Prepared:
     frame_times: list[float] = field(default_factory=list)  # a video's sampled frames
     frame_tensors: list[Any] = field(default_factory=list)
     duration: float = 0.0
+    region_image: Any = None  # the picture regions are cut from (with settings.regions)
 
     @property
     def n_inputs(self) -> int:
@@ -255,9 +256,16 @@ class _Run:
         try:
             if is_video:
                 return self._prepare_video(decoders, f, digest, data, encoder)
+            options = decode_options(self.ix.settings, encoder)
+            if self.ix.settings.regions:  # a larger picture, uncropped, for the regions' pass
+                options |= {"min_side": int(self.ix.settings.region_scale * encoder.image_size), "center_crop": False, "resize_shortest": None}
             with decoders.worker() as decoder:
-                decoded = decoder.decode(data, **decode_options(self.ix.settings, encoder))
+                decoded = decoder.decode(data, **options)
             tensor = encoder.preprocess(decoded.image)
+            if self.ix.settings.regions and min(decoded.width, decoded.height) >= 2 * encoder.image_size:
+                prepared = _Prepared(f, digest, tensor, decoded.width, decoded.height)
+                prepared.region_image = decoded.image
+                return prepared
         except ImageDecodeError as e:
             return _Prepared(f, digest, error=str(e), by_settings=True)
         except DecodeCancelled:
@@ -298,7 +306,25 @@ class _Run:
             else:
                 vectors_of[p.content_hash] = encoded[offset]
                 offset += 1
+                if p.region_image is not None:
+                    p.parts = self._regions(encoder, p.region_image, p.width or 0, p.height or 0)
+                    p.region_image = None
         return vectors_of
+
+    def _regions(self, encoder: ClipEncoder, image: Any, width: int, height: int) -> list[VectorPart]:
+        """Region vectors of a picture, boxes in pixels of the oriented original (width x height)."""
+        from ..models import dense
+
+        settings = self.ix.settings
+        regions = dense.region_features(encoder.model, image, scale=settings.region_scale, stride=settings.region_stride, device=encoder.device)
+        vectors = regions.vectors
+        if settings.region_mode == "crops":  # each window through the model on its own
+            crops = [encoder.preprocess(image.crop(tuple(int(v) for v in box))) for box in regions.boxes]
+            step = self._batch_size()
+            vectors = np.concatenate([encoder.encode_images(crops[i : i + step]) for i in range(0, len(crops), step)])
+        sx, sy = width / image.size[0], height / image.size[1]
+        boxes = np.round(regions.boxes * np.array([sx, sy, sx, sy])).astype(np.int64)
+        return [VectorPart("region", v, box=tuple(int(b) for b in box)) for box, v in zip(boxes, vectors)]
 
     def _flush(self) -> None:
         """Encode what waits, then write everything pending in one transaction."""

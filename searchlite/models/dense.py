@@ -143,3 +143,96 @@ def _vit_cells(visual: Any, x: Any) -> Any:
     if visual.proj is not None:
         t = t @ visual.proj
     return t.reshape(1, gh, gw, -1)
+
+
+@dataclass(frozen=True)
+class Regions:
+    """Region embeddings of a picture: boxes (n, 4) as x0, y0, x1, y1 in pixels of the picture as
+    given, and unit vectors (n, d)."""
+
+    boxes: np.ndarray
+    vectors: np.ndarray
+
+
+def region_features(model: Any, image: Image.Image, *, scale: float = 4.0, stride: int = 1, device: str = "cpu") -> Regions:
+    """Windows of the model's own input size slid over the picture resized to scale x that size,
+    each embedded from one forward pass: a ResNet's grid features pooled by its own attention pool
+    over each window (the model's head on that window); a ViT's value-path cells averaged."""
+    import torch
+
+    if not supports(model):
+        raise InvalidInputError(
+            "this model's image tower gives no grid features (regions need a ModifiedResNet or a plain ViT, "
+            "as in OpenAI's CLIP models): index without --regions"
+        )
+    visual = model.visual
+    size = visual.image_size
+    base = max(size) if isinstance(size, (tuple, list)) else int(size)
+    cell = _stride(visual)
+    k = max(1, base // cell)  # cells across one window: the model's own grid
+    x, width, height = _input(model, image, scale, cell, device)
+    with torch.inference_mode():
+        if _is_resnet(visual):
+            f = visual.layer4(visual.layer3(visual.layer2(visual.layer1(visual.stem(x)))))  # (1, C, h, w)
+            _, c, gh, gw = f.shape
+            kh, kw = min(k, gh), min(k, gw)
+            windows = f.unfold(2, kh, stride).unfold(3, kw, stride)  # (1, C, nh, nw, kh, kw)
+            nh, nw = windows.shape[2], windows.shape[3]
+            windows = windows.permute(0, 2, 3, 1, 4, 5).reshape(nh * nw, c, kh, kw)
+            out = _attnpool(visual.attnpool, windows)  # (nh * nw, d)
+        else:
+            cells = _vit_cells(visual, x)  # (1, h, w, d)
+            _, gh, gw, d = cells.shape
+            kh, kw = min(k, gh), min(k, gw)
+            pooled = torch.nn.functional.avg_pool2d(cells.permute(0, 3, 1, 2), (kh, kw), stride=stride)  # (1, d, nh, nw)
+            nh, nw = pooled.shape[2], pooled.shape[3]
+            out = pooled[0].permute(1, 2, 0).reshape(nh * nw, d)
+        out = torch.nn.functional.normalize(out.float(), dim=-1)
+    cw, ch = width / gw, height / gh
+    rows, cols = np.mgrid[0:nh, 0:nw]
+    x0, y0 = cols.ravel() * stride * cw, rows.ravel() * stride * ch
+    boxes = np.stack([x0, y0, x0 + kw * cw, y0 + kh * ch], axis=1).round().astype(np.int64)
+    return Regions(boxes, np.ascontiguousarray(out.cpu().numpy(), dtype=np.float32))
+
+
+def _input(model: Any, image: Image.Image, scale: float, cell: int, device: str) -> tuple[Any, int, int]:
+    """(the normalised input (1, 3, H, W), the picture's width and height): the picture resized,
+    aspect kept, to scale x the model's input on its shorter side, in whole cells."""
+    import open_clip
+    import torch
+    from PIL import Image as PILImage
+
+    size = model.visual.image_size
+    base = max(size) if isinstance(size, (tuple, list)) else int(size)
+    width, height = image.size
+    factor = scale * base / min(width, height)
+    w_in = max(cell, round(width * factor / cell) * cell)
+    h_in = max(cell, round(height * factor / cell) * cell)
+    cfg = open_clip.get_model_preprocess_cfg(model)
+    mean = torch.tensor(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))).view(3, 1, 1)
+    std = torch.tensor(cfg.get("std", (0.26862954, 0.26130258, 0.27577711))).view(3, 1, 1)
+    pixels = np.asarray(image.convert("RGB").resize((w_in, h_in), PILImage.BICUBIC), dtype=np.float32) / 255
+    return ((torch.from_numpy(pixels).permute(2, 0, 1) - mean) / std)[None].to(device), width, height
+
+
+def _attnpool(pool: Any, windows: Any) -> Any:
+    """The attention pool on windows (n, C, k, k), its position embedding resized to k x k."""
+    import torch
+    import torch.nn.functional as F
+
+    n, c, kh, kw = windows.shape
+    pos = pool.positional_embedding
+    g0 = int(math.isqrt(pos.shape[0] - 1))
+    if (kh, kw) != (g0, g0):
+        grid = F.interpolate(pos[1:].reshape(1, g0, g0, -1).permute(0, 3, 1, 2), size=(kh, kw), mode="bilinear", align_corners=False)
+        pos = torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(kh * kw, -1)])
+    x = windows.reshape(n, c, kh * kw).permute(2, 0, 1)  # (kk, n, C)
+    x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0) + pos[:, None, :].to(x.dtype)  # (kk + 1, n, C)
+    x, _ = F.multi_head_attention_forward(
+        query=x[:1], key=x, value=x, embed_dim_to_check=c, num_heads=pool.num_heads,
+        q_proj_weight=pool.q_proj.weight, k_proj_weight=pool.k_proj.weight, v_proj_weight=pool.v_proj.weight,
+        in_proj_weight=None, in_proj_bias=torch.cat([pool.q_proj.bias, pool.k_proj.bias, pool.v_proj.bias]),
+        bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.0, out_proj_weight=pool.c_proj.weight,
+        out_proj_bias=pool.c_proj.bias, use_separate_proj_weight=True, training=False, need_weights=False,
+    )
+    return x[0]  # (n, d)
