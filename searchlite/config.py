@@ -53,7 +53,7 @@ class IndexSettings:
     region_scale: float = 4.0
     region_stride: int = 1
     # "pooled": the windows pooled from one forward pass; "crops": each window encoded on its own
-    # (the model on every crop: more exact, and as many encodings as windows)
+    # (the model on every crop: more exact, and as many encodings as windows). See models/dense.py.
     region_mode: str = "pooled"
     # image tower precision: auto (fp16 on CUDA, bf16 on CPUs with native bf16, else fp32), or forced
     precision: str = "auto"

@@ -37,10 +37,13 @@ log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int], None]
 
-def decode_settings(settings: IndexSettings) -> dict[str, Any]:
-    """The settings a decoding verdict depends on (whether PyAV is installed too: a video that
-    failed without it is tried again once it is)."""
-    return {"max_megapixels": settings.max_megapixels, "decode_timeout_s": settings.decode_timeout_s, "pyav": video.available()}
+def decode_settings(settings: IndexSettings, *, for_video: bool = False) -> dict[str, Any]:
+    """The settings a decoding verdict depends on; a video's, whether PyAV is installed too (a
+    video that failed without it is tried again once it is)."""
+    current: dict[str, Any] = {"max_megapixels": settings.max_megapixels, "decode_timeout_s": settings.decode_timeout_s}
+    if for_video:
+        current |= {"pyav": video.available(), "video_timeout_s": settings.video_timeout_s}
+    return current
 
 
 @dataclass
@@ -138,11 +141,12 @@ class Indexer:
         seen = {f.path for f in files}
         missing = [row for path, row in known.items() if path not in seen]
         current = decode_settings(self.settings)
+        current_video = decode_settings(self.settings, for_video=True)
         work = []
         for f in files:
             row = known.get(f.path)
             if row is not None and row.size == f.size and row.mtime_ns == f.mtime_ns:
-                if row.state == FAILED and row.failed_under not in (None, current):
+                if row.state == FAILED and row.failed_under not in (None, current_video if "pyav" in row.failed_under else current):
                     work.append(f)  # failed under other limits: judge it again under these
                 else:
                     report.unchanged += 1
@@ -250,7 +254,7 @@ class _Run:
             if video.detect_video(data[: images.HEADER_BYTES]) is None:
                 return _Prepared(f, digest, skipped="not an image")
             if not video.available():
-                return _Prepared(f, digest, error=video.NEEDS_PYAV, by_settings=True)
+                return _Prepared(f, digest, error=video.NEEDS_PYAV, by_settings=True, kind="video")
             is_video = True
         encoder = self.ix.get_encoder()  # the model loads on first need; its errors stop the run
         try:
@@ -267,12 +271,13 @@ class _Run:
                 prepared.region_image = decoded.image
                 return prepared
         except ImageDecodeError as e:
-            return _Prepared(f, digest, error=str(e), by_settings=True)
+            return _Prepared(f, digest, error=str(e), by_settings=True, kind="video" if is_video else "image")
         except DecodeCancelled:
             return _Prepared(f, changing=True)  # not judged: the run is stopping
         except Exception as e:  # noqa: BLE001 - one bad file must never stop the run
             log.debug("unexpected failure on %s", f.path, exc_info=True)
-            return _Prepared(f, digest, error=f"cannot decode image: {type(e).__name__}: {e}", by_settings=True)
+            what = "video" if is_video else "image"
+            return _Prepared(f, digest, error=f"cannot decode {what}: {type(e).__name__}: {e}", by_settings=True, kind=what)
         return _Prepared(f, digest, tensor, decoded.width, decoded.height)
 
     def _prepare_video(self, decoders: DecodePool, f: FileInfo, digest: str, data: bytes, encoder: ClipEncoder) -> _Prepared:
@@ -360,7 +365,7 @@ class _Run:
                     continue
                 if p.error is not None or p.skipped is not None:
                     state, reason = (FAILED, p.error) if p.error is not None else (SKIPPED, p.skipped)
-                    failed_under = decode_settings(self.ix.settings) if p.by_settings else None
+                    failed_under = decode_settings(self.ix.settings, for_video=p.kind == "video") if p.by_settings else None
                     tx.put(f.path, size=f.size, mtime_ns=f.mtime_ns, content_hash=p.content_hash, state=state, error=reason,
                            failed_under=failed_under)
                     if p.error is not None:

@@ -154,7 +154,9 @@ class Regions:
     vectors: np.ndarray
 
 
-def region_features(model: Any, image: Image.Image, *, scale: float = 4.0, stride: int = 1, device: str = "cpu") -> Regions:
+def region_features(
+    model: Any, image: Image.Image, *, scale: float = 4.0, stride: int = 1, device: str = "cpu"
+) -> Regions:
     """Windows of the model's own input size slid over the picture resized to scale x that size,
     each embedded from one forward pass: a ResNet's grid features pooled by its own attention pool
     over each window (the model's head on that window); a ViT's value-path cells averaged."""
