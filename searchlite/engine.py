@@ -317,22 +317,22 @@ class SearchEngine:
         self, image: str | os.PathLike[str], text: str, *, output: str | os.PathLike[str] | None = None, scale: float | None = None
     ) -> Explanation:
         """Where text matches in an image file: the cosine of the text with each cell of the
-        image tower's grid features (with the training-free correction of models/dense.py), and
-        its peak in pixels of the oriented image. output: also write the image overlaid with the
+        image tower's grid features (with the training-free correction of models/dense.py), less
+        the empty text's, and its peak in pixels of the oriented image. output: also write the image overlaid with the
         heat map there (PNG). Raises InvalidInputError for a model without grid features."""
         from .models import dense
         from .query.explain import explain, overlay
 
         path = os.fspath(image)
         data = read_image_file(path)
-        query = self.embed_text([text])[0]
+        empty, query = self.embed_text(["", text])
         encoder = self.load_model()
         scale = scale or dense.DEFAULT_SCALE
         decoded = self._decoder_pool().decode(data, min_side=int(scale * encoder.image_size), max_pixels=self.settings.max_pixels)
         grid = dense.grid_features(encoder.model, decoded.image, scale=scale, device=encoder.device)
         rows, cols = grid.vectors.shape[:2]
         grid = dense.Grid(grid.vectors, decoded.width / cols, decoded.height / rows)  # cells in the original's pixels
-        result = explain(grid, query, decoded.width, decoded.height, encoder.logit_scale)
+        result = explain(grid, query, empty, decoded.width, decoded.height)
         if output is not None:
             buf = io.BytesIO()
             overlay(decoded.image, result).save(buf, "PNG")

@@ -14,12 +14,19 @@ if TYPE_CHECKING:
     from PIL import Image
 
 
+# the softmax temperature that turns cell scores into the peak's weights (chosen on scenes of the
+# shapes model, seed 7 of scripts/eval_explain.py's renderer; the README's figure uses other scenes)
+PEAK_TEMPERATURE = 10.0
+
+
 @dataclass(frozen=True)
 class Explanation:
-    """scores (h, w): the cosine of the query with each cell; cell (i, j) covers the pixels
-    [j * cell_w, (j + 1) * cell_w) x [i * cell_h, (i + 1) * cell_h) of the oriented picture
-    (width x height). peak: (x, y) in pixels, where the query matches best: the centre of the
-    cells weighted by softmax(logit_scale x score), CLIP's own temperature for "which of these"."""
+    """scores (h, w): for each cell, the cosine with the query minus the cosine with the empty
+    text (CLIP Surgery's removal of what every text shares, which otherwise lights up the same
+    cells whatever the query); cell (i, j) covers the pixels [j * cell_w, (j + 1) * cell_w) x
+    [i * cell_h, (i + 1) * cell_h) of the oriented picture (width x height). peak: (x, y) in
+    pixels, where the query matches best: the centre of the cells weighted by
+    softmax(PEAK_TEMPERATURE x score)."""
 
     width: int
     height: int
@@ -39,10 +46,11 @@ class Explanation:
         }
 
 
-def explain(grid: Grid, query: np.ndarray, width: int, height: int, logit_scale: float) -> Explanation:
-    """The explanation of unit query (d,) over a picture's grid."""
-    scores = grid.vectors @ np.asarray(query, np.float32).reshape(-1)  # (h, w)
-    weights = np.exp(logit_scale * (scores - scores.max()))
+def explain(grid: Grid, query: np.ndarray, empty: np.ndarray, width: int, height: int) -> Explanation:
+    """The explanation of unit query (d,) over a picture's grid; empty: the empty text's (d,)."""
+    direction = np.asarray(query, np.float32).reshape(-1) - np.asarray(empty, np.float32).reshape(-1)
+    scores = grid.vectors @ direction  # (h, w)
+    weights = np.exp(PEAK_TEMPERATURE * (scores - scores.max()))
     weights /= weights.sum()
     rows, cols = np.mgrid[0 : scores.shape[0], 0 : scores.shape[1]]
     x = float(((cols + 0.5) * weights).sum() * grid.cell_w)
