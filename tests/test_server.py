@@ -480,3 +480,10 @@ def test_serve_help_imports_neither_torch_nor_the_web_stack() -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert "--token" in result.stdout and result.stderr.strip() == ""
+
+
+def test_type_keeps_images_or_videos(client) -> None:
+    assert search(client, q="a circle", type="video") == []
+    assert len(search(client, q="a circle", type="image", k=5)) == 5
+    response = client.get("/api/search", params={"q": "a circle", "type": "movie"})
+    assert response.status_code == 400 and response.json() == {"error": "type 'movie': use one of image, video"}

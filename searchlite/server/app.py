@@ -160,8 +160,9 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
         not_: Annotated[list[str], Q(alias="not", description="texts to steer away from")] = [],  # noqa: B006
         like: Annotated[Optional[int], Q(description="more like this indexed image")] = None,
         image: Annotated[Optional[str], Q(max_length=64, description="key of an image uploaded with POST")] = None,
+        type_: Annotated[Optional[str], Q(alias="type", max_length=10, description="only image or video files")] = None,
     ) -> JSON:
-        query = Query(text=q, negatives=not_, tag=tag or None, like=like, image=image, k=k, offset=offset)
+        query = Query(text=q, negatives=not_, tag=tag or None, like=like, image=image, k=k, offset=offset, type=type_ or None)
         hits = run_query(engine, uploads, query)
         return JSON({"hits": [hit_json(request, h) for h in hits]})
 
@@ -175,12 +176,13 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
         tag: Annotated[Optional[str], Form(max_length=200)] = None,
         not_: Annotated[list[str], Form(alias="not")] = [],  # noqa: B006
         like: Annotated[Optional[int], Form()] = None,
+        type_: Annotated[Optional[str], Form(alias="type", max_length=10)] = None,
     ) -> JSON:
         key = None
         if image is not None:
             data = await image.read()
             key = await run_in_threadpool(uploads.add, data)
-        query = Query(text=q, negatives=not_, tag=tag or None, like=like, image=key, k=k, offset=offset)
+        query = Query(text=q, negatives=not_, tag=tag or None, like=like, image=key, k=k, offset=offset, type=type_ or None)
         hits = await run_in_threadpool(run_query, engine, uploads, query)
         return JSON({"hits": [hit_json(request, h) for h in hits], "image_key": key})
 

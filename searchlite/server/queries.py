@@ -32,6 +32,7 @@ class Query:
     image: str | None = None  # the key of an uploaded image's vector (UploadedImages)
     k: int = 60
     offset: int = 0
+    type: str | None = None  # "image" or "video": only such files
 
 
 class UploadedImages:
@@ -87,7 +88,7 @@ def run_query(engine: Any, uploads: UploadedImages, query: Query) -> list[Any]:
     if query.like is None and query.image is None:
         if text is None:
             raise InvalidQueryError("the query is empty: give a text, an image or an image to find more like")
-        hits = engine.search(text, negative=negatives, k=wanted, tag=query.tag)
+        hits = engine.search(text, negative=negatives, k=wanted, tag=query.tag, type=query.type)
     else:
         # the library's own rule: a sum of unit vectors (negatives subtracted), re-normalised
         parts = []
@@ -108,5 +109,5 @@ def run_query(engine: Any, uploads: UploadedImages, query: Query) -> list[Any]:
         total = np.sum(parts, axis=0)
         if float(np.linalg.norm(total)) < 1e-6:
             raise InvalidQueryError("the query terms cancel each other out; change them")
-        hits = engine.search_vector(total, k=wanted, tag=query.tag)
+        hits = engine.search_vector(total, k=wanted, tag=query.tag, type=query.type)
     return hits[query.offset :]
