@@ -320,6 +320,7 @@ def _describe_info(facts: dict[str, Any]) -> str:
     rows = [
         ("index", _printable(facts["index"])),
         ("images", str(facts["images"])),
+        *([("videos", str(facts["videos"]))] if facts.get("videos") else []),
         ("failed", str(facts["failed"]) + (" (searchlite info --failed lists them)" if facts["failed"] else "")),
         ("not images", str(facts["not_images"])),
         ("model", facts["model"] or "none yet (the first index run records it)"),

@@ -437,9 +437,11 @@ class SearchEngine:
         db_bytes = sum(p.stat().st_size for p in (db, db.with_name(db.name + "-wal")) if p.exists())
         faiss_file = index_dir / FAISS_FILENAME
         links = sum(r.error == scanner.LINK_OUT_OF_COLLECTION for r in self.skipped()) if counts.get(SKIPPED) else 0
+        videos = self._store.video_count() if counts.get(INDEXED) else 0
         return {
             "index": str(index_dir.resolve()),
-            "images": counts.get(INDEXED, 0),
+            "images": counts.get(INDEXED, 0) - videos,
+            "videos": videos,
             "failed": counts.get(FAILED, 0),
             "not_images": counts.get(SKIPPED, 0) - links,
             "links_not_followed": links,

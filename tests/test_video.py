@@ -29,6 +29,8 @@ def video_index(tmp_path_factory: pytest.TempPathFactory):
     with SearchEngine.open(root / "index", model="searchlite-shapes") as engine:
         report = engine.index(folder)
     assert (report.added, report.failed) == (7, 0)
+    with SearchEngine.open(root / "index", create=False) as engine:
+        assert (engine.info()["images"], engine.info()["videos"]) == (4, 3)
     return root / "index", folder, truth
 
 

@@ -4,6 +4,8 @@ http_status, never a stack trace. One engine is shared by every request (search 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import logging
 import re
 from importlib import resources
@@ -204,6 +206,16 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
         except OSError:
             raise NotFoundError(f"image {row.id} is indexed but its file is gone: index the folder again") from None
         return FileResponse(row.path, media_type=image_type(header), headers={"Cache-Control": "private, max-age=600"})
+
+    @app.get("/api/explain/{image_id}", summary="An indexed image overlaid with where a text matches (PNG)", response_class=Response)
+    def explain_image(image_id: str, q: Annotated[str, Q(min_length=1, max_length=2000, description="the text")]) -> Response:
+        row = row_of(image_id)
+        with tempfile.TemporaryDirectory(prefix="searchlite-explain-") as folder:
+            out = os.path.join(folder, "heat.png")
+            engine.explain(row.path, q, output=out)
+            with open(out, "rb") as f:
+                data = f.read()
+        return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=600"})
 
     @app.get("/api/thumbs/{image_id}", summary="A WebP thumbnail of an indexed image", response_class=Response)
     async def thumbnail(image_id: str, request: Request) -> Response:

@@ -562,6 +562,17 @@ class Store:
                     out[image_id].append(label)
         return out
 
+    def video_count(self) -> int:
+        """Indexed files that are videos."""
+        if not self._has_vectors:
+            return 0
+        query = (
+            select(func.count()).select_from(vectors).join(images, images.c.id == vectors.c.image_id)
+            .where(vectors.c.kind == "video", images.c.state == INDEXED)
+        )
+        with self._reading() as conn:
+            return int(conn.execute(query).scalar_one())
+
     def counts(self) -> dict[str, int]:
         query = select(images.c.state, func.count()).group_by(images.c.state)
         with self._reading() as conn:

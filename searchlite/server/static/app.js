@@ -276,6 +276,14 @@ function openDetail(index) {
   els.dBytes.textContent = hit.size != null ? humanBytes(hit.size) : "unknown";
   els.dTags.textContent = hit.tags.length ? hit.tags.join(", ") : "none";
   els.original.href = hit.image;
+  const where = $("where");
+  where.hidden = !state.q;  // a heat map of the text query over this image, on request
+  where.textContent = "Where?";
+  where.onclick = () => {
+    const showing = els.detailImg.src.includes("/api/explain/");
+    els.detailImg.src = showing ? hit.image : "/api/explain/" + hit.id + "?q=" + encodeURIComponent(state.q);
+    where.textContent = showing ? "Where?" : "Hide";
+  };
   els.copy.textContent = "Copy";
   els.prev.disabled = index === 0;
   els.next.disabled = index === hits.length - 1 && exhausted;
