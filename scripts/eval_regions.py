@@ -28,9 +28,12 @@ from searchlite import IndexSettings, SearchEngine  # noqa: E402
 SIDE = 1024
 
 
-def render(rng: np.random.Generator, color: str, shape: str, blobs: int = 12, side: int = SIDE) -> tuple[Image.Image, tuple[float, ...]]:
-    """A side x side scene: a muted background, blobs of any hue (irregular, not shapes), and
-    the one shape, its extent an eighth of the side, somewhere; and the shape's box."""
+def render(
+    rng: np.random.Generator, color: str, shape: str, blobs: int = 12, side: int = SIDE, muted: bool = False
+) -> tuple[Image.Image, tuple[float, ...]]:
+    """A side x side scene: a muted background, blobs (irregular, not shapes) of any hue, or with
+    muted=True of low saturation like the training backgrounds (none reads as one of the four
+    colours), and the one shape, its extent an eighth of the side, somewhere; and its box."""
     SIDE = side  # noqa: N806
     small = R._background(rng, SIDE // 8)  # drawn small, then enlarged: a smooth background
     img = np.asarray(Image.fromarray(np.clip(small, 0, 255).astype(np.uint8)).resize((SIDE, SIDE), Image.BICUBIC), np.float32)
@@ -40,7 +43,11 @@ def render(rng: np.random.Generator, color: str, shape: str, blobs: int = 12, si
         angle = np.arctan2(yy - cy, xx - cx)
         wobble = 1 + 0.35 * np.sin(3 * angle + rng.uniform(0, 6.3)) + 0.2 * np.sin(5 * angle + rng.uniform(0, 6.3))
         inside = (np.hypot(xx - cx, yy - cy) < r * wobble)[..., None]
-        hue = np.array(R._neutral(rng)) * 0.5 + rng.uniform(0, 255, 3) * 0.5
+        if muted:
+            level = rng.uniform(40, 220)
+            hue = np.clip(level + rng.uniform(-0.2, 0.2, 3) * level, 0, 255)
+        else:
+            hue = np.array(R._neutral(rng)) * 0.5 + rng.uniform(0, 255, 3) * 0.5
         img = np.where(inside, hue, img)
     half = SIDE / 16
     cx, cy = rng.uniform(half + 2, SIDE - half - 2, 2)
@@ -55,7 +62,7 @@ def render(rng: np.random.Generator, color: str, shape: str, blobs: int = 12, si
     return out.filter(ImageFilter.GaussianBlur(1.0)), (cx - half, cy - half, cx + half, cy + half)
 
 
-def evaluate(per_query: int, seed: int, model: str = "searchlite-shapes", scale: float = 4.0, stride: int = 1, mode: str = "pooled") -> dict:
+def evaluate(per_query: int, seed: int, model: str = "searchlite-shapes", scale: float = 4.0, stride: int = 1, mode: str = "pooled", muted: bool = False) -> dict:
     rng = np.random.default_rng([seed, 0x2E610])
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "scenes"
@@ -65,9 +72,9 @@ def evaluate(per_query: int, seed: int, model: str = "searchlite-shapes", scale:
             for shape in R.SHAPES:
                 for i in range(per_query):
                     path = folder / f"{color}-{shape}-{i}.jpg"
-                    render(rng, color, shape)[0].save(path, quality=90)
+                    render(rng, color, shape, muted=muted)[0].save(path, quality=90)
                     truth[str(path)] = (color, shape)
-        out: dict = {"model": model, "images": len(truth), "seed": seed, "region_scale": scale, "region_stride": stride, "region_mode": mode}
+        out: dict = {"model": model, "images": len(truth), "seed": seed, "region_scale": scale, "region_stride": stride, "region_mode": mode, "blobs": "muted" if muted else "any hue"}
         for name, settings in (("without_regions", IndexSettings()), ("with_regions", replace(IndexSettings(), regions=True, region_scale=scale, region_stride=stride, region_mode=mode))):
             with SearchEngine.open(Path(tmp) / name, model=model, settings=settings) as engine:
                 engine.load_model()
@@ -93,8 +100,9 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=4.0)
     parser.add_argument("--stride", type=int, default=1)
     parser.add_argument("--mode", choices=("pooled", "crops"), default="pooled")
+    parser.add_argument("--muted-blobs", action="store_true", help="distractor blobs of low saturation (default: any hue)")
     args = parser.parse_args()
-    print(json.dumps(evaluate(args.per_query, args.seed, args.model, args.scale, args.stride, args.mode)))
+    print(json.dumps(evaluate(args.per_query, args.seed, args.model, args.scale, args.stride, args.mode, args.muted_blobs)))
 
 
 if __name__ == "__main__":

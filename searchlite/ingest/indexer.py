@@ -146,7 +146,8 @@ class Indexer:
         for f in files:
             row = known.get(f.path)
             if row is not None and row.size == f.size and row.mtime_ns == f.mtime_ns:
-                if row.state == FAILED and row.failed_under not in (None, current_video if "pyav" in row.failed_under else current):
+                judged = row.failed_under
+                if row.state == FAILED and judged is not None and judged != (current_video if "pyav" in judged else current):
                     work.append(f)  # failed under other limits: judge it again under these
                 else:
                     report.unchanged += 1
