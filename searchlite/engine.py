@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
@@ -38,6 +39,8 @@ from .query.relevance import fixed_cutoff
 from .query.search import SORTS, Hit, list_by_date, query_vector, rank_all, search
 from .query.terms import parse_terms
 from .storage import transfer
+from .query.explain import Explanation
+from .storage.atomic_file import write_atomic
 from .storage.store import FAILED, INDEXED, SKIPPED, FileRow, Store
 from .storage.vector_cache import VectorCache
 from .storage.vector_index import VectorIndex
@@ -56,6 +59,8 @@ log = logging.getLogger(__name__)
 EncoderFactory = Callable[[ModelSpec, "str | None"], ClipEncoder]
 
 __all__ = ["Classification", "Filters", "Hit", "SearchEngine"]
+
+FILE_TYPES = ("image", "video")  # what search(type=...) keeps
 
 
 class SearchEngine:
@@ -198,11 +203,17 @@ class SearchEngine:
         with self._writing():
             self._record_checkpoint_location()
             vectors = self._get_vectors(writer=True)
+            settings = self._remembered_settings()
+            if settings.regions and not self._store.get_info("regions"):
+                self._store.set_info("regions", True)  # remembered: later runs store regions too
+            elif self._store.get_info("regions") and not settings.regions:
+                settings = dataclasses.replace(settings, regions=True)
             indexer = Indexer(
                 self._store,
                 vectors,
-                self.image_encoder,
-                self._remembered_settings(),
+                # region vectors come from the torch model's grid features (models/dense.py)
+                self.load_model if settings.regions else self.image_encoder,
+                settings,
                 on_snapshot=self._save_vectors,
                 exclude=[str(index_dir.resolve()), os.path.abspath(index_dir)],
             )
@@ -213,7 +224,7 @@ class SearchEngine:
             except BaseException:
                 # Interrupted between a batch's commit and its FAISS update, the vectors in memory
                 # lag the database: then keep the older cache, which the next open rebuilds.
-                if not np.array_equal(np.sort(vectors.ids()), self._store.indexed_ids()):
+                if not np.array_equal(np.sort(vectors.ids()), self._store.vector_ids()):
                     self._vectors = None
                 raise
             finally:
@@ -249,13 +260,15 @@ class SearchEngine:
         negative: str | Sequence[str] | None = None,
         k: int = 10,
         tag: str | None = None,
+        type: str | None = None,
         filters: Filters | None = None,
         sort: str | None = None,
         min_score: float | None = None,
         all_ranked: bool = False,
         **filter_values: Any,
     ) -> list[Hit]:
-        """Top-k images by cosine similarity to the query.
+        """Top-k files by cosine similarity to the query (a file with several vectors, such as a
+        video's shots or an image's regions, by its best one, named in the hit's time or box).
 
         text, image and negative each take one item or a list; a term may carry a weight as
         "2::beach" (a number and a double colon; a single colon is plain text, and an image path
@@ -280,9 +293,15 @@ class SearchEngine:
         if self._vectors is None and self._store.get_info("model") is None:
             raise IndexNotFoundError(f"the index in {index_dir} is empty: index a folder into it first", setting="index_dir")
         vectors = self.vectors
-        among = self._among(tag, filters)
         if sort is not None and text in (None, [], ()) and image in (None, [], ()) and negative in (None, [], ()):
-            return list_by_date(self._store, self._store.indexed_ids() if among is None else among, sort)
+            _check_type(type)
+            files = self._files_among(tag, filters)
+            files = self._store.indexed_ids() if files is None else files
+            if type is not None:
+                kinds = self._store.file_kinds(int(i) for i in files)
+                files = np.array([i for i in files if kinds.get(int(i), "image") == type], dtype=np.int64)
+            return list_by_date(self._store, files, sort)
+        among = self._among(tag, filters, type)
         terms = parse_terms(_as_list(text), _as_list(image), _as_list(negative))
         if among is not None and not len(among):
             return []
@@ -318,9 +337,17 @@ class SearchEngine:
             log.info("place %r: chose %s, the most populous of %d places of that name", checked.place, chosen.describe(), len(chosen.others) + 1)
         return checked
 
-    def _among(self, tag: str | None, filters: Filters | None = None) -> np.ndarray | None:
-        """The ids to search among: those carrying tag and matching filters (searched exactly,
-        however rare); None for all."""
+    def _among(self, tag: str | None, filters: Filters | None = None, type: str | None = None) -> np.ndarray | None:
+        """The FAISS ids to search among: the vectors of the files carrying tag, matching filters and
+        of the type given (searched exactly, however rare); None for all."""
+        _check_type(type)
+        files = self._files_among(tag, filters)
+        if files is None:
+            return None if type is None else self._store.vector_ids_of(file_kind=type)
+        return self._store.vector_ids_of(files, file_kind=type)
+
+    def _files_among(self, tag: str | None, filters: Filters | None) -> np.ndarray | None:
+        """The file ids carrying tag and matching filters; None for all."""
         among = self._tagged(tag)
         if filters:
             matching = filters.matching_ids(self._store)
@@ -328,7 +355,7 @@ class SearchEngine:
         return among
 
     def _tagged(self, tag: str | None) -> np.ndarray | None:
-        """The ids carrying tag; None for all."""
+        """The file ids carrying tag; None for all."""
         if tag is None:
             return None
         known = sorted({label for tag_set in self._store.tag_sets() for label in tag_set.labels})
@@ -347,6 +374,7 @@ class SearchEngine:
         *,
         k: int = 10,
         tag: str | None = None,
+        type: str | None = None,
         filters: Filters | None = None,
         sort: str | None = None,
         min_score: float | None = None,
@@ -367,7 +395,7 @@ class SearchEngine:
         norm = float(np.linalg.norm(query))
         if norm == 0.0:
             raise InvalidQueryError("a query embedding must not be all zeros")
-        among = self._among(tag, filters)
+        among = self._among(tag, filters, type)
         if among is not None and not len(among):
             return []
         return self._ranked(vectors, np.ascontiguousarray(query / norm), k, among, sort, min_score, all_ranked)
@@ -425,6 +453,36 @@ class SearchEngine:
 
         data = read_image_file(os.fspath(path))
         return self._decoder_pool().decode(data, min_side=min_side, max_pixels=self.settings.max_pixels, name=os.fspath(path)).image
+
+    def explain(
+        self, image: str | os.PathLike[str], text: str, *, output: str | os.PathLike[str] | None = None, scale: float | None = None
+    ) -> Explanation:
+        """Where text matches in an image file: the cosine of the text with each cell of the
+        image tower's grid features (with the training-free correction of models/dense.py), less
+        the empty text's, and its peak in pixels of the oriented image. output: also write the image overlaid with the
+        heat map there (PNG). Raises InvalidInputError for a model without grid features."""
+        from .media.embed_files import read_image_file
+        from .models import dense
+        from .query.explain import explain, overlay
+
+        path = os.fspath(image)
+        data = read_image_file(path)
+        empty, query = self.embed_text(["", text])
+        encoder = self.load_model()
+        scale = scale or dense.DEFAULT_SCALE
+        decoded = self._decoder_pool().decode(data, min_side=int(scale * encoder.image_size), max_pixels=self.settings.max_pixels)
+        grid = dense.grid_features(encoder.model, decoded.image, scale=scale, device=encoder.device)
+        rows, cols = grid.vectors.shape[:2]
+        grid = dense.Grid(grid.vectors, decoded.width / cols, decoded.height / rows)  # cells in the original's pixels
+        result = explain(grid, query, empty, decoded.width, decoded.height)
+        if output is not None:
+            buf = io.BytesIO()
+            overlay(decoded.image, result).save(buf, "PNG")
+            try:
+                write_atomic(Path(output), buf.getvalue())
+            except OSError as e:
+                raise file_error(Path(output), e, writing=True) from None
+        return result
 
     def embed_text(self, texts: str | Sequence[str]) -> np.ndarray:
         """Unit text embeddings (n, d) from the index's model, one row per text (a single string is
@@ -593,9 +651,11 @@ class SearchEngine:
         reasons = [r.error for r in self.skipped()] if counts.get(SKIPPED) else []
         links = reasons.count(scanner.LINK_OUT_OF_COLLECTION)
         raw_siblings = reasons.count(scanner.RAW_SIBLING)
+        videos = self._store.video_count() if counts.get(INDEXED) else 0
         return {
             "index": str(index_dir.resolve()),
-            "images": counts.get(INDEXED, 0),
+            "images": counts.get(INDEXED, 0) - videos,
+            "videos": videos,
             "failed": counts.get(FAILED, 0),
             "not_images": counts.get(SKIPPED, 0) - links - raw_siblings,
             "links_not_followed": links,
@@ -607,6 +667,7 @@ class SearchEngine:
             "vectors_bytes": faiss_file.stat().st_size if faiss_file.exists() else 0,
             "vector_index": (self._store.get_info("faiss") or {}).get("kind", "exact"),
             "tags": self._store.tag_counts(),
+            "regions": bool(self._store.get_info("regions")),
             **self._metadata_summary(),
         }
 
@@ -824,6 +885,11 @@ def _remove_new_index(path: Path) -> None:
         (path / name).unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         path.rmdir()
+
+
+def _check_type(type: str | None) -> None:
+    if type is not None and type not in FILE_TYPES:
+        raise InvalidQueryError(f"type {type!r}: use one of {', '.join(FILE_TYPES)}")
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -35,7 +35,7 @@ class VectorCache:
         if cached is not None:
             return cached
         vectors = VectorIndex(dim)
-        for ids, chunk in self._store.iter_vectors():
+        for ids, chunk in self._store.iter_faiss_vectors():
             vectors.add(ids, chunk)
         vectors.optimize_if_large()
         if len(vectors) or self.path.exists():
