@@ -552,6 +552,7 @@ def serve(
         with _open(index, device=device, create=False) as engine:
             from .server.app import create_app
 
+            engine.remember_queries = False  # the server never writes to the index
             warm(engine)
             sock = bind(host, port)
             server = Server(create_app(engine, settings), sock, log_level="info" if verbose_http else "warning")
@@ -578,6 +579,7 @@ def mcp(index: IndexOpt = None, device: DeviceOpt = None) -> None:
     with _user_errors(), _open(index, device=device, create=False) as engine:
         from .server.mcp_tools import serve_stdio
 
+        engine.remember_queries = False  # nor does the MCP server
         serve_stdio(engine)
 
 

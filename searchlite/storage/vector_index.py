@@ -1,19 +1,34 @@
 """The FAISS layer: unit vectors keyed by row id, inner-product search, atomic save and load.
 
-Exact (IndexFlatIP) below ANN_MIN_VECTORS, where a flat scan costs a few milliseconds; above, an
-inverted-file index (IVF-Flat) whose number of probed lists is tuned on the data itself for a
-target recall. With a GPU build of faiss and a GPU, exact search runs there and stays exact up to
-GPU_ANN_MIN_VECTORS. Vector contract at this boundary: float32, C-contiguous, shape (n, d), unit length.
+Three structures, picked by `VectorIndex.optimize` for the size and a memory budget:
+
+- exact (IndexFlatIP) below ANN_MIN_VECTORS, where a flat scan costs a few milliseconds; with a
+  GPU build of faiss and a GPU it runs there and stays exact up to GPU_ANN_MIN_VECTORS;
+- "ivf", an inverted file of the vectors themselves (IVF-Flat, 4 d + 8 bytes a vector), while that
+  fits the memory budget;
+- "ivfpq", past it: an inverted file of product-quantized codes (d / 4 bytes a vector) whose
+  shortlist is re-ranked with the exact vectors, read from where they are kept (SQLite, in the
+  engine) through an ExactVectors source.
+
+The number of lists probed (and for ivfpq the shortlist's length) is tuned for a target recall@10
+against exact search, on queries like the ones the index will get: CLIP's text embeddings sit in
+another cone than its image embeddings (the modality gap), so the engine tunes on text queries and
+on recent real ones, not on the indexed vectors. Vector contract at this boundary: float32,
+C-contiguous, shape (n, d), unit length.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import statistics
+import struct
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -32,6 +47,77 @@ ANN_MIN_VECTORS = 100_000
 GPU_ANN_MIN_VECTORS = 1_000_000
 TARGET_RECALL = 0.97  # on the tuning queries, for a margin over 0.95 on real ones
 PARALLEL_MIN_QUERIES = 20  # fewer queries are searched on one thread (faiss's own BLAS threshold)
+# the default memory budget of the vector index: this fraction of the machine's memory (or of the
+# process's cgroup limit, when lower). IVF-Flat stays while its vectors fit; past it, IVF-PQ.
+MEMORY_FRACTION = 0.25
+# an approximate index is rebuilt (re-trained and re-tuned) once it has grown to this many times
+# the size it was built at
+REBUILD_GROWTH = 2.0
+CHUNK = 65_536  # vectors per step while building: memory beyond the index stays one chunk
+_NPROBES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 8192, 16384)
+_SHORTLISTS = (40, 80, 160, 320, 640)  # candidates an ivfpq search re-ranks with the exact vectors
+_MAGIC = b"searchlite-vectors\n"  # then a 4-byte length, a JSON header and the faiss index
+
+
+class ExactVectors(Protocol):
+    """Where a compressed index reads the exact vectors it re-ranks with (and rebuilds from)."""
+
+    def fetch(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids found int64 (m,), their vectors float32 (m, d)), in any order; absent ids are left out."""
+        ...
+
+    def chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every (ids (n,), vectors (n, d)), in chunks of bounded size."""
+        ...
+
+    def __len__(self) -> int:
+        """How many vectors it holds."""
+        ...
+
+
+class ArrayVectors:
+    """ExactVectors over arrays held by the caller (a np.memmap of a float32 file works too); the
+    caller keeps them in step with the index's adds and removes."""
+
+    def __init__(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        self._ids = np.asarray(ids, dtype=np.int64)
+        self._order = np.argsort(self._ids, kind="stable")
+        self._sorted = self._ids[self._order]
+        self._vectors = vectors
+
+    def fetch(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.asarray(ids, dtype=np.int64)
+        if not len(self._sorted):
+            return ids[:0], np.zeros((0, self._vectors.shape[1]), np.float32)
+        pos = np.minimum(np.searchsorted(self._sorted, ids), len(self._sorted) - 1)
+        found = self._sorted[pos] == ids
+        rows = self._order[pos[found]]
+        order = np.argsort(rows)  # ascending rows: fewer seeks in a memory-mapped file
+        return ids[found][order], np.asarray(self._vectors[rows[order]], dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for start in range(0, len(self._ids), CHUNK):
+            yield self._ids[start : start + CHUNK], np.asarray(self._vectors[start : start + CHUNK], np.float32)
+
+
+def default_memory_budget() -> int:
+    """MEMORY_FRACTION of the machine's physical memory, or of this process's cgroup limit."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit.isdigit():
+            total = min(total, int(limit))
+    except OSError:
+        pass
+    return int(MEMORY_FRACTION * total)
+
+
+def flat_bytes(n: int, dim: int) -> int:
+    """Memory of n vectors held exactly (flat or IVF-Flat): the floats and an int64 id each."""
+    return n * (4 * dim + 8)
 
 
 def as_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
@@ -44,21 +130,34 @@ def as_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
     return vectors
 
 
+def _unit(queries: np.ndarray, dim: int) -> np.ndarray:
+    queries = as_vectors(queries, dim)
+    norms = np.linalg.norm(queries, axis=1, keepdims=True)
+    keep = np.isfinite(norms[:, 0]) & (norms[:, 0] > 0)
+    return np.ascontiguousarray(queries[keep] / norms[keep])
+
+
 class VectorIndex:
-    """Exact cosine (inner product of unit vectors) search over vectors keyed by int64 ids.
+    """Cosine (inner product of unit vectors) search over vectors keyed by int64 ids: exact, or
+    approximate once optimize() picks an inverted file.
 
     Adding an id that is already present replaces its vector (never duplicates it).
     Thread-safe: searches may run while another thread adds or removes.
+    exact: where the exact vectors are kept (an ExactVectors); a compressed index needs it to
+    re-rank its candidates and to be rebuilt, and optimize() builds from it when given.
     """
 
-    def __init__(self, dim: int, _index: Any = None, *, use_gpu: bool | None = None) -> None:
+    def __init__(self, dim: int, _index: Any = None, *, use_gpu: bool | None = None, exact: ExactVectors | None = None) -> None:
         """use_gpu: search exact indexes on the GPUs (default: when faiss has any)."""
         faiss = _faiss()
         self.dim = dim
+        self.exact = exact
         self._lock = threading.Lock()
         self._index = _index if _index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         self._use_gpu = gpu_count() > 0 if use_gpu is None else use_gpu
         self._gpu_copy: Any = None  # of the flat part, made on the first search after a change
+        # what optimize() chose and measured (kept in the saved file): size built at, shortlist, recall
+        self.tuning: dict[str, Any] = {}
 
     @property
     def ann_min_vectors(self) -> int:
@@ -70,41 +169,210 @@ class VectorIndex:
 
     @property
     def kind(self) -> str:
-        """"exact" (flat scan) or "ivf" (approximate, inverted lists)."""
-        return "ivf" if isinstance(self._index, _faiss().IndexIVF) else "exact"
+        """"exact" (flat scan), "ivf" (inverted lists of the vectors) or "ivfpq" (inverted lists of
+        compressed codes, re-ranked with the exact vectors)."""
+        faiss = _faiss()
+        if isinstance(self._index, faiss.IndexIVFPQ):
+            return "ivfpq"
+        return "ivf" if isinstance(self._index, faiss.IndexIVF) else "exact"
 
-    def optimize_if_large(self) -> bool:
-        """Switch an exact index of ann_min_vectors or more to an approximate one (once: an IVF
-        index stays as it is). Returns whether it did."""
-        if self.kind != "exact" or len(self) < self.ann_min_vectors:
+    @property
+    def nbytes(self) -> int:
+        """Memory the structure holds (codes or vectors, ids, centroids), about."""
+        faiss = _faiss()
+        index = self._index
+        if isinstance(index, faiss.IndexIVF):
+            code = index.code_size if isinstance(index, faiss.IndexIVFPQ) else 4 * self.dim
+            return len(self) * (code + 8) + index.nlist * self.dim * 4 + (index.pq.M * 256 * index.pq.dsub * 4 if isinstance(index, faiss.IndexIVFPQ) else 0)
+        return flat_bytes(len(self), self.dim)
+
+    def optimize_if_large(self, *, queries: np.ndarray | Callable[[], np.ndarray | None] | None = None, memory_budget: int | None = None) -> bool:
+        """Rebuild when the size calls for it: an exact index of ann_min_vectors or more becomes
+        approximate; an approximate one that has grown REBUILD_GROWTH times since it was built is
+        re-trained and re-tuned; IVF-Flat that outgrew memory_budget is compressed (when there is
+        an exact source to re-rank with). queries: tuning queries, or a function giving them (called
+        only when rebuilding). Returns whether it rebuilt."""
+        n = len(self)
+        budget = memory_budget or default_memory_budget()
+        if self.kind == "exact":
+            due = n >= self.ann_min_vectors
+        else:
+            built_at = int(self.tuning.get("vectors") or 0)
+            due = bool(built_at) and n >= REBUILD_GROWTH * built_at
+            due = due or (self.kind == "ivf" and flat_bytes(n, self.dim) > budget and self.exact is not None)
+        if not due:
             return False
-        self.optimize()
+        self.optimize(queries=queries() if callable(queries) else queries, memory_budget=budget)
         return True
 
-    def optimize(self, *, force: bool = False, target_recall: float = TARGET_RECALL, seed: int = 0) -> dict[str, Any]:
-        """Pick the structure for the current size: exact below ann_min_vectors (unless force),
-        else an IVF index trained on the vectors, probing just enough lists for target_recall@10
-        (measured on a sample of the vectors against exact search). Returns what was chosen."""
+    def optimize(
+        self,
+        *,
+        queries: np.ndarray | None = None,
+        memory_budget: int | None = None,
+        force: bool = False,
+        target_recall: float = TARGET_RECALL,
+        seed: int = 0,
+    ) -> dict[str, Any]:
+        """Pick the structure for the current size and rebuild: exact below ann_min_vectors (unless
+        force); else IVF-Flat while the vectors fit memory_budget bytes (default: MEMORY_FRACTION of
+        the machine's memory), IVF-PQ re-ranked with the exact vectors past it (this needs `exact`).
+        Trained on a sample and filled in chunks: beyond the index being built, memory holds one
+        chunk and the sample. The probes (and shortlist) are the cheapest that reach target_recall@10
+        against exact search on `queries` — give ones like those the index will get (text
+        embeddings for a text-to-image search); without them, indexed vectors with noise added.
+        Built from `exact` when there is one, else from what the index holds. Returns what was
+        chosen and measured."""
         faiss = _faiss()
+        budget = int(memory_budget or default_memory_budget())
         with self._lock:
-            ids, vectors = self._contents()
-            n = len(ids)
             self._gpu_copy = None
+            n = len(self) if self.exact is None else len(self.exact)
             if n < self.ann_min_vectors and not force or n < 40:  # 39 points per list is k-means' minimum
                 index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
-                if n:
-                    index.add_with_ids(vectors, ids)
-                self._index = index
+                for ids, chunk in self._source():
+                    index.add_with_ids(as_vectors(chunk, self.dim), ids)
+                self._index, self.tuning = index, {"vectors": n}
                 return {"kind": "exact", "vectors": n}
-            nlist = int(max(1, min(16384, max(64, 4 * np.sqrt(n)), n // 40)))
+            compress = flat_bytes(n, self.dim) > budget
+            if compress and self.exact is None:
+                raise ValueError(
+                    f"{n} vectors need {flat_bytes(n, self.dim)} bytes held exactly, over the memory budget of "
+                    f"{budget}: a compressed index re-ranks with the exact vectors, so give VectorIndex(exact=...)"
+                )
             rng = np.random.default_rng(seed)
-            sample = vectors[rng.choice(n, size=min(n, 40 * nlist), replace=False)]
-            ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dim), self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
-            ivf.train(sample)
-            ivf.add_with_ids(vectors, ids)
-            ivf.nprobe, recall = _tune_nprobe(ivf, ids, vectors, rng, target_recall)
-            self._index = ivf
-            return {"kind": "ivf", "vectors": n, "nlist": nlist, "nprobe": ivf.nprobe, "recall_at_10": round(recall, 4)}
+            started = time.monotonic()
+            new, sample_size = self._empty(n, budget, compress)
+            sample = _sample(self._source, n, sample_size, rng, self.dim)
+            new.train(sample)
+            queries = _unit(queries, self.dim) if queries is not None else None
+            tuned_on = "queries"
+            if queries is None or not len(queries):
+                queries, tuned_on = _noisy(sample[rng.choice(len(sample), size=min(200, len(sample)), replace=False)], rng), "indexed vectors"
+            del sample
+            if self.exact is not None:  # rebuilt from the source: the old structure can go first
+                self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+            truth = _Truth(queries, 10)
+            for ids, chunk in self._source():
+                chunk = as_vectors(chunk, self.dim)
+                new.add_with_ids(chunk, np.ascontiguousarray(ids, dtype=np.int64))
+                truth.update(ids, chunk)
+            build_s = time.monotonic() - started
+            self._index = new
+            self.tuning = {"vectors": n}
+            chosen = self._tune(queries, truth.ids, target_recall)
+            self.tuning.update(chosen, tuned_on=tuned_on, queries=len(queries), checked_at=n)
+            return {"kind": self.kind, "vectors": n, "nlist": new.nlist, **chosen, "tuned_on": tuned_on, "queries": len(queries),
+                    "bytes": self.nbytes, "build_seconds": round(build_s, 1)}
+
+    def _empty(self, n: int, budget: int, compress: bool) -> tuple[Any, int]:
+        """An untrained inverted file for n vectors, and how many vectors to train it on."""
+        faiss = _faiss()
+        nlist = int(max(1, min(16384, max(64, 4 * np.sqrt(n)), n // 40)))
+        quantizer = faiss.IndexFlatIP(self.dim)
+        if not compress:
+            index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            return index, min(n, 40 * nlist)
+        # the largest code (d/4, d/8 or d/16 bytes) whose codes and ids take at most half the budget
+        m = next((m for m in (self.dim // 4, self.dim // 8, self.dim // 16) if m and self.dim % m == 0 and n * (m + 8) <= budget // 2), None)
+        m = m or max(1, self.dim // 16)
+        nbits = int(min(8, max(1, np.log2(max(2, n // 40)))))  # 256 codewords need 10k training points
+        index = faiss.IndexIVFPQ(quantizer, self.dim, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
+        index.cp.max_points_per_centroid = 64  # k-means of the lists on a sample that fits
+        index.pq.cp.max_points_per_centroid = 64  # each sub-quantizer's k-means on 16k points, not 65k
+        index.cp.niter = index.pq.cp.niter = 10
+        return index, min(n, max(40 * nlist, 256 * 40), 32 * nlist + 65_536)
+
+    def _source(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The vectors to build from, in chunks: the exact source when there is one, else what the
+        index holds."""
+        if self.exact is not None:
+            yield from self.exact.chunks()
+            return
+        yield from self._own_chunks()
+
+    def _own_chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        faiss = _faiss()
+        index = self._index
+        if isinstance(index, faiss.IndexIVFPQ):
+            raise ValueError("a compressed index holds no exact vectors: give VectorIndex(exact=...) to rebuild it")
+        if isinstance(index, faiss.IndexIVF):
+            from faiss.contrib.inspect_tools import get_invlist
+
+            for lst in range(index.nlist):
+                ids, codes = get_invlist(index.invlists, lst)
+                if len(ids):
+                    yield ids.astype(np.int64), np.ascontiguousarray(codes).view(np.float32).reshape(len(ids), self.dim)
+            return
+        id_map = faiss.vector_to_array(index.id_map).astype(np.int64)
+        for start in range(0, len(id_map), CHUNK):
+            m = min(CHUNK, len(id_map) - start)
+            yield id_map[start : start + m], index.index.reconstruct_n(start, m)
+
+    def _tune(self, queries: np.ndarray, truth: np.ndarray, target: float, *, at_least: int = 1) -> dict[str, Any]:
+        """Set the cheapest probes (and shortlist) that reach target recall@10 on queries whose true
+        top 10 ids are truth; returns them with the recall measured."""
+        faiss = _faiss()
+        index = self._index
+        ladder = [p for p in _NPROBES if at_least <= p < index.nlist] + [index.nlist]
+        if not isinstance(index, faiss.IndexIVFPQ):
+            for nprobe in ladder:
+                index.nprobe = nprobe
+                recall = _recall(truth, index.search(queries, 10)[1])
+                if recall >= target:
+                    break
+            return {"nprobe": index.nprobe, "recall_at_10": round(recall, 4)}
+        # ivfpq: re-ranking puts every true top-10 id that is on the shortlist into the top 10, so
+        # the recall after re-ranking is the shortlist's recall of the true top 10
+        candidates: list[tuple[int, int, float]] = []
+        for shortlist in _SHORTLISTS:
+            for nprobe in ladder:
+                index.nprobe = nprobe
+                recall = _recall(truth, index.search(queries, shortlist)[1])
+                if recall >= target:
+                    candidates.append((nprobe, shortlist, recall))
+                    break
+            if candidates and candidates[-1][0] == ladder[0]:
+                break  # a longer shortlist cannot lower the probes further
+        if not candidates:
+            candidates.append((index.nlist, _SHORTLISTS[-1], recall))
+        timed = [(self._time_search(queries, nprobe, shortlist), nprobe, shortlist, recall) for nprobe, shortlist, recall in candidates]
+        _, index.nprobe, self.tuning["shortlist"], recall = min(timed)
+        return {"nprobe": index.nprobe, "shortlist": self.tuning["shortlist"], "recall_at_10": round(recall, 4)}
+
+    def _time_search(self, queries: np.ndarray, nprobe: int, shortlist: int) -> float:
+        """Median seconds of one query, one thread, re-ranking included."""
+        self._index.nprobe = nprobe
+        self.tuning["shortlist"] = shortlist
+        times = []
+        with _single_thread(True):
+            for q in queries[:30]:
+                started = time.perf_counter()
+                self._search_reranked(q[None, :], 10)
+                times.append(time.perf_counter() - started)
+        return statistics.median(times)
+
+    def retune(self, queries: np.ndarray, *, target_recall: float = TARGET_RECALL, min_growth: float = 0.0) -> dict[str, Any] | None:
+        """Check recall@10 on queries (recent real ones, say) against exact search, and probe more
+        (never fewer) when it is below target_recall. With min_growth, only once the index has grown
+        by that fraction since it was last checked; returns None when not due or not approximate."""
+        n = len(self)
+        if self.kind == "exact" or n < (1 + min_growth) * int(self.tuning.get("checked_at") or 0):
+            return None
+        queries = _unit(queries, self.dim)
+        if not len(queries):
+            return None
+        with self._lock:
+            truth = _Truth(queries, 10)
+            for ids, chunk in self._source() if self.exact is not None else self._own_chunks():
+                truth.update(ids, as_vectors(chunk, self.dim))
+            before = _recall(truth.ids, self._search_unlocked(queries, 10)[1])
+            result: dict[str, Any] = {"recall_before": round(before, 4)}
+            if before < target_recall:
+                result.update(self._tune(queries, truth.ids, target_recall, at_least=self._index.nprobe))
+                self.tuning.update(result)
+            self.tuning["checked_at"] = n
+            return {"kind": self.kind, **result}
 
     def ids(self) -> np.ndarray:
         """Every id in the index, int64 (n,), in no particular order."""
@@ -125,23 +393,9 @@ class VectorIndex:
                 parts.append(part)
             return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
-    def _contents(self) -> tuple[np.ndarray, np.ndarray]:
-        """(ids (n,), vectors (n, d)) of everything in the index."""
-        faiss = _faiss()
-        if isinstance(self._index, faiss.IndexIVF):
-            from faiss.contrib.inspect_tools import get_invlist
-
-            parts = [get_invlist(self._index.invlists, i) for i in range(self._index.nlist)]
-            ids = np.concatenate([p[0] for p in parts]).astype(np.int64)
-            codes = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, self.dim * 4), np.uint8)
-            return ids, np.ascontiguousarray(codes).view(np.float32).reshape(len(ids), self.dim)
-        n = int(self._index.ntotal)
-        ids = faiss.vector_to_array(self._index.id_map).astype(np.int64)
-        vectors = self._index.index.reconstruct_n(0, n) if n else np.zeros((0, self.dim), np.float32)
-        return ids, vectors
-
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        """Add (or replace) vectors under ids."""
+        """Add (or replace) vectors under ids. A compressed index re-ranks with the exact source,
+        which must hold them too (the engine's store does: it commits before the index is updated)."""
         ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
         vectors = as_vectors(vectors, self.dim)
         if len(ids) != len(vectors):
@@ -168,17 +422,47 @@ class VectorIndex:
     def search(self, queries: np.ndarray, k: int, *, among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by inner product: (scores float32 (q, k'), ids int64 (q, k')), k' = min(k, len).
         among: search only these ids, exactly (an approximate index scans all its lists, skipping
-        other ids); rows with fewer matches end in id -1."""
+        other ids; a compressed one scores them with the exact vectors); rows with fewer matches
+        end in id -1."""
         queries = as_vectors(queries, self.dim)
         with self._lock, _single_thread(len(queries) < PARALLEL_MIN_QUERIES):
-            k = min(k, len(self))
-            if k <= 0:
-                return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-            if among is not None:
-                return self._index.search(queries, k, params=self._only(among))
-            if self._use_gpu and self.kind == "exact":
-                return self._search_gpu(queries, k)
-            return self._index.search(queries, k)
+            return self._search_unlocked(queries, k, among)
+
+    def _search_unlocked(self, queries: np.ndarray, k: int, among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        k = min(k, len(self))
+        if k <= 0:
+            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        compressed = self.kind == "ivfpq" and self.exact is not None
+        if among is not None:
+            if compressed:
+                return self._search_exact_among(queries, k, np.ascontiguousarray(among, dtype=np.int64))
+            return self._index.search(queries, k, params=self._only(among))
+        if compressed:
+            return self._search_reranked(queries, k)
+        if self._use_gpu and self.kind == "exact":
+            return self._search_gpu(queries, k)
+        return self._index.search(queries, k)
+
+    def _search_reranked(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The compressed index's shortlist, scored again with the exact vectors."""
+        assert self.exact is not None
+        shortlist = min(max(k, int(self.tuning.get("shortlist") or 4 * k)), len(self))
+        _, candidates = self._index.search(queries, shortlist)
+        found, vectors = self.exact.fetch(np.unique(candidates[candidates >= 0]))
+        order = np.argsort(found)
+        found, vectors = found[order], np.asarray(vectors, np.float32)[order]
+        return _rerank(queries, candidates, found, vectors, k)
+
+    def _search_exact_among(self, queries: np.ndarray, k: int, among: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k over among, scored with the exact vectors (in chunks)."""
+        assert self.exact is not None
+        best_s = np.full((len(queries), k), -np.inf, np.float32)
+        best_i = np.full((len(queries), k), -1, np.int64)
+        for start in range(0, len(among), CHUNK):
+            found, vectors = self.exact.fetch(among[start : start + CHUNK])
+            if len(found):
+                best_s, best_i = _merge_top(best_s, best_i, queries @ np.asarray(vectors, np.float32).T, found, k)
+        return best_s, best_i
 
     def _only(self, ids: np.ndarray) -> Any:
         faiss = _faiss()
@@ -198,20 +482,31 @@ class VectorIndex:
     def to_bytes(self) -> bytes:
         """The whole index (its structure and tuned search settings included) as bytes."""
         with self._lock:
-            return _faiss().serialize_index(self._index).tobytes()
+            header = json.dumps(self.tuning, sort_keys=True).encode()
+            return _MAGIC + struct.pack("<I", len(header)) + header + _faiss().serialize_index(self._index).tobytes()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> VectorIndex:
-        index = _faiss().deserialize_index(np.frombuffer(data, dtype=np.uint8))
-        return cls(index.d, index)
+    def from_bytes(cls, data: bytes, *, exact: ExactVectors | None = None) -> VectorIndex:
+        """Read to_bytes()'s output (or a bare faiss index, as earlier versions wrote)."""
+        tuning: dict[str, Any] = {}
+        view = memoryview(data)
+        if data[: len(_MAGIC)] == _MAGIC:
+            (size,) = struct.unpack_from("<I", data, len(_MAGIC))
+            start = len(_MAGIC) + 4
+            tuning = json.loads(bytes(view[start : start + size]))
+            view = view[start + size :]
+        index = _faiss().deserialize_index(np.frombuffer(view, dtype=np.uint8))
+        vectors = cls(index.d, index, exact=exact)
+        vectors.tuning = tuning
+        return vectors
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write atomically: a crash leaves either the old file or the new one, never a mix."""
         write_atomic(Path(path), self.to_bytes())
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> VectorIndex:
-        return cls.from_bytes(Path(path).read_bytes())
+    def load(cls, path: str | os.PathLike[str], *, exact: ExactVectors | None = None) -> VectorIndex:
+        return cls.from_bytes(Path(path).read_bytes(), exact=exact)
 
 
 def gpu_count() -> int:
@@ -240,21 +535,65 @@ def _single_thread(enabled: bool) -> Iterator[None]:
         faiss.omp_set_num_threads(before)
 
 
-def _tune_nprobe(ivf: Any, ids: np.ndarray, vectors: np.ndarray, rng: np.random.Generator, target: float) -> tuple[int, float]:
-    """The smallest power-of-two nprobe whose recall@10 against exact search reaches target, on
-    sample queries: indexed vectors with noise added, so a query is not simply its own neighbour."""
-    faiss = _faiss()
-    queries = vectors[rng.choice(len(vectors), size=min(200, len(vectors)), replace=False)]
-    queries = queries + rng.normal(0, 0.3 / np.sqrt(vectors.shape[1]), queries.shape).astype(np.float32)
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    exact = faiss.IndexIDMap(faiss.IndexFlatIP(vectors.shape[1]))
-    exact.add_with_ids(vectors, ids)
-    _, truth = exact.search(queries, 10)
-    nprobe, recall = 1, 0.0
-    while True:
-        ivf.nprobe = nprobe
-        _, found = ivf.search(queries, 10)
-        recall = sum(len(set(t) & set(f)) for t, f in zip(truth.tolist(), found.tolist())) / truth.size
-        if recall >= target or nprobe >= ivf.nlist:
-            return nprobe, recall
-        nprobe = min(2 * nprobe, ivf.nlist)
+
+
+class _Truth:
+    """The exact top-k ids of some queries, merged chunk by chunk."""
+
+    def __init__(self, queries: np.ndarray, k: int) -> None:
+        self.queries, self.k = queries, k
+        self.scores = np.full((len(queries), k), -np.inf, np.float32)
+        self.ids = np.full((len(queries), k), -1, np.int64)
+
+    def update(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        self.scores, self.ids = _merge_top(self.scores, self.ids, self.queries @ vectors.T, np.asarray(ids, np.int64), self.k)
+
+
+def _merge_top(best_s: np.ndarray, best_i: np.ndarray, scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The top k of (best so far) and (scores (q, m) of ids (m,)), best first."""
+    if scores.shape[1] > k:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        scores, cand = np.take_along_axis(scores, part, 1), ids[part]
+    else:
+        cand = np.broadcast_to(ids, scores.shape)
+    all_s = np.concatenate([best_s, scores], axis=1)
+    all_i = np.concatenate([best_i, cand], axis=1)
+    order = np.argsort(-all_s, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(all_s, order, 1).astype(np.float32), np.take_along_axis(all_i, order, 1)
+
+
+def _rerank(queries: np.ndarray, candidates: np.ndarray, found: np.ndarray, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top k of each row of candidates by inner product with its query, using found (sorted ids)
+    and their vectors; candidates absent from found (removed meanwhile) are dropped."""
+    scores = np.full((len(queries), k), -np.inf, np.float32)
+    ids = np.full((len(queries), k), -1, np.int64)
+    if not len(found):
+        return scores, ids
+    for row, (q, cand) in enumerate(zip(queries, candidates)):
+        pos = np.minimum(np.searchsorted(found, cand), len(found) - 1)
+        ok = (found[pos] == cand) & (cand >= 0)
+        pos = pos[ok]
+        s = vectors[pos] @ q
+        top = np.argsort(-s, kind="stable")[:k]
+        scores[row, : len(top)], ids[row, : len(top)] = s[top], found[pos[top]]
+    return scores, ids
+
+
+def _recall(truth: np.ndarray, found: np.ndarray) -> float:
+    """Mean share of each row of truth (the true top 10) that found's row holds."""
+    hits = sum(len(set(t) & set(f)) for t, f in zip(truth.tolist(), found.tolist()))
+    return hits / max(1, int((truth >= 0).sum()))
+
+
+def _sample(source: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]], n: int, size: int, rng: np.random.Generator, dim: int) -> np.ndarray:
+    """About size vectors drawn uniformly from the source, in one pass."""
+    keep = min(1.0, size / max(n, 1))
+    parts = [as_vectors(chunk, dim)[rng.random(len(chunk)) < keep] for _, chunk in source()]
+    return np.ascontiguousarray(np.concatenate(parts)) if parts else np.zeros((0, dim), np.float32)
+
+
+def _noisy(vectors: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Tuning queries when none are given: indexed vectors with noise added, so a query is not
+    simply its own neighbour."""
+    queries = vectors + rng.normal(0, 0.3 / np.sqrt(vectors.shape[1]), vectors.shape).astype(np.float32)
+    return np.ascontiguousarray(queries / np.linalg.norm(queries, axis=1, keepdims=True))
