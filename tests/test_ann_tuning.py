@@ -40,7 +40,10 @@ def gapped() -> dict:
             "truth": exact_top(ids, vectors, text_eval)[1]}
 
 
-def test_tuning_on_text_like_queries_reaches_the_recall_that_tuning_on_images_misses(gapped: dict) -> None:
+def test_tuning_on_text_like_queries_reaches_the_recall_that_tuning_on_images_misses(gapped: dict, monkeypatch) -> None:
+    import searchlite.storage.vector_index as vector_index
+
+    monkeypatch.setattr(vector_index, "HNSW_TRY_FRACTION", 1.0)  # IVF alone here; HNSW has its own test
     index = VectorIndex(D, use_gpu=False)
     index.add(gapped["ids"], gapped["vectors"])
     on_images = index.optimize(force=True)
@@ -63,6 +66,37 @@ def test_retune_on_recent_queries_probes_more_only_when_recall_is_short(gapped: 
     assert index.retune(gapped["text_tune"], min_growth=0.1) is None  # not grown since: not due
     assert "nprobe" not in index.retune(gapped["text_tune"])  # recall already there: unchanged
     assert VectorIndex(D).retune(gapped["text_tune"]) is None  # exact search needs no tuning
+
+
+def test_hnsw_is_kept_when_it_answers_faster_and_stays_incremental(gapped: dict, monkeypatch, tmp_path: Path) -> None:
+    # which is faster depends on the machine and the data: here HNSW is made to measure faster
+    monkeypatch.setattr(VectorIndex, "_median_seconds", lambda self, queries: 0.001 if self.kind == "hnsw" else 1.0)
+    ids, vectors = gapped["ids"][:5000], gapped["vectors"][:5000]
+    index = VectorIndex(D, use_gpu=False)
+    index.add(ids, vectors)
+    chosen = index.optimize(force=True, queries=gapped["text_tune"])
+    assert chosen["kind"] == index.kind == "hnsw" and chosen["recall_at_10"] >= 0.97
+    assert set(chosen["compared"]) == {"ivf_p50_ms", "hnsw_p50_ms", "ivf_recall_at_10", "hnsw_recall_at_10"}
+    queries = gapped["text_eval"]
+    assert recall(exact_top(ids, vectors, queries)[1], index.search(queries, 10)[1]) >= 0.95
+
+    # removes (the graph keeps the nodes, never returns them), replacing adds, ids, among
+    assert index.remove(np.concatenate([ids[:100], [10**12]])) == 100 and len(index) == 4900
+    assert not set(index.search(vectors[:100], 10)[1].ravel().tolist()) & set(ids[:100].tolist())
+    index.add(ids[100:103], vectors[:3])  # replaces three ids' vectors
+    assert len(index) == 4900 and index.search(vectors[:3], 1)[1].ravel().tolist() == ids[100:103].tolist()
+    np.testing.assert_array_equal(np.sort(index.ids()), ids[100:])
+    subset = ids[1000:1050]
+    got = index.search(queries[:4], 10, among=subset)
+    np.testing.assert_array_equal(got[1], exact_top(subset, vectors[1000:1050], queries[:4])[1])
+
+    index.save(tmp_path / "hnsw.faiss")
+    loaded = VectorIndex.load(tmp_path / "hnsw.faiss")
+    assert loaded.kind == "hnsw" and len(loaded) == 4900
+    for a, b in zip(index.search(queries, 10), loaded.search(queries, 10)):
+        np.testing.assert_array_equal(a, b)
+    rebuilt = loaded.optimize(force=True, queries=gapped["text_tune"])  # drops the removed nodes
+    assert rebuilt["vectors"] == 4900 and len(loaded) == 4900 and loaded._index.ntotal == 4900
 
 
 class DictVectors:

@@ -55,7 +55,13 @@ MEMORY_FRACTION = 0.25
 REBUILD_GROWTH = 2.0
 CHUNK = 65_536  # vectors per step while building: memory beyond the index stays one chunk
 _NPROBES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 8192, 16384)
-_SHORTLISTS = (40, 80, 160, 320, 640)  # candidates an ivfpq search re-ranks with the exact vectors
+_SHORTLISTS = (40, 80, 160, 320, 640)
+_EF_SEARCH = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
+# HNSW (faiss's IndexHNSWFlat, M links a node) is built beside IVF-Flat when IVF must probe more than
+# this share of its lists for the target recall (queries out of the vectors' distribution, such as
+# text queries across the modality gap); the faster of the two at the target recall is kept
+HNSW_TRY_FRACTION = 0.02
+HNSW_M = 32  # candidates an ivfpq search re-ranks with the exact vectors
 _MAGIC = b"searchlite-vectors\n"  # then a 4-byte length, a JSON header and the faiss index
 
 
@@ -165,16 +171,31 @@ class VectorIndex:
         return GPU_ANN_MIN_VECTORS if self._use_gpu else ANN_MIN_VECTORS
 
     def __len__(self) -> int:
-        return int(self._index.ntotal)
+        return int(self._index.ntotal) - self._dead
+
+    @property
+    def _dead(self) -> int:
+        """Removed entries an HNSW graph still holds (it cannot drop nodes: their ids become -1)."""
+        return int(self.tuning.get("dead") or 0)
 
     @property
     def kind(self) -> str:
-        """"exact" (flat scan), "ivf" (inverted lists of the vectors) or "ivfpq" (inverted lists of
-        compressed codes, re-ranked with the exact vectors)."""
+        """"exact" (flat scan), "ivf" (inverted lists of the vectors), "hnsw" (a graph over the
+        vectors) or "ivfpq" (inverted lists of compressed codes, re-ranked with the exact vectors)."""
         faiss = _faiss()
         if isinstance(self._index, faiss.IndexIVFPQ):
             return "ivfpq"
-        return "ivf" if isinstance(self._index, faiss.IndexIVF) else "exact"
+        if isinstance(self._index, faiss.IndexIVF):
+            return "ivf"
+        return "hnsw" if self._hnsw() is not None else "exact"
+
+    def _hnsw(self) -> Any:
+        """The HNSW graph inside the id map, or None."""
+        faiss = _faiss()
+        if not isinstance(self._index, faiss.IndexIDMap2):
+            return None
+        inner = faiss.downcast_index(self._index.index)
+        return inner if isinstance(inner, faiss.IndexHNSW) else None
 
     @property
     def nbytes(self) -> int:
@@ -184,6 +205,8 @@ class VectorIndex:
         if isinstance(index, faiss.IndexIVF):
             code = index.code_size if isinstance(index, faiss.IndexIVFPQ) else 4 * self.dim
             return len(self) * (code + 8) + index.nlist * self.dim * 4 + (index.pq.M * 256 * index.pq.dsub * 4 if isinstance(index, faiss.IndexIVFPQ) else 0)
+        if self._hnsw() is not None:
+            return int(index.ntotal) * (4 * self.dim + 8 + int(2.2 * 4 * self._hnsw().hnsw.nb_neighbors(0) // 2))
         return flat_bytes(len(self), self.dim)
 
     def optimize_if_large(self, *, queries: np.ndarray | Callable[[], np.ndarray | None] | None = None, memory_budget: int | None = None) -> bool:
@@ -199,7 +222,8 @@ class VectorIndex:
         else:
             built_at = int(self.tuning.get("vectors") or 0)
             due = bool(built_at) and n >= REBUILD_GROWTH * built_at
-            due = due or (self.kind == "ivf" and flat_bytes(n, self.dim) > budget and self.exact is not None)
+            due = due or (self.kind in ("ivf", "hnsw") and flat_bytes(n, self.dim) > budget and self.exact is not None)
+            due = due or self._dead > 0.2 * int(self._index.ntotal)  # an HNSW graph of many removed nodes
         if not due:
             return False
         self.optimize(queries=queries() if callable(queries) else queries, memory_budget=budget)
@@ -261,9 +285,41 @@ class VectorIndex:
             self._index = new
             self.tuning = {"vectors": n}
             chosen = self._tune(queries, truth.ids, target_recall)
+            if not compress and new.nprobe > HNSW_TRY_FRACTION * new.nlist:
+                chosen = self._keep_faster_of_ivf_and_hnsw(chosen, queries, truth.ids, target_recall)
             self.tuning.update(chosen, tuned_on=tuned_on, queries=len(queries), checked_at=n)
-            return {"kind": self.kind, "vectors": n, "nlist": new.nlist, **chosen, "tuned_on": tuned_on, "queries": len(queries),
+            return {"kind": self.kind, "vectors": n, **({"nlist": new.nlist} if self.kind != "hnsw" else {}), **chosen, "tuned_on": tuned_on, "queries": len(queries),
                     "bytes": self.nbytes, "build_seconds": round(build_s, 1)}
+
+    def _keep_faster_of_ivf_and_hnsw(self, ivf_chosen: dict[str, Any], queries: np.ndarray, truth: np.ndarray, target: float) -> dict[str, Any]:
+        """Build HNSW beside the tuned IVF-Flat, tune it on the same queries, and keep whichever
+        answers one query faster at the target recall."""
+        faiss = _faiss()
+        ivf, ivf_tuning = self._index, dict(self.tuning)
+        ivf_s = self._median_seconds(queries)
+        graph = faiss.IndexHNSWFlat(self.dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        hnsw = faiss.IndexIDMap2(graph)
+        for ids, chunk in self._source() if self.exact is not None else self._own_chunks():
+            hnsw.add_with_ids(as_vectors(chunk, self.dim), np.ascontiguousarray(ids, dtype=np.int64))
+        self._index, self.tuning = hnsw, {"vectors": ivf_tuning["vectors"]}
+        hnsw_chosen = self._tune(queries, truth, target)
+        hnsw_s = self._median_seconds(queries)
+        compared = {"ivf_p50_ms": round(1000 * ivf_s, 3), "hnsw_p50_ms": round(1000 * hnsw_s, 3),
+                    "ivf_recall_at_10": ivf_chosen["recall_at_10"], "hnsw_recall_at_10": hnsw_chosen["recall_at_10"]}
+        if hnsw_chosen["recall_at_10"] >= min(target, ivf_chosen["recall_at_10"]) and hnsw_s < ivf_s:
+            return {**hnsw_chosen, "compared": compared}
+        self._index, self.tuning = ivf, ivf_tuning
+        return {**ivf_chosen, "compared": compared}
+
+    def _median_seconds(self, queries: np.ndarray) -> float:
+        """Median seconds of one query on one thread, as the structure stands."""
+        times = []
+        with _single_thread(True):
+            for q in queries[:50]:
+                started = time.perf_counter()
+                self._search_unlocked(q[None, :], 10)
+                times.append(time.perf_counter() - started)
+        return statistics.median(times)
 
     def _empty(self, n: int, budget: int, compress: bool) -> tuple[Any, int]:
         """An untrained inverted file for n vectors, and how many vectors to train it on."""
@@ -307,13 +363,23 @@ class VectorIndex:
         id_map = faiss.vector_to_array(index.id_map).astype(np.int64)
         for start in range(0, len(id_map), CHUNK):
             m = min(CHUNK, len(id_map) - start)
-            yield id_map[start : start + m], index.index.reconstruct_n(start, m)
+            ids, vectors = id_map[start : start + m], index.index.reconstruct_n(start, m)
+            alive = ids >= 0  # HNSW's removed nodes
+            yield (ids, vectors) if alive.all() else (ids[alive], vectors[alive])
 
     def _tune(self, queries: np.ndarray, truth: np.ndarray, target: float, *, at_least: int = 1) -> dict[str, Any]:
         """Set the cheapest probes (and shortlist) that reach target recall@10 on queries whose true
         top 10 ids are truth; returns them with the recall measured."""
         faiss = _faiss()
         index = self._index
+        graph = self._hnsw()
+        if graph is not None:
+            for ef in [e for e in _EF_SEARCH if e >= at_least]:
+                graph.hnsw.efSearch = ef
+                recall = _recall(truth, self._search_unlocked(queries, 10)[1])
+                if recall >= target:
+                    break
+            return {"ef_search": graph.hnsw.efSearch, "recall_at_10": round(recall, 4)}
         ladder = [p for p in _NPROBES if at_least <= p < index.nlist] + [index.nlist]
         if not isinstance(index, faiss.IndexIVFPQ):
             for nprobe in ladder:
@@ -369,7 +435,9 @@ class VectorIndex:
             before = _recall(truth.ids, self._search_unlocked(queries, 10)[1])
             result: dict[str, Any] = {"recall_before": round(before, 4)}
             if before < target_recall:
-                result.update(self._tune(queries, truth.ids, target_recall, at_least=self._index.nprobe))
+                graph = self._hnsw()
+                current = graph.hnsw.efSearch if graph is not None else self._index.nprobe
+                result.update(self._tune(queries, truth.ids, target_recall, at_least=current))
                 self.tuning.update(result)
             self.tuning["checked_at"] = n
             return {"kind": self.kind, **result}
@@ -379,7 +447,8 @@ class VectorIndex:
         faiss = _faiss()
         with self._lock:
             if not isinstance(self._index, faiss.IndexIVF):
-                return faiss.vector_to_array(self._index.id_map).astype(np.int64)
+                ids = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+                return ids[ids >= 0] if self._dead else ids
             invlists = faiss.downcast_InvertedLists(self._index.invlists)
             parts = []
             for lst in range(self._index.nlist):
@@ -417,7 +486,17 @@ class VectorIndex:
         if not len(ids) or not self._index.ntotal:
             return 0
         self._gpu_copy = None
-        return int(self._index.remove_ids(_faiss().IDSelectorBatch(ids)))
+        faiss = _faiss()
+        if self._hnsw() is not None:  # a graph keeps its nodes: their ids become -1, never returned
+            id_map = faiss.vector_to_array(self._index.id_map)
+            gone = np.isin(id_map, ids) & (id_map >= 0)
+            removed = int(gone.sum())
+            if removed:
+                id_map[gone] = -1
+                faiss.copy_array_to_vector(id_map, self._index.id_map)
+                self.tuning["dead"] = self._dead + removed
+            return removed
+        return int(self._index.remove_ids(faiss.IDSelectorBatch(ids)))
 
     def search(self, queries: np.ndarray, k: int, *, among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by inner product: (scores float32 (q, k'), ids int64 (q, k')), k' = min(k, len).
@@ -433,10 +512,22 @@ class VectorIndex:
         if k <= 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
         compressed = self.kind == "ivfpq" and self.exact is not None
+        graph = self._hnsw()
         if among is not None:
             if compressed:
                 return self._search_exact_among(queries, k, np.ascontiguousarray(among, dtype=np.int64))
+            if graph is not None:
+                return self._search_graph_among(queries, k, np.ascontiguousarray(among, dtype=np.int64))
             return self._index.search(queries, k, params=self._only(among))
+        if graph is not None:
+            faiss = _faiss()
+            params = faiss.SearchParametersHNSW()
+            params.efSearch = graph.hnsw.efSearch
+            if self._dead:
+                alive = faiss.IDSelectorRange(0, 2**63 - 1)
+                params.sel = alive
+            scores, found = self._index.search(queries, k, params=params)
+            return scores, found
         if compressed:
             return self._search_reranked(queries, k)
         if self._use_gpu and self.kind == "exact":
@@ -462,6 +553,19 @@ class VectorIndex:
             found, vectors = self.exact.fetch(among[start : start + CHUNK])
             if len(found):
                 best_s, best_i = _merge_top(best_s, best_i, queries @ np.asarray(vectors, np.float32).T, found, k)
+        return best_s, best_i
+
+    def _search_graph_among(self, queries: np.ndarray, k: int, among: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k over among, with the vectors the graph holds (a filtered graph walk can miss)."""
+        faiss = _faiss()
+        id_map = faiss.vector_to_array(self._index.id_map)
+        positions = np.flatnonzero(np.isin(id_map, among) & (id_map >= 0))
+        best_s = np.full((len(queries), k), -np.inf, np.float32)
+        best_i = np.full((len(queries), k), -1, np.int64)
+        for start in range(0, len(positions), CHUNK):
+            part = positions[start : start + CHUNK]
+            vectors = self._hnsw().reconstruct_batch(part)
+            best_s, best_i = _merge_top(best_s, best_i, queries @ vectors.T, id_map[part].astype(np.int64), k)
         return best_s, best_i
 
     def _only(self, ids: np.ndarray) -> Any:
