@@ -56,7 +56,7 @@ REBUILD_GROWTH = 2.0
 CHUNK = 65_536  # vectors per step while building: memory beyond the index stays one chunk
 _NPROBES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 8192, 16384)
 _SHORTLISTS = (40, 80, 160, 320, 640)
-_EF_SEARCH = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
+_EF_SEARCH = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
 # HNSW (faiss's IndexHNSWFlat, M links a node) is built beside IVF-Flat when IVF must probe more than
 # this share of its lists for the target recall (queries out of the vectors' distribution, such as
 # text queries across the modality gap); the faster of the two at the target recall is kept
@@ -181,13 +181,17 @@ class VectorIndex:
     @property
     def kind(self) -> str:
         """"exact" (flat scan), "ivf" (inverted lists of the vectors), "hnsw" (a graph over the
-        vectors) or "ivfpq" (inverted lists of compressed codes, re-ranked with the exact vectors)."""
+        vectors), or compressed and re-ranked with the exact vectors: "ivfpq" (inverted lists of
+        product-quantized codes) or "hnswpq" (a graph over such codes)."""
         faiss = _faiss()
         if isinstance(self._index, faiss.IndexIVFPQ):
             return "ivfpq"
         if isinstance(self._index, faiss.IndexIVF):
             return "ivf"
-        return "hnsw" if self._hnsw() is not None else "exact"
+        graph = self._hnsw()
+        if graph is None:
+            return "exact"
+        return "hnswpq" if isinstance(graph, faiss.IndexHNSWPQ) else "hnsw"
 
     def _hnsw(self) -> Any:
         """The HNSW graph inside the id map, or None."""
@@ -205,8 +209,11 @@ class VectorIndex:
         if isinstance(index, faiss.IndexIVF):
             code = index.code_size if isinstance(index, faiss.IndexIVFPQ) else 4 * self.dim
             return len(self) * (code + 8) + index.nlist * self.dim * 4 + (index.pq.M * 256 * index.pq.dsub * 4 if isinstance(index, faiss.IndexIVFPQ) else 0)
-        if self._hnsw() is not None:
-            return int(index.ntotal) * (4 * self.dim + 8 + int(2.2 * 4 * self._hnsw().hnsw.nb_neighbors(0) // 2))
+        graph = self._hnsw()
+        if graph is not None:
+            storage = faiss.downcast_index(graph.storage)
+            code = storage.code_size if isinstance(storage, faiss.IndexPQ) else 4 * self.dim
+            return int(index.ntotal) * (code + 8 + int(2.2 * 4 * graph.hnsw.nb_neighbors(0) // 2))
         return flat_bytes(len(self), self.dim)
 
     def optimize_if_large(self, *, queries: np.ndarray | Callable[[], np.ndarray | None] | None = None, memory_budget: int | None = None) -> bool:
@@ -285,23 +292,29 @@ class VectorIndex:
             self._index = new
             self.tuning = {"vectors": n}
             chosen = self._tune(queries, truth.ids, target_recall)
-            if not compress and new.nprobe > HNSW_TRY_FRACTION * new.nlist:
-                chosen = self._keep_faster_of_ivf_and_hnsw(chosen, queries, truth.ids, target_recall)
+            if new.nprobe > HNSW_TRY_FRACTION * new.nlist:
+                chosen = self._keep_faster_of_ivf_and_hnsw(chosen, queries, truth.ids, target_recall, rng)
             self.tuning.update(chosen, tuned_on=tuned_on, queries=len(queries), checked_at=n)
-            return {"kind": self.kind, "vectors": n, **({"nlist": new.nlist} if self.kind != "hnsw" else {}), **chosen, "tuned_on": tuned_on, "queries": len(queries),
+            return {"kind": self.kind, "vectors": n, **({"nlist": new.nlist} if self.kind.startswith("ivf") else {}), **chosen, "tuned_on": tuned_on, "queries": len(queries),
                     "bytes": self.nbytes, "build_seconds": round(build_s, 1)}
 
-    def _keep_faster_of_ivf_and_hnsw(self, ivf_chosen: dict[str, Any], queries: np.ndarray, truth: np.ndarray, target: float) -> dict[str, Any]:
-        """Build HNSW beside the tuned IVF-Flat, tune it on the same queries, and keep whichever
-        answers one query faster at the target recall."""
+    def _keep_faster_of_ivf_and_hnsw(self, ivf_chosen: dict[str, Any], queries: np.ndarray, truth: np.ndarray, target: float, rng: np.random.Generator) -> dict[str, Any]:
+        """Build HNSW beside the tuned inverted file (over the vectors for IVF-Flat, over the same
+        product-quantized codes for IVF-PQ), tune it on the same queries, and keep whichever answers
+        one query faster at the target recall."""
         faiss = _faiss()
         ivf, ivf_tuning = self._index, dict(self.tuning)
         ivf_s = self._median_seconds(queries)
-        graph = faiss.IndexHNSWFlat(self.dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        if isinstance(ivf, faiss.IndexIVFPQ):
+            # L2 on unit vectors ranks as inner product does; the shortlist is re-ranked exactly anyway
+            graph = faiss.IndexHNSWPQ(self.dim, ivf.pq.M, HNSW_M // 2, ivf.pq.nbits)
+            graph.train(_sample(self._source, len(self.exact) if self.exact is not None else len(self), 32_768, rng, self.dim))
+        else:
+            graph = faiss.IndexHNSWFlat(self.dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
         hnsw = faiss.IndexIDMap2(graph)
         for ids, chunk in self._source() if self.exact is not None else self._own_chunks():
             hnsw.add_with_ids(as_vectors(chunk, self.dim), np.ascontiguousarray(ids, dtype=np.int64))
-        self._index, self.tuning = hnsw, {"vectors": ivf_tuning["vectors"]}
+        self._index, self.tuning = hnsw, {"vectors": ivf_tuning["vectors"], "shortlist": ivf_tuning.get("shortlist")}
         hnsw_chosen = self._tune(queries, truth, target)
         hnsw_s = self._median_seconds(queries)
         compared = {"ivf_p50_ms": round(1000 * ivf_s, 3), "hnsw_p50_ms": round(1000 * hnsw_s, 3),
@@ -350,7 +363,7 @@ class VectorIndex:
     def _own_chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         faiss = _faiss()
         index = self._index
-        if isinstance(index, faiss.IndexIVFPQ):
+        if self.kind in ("ivfpq", "hnswpq"):
             raise ValueError("a compressed index holds no exact vectors: give VectorIndex(exact=...) to rebuild it")
         if isinstance(index, faiss.IndexIVF):
             from faiss.contrib.inspect_tools import get_invlist
@@ -368,47 +381,54 @@ class VectorIndex:
             yield (ids, vectors) if alive.all() else (ids[alive], vectors[alive])
 
     def _tune(self, queries: np.ndarray, truth: np.ndarray, target: float, *, at_least: int = 1) -> dict[str, Any]:
-        """Set the cheapest probes (and shortlist) that reach target recall@10 on queries whose true
-        top 10 ids are truth; returns them with the recall measured."""
-        faiss = _faiss()
-        index = self._index
+        """Set the least search effort (lists probed, or the graph's efSearch; and for a compressed
+        index the shortlist re-ranked) that reaches target recall@10 on queries whose true top 10 ids
+        are truth; returns it with the recall measured."""
         graph = self._hnsw()
+        name = "ef_search" if graph is not None else "nprobe"
         if graph is not None:
-            for ef in [e for e in _EF_SEARCH if e >= at_least]:
-                graph.hnsw.efSearch = ef
-                recall = _recall(truth, self._search_unlocked(queries, 10)[1])
+            efforts = [e for e in _EF_SEARCH if e >= at_least] or [_EF_SEARCH[-1]]
+        else:
+            efforts = [p for p in _NPROBES if at_least <= p < self._index.nlist] + [self._index.nlist]
+        if self.kind not in ("ivfpq", "hnswpq"):
+            for effort in efforts:
+                self._set_effort(effort)
+                recall = _recall(truth, self._candidates(queries, 10)[1])
                 if recall >= target:
                     break
-            return {"ef_search": graph.hnsw.efSearch, "recall_at_10": round(recall, 4)}
-        ladder = [p for p in _NPROBES if at_least <= p < index.nlist] + [index.nlist]
-        if not isinstance(index, faiss.IndexIVFPQ):
-            for nprobe in ladder:
-                index.nprobe = nprobe
-                recall = _recall(truth, index.search(queries, 10)[1])
-                if recall >= target:
-                    break
-            return {"nprobe": index.nprobe, "recall_at_10": round(recall, 4)}
-        # ivfpq: re-ranking puts every true top-10 id that is on the shortlist into the top 10, so
-        # the recall after re-ranking is the shortlist's recall of the true top 10
+            return {name: effort, "recall_at_10": round(recall, 4)}
+        # compressed: re-ranking puts every true top-10 id that is on the shortlist into the top 10,
+        # so the recall after re-ranking is the shortlist's recall of the true top 10
         candidates: list[tuple[int, int, float]] = []
         for shortlist in _SHORTLISTS:
-            for nprobe in ladder:
-                index.nprobe = nprobe
-                recall = _recall(truth, index.search(queries, shortlist)[1])
+            # a graph walk keeps efSearch candidates: at least the shortlist
+            ladder = [e for e in efforts if graph is None or e >= shortlist] or efforts[-1:]
+            for effort in ladder:
+                self._set_effort(effort)
+                recall = _recall(truth, self._candidates(queries, shortlist)[1])
                 if recall >= target:
-                    candidates.append((nprobe, shortlist, recall))
+                    candidates.append((effort, shortlist, recall))
                     break
-            if candidates and candidates[-1][0] == ladder[0]:
-                break  # a longer shortlist cannot lower the probes further
+            if candidates and candidates[-1][:2] == (ladder[0], shortlist):
+                break  # a longer shortlist cannot lower the effort further
         if not candidates:
-            candidates.append((index.nlist, _SHORTLISTS[-1], recall))
-        timed = [(self._time_search(queries, nprobe, shortlist), nprobe, shortlist, recall) for nprobe, shortlist, recall in candidates]
-        _, index.nprobe, self.tuning["shortlist"], recall = min(timed)
-        return {"nprobe": index.nprobe, "shortlist": self.tuning["shortlist"], "recall_at_10": round(recall, 4)}
+            candidates.append((efforts[-1], _SHORTLISTS[-1], recall))
+        timed = [(self._time_search(queries, effort, shortlist), effort, shortlist, recall) for effort, shortlist, recall in candidates]
+        _, effort, shortlist, recall = min(timed)
+        self._set_effort(effort)
+        self.tuning["shortlist"] = shortlist
+        return {name: effort, "shortlist": shortlist, "recall_at_10": round(recall, 4)}
+
+    def _set_effort(self, effort: int) -> None:
+        graph = self._hnsw()
+        if graph is not None:
+            graph.hnsw.efSearch = effort
+        else:
+            self._index.nprobe = effort
 
     def _time_search(self, queries: np.ndarray, nprobe: int, shortlist: int) -> float:
         """Median seconds of one query, one thread, re-ranking included."""
-        self._index.nprobe = nprobe
+        self._set_effort(nprobe)
         self.tuning["shortlist"] = shortlist
         times = []
         with _single_thread(True):
@@ -511,7 +531,7 @@ class VectorIndex:
         k = min(k, len(self))
         if k <= 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-        compressed = self.kind == "ivfpq" and self.exact is not None
+        compressed = self.kind in ("ivfpq", "hnswpq") and self.exact is not None
         graph = self._hnsw()
         if among is not None:
             if compressed:
@@ -519,26 +539,33 @@ class VectorIndex:
             if graph is not None:
                 return self._search_graph_among(queries, k, np.ascontiguousarray(among, dtype=np.int64))
             return self._index.search(queries, k, params=self._only(among))
-        if graph is not None:
-            faiss = _faiss()
-            params = faiss.SearchParametersHNSW()
-            params.efSearch = graph.hnsw.efSearch
-            if self._dead:
-                alive = faiss.IDSelectorRange(0, 2**63 - 1)
-                params.sel = alive
-            scores, found = self._index.search(queries, k, params=params)
-            return scores, found
         if compressed:
             return self._search_reranked(queries, k)
-        if self._use_gpu and self.kind == "exact":
+        if self._use_gpu and graph is None and self.kind == "exact":
             return self._search_gpu(queries, k)
-        return self._index.search(queries, k)
+        return self._candidates(queries, k)
+
+    def _candidates(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The structure's own top k (a compressed one's, before re-ranking)."""
+        graph = self._hnsw()
+        if graph is None:
+            return self._index.search(queries, k)
+        faiss = _faiss()
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = graph.hnsw.efSearch
+        if self._dead:
+            alive = faiss.IDSelectorRange(0, 2**63 - 1)  # removed nodes carry id -1
+            params.sel = alive
+        scores, found = self._index.search(queries, k, params=params)
+        if graph.metric_type == faiss.METRIC_L2:  # squared distances of unit vectors, as inner products
+            scores = np.where(found >= 0, 1 - scores / 2, -np.inf).astype(np.float32)
+        return scores, found
 
     def _search_reranked(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The compressed index's shortlist, scored again with the exact vectors."""
         assert self.exact is not None
         shortlist = min(max(k, int(self.tuning.get("shortlist") or 4 * k)), len(self))
-        _, candidates = self._index.search(queries, shortlist)
+        _, candidates = self._candidates(queries, shortlist)
         found, vectors = self.exact.fetch(np.unique(candidates[candidates >= 0]))
         order = np.argsort(found)
         found, vectors = found[order], np.asarray(vectors, np.float32)[order]
