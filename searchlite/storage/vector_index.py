@@ -1,16 +1,17 @@
 """The FAISS layer: unit vectors keyed by row id, inner-product search, atomic save and load.
 
-Three structures, picked by `VectorIndex.optimize` for the size and a memory budget:
+The structures, picked by `VectorIndex.optimize` for the size and a memory budget:
 
 - exact (IndexFlatIP) below ANN_MIN_VECTORS, where a flat scan costs a few milliseconds; with a
   GPU build of faiss and a GPU it runs there and stays exact up to GPU_ANN_MIN_VECTORS;
-- "ivf", an inverted file of the vectors themselves (IVF-Flat, 4 d + 8 bytes a vector), while that
-  fits the memory budget;
-- "ivfpq", past it: an inverted file of product-quantized codes (d / 4 bytes a vector) whose
-  shortlist is re-ranked with the exact vectors, read from where they are kept (SQLite, in the
-  engine) through an ExactVectors source.
+- "ivf", an inverted file of the vectors themselves (IVF-Flat, 4 d + 8 bytes a vector), or "hnsw",
+  faiss's graph over them, when it answers the tuning queries faster: while the vectors fit the
+  memory budget;
+- past it, compressed: "ivfpq", an inverted file of product-quantized codes (d / 4 bytes a vector
+  or less), or "hnswpq", a graph over such codes, whose shortlist is re-ranked with the exact
+  vectors, read from where they are kept (SQLite, in the engine) through an ExactVectors source.
 
-The number of lists probed (and for ivfpq the shortlist's length) is tuned for a target recall@10
+The search effort (lists probed, or the graph's efSearch; and for compressed ones the shortlist) is tuned for a target recall@10
 against exact search, on queries like the ones the index will get: CLIP's text embeddings sit in
 another cone than its image embeddings (the modality gap), so the engine tunes on text queries and
 on recent real ones, not on the indexed vectors. Vector contract at this boundary: float32,
@@ -59,7 +60,8 @@ _SHORTLISTS = (40, 80, 160, 320, 640)
 _EF_SEARCH = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
 # HNSW (faiss's IndexHNSWFlat, M links a node) is built beside IVF-Flat when IVF must probe more than
 # this share of its lists for the target recall (queries out of the vectors' distribution, such as
-# text queries across the modality gap); the faster of the two at the target recall is kept
+# text queries across the modality gap) and the graph fits the memory budget; the faster of the two
+# at the target recall is kept
 HNSW_TRY_FRACTION = 0.02
 HNSW_M = 32  # candidates an ivfpq search re-ranks with the exact vectors
 _MAGIC = b"searchlite-vectors\n"  # then a 4-byte length, a JSON header and the faiss index
@@ -292,7 +294,9 @@ class VectorIndex:
             self._index = new
             self.tuning = {"vectors": n}
             chosen = self._tune(queries, truth.ids, target_recall)
-            if new.nprobe > HNSW_TRY_FRACTION * new.nlist:
+            code = new.code_size if compress else 4 * self.dim
+            graph_bytes = n * (code + 8 + int(1.1 * 4 * 2 * (HNSW_M // 2 if compress else HNSW_M)))
+            if new.nprobe > HNSW_TRY_FRACTION * new.nlist and graph_bytes <= budget:
                 chosen = self._keep_faster_of_ivf_and_hnsw(chosen, queries, truth.ids, target_recall, rng)
             self.tuning.update(chosen, tuned_on=tuned_on, queries=len(queries), checked_at=n)
             return {"kind": self.kind, "vectors": n, **({"nlist": new.nlist} if self.kind.startswith("ivf") else {}), **chosen, "tuned_on": tuned_on, "queries": len(queries),
@@ -308,7 +312,9 @@ class VectorIndex:
         if isinstance(ivf, faiss.IndexIVFPQ):
             # L2 on unit vectors ranks as inner product does; the shortlist is re-ranked exactly anyway
             graph = faiss.IndexHNSWPQ(self.dim, ivf.pq.M, HNSW_M // 2, ivf.pq.nbits)
-            graph.train(_sample(self._source, len(self.exact) if self.exact is not None else len(self), 32_768, rng, self.dim))
+            pq = faiss.downcast_index(graph.storage).pq
+            pq.cp.max_points_per_centroid, pq.cp.niter = 64, 10  # as IVF-PQ's codebooks are trained
+            graph.train(_sample(self._source, len(self.exact) if self.exact is not None else len(self), 16_384, rng, self.dim))
         else:
             graph = faiss.IndexHNSWFlat(self.dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
         hnsw = faiss.IndexIDMap2(graph)
