@@ -299,6 +299,7 @@ class VectorIndex:
             if new.nprobe > HNSW_TRY_FRACTION * new.nlist and graph_bytes <= budget:
                 chosen = self._keep_faster_of_ivf_and_hnsw(chosen, queries, truth.ids, target_recall, rng)
             self.tuning.update(chosen, tuned_on=tuned_on, queries=len(queries), checked_at=n)
+            _trim_heap()
             return {"kind": self.kind, "vectors": n, **({"nlist": new.nlist} if self.kind.startswith("ivf") else {}), **chosen, "tuned_on": tuned_on, "queries": len(queries),
                     "bytes": self.nbytes, "build_seconds": round(build_s, 1)}
 
@@ -734,3 +735,14 @@ def _noisy(vectors: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     simply its own neighbour."""
     queries = vectors + rng.normal(0, 0.3 / np.sqrt(vectors.shape[1]), vectors.shape).astype(np.float32)
     return np.ascontiguousarray(queries / np.linalg.norm(queries, axis=1, keepdims=True))
+
+
+def _trim_heap() -> None:
+    """Hand the memory a build freed back to the system (glibc keeps freed blocks of the chunks read
+    from SQLite in its arenas, which would count in the process's resident memory)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
