@@ -244,3 +244,20 @@ def test_the_server_remembers_no_queries(engine_factory, photos: Path, index_dir
     engine.search("a cat")
     engine.close()
     assert not (index_dir / "recent_queries.npy").exists()
+
+
+def test_recent_queries_are_a_bounded_ring_and_a_damaged_file_is_ignored(tmp_path: Path) -> None:
+    from searchlite.storage.recent_queries import RecentQueries
+
+    path = tmp_path / "recent_queries.npy"
+    path.write_bytes(b"not numpy")
+    ring = RecentQueries(path, size=5)
+    assert len(ring.vectors()) == 0
+    for i in range(7):
+        ring.add(np.full(4, i, np.float32))
+    ring.save()
+    assert RecentQueries(path, size=5).vectors()[:, 0].tolist() == [2, 3, 4, 5, 6]
+    (tmp_path / "folder").mkdir()
+    unwritable = RecentQueries(tmp_path / "folder", size=5)  # not a file: saving is skipped, quietly
+    unwritable.add(np.ones(4, np.float32))
+    unwritable.save()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InvalidInputError
 from .atomic_file import write_atomic
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class RecentQueries:
             np.save(buffer, self._vectors)
             try:
                 write_atomic(self.path, buffer.getvalue())
-            except OSError as e:
+            except (OSError, InvalidInputError) as e:  # a full disk, or not a regular file: only a hint lost
                 log.debug("cannot save %s: %s", self.path, e)
             self._unsaved = 0
 
