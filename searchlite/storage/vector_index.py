@@ -313,8 +313,7 @@ class VectorIndex:
         if isinstance(ivf, faiss.IndexIVFPQ):
             # L2 on unit vectors ranks as inner product does; the shortlist is re-ranked exactly anyway
             graph = faiss.IndexHNSWPQ(self.dim, ivf.pq.M, HNSW_M // 2, ivf.pq.nbits)
-            pq = faiss.downcast_index(graph.storage).pq
-            pq.cp.max_points_per_centroid, pq.cp.niter = 64, 10  # as IVF-PQ's codebooks are trained
+            _quick_codebooks(faiss.downcast_index(graph.storage).pq)
             graph.train(_sample(self._source, len(self.exact) if self.exact is not None else len(self), 16_384, rng, self.dim))
         else:
             graph = faiss.IndexHNSWFlat(self.dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
@@ -355,8 +354,8 @@ class VectorIndex:
         nbits = int(min(8, max(1, np.log2(max(2, n // 40)))))  # 256 codewords need 10k training points
         index = faiss.IndexIVFPQ(quantizer, self.dim, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
         index.cp.max_points_per_centroid = 64  # k-means of the lists on a sample that fits
-        index.pq.cp.max_points_per_centroid = 64  # each sub-quantizer's k-means on 16k points, not 65k
-        index.cp.niter = index.pq.cp.niter = 10
+        _quick_codebooks(index.pq)
+        index.cp.niter = 10
         return index, min(n, max(40 * nlist, 256 * 40), 32 * nlist + 65_536)
 
     def _source(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -746,3 +745,11 @@ def _trim_heap() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
+
+
+def _quick_codebooks(pq: Any) -> None:
+    """Train each sub-quantizer's k-means on 32 points a codeword (8k for 256), 8 rounds: faiss's
+    k-means is slow in 4 dimensions (about 1 s each on 12k points here, and a 512-d vector has 128
+    of them), and the shortlist is re-ranked with the exact vectors anyway."""
+    pq.cp.max_points_per_centroid = 32
+    pq.cp.niter = 8
