@@ -337,7 +337,7 @@ def optimize(
     Index runs do this by themselves past 100,000 images."""
     with _user_errors(), _open(index, create=False) as engine:
         chosen = engine.optimize(memory_budget=memory_budget)
-    details = ", ".join(f"{k} {v}" for k, v in chosen.items() if k != "kind")
+    details = ", ".join(f"{k} {v}" for k, v in chosen.items() if k != "kind" and not isinstance(v, dict))
     typer.echo(f"vector index: {chosen['kind']} ({details})", err=True)
 
 
