@@ -26,7 +26,17 @@ from .classify import probe, zeroshot
 from .classify.classifier import DEFAULT_TAG_THRESHOLD, LinearClassifier
 from .classify.tags import Classification, classify, refresh_tags, store_tag_set
 from .config import DB_FILENAME, FAISS_FILENAME, LOCK_FILENAME, IndexSettings, model_cache_dir, resolve_index_dir
-from .errors import IndexNotFoundError, IndexVersionError, InvalidInputError, SearchliteError, InvalidQueryError, ModelMismatchError, PathNotFoundError, TagNotFoundError, file_error
+from .errors import (
+    IndexNotFoundError,
+    IndexVersionError,
+    InvalidInputError,
+    InvalidQueryError,
+    ModelMismatchError,
+    PathNotFoundError,
+    SearchliteError,
+    TagNotFoundError,
+    file_error,
+)
 from .ingest import scanner
 from .models.encoder import ClipEncoder, ImageEncoder
 from .models.loading import load_encoder, surely_cpu
@@ -41,6 +51,9 @@ from .query.terms import parse_terms
 from .storage import transfer
 from .query.explain import Explanation
 from .storage.atomic_file import write_atomic
+from .query.phrases import tuning_phrases
+from .storage.recent_queries import FILENAME as RECENT_QUERIES_FILENAME
+from .storage.recent_queries import RecentQueries
 from .storage.store import FAILED, INDEXED, SKIPPED, FileRow, Store
 from .storage.vector_cache import VectorCache
 from .storage.vector_index import VectorIndex
@@ -55,6 +68,9 @@ if TYPE_CHECKING:  # imported where used: a cold text query needs no decoders, a
     from .text.tower import TextTower
 
 log = logging.getLogger(__name__)
+
+MIN_RECENT_QUERIES = 20  # recent queries needed to re-check approximate search on them
+RECHECK_GROWTH = 0.1  # re-checked after an index run that grew the index by this fraction
 
 EncoderFactory = Callable[[ModelSpec, "str | None"], ClipEncoder]
 
@@ -94,6 +110,10 @@ class SearchEngine:
         self._text_cache = TextCache()
         self._cache = VectorCache(index_dir, store) if index_dir is not None else None
         self._vectors: VectorIndex | None = None
+        # the last query vectors, kept beside the index (at close) to re-check approximate search on;
+        # an engine that must not write to its index (the server's) sets remember_queries = False
+        self._recent = RecentQueries(index_dir / RECENT_QUERIES_FILENAME) if index_dir is not None else None
+        self.remember_queries = True
         self.model_load_seconds = 0.0  # spent loading the model in this process
         self._decoders: DecodePool | None = None  # decoder processes kept for query images, made on first use
         recorded = store.get_info("model")
@@ -172,6 +192,8 @@ class SearchEngine:
         return self.index_dir
 
     def close(self) -> None:
+        if self._recent is not None and self.remember_queries and not self._store.read_only:
+            self._recent.save()
         if self._decoders is not None:
             self._decoders.close()
             self._decoders = None
@@ -219,8 +241,12 @@ class SearchEngine:
             )
             try:
                 report = indexer.run(root, progress)
-                if vectors.optimize_if_large():
-                    log.warning("%d vectors: built an approximate index (once; optimizing again redoes it)", len(vectors))
+                if vectors.optimize_if_large(queries=self._tuning_queries):
+                    log.warning("%d vectors: built a %s index, tuned on text queries", len(vectors), vectors.kind)
+                elif vectors.kind != "exact" and self._recent is not None and len(recent := self._recent.vectors()) >= MIN_RECENT_QUERIES:
+                    checked = vectors.retune(recent, min_growth=RECHECK_GROWTH)
+                    if checked and "nprobe" in checked:
+                        log.warning("recall@10 on recent queries was %s: now probing %d lists", checked["recall_before"], checked["nprobe"])
             except BaseException:
                 # Interrupted between a batch's commit and its FAISS update, the vectors in memory
                 # lag the database: then keep the older cache, which the next open rebuilds.
@@ -306,7 +332,12 @@ class SearchEngine:
         if among is not None and not len(among):
             return []
         query = query_vector(terms, self.embed_text, lambda paths: self._embed_images(paths, "query image"))
+        self._remember(query)
         return self._ranked(vectors, query, k, among, sort, min_score, all_ranked)
+
+    def _remember(self, query: np.ndarray) -> None:
+        if self._recent is not None:
+            self._recent.add(query)
 
     def _ranked(
         self, vectors: VectorIndex, query: np.ndarray, k: int, among: np.ndarray | None,
@@ -398,7 +429,9 @@ class SearchEngine:
         among = self._among(tag, filters, type)
         if among is not None and not len(among):
             return []
-        return self._ranked(vectors, np.ascontiguousarray(query / norm), k, among, sort, min_score, all_ranked)
+        query = np.ascontiguousarray(query / norm)
+        self._remember(query)
+        return self._ranked(vectors, query, k, among, sort, min_score, all_ranked)
 
     def duplicates(self, tier: str = duplicates.NEAR, *, path: str | os.PathLike[str] | None = None) -> list[DuplicateGroup]:
         """Groups of duplicate images, largest first, each with a suggested keeper and why (see
@@ -715,14 +748,37 @@ class SearchEngine:
             refresh_tags(self._store)
         return counts
 
-    def optimize(self, *, force: bool = True) -> dict[str, Any]:
-        """Rebuild the vector index for its size: approximate (IVF, tuned on the data) when large or
-        forced, exact otherwise. Searches keep working meanwhile; returns what was chosen."""
+    def optimize(self, *, force: bool = True, memory_budget: int | None = None) -> dict[str, Any]:
+        """Rebuild the vector index for its size: approximate when large or forced, exact otherwise;
+        IVF-Flat while the vectors fit memory_budget bytes (default: a quarter of the machine's
+        memory), IVF-PQ re-ranked with the vectors in SQLite past it. Its probes are tuned on text
+        queries (a fixed set of generic photo-search phrases, embedded with the index's text tower)
+        and the recent real queries. Returns what was chosen."""
         self._store.check_writable()
         with self._writing():
-            chosen = self._get_vectors(writer=True).optimize(force=force)
+            vectors = self._get_vectors(writer=True)
+            try:
+                chosen = vectors.optimize(queries=self._tuning_queries(), force=force, memory_budget=memory_budget)
+            except BaseException:
+                self._vectors = None  # half rebuilt: the saved cache (or SQLite) is read again
+                raise
             self._save_vectors()
             return chosen
+
+    def _tuning_queries(self) -> np.ndarray | None:
+        """What approximate search is tuned on: the index's text tower's embeddings of generic
+        photo-search phrases, and the recent real queries; None when no text model can load (then
+        the indexed vectors stand in)."""
+        parts = []
+        try:
+            parts.append(self.embed_text(tuning_phrases()))
+        except SearchliteError as e:
+            log.warning("tuning approximate search on the indexed vectors: no text model (%s)", e)
+        if self._recent is not None:
+            recent = self._recent.vectors()
+            if len(recent) and (not parts or recent.shape[1] == parts[0].shape[1]):
+                parts.append(recent)
+        return np.concatenate(parts).astype(np.float32) if parts else None
 
     # --- CLIP beyond search: zero-shot classification, tags, linear probes ----------------------
 
@@ -867,7 +923,7 @@ class SearchEngine:
                 if self._cache is None:
                     self._folder()  # raises: no index, no vectors
                 dim = self._store.get_info("embed_dim") or self.image_encoder().embed_dim
-                self._vectors = self._cache.load(dim, writer=writer)
+                self._vectors = self._cache.load(dim, writer=writer, queries=self._tuning_queries)
             return self._vectors
 
     def _save_vectors(self) -> None:

@@ -414,6 +414,35 @@ class Store:
             ids = conn.execute(select(images.c.id).where(images.c.state == INDEXED).order_by(images.c.id)).scalars()
             return np.fromiter(ids, dtype=np.int64)
 
+    def vectors_by_id(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids found int64 (m,), vectors float32 (m, d)) of the vectors among FAISS ids (of indexed
+        files), in any order: what a compressed vector index re-ranks its candidates with."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        found: list[int] = []
+        blobs: list[bytes] = []
+        with self._reading() as conn:
+            for start in range(0, len(ids), 900):  # within SQLite's limit on bound parameters
+                part = ids[start : start + 900].tolist()
+                marks = ",".join("?" * len(part))
+                if self._has_vectors:  # FAISS ids: a file's own vector lives in images.vector
+                    rows = conn.exec_driver_sql(
+                        "SELECT v.id, COALESCE(v.vector, i.vector) FROM vectors v JOIN images i ON i.id = v.image_id "
+                        f"WHERE v.id IN ({marks}) AND i.state = ?", (*part, INDEXED),
+                    )
+                else:
+                    rows = conn.exec_driver_sql(f"SELECT id, vector FROM images WHERE id IN ({marks}) AND state = ?", (*part, INDEXED))
+                for row_id, blob in rows:
+                    found.append(row_id)
+                    blobs.append(blob)
+        if not found:
+            return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+        return np.array(found, dtype=np.int64), np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(found), -1)
+
+    def indexed_count(self) -> int:
+        """Indexed files."""
+        with self._reading() as conn:
+            return int(conn.execute(select(func.count()).where(images.c.state == INDEXED)).scalar_one())
+
     def iter_vectors(self, chunk: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids int64 (n,), vectors float32 (n, d)) of every indexed row, in chunks."""
         query = (
