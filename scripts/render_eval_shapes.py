@@ -33,6 +33,7 @@ PHOTOS = ("coins", "gravel", "clock", "cell", "hubble_deep_field", "immunohistoc
 @dataclass(frozen=True)
 class Scene:
     objects: tuple[tuple[str, str], ...]  # (colour, shape) of each shape
+    boxes: tuple[tuple[float, float, float, float], ...] = ()  # (x0, y0, x1, y1) of each shape, pixels
 
     @property
     def color(self) -> str:
@@ -106,19 +107,20 @@ def _mask(shape: str, cx: float, cy: float, half: float, angle: float, n: int) -
     return inside.reshape(n, SUPERSAMPLE, n, SUPERSAMPLE).mean(axis=(1, 3))
 
 
-def render(rng: np.random.Generator, shapes: int = 1) -> tuple[bytes, Scene]:
-    """One scene as JPEG bytes, and what it holds."""
+def render(rng: np.random.Generator, shapes: int = 1, distinct: bool = False) -> tuple[bytes, Scene]:
+    """One scene as JPEG bytes, and what it holds; distinct: no two shapes of one kind."""
     n = int(rng.choice(SIZES))
     img = _background(rng, n)
     placed: list[tuple[float, float, float]] = []
     objects: list[tuple[str, str]] = []
+    boxes: list[tuple[float, float, float, float]] = []
     while len(objects) < shapes:
         half = rng.uniform(1 / 16, 0.3 if shapes == 1 else 0.2) * n  # extent: an eighth of the side and up
         cx, cy = rng.uniform(half + 1, n - half - 1, 2)
         if any(math.hypot(cx - x, cy - y) < 1.1 * (half + r) for x, y, r in placed):
             continue
         color, shape = str(rng.choice(COLORS)), str(rng.choice(SHAPES))
-        if (color, shape) in objects:
+        if (color, shape) in objects or distinct and shape in (o[1] for o in objects):
             continue
         coverage = _mask(shape, cx, cy, half, float(rng.uniform(0, 2 * math.pi)), n)[..., None]
         base = np.clip(np.array(SHADES[color], np.float32) + rng.uniform(-25, 25, 3), 0, 255)
@@ -127,22 +129,23 @@ def render(rng: np.random.Generator, shapes: int = 1) -> tuple[bytes, Scene]:
         img = img * (1 - coverage) + np.clip(base * shading, 0, 255) * coverage
         placed.append((cx, cy, half))
         objects.append((color, shape))
+        boxes.append((float(cx - half), float(cy - half), float(cx + half), float(cy + half)))
     img = img + rng.normal(0, rng.uniform(0, 8), (1, 1, 3)) + rng.normal(0, rng.uniform(0, 6), img.shape)
     out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
     if rng.random() < 0.5:
         out = out.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.5)) * n / 96))
     buf = io.BytesIO()
     out.save(buf, "JPEG", quality=int(rng.integers(30, 92)))
-    return buf.getvalue(), Scene(tuple(objects))
+    return buf.getvalue(), Scene(tuple(objects), tuple(boxes))
 
 
-def write(folder: Path, count: int, seed: int, shapes: int = 1) -> list[Scene]:
-    """count scenes as NNNNN.jpg under folder; returns what each holds."""
+def write(folder: Path, count: int, seed: int, shapes: int = 1, distinct: bool = False) -> list[Scene]:
+    """count scenes as NNNNN.jpg under folder; returns what each holds (distinct: see render)."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 0x5EC0D])
     scenes = []
     for i in range(count):
-        data, scene = render(rng, shapes)
+        data, scene = render(rng, shapes, distinct)
         (folder / f"{i:05d}.jpg").write_bytes(data)
         scenes.append(scene)
     return scenes

@@ -207,13 +207,18 @@ def index(
             show_default=False,
         ),
     ] = None,
+    regions: Annotated[
+        bool, typer.Option("--regions", help="Also store vectors for regions of large images, to find small objects (remembered by the index).")
+    ] = False,
 ) -> None:
-    """Index photo folders: the first run reads everything, later runs only what changed."""
+    """Index photo folders (and videos, with searchlite[video]): the first run reads everything,
+    later runs only what changed."""
     from dataclasses import replace
 
     from .config import IndexSettings
 
-    flags = {"batch_size": batch_size, "workers": workers, "max_megapixels": max_megapixels, "follow_links": follow_links, "precision": precision}
+    flags = {"batch_size": batch_size, "workers": workers, "max_megapixels": max_megapixels, "follow_links": follow_links, "precision": precision,
+             "regions": regions}
     settings = replace(IndexSettings(), **{k: v for k, v in flags.items() if v}, raw_siblings=raw_siblings)
     for folder in folders:  # every folder before any work: a typo must not cost a model load
         if not os.path.exists(folder):
@@ -281,10 +286,12 @@ def query(
     ] = None,
     min_score: Annotated[Optional[float], typer.Option(metavar="SCORE", help="Relevant means score >= SCORE (instead of the cut-off judged from the scores).")] = None,
     all_ranked: Annotated[bool, typer.Option("--all", help='Every image searched, with "relevant": true|false in --json.')] = False,
+    type_: Annotated[Optional[str], typer.Option("--type", metavar="video|image", help="Only videos, or only images.")] = None,
     index: IndexOpt = None,
     device: DeviceOpt = None,
 ) -> None:
-    """Search the index: prints score<TAB>path per line, best first (by date with --sort)."""
+    """Search the index: prints score<TAB>path per line, best first (by date with --sort); a third
+    column says where a video or a region matched (t=SECONDS or box=x0,y0,x1,y1), when it did."""
     if as_json and null:
         typer.echo("searchlite: error: give --json or -0, not both (JSON lines already keep any file name intact)", err=True)
         raise typer.Exit(2)
@@ -299,12 +306,14 @@ def query(
             others = f"; also {len(chosen.others)} other place{'s' if len(chosen.others) != 1 else ''} of that name ({', '.join(chosen.others[:3])}{', ...' if len(chosen.others) > 3 else ''}): add a country, e.g. \"{chosen.name}, {chosen.country}\", or use --near" if chosen.others else ""
             typer.echo(f"searchlite: place {place!r} is {chosen.describe()}{others}", err=True)
         hits = engine.search(
-            text or [], image=image or [], negative=negative or [], k=k, tag=tag, filters=filters, sort=sort, min_score=min_score, all_ranked=all_ranked
+            text or [], image=image or [], negative=negative or [], k=k, tag=tag, type=type_, filters=filters, sort=sort, min_score=min_score,
+            all_ranked=all_ranked,
         )
 
     def record(h: Any) -> dict[str, Any]:
-        out = {"path": h.path} if listing else {"path": h.path, "score": round(h.score, 6)}
-        out |= {"id": h.id, "width": h.width, "height": h.height, "size": h.size, "tags": list(h.tags), "taken_at": h.taken_at}
+        out = _hit_record(h) | {"taken_at": h.taken_at}
+        if listing:
+            del out["score"]
         if h.relevant is not None and all_ranked:
             out["relevant"] = h.relevant
         return out
@@ -315,7 +324,8 @@ def query(
             first += f"\t{h.taken_at or '-'}"
         if all_ranked and h.relevant is not None:
             first += "\trelevant" if h.relevant else "\t-"
-        return f"{first}\t".encode() + os.fsencode(h.path) + (b"\0" if null else b"\n")
+        where = f"\t{h.where()}".encode() if h.where() else b""
+        return f"{first}\t".encode() + os.fsencode(h.path) + where + (b"\0" if null else b"\n")
 
     _write(_json_line(record(h)) if as_json else line(h) for h in hits)
 
@@ -347,6 +357,19 @@ def duplicates(
                 yield f"{'keep' if f.keeper else '    '}\t{size}\t{f.taken_at or '-'}\t".encode() + os.fsencode(f.path) + b"\n"
 
     _write(lines())
+
+
+def _hit_record(h: Any) -> dict[str, Any]:
+    """A hit as --json prints it: box, time and span only where the hit has them."""
+    record = {"path": h.path, "score": round(h.score, 6), "id": h.id, "width": h.width, "height": h.height, "size": h.size, "tags": list(h.tags)}
+    if h.kind != "image":
+        record["type"] = h.kind
+    if h.box is not None:
+        record["box"] = list(h.box)
+    if h.time is not None:
+        record["time"] = round(h.time, 3)
+        record["span"] = None if h.span is None else round(h.span, 3)
+    return record
 
 
 @app.command()
@@ -391,6 +414,7 @@ def _describe_info(facts: dict[str, Any]) -> str:
     rows = [
         ("index", _printable(facts["index"])),
         ("images", str(facts["images"])),
+        *([("videos", str(facts["videos"]))] if facts.get("videos") else []),
         ("failed", str(facts["failed"]) + (" (searchlite info --failed lists them)" if facts["failed"] else "")),
         ("not images", str(facts["not_images"])),
         *_raw_sibling_row(facts),
@@ -431,12 +455,18 @@ def _human_size(n: int) -> str:
 
 
 @app.command()
-def optimize(index: IndexOpt = None) -> None:
-    """Rebuild the vector index as an approximate one (IVF, tuned on your vectors for recall@10 >= 0.97).
+def optimize(
+    index: IndexOpt = None,
+    memory_budget: Annotated[
+        Optional[int], typer.Option(min=1, metavar="BYTES", help="Memory for the vector index; past it, a compressed one (default: a quarter of this machine's).")
+    ] = None,
+) -> None:
+    """Rebuild the vector index as an approximate one (IVF; IVF-PQ re-ranked exactly past the memory
+    budget), probing just enough lists for recall@10 >= 0.97 on text queries and your recent ones.
     Index runs do this by themselves past 100,000 images."""
     with _user_errors(), _open(index, create=False) as engine:
-        chosen = engine.optimize()
-    details = ", ".join(f"{k} {v}" for k, v in chosen.items() if k != "kind")
+        chosen = engine.optimize(memory_budget=memory_budget)
+    details = ", ".join(f"{k} {v}" for k, v in chosen.items() if k != "kind" and not isinstance(v, dict))
     typer.echo(f"vector index: {chosen['kind']} ({details})", err=True)
 
 
@@ -508,6 +538,29 @@ def classify(
     _write(lines)
     if any(r.error for r in results):
         raise typer.Exit(1)
+
+
+@app.command()
+def explain(
+    image: Annotated[Path, typer.Argument(metavar="IMAGE", help="An image file (indexed or not).", show_default=False)],
+    text: Annotated[str, typer.Argument(metavar="TEXT", help="What to look for in it.", show_default=False)],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="PNG", help="Write the image overlaid with the heat map here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the grid of scores and the peak as JSON.")] = False,
+    index: IndexOpt = None,
+    model: Annotated[
+        Optional[str], typer.Option(metavar="NAME|CONFIG.json", help="Use this model instead of the index's (no index needed). [default: the index's, else ViT-B-32-256]")
+    ] = None,
+    pretrained: Annotated[Optional[str], typer.Option(metavar="TAG|hf-hub:ID|CHECKPOINT", help="Its weights (with or without --model).")] = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Where TEXT matches in IMAGE: prints the peak as x<TAB>y (pixels of the oriented image),
+    the grid of scores with --json, and writes a heat map with --output."""
+    with _user_errors(), _open_for_model(index, model, pretrained, device) as engine:
+        result = engine.explain(image, text, output=output)
+    if as_json:
+        _write([_json_line({"path": str(image), "text": text} | result.to_json())])
+    else:
+        _write([f"{result.peak[0]:.0f}\t{result.peak[1]:.0f}\n".encode()])
 
 
 def _open_for_model(index: Path | None, model: str | None, pretrained: str | None, device: str | None) -> SearchEngine:
@@ -715,6 +768,7 @@ def serve(
         with _open(index, device=device, create=False) as engine:
             from .server.app import create_app
 
+            engine.remember_queries = False  # the server never writes to the index
             warm(engine)
             sock = bind(host, port)
             server = Server(create_app(engine, settings), sock, log_level="info" if verbose_http else "warning")
@@ -741,6 +795,7 @@ def mcp(index: IndexOpt = None, device: DeviceOpt = None) -> None:
     with _user_errors(), _open(index, device=device, create=False) as engine:
         from .server.mcp_tools import serve_stdio
 
+        engine.remember_queries = False  # nor does the MCP server
         serve_stdio(engine)
 
 

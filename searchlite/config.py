@@ -44,6 +44,21 @@ class IndexSettings:
     # index a camera RAW file even when a same-name JPEG lies beside it (IMG_1.CR2 + IMG_1.JPG);
     # None: as the index remembers from the last run that set it (off until then)
     raw_siblings: bool | None = None
+    # videos: at least one frame every this many seconds (keyframes too), at most video_max_frames
+    # frames per video (the interval widens for long videos), and this long to decode one
+    video_interval_s: float = 1.0
+    video_max_frames: int = 600
+    video_timeout_s: float = 300.0
+    # also store vectors for regions of each image at least twice the model's input on its shorter
+    # side: windows of the model's input size slid (region_stride cells at a time) over the picture
+    # resized to region_scale x that size, pooled from one forward pass (models/dense.py). An index
+    # remembers that it has regions.
+    regions: bool = False
+    region_scale: float = 4.0
+    region_stride: int = 1
+    # "pooled": the windows pooled from one forward pass; "crops": each window encoded on its own
+    # (the model on every crop: more exact, and as many encodings as windows). See models/dense.py.
+    region_mode: str = "pooled"
     # image tower precision: auto (fp16 on CUDA, bf16 on CPUs with native bf16, else fp32), or forced
     precision: str = "auto"
 

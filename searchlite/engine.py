@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
@@ -25,7 +26,17 @@ from .classify import probe, zeroshot
 from .classify.classifier import DEFAULT_TAG_THRESHOLD, LinearClassifier
 from .classify.tags import Classification, classify, refresh_tags, store_tag_set
 from .config import DB_FILENAME, FAISS_FILENAME, LOCK_FILENAME, IndexSettings, model_cache_dir, resolve_index_dir
-from .errors import IndexNotFoundError, IndexVersionError, InvalidInputError, SearchliteError, InvalidQueryError, ModelMismatchError, PathNotFoundError, TagNotFoundError, file_error
+from .errors import (
+    IndexNotFoundError,
+    IndexVersionError,
+    InvalidInputError,
+    InvalidQueryError,
+    ModelMismatchError,
+    PathNotFoundError,
+    SearchliteError,
+    TagNotFoundError,
+    file_error,
+)
 from .ingest import scanner
 from .models.encoder import ClipEncoder, ImageEncoder
 from .models.loading import load_encoder, surely_cpu
@@ -38,6 +49,11 @@ from .query.relevance import fixed_cutoff
 from .query.search import SORTS, Hit, list_by_date, query_vector, rank_all, search
 from .query.terms import parse_terms
 from .storage import transfer
+from .query.explain import Explanation
+from .storage.atomic_file import write_atomic
+from .query.phrases import tuning_phrases
+from .storage.recent_queries import FILENAME as RECENT_QUERIES_FILENAME
+from .storage.recent_queries import RecentQueries
 from .storage.store import FAILED, INDEXED, SKIPPED, FileRow, Store
 from .storage.vector_cache import VectorCache
 from .storage.vector_index import VectorIndex
@@ -53,9 +69,14 @@ if TYPE_CHECKING:  # imported where used: a cold text query needs no decoders, a
 
 log = logging.getLogger(__name__)
 
+MIN_RECENT_QUERIES = 20  # recent queries needed to re-check approximate search on them
+RECHECK_GROWTH = 0.1  # re-checked after an index run that grew the index by this fraction
+
 EncoderFactory = Callable[[ModelSpec, "str | None"], ClipEncoder]
 
 __all__ = ["Classification", "Filters", "Hit", "SearchEngine"]
+
+FILE_TYPES = ("image", "video")  # what search(type=...) keeps
 
 
 class SearchEngine:
@@ -89,6 +110,10 @@ class SearchEngine:
         self._text_cache = TextCache()
         self._cache = VectorCache(index_dir, store) if index_dir is not None else None
         self._vectors: VectorIndex | None = None
+        # the last query vectors, kept beside the index (at close) to re-check approximate search on;
+        # an engine that must not write to its index (the server's) sets remember_queries = False
+        self._recent = RecentQueries(index_dir / RECENT_QUERIES_FILENAME) if index_dir is not None else None
+        self.remember_queries = True
         self.model_load_seconds = 0.0  # spent loading the model in this process
         self._decoders: DecodePool | None = None  # decoder processes kept for query images, made on first use
         recorded = store.get_info("model")
@@ -167,6 +192,8 @@ class SearchEngine:
         return self.index_dir
 
     def close(self) -> None:
+        if self._recent is not None and self.remember_queries and not self._store.read_only:
+            self._recent.save()
         if self._decoders is not None:
             self._decoders.close()
             self._decoders = None
@@ -207,6 +234,10 @@ class SearchEngine:
         if ray is not None:
             from .ingest import ray_stage
 
+            if self.settings.regions or self._store.get_info("regions"):  # grid features of the torch model, on the driver
+                raise InvalidInputError(
+                    "--ray cannot store region vectors (--regions, or an index that keeps them): index without --ray"
+                )
             connected = ray_stage.connect(ray)  # an unreachable cluster fails here, before any work
 
             def ray_encoding(decoders: Any) -> ray_stage.RayEncoding:  # decodes on the cluster, not with these
@@ -228,23 +259,33 @@ class SearchEngine:
         with self._writing():
             self._record_checkpoint_location()
             vectors = self._get_vectors(writer=True)
+            settings = self._remembered_settings()
+            if settings.regions and not self._store.get_info("regions"):
+                self._store.set_info("regions", True)  # remembered: later runs store regions too
+            elif self._store.get_info("regions") and not settings.regions:
+                settings = dataclasses.replace(settings, regions=True)
             indexer = Indexer(
                 self._store,
                 vectors,
-                self.image_encoder,
-                self._remembered_settings(),
+                # region vectors come from the torch model's grid features (models/dense.py)
+                self.load_model if settings.regions else self.image_encoder,
+                settings,
                 on_snapshot=self._save_vectors,
                 exclude=[str(index_dir.resolve()), os.path.abspath(index_dir)],
                 stage=stage,
             )
             try:
                 report = indexer.run(root, progress)
-                if vectors.optimize_if_large():
-                    log.warning("%d vectors: built an approximate index (once; optimizing again redoes it)", len(vectors))
+                if vectors.optimize_if_large(queries=self._tuning_queries):
+                    log.warning("%d vectors: built a %s index, tuned on text queries", len(vectors), vectors.kind)
+                elif vectors.kind != "exact" and self._recent is not None and len(recent := self._recent.vectors()) >= MIN_RECENT_QUERIES:
+                    checked = vectors.retune(recent, min_growth=RECHECK_GROWTH)
+                    if checked and "nprobe" in checked:
+                        log.warning("recall@10 on recent queries was %s: now probing %d lists", checked["recall_before"], checked["nprobe"])
             except BaseException:
                 # Interrupted between a batch's commit and its FAISS update, the vectors in memory
                 # lag the database: then keep the older cache, which the next open rebuilds.
-                if not np.array_equal(np.sort(vectors.ids()), self._store.indexed_ids()):
+                if not np.array_equal(np.sort(vectors.ids()), self._store.vector_ids()):
                     self._vectors = None
                 raise
             finally:
@@ -280,13 +321,15 @@ class SearchEngine:
         negative: str | Sequence[str] | None = None,
         k: int = 10,
         tag: str | None = None,
+        type: str | None = None,
         filters: Filters | None = None,
         sort: str | None = None,
         min_score: float | None = None,
         all_ranked: bool = False,
         **filter_values: Any,
     ) -> list[Hit]:
-        """Top-k images by cosine similarity to the query.
+        """Top-k files by cosine similarity to the query (a file with several vectors, such as a
+        video's shots or an image's regions, by its best one, named in the hit's time or box).
 
         text, image and negative each take one item or a list; a term may carry a weight as
         "2::beach" (a number and a double colon; a single colon is plain text, and an image path
@@ -311,14 +354,25 @@ class SearchEngine:
         if self._vectors is None and self._store.get_info("model") is None:
             raise IndexNotFoundError(f"the index in {index_dir} is empty: index a folder into it first", setting="index_dir")
         vectors = self.vectors
-        among = self._among(tag, filters)
         if sort is not None and text in (None, [], ()) and image in (None, [], ()) and negative in (None, [], ()):
-            return list_by_date(self._store, self._store.indexed_ids() if among is None else among, sort)
+            _check_type(type)
+            files = self._files_among(tag, filters)
+            files = self._store.indexed_ids() if files is None else files
+            if type is not None:
+                kinds = self._store.file_kinds(int(i) for i in files)
+                files = np.array([i for i in files if kinds.get(int(i), "image") == type], dtype=np.int64)
+            return list_by_date(self._store, files, sort)
+        among = self._among(tag, filters, type)
         terms = parse_terms(_as_list(text), _as_list(image), _as_list(negative))
         if among is not None and not len(among):
             return []
         query = query_vector(terms, self.embed_text, lambda paths: self._embed_images(paths, "query image"))
+        self._remember(query)
         return self._ranked(vectors, query, k, among, sort, min_score, all_ranked)
+
+    def _remember(self, query: np.ndarray) -> None:
+        if self._recent is not None:
+            self._recent.add(query)
 
     def _ranked(
         self, vectors: VectorIndex, query: np.ndarray, k: int, among: np.ndarray | None,
@@ -349,9 +403,17 @@ class SearchEngine:
             log.info("place %r: chose %s, the most populous of %d places of that name", checked.place, chosen.describe(), len(chosen.others) + 1)
         return checked
 
-    def _among(self, tag: str | None, filters: Filters | None = None) -> np.ndarray | None:
-        """The ids to search among: those carrying tag and matching filters (searched exactly,
-        however rare); None for all."""
+    def _among(self, tag: str | None, filters: Filters | None = None, type: str | None = None) -> np.ndarray | None:
+        """The FAISS ids to search among: the vectors of the files carrying tag, matching filters and
+        of the type given (searched exactly, however rare); None for all."""
+        _check_type(type)
+        files = self._files_among(tag, filters)
+        if files is None:
+            return None if type is None else self._store.vector_ids_of(file_kind=type)
+        return self._store.vector_ids_of(files, file_kind=type)
+
+    def _files_among(self, tag: str | None, filters: Filters | None) -> np.ndarray | None:
+        """The file ids carrying tag and matching filters; None for all."""
         among = self._tagged(tag)
         if filters:
             matching = filters.matching_ids(self._store)
@@ -359,7 +421,7 @@ class SearchEngine:
         return among
 
     def _tagged(self, tag: str | None) -> np.ndarray | None:
-        """The ids carrying tag; None for all."""
+        """The file ids carrying tag; None for all."""
         if tag is None:
             return None
         known = sorted({label for tag_set in self._store.tag_sets() for label in tag_set.labels})
@@ -378,6 +440,7 @@ class SearchEngine:
         *,
         k: int = 10,
         tag: str | None = None,
+        type: str | None = None,
         filters: Filters | None = None,
         sort: str | None = None,
         min_score: float | None = None,
@@ -398,10 +461,12 @@ class SearchEngine:
         norm = float(np.linalg.norm(query))
         if norm == 0.0:
             raise InvalidQueryError("a query embedding must not be all zeros")
-        among = self._among(tag, filters)
+        among = self._among(tag, filters, type)
         if among is not None and not len(among):
             return []
-        return self._ranked(vectors, np.ascontiguousarray(query / norm), k, among, sort, min_score, all_ranked)
+        query = np.ascontiguousarray(query / norm)
+        self._remember(query)
+        return self._ranked(vectors, query, k, among, sort, min_score, all_ranked)
 
     def duplicates(self, tier: str = duplicates.NEAR, *, path: str | os.PathLike[str] | None = None) -> list[DuplicateGroup]:
         """Groups of duplicate images, largest first, each with a suggested keeper and why (see
@@ -456,6 +521,36 @@ class SearchEngine:
 
         data = read_image_file(os.fspath(path))
         return self._decoder_pool().decode(data, min_side=min_side, max_pixels=self.settings.max_pixels, name=os.fspath(path)).image
+
+    def explain(
+        self, image: str | os.PathLike[str], text: str, *, output: str | os.PathLike[str] | None = None, scale: float | None = None
+    ) -> Explanation:
+        """Where text matches in an image file: the cosine of the text with each cell of the
+        image tower's grid features (with the training-free correction of models/dense.py), less
+        the empty text's, and its peak in pixels of the oriented image. output: also write the image overlaid with the
+        heat map there (PNG). Raises InvalidInputError for a model without grid features."""
+        from .media.embed_files import read_image_file
+        from .models import dense
+        from .query.explain import explain, overlay
+
+        path = os.fspath(image)
+        data = read_image_file(path)
+        empty, query = self.embed_text(["", text])
+        encoder = self.load_model()
+        scale = scale or dense.DEFAULT_SCALE
+        decoded = self._decoder_pool().decode(data, min_side=int(scale * encoder.image_size), max_pixels=self.settings.max_pixels)
+        grid = dense.grid_features(encoder.model, decoded.image, scale=scale, device=encoder.device)
+        rows, cols = grid.vectors.shape[:2]
+        grid = dense.Grid(grid.vectors, decoded.width / cols, decoded.height / rows)  # cells in the original's pixels
+        result = explain(grid, query, empty, decoded.width, decoded.height)
+        if output is not None:
+            buf = io.BytesIO()
+            overlay(decoded.image, result).save(buf, "PNG")
+            try:
+                write_atomic(Path(output), buf.getvalue())
+            except OSError as e:
+                raise file_error(Path(output), e, writing=True) from None
+        return result
 
     def embed_text(self, texts: str | Sequence[str]) -> np.ndarray:
         """Unit text embeddings (n, d) from the index's model, one row per text (a single string is
@@ -640,9 +735,11 @@ class SearchEngine:
         reasons = [r.error for r in self.skipped()] if counts.get(SKIPPED) else []
         links = reasons.count(scanner.LINK_OUT_OF_COLLECTION)
         raw_siblings = reasons.count(scanner.RAW_SIBLING)
+        videos = self._store.video_count() if counts.get(INDEXED) else 0
         return {
             "index": str(index_dir.resolve()),
-            "images": counts.get(INDEXED, 0),
+            "images": counts.get(INDEXED, 0) - videos,
+            "videos": videos,
             "failed": counts.get(FAILED, 0),
             "not_images": counts.get(SKIPPED, 0) - links - raw_siblings,
             "links_not_followed": links,
@@ -654,6 +751,7 @@ class SearchEngine:
             "vectors_bytes": faiss_file.stat().st_size if faiss_file.exists() else 0,
             "vector_index": (self._store.get_info("faiss") or {}).get("kind", "exact"),
             "tags": self._store.tag_counts(),
+            "regions": bool(self._store.get_info("regions")),
             **self._metadata_summary(),
         }
 
@@ -701,14 +799,37 @@ class SearchEngine:
             refresh_tags(self._store)
         return counts
 
-    def optimize(self, *, force: bool = True) -> dict[str, Any]:
-        """Rebuild the vector index for its size: approximate (IVF, tuned on the data) when large or
-        forced, exact otherwise. Searches keep working meanwhile; returns what was chosen."""
+    def optimize(self, *, force: bool = True, memory_budget: int | None = None) -> dict[str, Any]:
+        """Rebuild the vector index for its size: approximate when large or forced, exact otherwise;
+        IVF-Flat while the vectors fit memory_budget bytes (default: a quarter of the machine's
+        memory), IVF-PQ re-ranked with the vectors in SQLite past it. Its probes are tuned on text
+        queries (a fixed set of generic photo-search phrases, embedded with the index's text tower)
+        and the recent real queries. Returns what was chosen."""
         self._store.check_writable()
         with self._writing():
-            chosen = self._get_vectors(writer=True).optimize(force=force)
+            vectors = self._get_vectors(writer=True)
+            try:
+                chosen = vectors.optimize(queries=self._tuning_queries(), force=force, memory_budget=memory_budget)
+            except BaseException:
+                self._vectors = None  # half rebuilt: the saved cache (or SQLite) is read again
+                raise
             self._save_vectors()
             return chosen
+
+    def _tuning_queries(self) -> np.ndarray | None:
+        """What approximate search is tuned on: the index's text tower's embeddings of generic
+        photo-search phrases, and the recent real queries; None when no text model can load (then
+        the indexed vectors stand in)."""
+        parts = []
+        try:
+            parts.append(self.embed_text(tuning_phrases()))
+        except SearchliteError as e:
+            log.warning("tuning approximate search on the indexed vectors: no text model (%s)", e)
+        if self._recent is not None:
+            recent = self._recent.vectors()
+            if len(recent) and (not parts or recent.shape[1] == parts[0].shape[1]):
+                parts.append(recent)
+        return np.concatenate(parts).astype(np.float32) if parts else None
 
     # --- CLIP beyond search: zero-shot classification, tags, linear probes ----------------------
 
@@ -853,7 +974,7 @@ class SearchEngine:
                 if self._cache is None:
                     self._folder()  # raises: no index, no vectors
                 dim = self._store.get_info("embed_dim") or self.image_encoder().embed_dim
-                self._vectors = self._cache.load(dim, writer=writer)
+                self._vectors = self._cache.load(dim, writer=writer, queries=self._tuning_queries)
             return self._vectors
 
     def _save_vectors(self) -> None:
@@ -871,6 +992,11 @@ def _remove_new_index(path: Path) -> None:
         (path / name).unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         path.rmdir()
+
+
+def _check_type(type: str | None) -> None:
+    if type is not None and type not in FILE_TYPES:
+        raise InvalidQueryError(f"type {type!r}: use one of {', '.join(FILE_TYPES)}")
 
 
 def _as_list(value: Any) -> list[Any]:

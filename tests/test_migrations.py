@@ -57,14 +57,20 @@ def test_each_migration_builds_on_the_schema_before_it(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "db", isolation_level=None)
     assert migrations.migrate(conn, upto=1) == (0, 1)
     assert migrations.table_names(conn) == {"images", "index_info", "sqlite_sequence"}
-    conn.execute("INSERT INTO images (path, size, mtime_ns, state) VALUES (x'2f61', 1, 2, 'indexed')")
+    conn.execute("INSERT INTO images (path, size, mtime_ns, state, vector) VALUES (x'2f61', 1, 2, 'indexed', x'0000803f')")
     assert migrations.migrate(conn, upto=2) == (1, 2)
     assert {"tag_sets", "tags", "class_weights"} <= migrations.table_names(conn)
     assert migrations.migrate(conn, upto=3) == (2, 3)
     assert conn.execute("SELECT path, failed_under FROM images").fetchall() == [(b"/a", None)]
-    assert migrations.migrate(conn) == (3, 4)
+    assert migrations.migrate(conn, upto=4) == (3, 4)
     assert conn.execute("SELECT path, taken_at, make, phash, metadata_version FROM images").fetchall() == [(b"/a", None, None, None, None)]
-    assert migrations.migrate(conn) == (4, 4)  # nothing left to do
+    conn.execute("INSERT INTO images (path, size, mtime_ns, state) VALUES (x'2f62', 1, 2, 'failed')")
+    assert migrations.migrate(conn) == (4, 5)
+    # the indexed file's own vector keeps its FAISS id; new vectors come after every file id
+    assert conn.execute("SELECT id, image_id, kind, vector FROM vectors").fetchall() == [(1, 1, "image", None)]
+    conn.execute("INSERT INTO vectors (image_id, kind) VALUES (1, 'region')")
+    assert conn.execute("SELECT MAX(id) FROM vectors").fetchone() == (3,)
+    assert migrations.migrate(conn) == (5, 5)  # nothing left to do
     conn.close()
 
 

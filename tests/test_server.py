@@ -480,3 +480,22 @@ def test_serve_help_imports_neither_torch_nor_the_web_stack() -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert "--token" in result.stdout and result.stderr.strip() == ""
+
+
+def test_type_keeps_images_or_videos(client) -> None:
+    assert search(client, q="a circle", type="video") == []
+    assert len(search(client, q="a circle", type="image", k=5)) == 5
+    response = client.get("/api/search", params={"q": "a circle", "type": "movie"})
+    assert response.status_code == 400 and response.json() == {"error": "type 'movie': use one of image, video"}
+
+
+def test_explain_overlays_where_a_text_matches(client) -> None:
+    hit = search(client, q="a red circle", k=1)[0]
+    response = client.get(f"/api/explain/{hit['id']}", params={"q": "a red circle"})
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    from io import BytesIO
+
+    from PIL import Image
+
+    assert Image.open(BytesIO(response.content)).size == (hit["width"], hit["height"])
+    assert client.get("/api/explain/999999", params={"q": "x"}).status_code == 404

@@ -176,3 +176,34 @@ def test_a_phone_width_has_no_sideways_scrolling(browser, server) -> None:
     background = page.evaluate("getComputedStyle(document.body).backgroundColor")
     assert background != "rgb(247, 247, 249)"  # the dark theme follows the system setting
     context.close()
+
+
+def test_a_red_circle_drawn_on_the_sketch_pad_finds_red_circles(page, server) -> None:
+    import math
+
+    base, engine = server
+    page.goto(base + "/")
+    page.locator("#sketch-open").click()
+    pad = page.locator("#pad")
+    pad.wait_for()
+    page.locator('#sketch .swatch[title="red"]').click()
+    box = pad.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    scale = box["width"] / 256
+    for radius in range(6, 64, 12):  # a filled circle: rings of a thick brush
+        r = radius * scale
+        page.mouse.move(cx + r, cy)
+        page.mouse.down()
+        for step in range(1, 41):
+            a = 2 * math.pi * step / 40
+            page.mouse.move(cx + r * math.cos(a), cy + r * math.sin(a))
+        page.mouse.up()
+    red = page.evaluate("(() => { const d = document.getElementById('pad').getContext('2d').getImageData(128, 128, 1, 1).data; return [d[0], d[1], d[2]]; })()")
+    assert red[0] > 150 and red[1] < 80 and red[2] < 80, red
+    page.locator("#sketch-search").click()
+    tiles = loaded_tiles(page, 5)
+    assert "image=" in page.url and page.locator("#sketch").is_hidden()
+    ids = [int(tiles.nth(i).get_attribute("data-id")) for i in range(5)]
+    captions = [caption_of(engine.files([i])[i].path) for i in ids]
+    red_circles = sum("red circle" in caption_of(p) for p in map(str, Path(engine.files(ids)[ids[0]].path).parent.glob("*.png")))
+    assert all("red circle" in c for c in captions[: min(3, red_circles)]), (captions, red_circles)

@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import numpy as np
 
 from ..config import IndexSettings
-from ..media import images
+from ..media import images, video
 from ..media.decode_worker import DecodeCancelled, DecodePool
 from ..media.embed_files import decode_options
 from ..media.metadata import HEADER_READ_BYTES, METADATA_VERSION, ImageMetadata
 from ..errors import ImageDecodeError
-from ..storage.store import FAILED, INDEXED, SKIPPED, FileRow, Store, Transaction, content_hash
+from ..storage.store import FAILED, INDEXED, SKIPPED, FileRow, Store, Transaction, VectorPart, content_hash
 from ..storage.vector_index import VectorIndex
 from . import scanner
 from .scanner import FileInfo
@@ -42,9 +42,13 @@ ProgressFn = Callable[[int, int], None]
 
 NOT_AN_IMAGE = "not an image"  # the skip reason of a file no decoder recognises
 
-def decode_settings(settings: IndexSettings) -> dict[str, float]:
-    """The settings a decoding verdict depends on."""
-    return {"max_megapixels": settings.max_megapixels, "decode_timeout_s": settings.decode_timeout_s}
+def decode_settings(settings: IndexSettings, *, for_video: bool = False) -> dict[str, Any]:
+    """The settings a decoding verdict depends on; a video's, whether PyAV is installed too (a
+    video that failed without it is tried again once it is)."""
+    current: dict[str, Any] = {"max_megapixels": settings.max_megapixels, "decode_timeout_s": settings.decode_timeout_s}
+    if for_video:
+        current |= {"pyav": video.available(), "video_timeout_s": settings.video_timeout_s}
+    return current
 
 
 @dataclass
@@ -110,14 +114,29 @@ class _Prepared:
     needs: str | None = None  # the optional extra whose absence failed it (images.missing_extra)
     vanished: bool = False  # deleted while the run went on
     changing: bool = False  # written to while it was read: left for the next run
-    vector: np.ndarray | None = None  # set by the encoding stage
+    kind: str = "image"  # of the file's own vector: "image" or "video"
+    frame_times: list[float] = field(default_factory=list)  # a video's sampled frames
+    frame_tensors: list[Any] = field(default_factory=list)
+    duration: float = 0.0
+    region_image: Any = None  # the picture regions are cut from (with settings.regions)
+    parts: list[VectorPart] = field(default_factory=list)  # its other vectors (regions, shots), set by the encoding stage
+    vector: np.ndarray | None = None  # its own vector, set by the encoding stage
+
+    @property
+    def n_inputs(self) -> int:
+        """Model inputs waiting to be encoded."""
+        return len(self.frame_tensors) if self.frame_tensors else int(self.tensor is not None)
 
 
 class EncodeStage(Protocol):
     """Where files that need encoding are decoded and encoded. prepare() runs in reading threads on
-    each such file; submit() starts encoding a batch and returns a function that waits for it and
-    sets, on each item, vector (with width and height), or error (by_settings), or changing.
-    batches_in_flight() batches are encoded while the writer commits earlier ones."""
+    each such file (p.kind says whether it is a video); submit() starts encoding a batch and
+    returns a function that waits for it and sets, on each item, vector (with width, height, and
+    parts: a video's shots, an image's regions), or error (by_settings), or changing.
+    batches_in_flight() batches are encoded while the writer commits earlier ones. A stage whose
+    videos is False gets no videos: the run decodes and encodes them on this machine."""
+
+    videos: bool
 
     def batch_size(self) -> int: ...
 
@@ -136,14 +155,20 @@ class EncodeStage(Protocol):
 
 class LocalEncoding:
     """Decoding in this machine's decoder processes (threads drive them), encoding with the model
-    here."""
+    here: images (with their regions, under settings.regions) and videos (sampled frames, split
+    into shots)."""
 
-    def __init__(self, get_encoder: Callable[[], ImageEncoder], settings: IndexSettings, decoders: DecodePool) -> None:
+    videos = True
+
+    def __init__(
+        self, get_encoder: Callable[[], ImageEncoder], settings: IndexSettings, decoders: DecodePool, *, start: bool = True
+    ) -> None:
         self.get_encoder = get_encoder
         self.settings = settings
         self.device: str | None = None  # the model's, once it is loaded
         self.decoders = decoders
-        decoders.start()  # their start-up overlaps the model's loading
+        if start:
+            decoders.start()  # their start-up overlaps the model's loading
 
     def batch_size(self) -> int:
         return self.settings.batch_size_on(self.device or "cpu")
@@ -163,28 +188,81 @@ class LocalEncoding:
         """Decode (in a child process) and preprocess; raises only when the model cannot be loaded."""
         encoder = self.get_encoder()  # the model loads on first need; its errors stop the run
         self.device = encoder.device
+        settings = self.settings
         try:
+            if p.kind == "video":
+                return self._prepare_video(p, data, encoder)
+            options = decode_options(settings, encoder)
+            if settings.regions:  # a larger picture, uncropped, for the regions' pass
+                options |= {"min_side": int(settings.region_scale * encoder.image_size), "center_crop": False, "resize_shortest": None}
             with self.decoders.worker() as decoder:
-                decoded, meta = decoder.decode_with_metadata(data, **decode_options(self.settings, encoder), name=p.file.path)
+                decoded, meta = decoder.decode_with_metadata(data, **options, name=p.file.path)
             p.tensor = encoder.preprocess(decoded.image)
+            if settings.regions and min(decoded.width, decoded.height) >= 2 * encoder.image_size:
+                p.region_image = decoded.image
         except ImageDecodeError as e:
-            p.error, p.by_settings = str(e), True
+            p.tensor, p.error, p.by_settings = None, str(e), True
             return p
         except DecodeCancelled:
-            p.changing = True  # not judged: the run is stopping
+            p.tensor, p.changing = None, True  # not judged: the run is stopping
             return p
         except Exception as e:  # noqa: BLE001 - one bad file must never stop the run
             log.debug("unexpected failure on %s", p.file.path, exc_info=True)
-            p.error, p.by_settings = f"cannot decode image: {type(e).__name__}: {e}", True
+            p.tensor, p.frame_tensors, p.region_image = None, [], None
+            p.error, p.by_settings = f"cannot decode {p.kind}: {type(e).__name__}: {e}", True
             return p
         p.width, p.height, p.metadata = decoded.width, decoded.height, meta.with_mtime(p.file.mtime_ns)
         return p
 
+    def _prepare_video(self, p: _Prepared, data: bytes, encoder: ImageEncoder) -> _Prepared:
+        """Sample a video's frames in a decoder process and preprocess them."""
+        settings = self.settings
+        with self.decoders.worker() as decoder:
+            frames = decoder.decode_video(
+                data, settings.video_timeout_s, interval_s=settings.video_interval_s, max_frames=settings.video_max_frames,
+                min_side=settings.draft_factor * encoder.image_size,
+            )
+        p.frame_tensors = [encoder.preprocess(image) for image in frames.images]
+        p.width, p.height, p.frame_times, p.duration = frames.width, frames.height, frames.times, frames.duration
+        return p
+
     def submit(self, batch: list[_Prepared]) -> Callable[[], None]:
-        encoded = self.get_encoder().encode_images([p.tensor for p in batch])
-        for p, vector in zip(batch, encoded):
-            p.vector = vector
+        """Own vectors of the files to encode; a video's shots and an image's regions go to its parts."""
+        inputs = [t for p in batch for t in (p.frame_tensors or [p.tensor])]
+        encoder = self.get_encoder()
+        step = self.batch_size()
+        encoded = np.concatenate([encoder.encode_images(inputs[i : i + step]) for i in range(0, len(inputs), step)])
+        offset = 0
+        for p in batch:
+            if p.frame_tensors:
+                frames = encoded[offset : offset + len(p.frame_tensors)]
+                offset += len(p.frame_tensors)
+                shots = video.split_shots(p.frame_times, frames, p.duration)
+                p.parts = [VectorPart("shot", s.vector, time=s.time, span=s.span) for s in shots]
+                p.vector = video.whole_video_vector(shots)
+                p.frame_tensors = []  # encoded: free the frames
+            else:
+                p.vector = encoded[offset]
+                offset += 1
+                if p.region_image is not None:
+                    p.parts = self._regions(encoder, p.region_image, p.width or 0, p.height or 0)
+                    p.region_image = None
         return lambda: None
+
+    def _regions(self, encoder: Any, image: Any, width: int, height: int) -> list[VectorPart]:
+        """Region vectors of a picture, boxes in pixels of the oriented original (width x height)."""
+        from ..models import dense
+
+        settings = self.settings
+        regions = dense.region_features(encoder.model, image, scale=settings.region_scale, stride=settings.region_stride, device=encoder.device)
+        vectors = regions.vectors
+        if settings.region_mode == "crops":  # each window through the model on its own
+            crops = [encoder.preprocess(image.crop(tuple(int(v) for v in box))) for box in regions.boxes]
+            step = self.batch_size()
+            vectors = np.concatenate([encoder.encode_images(crops[i : i + step]) for i in range(0, len(crops), step)])
+        sx, sy = width / image.size[0], height / image.size[1]
+        boxes = np.round(regions.boxes * np.array([sx, sy, sx, sy])).astype(np.int64)
+        return [VectorPart("region", v, box=tuple(int(b) for b in box)) for box, v in zip(boxes, vectors)]
 
     def cancel(self) -> None:
         pass  # the run cancels its decoders
@@ -226,12 +304,13 @@ class Indexer:
         missing = [row for path, row in known.items() if path not in seen]
         current = decode_settings(self.settings)
         extra_available = functools.cache(images.extra_available)
+        current_video = decode_settings(self.settings, for_video=True)
         work = []
         unread: list[tuple[FileInfo, FileRow]] = []  # unchanged images whose header was not read yet
         for f in files:
             row = known.get(f.path)
             if row is not None and row.size == f.size and row.mtime_ns == f.mtime_ns:
-                if row.state == FAILED and _judge_again(row.failed_under, current, extra_available):
+                if row.state == FAILED and _judge_again(row.failed_under, current, current_video, extra_available):
                     work.append(f)  # failed under other limits, or for an extra now installed
                 elif row.state == SKIPPED and row.error == NOT_AN_IMAGE and _formats_version(row) != images.FORMATS_VERSION:
                     work.append(f)  # judged by a searchlite that knew fewer formats
@@ -261,7 +340,7 @@ class Indexer:
         if gone:
             with self.store.transaction() as tx:
                 tx.delete(row.id for row in gone)
-            self.vectors.remove(np.array([row.id for row in gone], dtype=np.int64))
+            self.vectors.remove(np.array(tx.removed_ids, dtype=np.int64))
             report.removed += len(gone)
         report.seconds = time.monotonic() - started
         return report
@@ -303,15 +382,17 @@ def _formats_version(row: FileRow) -> int:
     return int((row.failed_under or {}).get("formats", 1))
 
 
-def _judge_again(failed_under: dict[str, Any] | None, current: dict[str, Any], extra_available: Callable[[str], bool]) -> bool:
+def _judge_again(
+    failed_under: dict[str, Any] | None, current: dict[str, Any], current_video: dict[str, Any], extra_available: Callable[[str], bool]
+) -> bool:
     """Whether a file that failed (unchanged since) is decoded again: when it failed for want of an
-    extra that is installed now, or under other limits than these."""
+    extra that is installed now, or under other limits (or PyAV's presence, for a video) than these."""
     if failed_under is None:
         return False
     needs = failed_under.get("needs")
     if needs is not None:
         return extra_available(needs)
-    return failed_under != current
+    return failed_under != (current_video if "pyav" in failed_under else current)
 
 
 class _Run:
@@ -332,21 +413,24 @@ class _Run:
         self.last_snapshot = started
         self.known_hashes = indexer.store.indexed_hashes()
         self.pending: list[_Prepared] = []  # waiting to be sent to the stage
-        # batches sent to the stage, not yet committed: (files, the copy encoded per content, wait)
-        self.in_flight: deque[tuple[list[_Prepared], dict[str | None, _Prepared], Callable[[], None]]] = deque()
+        # batches sent to the stage, not yet committed:
+        # (files, those of them to encode, the copy encoded per content, wait)
+        self.in_flight: deque[tuple[list[_Prepared], list[_Prepared], dict[str | None, _Prepared], Callable[[], Any]]] = deque()
         self.stage: EncodeStage
+        self.local: EncodeStage  # for the videos of a stage that takes none
 
     def process(self, work: list[FileInfo], progress: ProgressFn | None) -> None:
         settings = self.ix.settings
         # this machine's decoders: the stage's, when it decodes here, and for the headers of known content
         decoders = self.decoders = DecodePool(settings.workers, settings.decode_timeout_s, settings.decoder_memory_limit)
         stage = self.stage = self.ix.make_stage(decoders)
+        self.local = stage if stage.videos else LocalEncoding(self.ix.get_encoder, settings, decoders, start=False)
         pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="searchlite-decode")
         try:
             done = 0
             for chunk in _chunked_map(pool, self._prepare, work, stage.batch_size, stage.chunks_ahead):
                 self.pending.extend(chunk)
-                n_tensors = sum(p.tensor is not None for p in self.pending)
+                n_tensors = sum(p.n_inputs for p in self.pending)
                 if n_tensors >= stage.batch_size() or len(self.pending) >= 4 * stage.batch_size():
                     self._flush()
                 if progress:
@@ -386,43 +470,60 @@ class _Run:
             except (ImageDecodeError, DecodeCancelled):
                 meta = None
             return _Prepared(f, digest, reuse=True, metadata=meta)
+        is_video = False
         fmt = images.detect_format(data[: images.HEADER_BYTES], f.path)
         if fmt is None:
-            return _Prepared(f, digest, skipped=NOT_AN_IMAGE)
-        needs = images.missing_extra(fmt)
-        if needs is not None:  # known without a decoder; judged again once the extra is installed
+            if video.detect_video(data[: images.HEADER_BYTES]) is None:
+                return _Prepared(f, digest, skipped=NOT_AN_IMAGE)
+            if not video.available():
+                return _Prepared(f, digest, error=video.NEEDS_PYAV, by_settings=True, kind="video")
+            is_video = True
+        elif (needs := images.missing_extra(fmt)) is not None:  # known without a decoder; judged again once the extra is installed
             return _Prepared(f, digest, error=images.missing_extra_reason(needs), by_settings=True, needs=needs)
+        if is_video:  # a stage that takes no videos leaves them to this machine
+            return self.local.prepare(_Prepared(f, digest, kind="video"), data)
         return self.stage.prepare(_Prepared(f, digest), data)
 
     def _flush(self) -> None:
         """Send what waits to the stage for encoding; commit batches past the stage's window."""
         if not self.pending:
             return
-        batch = [p for p in self.pending if p.tensor is not None]
+        batch = [p for p in self.pending if p.n_inputs]
         # Copies of one content met in this run are encoded once: the first copy in the batch is
         # encoded, later ones take its vector, and content committed by an earlier batch of this
         # run takes the stored vector (a move or a copy, as for content known before the run).
         first_of: dict[str | None, _Prepared] = {}
         for p in batch:
             if p.content_hash in self.known_hashes:
-                p.tensor, p.reuse = None, True
+                p.tensor, p.frame_tensors, p.reuse = None, [], True
             else:
                 first_of.setdefault(p.content_hash, p)
         to_encode = list(first_of.values())
-        wait = self.stage.submit(to_encode) if to_encode else (lambda: None)
-        self.in_flight.append((self.pending, first_of, wait))
+        waits = []
+        if self.local is self.stage:
+            if to_encode:
+                waits.append(self.stage.submit(to_encode))
+        else:  # videos here, the rest on the stage
+            videos = [p for p in to_encode if p.kind == "video"]
+            others = [p for p in to_encode if p.kind != "video"]
+            if others:
+                waits.append(self.stage.submit(others))
+            if videos:
+                waits.append(self.local.submit(videos))
+        self.in_flight.append((self.pending, batch, first_of, lambda: [wait() for wait in waits]))
         self.pending = []
         while len(self.in_flight) > self.stage.batches_in_flight():
             self._commit(*self.in_flight.popleft())
 
-    def _commit(self, pending: list[_Prepared], first_of: dict[str | None, _Prepared], wait: Callable[[], None]) -> None:
-        """Wait for a batch's vectors, then write everything in it in one transaction."""
+    def _commit(self, pending: list[_Prepared], batch: list[_Prepared], first_of: dict[str | None, _Prepared], wait: Callable[[], Any]) -> None:
+        """Wait for a batch's vectors, then write everything in it in one transaction (batch: its
+        files that were to be encoded)."""
         wait()
-        for p in pending:
-            if p.tensor is None or p.reuse:
+        for p in batch:
+            if p.reuse:
                 continue
             if p.content_hash in self.known_hashes:  # committed by a batch encoded beside this one
-                p.tensor, p.reuse = None, True
+                p.tensor, p.frame_tensors, p.reuse = None, [], True
                 continue
             first = first_of[p.content_hash]
             if first is not p:  # a copy takes the verdict of the copy that was encoded
@@ -432,9 +533,8 @@ class _Run:
         encoded_hashes = {h for h, p in first_of.items() if p.vector is not None and not p.reuse}
         report = self.report
 
-        added_ids: list[int] = []
-        added_vectors: list[np.ndarray] = []
-        dropped_ids: list[int] = []
+        removed_ids: list[int] = []
+        added: list[tuple[int, np.ndarray]] = []
         with self.ix.store.transaction() as tx:
             for p in pending:
                 f = p.file
@@ -445,20 +545,17 @@ class _Run:
                 if p.vanished:
                     if old is not None:
                         tx.delete([old.id])
-                        dropped_ids.append(old.id)
                         report.removed += 1
                     continue
                 if p.error is not None or p.skipped is not None:
                     state, reason = (FAILED, p.error) if p.error is not None else (SKIPPED, p.skipped)
-                    failed_under = decode_settings(self.ix.settings) if p.by_settings else None
+                    failed_under = decode_settings(self.ix.settings, for_video=p.kind == "video") if p.by_settings else None
                     if p.needs is not None:
                         failed_under = {**(failed_under or {}), "needs": p.needs}
                     if p.skipped == NOT_AN_IMAGE:  # the column keeps what a verdict was reached under
                         failed_under = {"formats": images.FORMATS_VERSION}
                     tx.put(f.path, size=f.size, mtime_ns=f.mtime_ns, content_hash=p.content_hash, state=state, error=reason,
                            failed_under=failed_under)
-                    if old is not None and old.state == INDEXED:
-                        dropped_ids.append(old.id)
                     if p.error is not None:
                         report.failed += 1
                         report.failures.append((f.path, p.error))
@@ -475,14 +572,18 @@ class _Run:
                         continue
                     vector = self.ix.store.vector_for_hash(p.content_hash)
                     assert vector is not None  # hashes are only deleted at the end of a run
+                    kind, parts = self.ix.store.parts_for_hash(p.content_hash)
                     report.reused += 1
                 else:
                     vector = first_of[p.content_hash].vector
+                    kind, parts = p.kind, p.parts
                     if first_of[p.content_hash] is p:
                         report.encoded += 1
                     else:
+                        first = first_of[p.content_hash]
+                        kind, parts = first.kind, first.parts
                         report.reused += 1
-                row_id = tx.put(
+                tx.put(
                     f.path,
                     size=f.size,
                     mtime_ns=f.mtime_ns,
@@ -493,18 +594,19 @@ class _Run:
                     height=p.height,
                     metadata=p.metadata.to_columns() if p.metadata else None,
                     metadata_version=METADATA_VERSION if p.metadata else None,
+                    kind=kind,
+                    parts=parts,
                 )
-                added_ids.append(row_id)
-                added_vectors.append(vector)
                 if old is None:
                     report.added += 1
                 else:
                     report.updated += 1
+            removed_ids, added = tx.removed_ids, tx.added
         # committed: bring FAISS in line
-        if dropped_ids:
-            self.ix.vectors.remove(np.array(dropped_ids, dtype=np.int64))
-        if added_ids:
-            self.ix.vectors.add(np.array(added_ids, dtype=np.int64), np.stack(added_vectors))
+        if removed_ids:
+            self.ix.vectors.remove(np.array(removed_ids, dtype=np.int64))
+        if added:
+            self.ix.vectors.add(np.array([i for i, _ in added], dtype=np.int64), np.stack([v for _, v in added]))
         self.known_hashes.update(h for h in encoded_hashes if h is not None)
         if time.monotonic() - self.last_snapshot >= self.ix.settings.snapshot_interval_s:
             self.ix.on_snapshot()

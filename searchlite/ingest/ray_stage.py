@@ -141,7 +141,12 @@ class RayEncoding:
 
     model(gpu) gives the recipe of the actors' model; get_encoder() the driver's own encoder, whose
     image size and preprocessing set the decoding options. shared_fs: True reads files by path on
-    the workers, False sends their bytes, None probes each actor."""
+    the workers, False sends their bytes, None probes each actor.
+
+    Images only, each with its own vector (kind "image", no parts): the run decodes and encodes
+    videos on the driver (indexer.LocalEncoding), and the engine refuses regions on Ray."""
+
+    videos = False  # videos stay on the driver
 
     def __init__(
         self,

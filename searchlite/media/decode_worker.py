@@ -27,6 +27,7 @@ from .metadata import ImageMetadata
 # kwargs key of a request that also (WITH) or only (ONLY) wants the header metadata
 _METADATA = "_metadata"
 _WITH, _ONLY = "with", "only"
+from .video import Frames
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +68,17 @@ def serve(fd: int, memory_limit: int) -> None:
             return
         if message is None:
             return
-        data, kwargs = message
+        op, data, kwargs = message
         wanted = kwargs.pop(_METADATA, None)
         try:
-            if wanted == _ONLY:
-                reply: tuple[Any, ...] = ("meta", _header(data, read_metadata_bytes).to_dict())
+            if op == "video":
+                from .video import sample_frames
+
+                frames = sample_frames(data, **kwargs)
+                pictures = [(img.size, img.convert("RGB").tobytes()) for img in frames.images]
+                reply: tuple[Any, ...] = ("ok", frames.times, pictures, frames.width, frames.height, frames.duration)
+            elif wanted == _ONLY:
+                reply = ("meta", _header(data, read_metadata_bytes).to_dict())
             else:
                 decoded = decode_rgb(data, **kwargs)
                 reply = ("ok", decoded.width, decoded.height, decoded.image.size, decoded.image.tobytes())
@@ -81,8 +88,12 @@ def serve(fd: int, memory_limit: int) -> None:
                     reply += (meta.to_dict(),)
         except ImageDecodeError as e:
             reply = ("error", str(e), e.setting)
+        except Exception as e:  # noqa: BLE001 - a video library's odd failure is one file's verdict
+            if op != "video":
+                raise
+            reply = ("error", f"cannot read video: {type(e).__name__}: {e}")
         except MemoryError:
-            reply = ("error", "not enough memory to decode this image")
+            reply = ("error", f"not enough memory to decode this {'video' if op == 'video' else 'image'}")
         try:
             conn.send(reply)
         except OSError:  # the parent is gone (killed or interrupted): nothing left to do
@@ -120,25 +131,33 @@ class DecodeWorker:
 
     def read_metadata(self, data: bytes) -> ImageMetadata:
         """The header metadata of the image in data (no pixel is decoded). Raises ImageDecodeError."""
-        reply = self._call(data, {_METADATA: _ONLY})
+        reply = self._call("image", data, {_METADATA: _ONLY}, self.time_limit)
         return ImageMetadata(**reply[1])
 
     def _decode(self, data: bytes, kwargs: dict[str, Any]) -> tuple[Decoded, ImageMetadata | None]:
         from PIL import Image
 
-        _, width, height, size, pixels, *meta = self._call(data, kwargs)
+        _, width, height, size, pixels, *meta = self._call("image", data, kwargs, self.time_limit)
         return Decoded(Image.frombytes("RGB", size, pixels), width, height), (ImageMetadata(**meta[0]) if meta else None)
 
-    def _call(self, data: bytes, kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    def decode_video(self, data: bytes, time_limit: float, **kwargs: Any) -> Frames:
+        """video.sample_frames(data, **kwargs) in the child, within time_limit seconds. Raises
+        ImageDecodeError with the reason."""
+        from PIL import Image
+
+        _, times, pictures, width, height, duration = self._call("video", data, kwargs, time_limit)
+        return Frames(times, [Image.frombytes("RGB", size, pixels) for size, pixels in pictures], width, height, duration)
+
+    def _call(self, op: str, data: bytes, kwargs: dict[str, Any], time_limit: float) -> tuple[Any, ...]:
         """One request to the child; its reply, or ImageDecodeError with the reason."""
         reason = ""
         for _ in range(CRASH_ATTEMPTS):
             conn = self._ensure_started()
             try:
-                conn.send((data, kwargs))
-                if not conn.poll(self.time_limit):
+                conn.send((op, data, kwargs))
+                if not conn.poll(time_limit):
                     self.kill()
-                    raise ImageDecodeError(f"decoding took longer than {self.time_limit:g}s; the file was skipped")
+                    raise ImageDecodeError(f"decoding took longer than {time_limit:g}s; the file was skipped")
                 reply = conn.recv()
             except (EOFError, OSError):
                 if self.closed:

@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "TIFF", "BMP", "HEIF", "AVIF"})
 
 # Bumped whenever detect_format learns formats: a file judged "not an image" under an older
-# number is looked at again (2: HEIF, AVIF and camera RAW)
-FORMATS_VERSION = 2
+# number is looked at again (2: HEIF, AVIF and camera RAW; 3: videos, which the indexer recognises)
+FORMATS_VERSION = 3
 
 # How many leading bytes detect_format reads: a TIFF-based RAW is told from a plain TIFF by tags in
 # its first directory, which cameras write near the start

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..storage.store import FileRow, Store
+from ..storage.store import FileRow, Store, VectorRow
 from ..storage.vector_index import VectorIndex
 from .relevance import Cutoff
 from .terms import IMAGE, TEXT, Term, combine
@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result. score is the cosine similarity between the query and the image."""
+    """One search result. score is the cosine similarity between the query and the file's best
+    matching vector; box (x0, y0, x1, y1, pixels of the oriented image) says which region of an
+    image matched, time and span (seconds) which shot of a video; None when the whole file did."""
 
     path: str
     score: float
@@ -34,6 +36,19 @@ class Hit:
     tags: tuple[str, ...] = ()
     taken_at: str | None = None  # capture time, the photo's wall clock (see media/metadata.py)
     relevant: bool | None = None  # the relevance cut-off's verdict, when one was applied
+    box: tuple[int, int, int, int] | None = None
+    time: float | None = None
+    span: float | None = None
+    kind: str = "image"  # of the file: "image" or "video"
+
+    def where(self) -> str | None:
+        """Where in the file the query matched, for a TSV column: "t=12.4", "box=x0,y0,x1,y1",
+        or None for the whole file."""
+        if self.time is not None:
+            return f"t={self.time:.1f}"
+        if self.box is not None:
+            return "box=" + ",".join(str(int(v)) for v in self.box)
+        return None
 
 
 def query_vector(
@@ -55,55 +70,93 @@ def query_vector(
     return combine(in_term_order, [t.weight for t in terms])
 
 
-def search(store: Store, vectors: VectorIndex, query: np.ndarray, k: int, among: np.ndarray | None = None) -> list[Hit]:
-    """Top-k indexed files by cosine similarity to query (1, d); among: search only these ids.
+def _best_shot(store: Store, query: np.ndarray, video_id: int) -> VectorRow:
+    """A video matched as a whole still says when: at its shot nearest the query."""
+    parts, numbers = store.part_vectors(video_id)
+    shots = [i for i, p in enumerate(parts) if p.time is not None]
+    if not shots:
+        return VectorRow(video_id, video_id, "video")
+    return parts[max(shots, key=lambda i: float(numbers[i] @ query[0]))]
 
-    Files deleted since the last `index` run are left out (one stat per hit), so FAISS is asked for
-    more until k existing files are found or the index is exhausted."""
+
+def search(store: Store, vectors: VectorIndex, query: np.ndarray, k: int, among: np.ndarray | None = None) -> list[Hit]:
+    """Top-k indexed files by the cosine similarity of their best vector to query (1, d); among:
+    search only these FAISS ids.
+
+    A file owning several vectors (regions, shots) counts once, at its best. Files deleted since
+    the last `index` run are left out (one stat per hit), so FAISS is asked for more until k
+    existing files are found or the index is exhausted."""
     wanted, available = k, len(vectors) if among is None else min(len(vectors), len(among))
     while True:
         scores, ids = vectors.search(query, wanted, among=among)
-        rows = store.fetch(int(i) for i in ids[0] if i >= 0)
-        candidates = [(float(s), r) for s, i in zip(scores[0], ids[0]) if (r := rows.get(int(i))) is not None]
-        found = [(s, r) for s, r in candidates if os.path.exists(r.path)][:k]
+        parts = store.vector_rows(int(i) for i in ids[0] if i >= 0)
+        best: dict[int, tuple[float, VectorRow]] = {}  # file id -> its best vector, in rank order
+        for s, i in zip(scores[0], ids[0]):
+            part = parts.get(int(i))
+            if part is not None and part.image_id not in best:
+                best[part.image_id] = (float(s), part)
+        rows = store.fetch(best)
+        candidates = [(s, part, r) for file_id, (s, part) in best.items() if (r := rows.get(file_id)) is not None]
+        found = [c for c in candidates if os.path.exists(c[2].path)][:k]
         if len(found) >= k or wanted >= available:
             break
         wanted *= 2
     if candidates and not found:  # e.g. the photos' drive is not mounted
-        log.warning("none of the matching files exist (first: %s); is their drive connected?", candidates[0][1].path)
-    return _hits(store, found)
+        log.warning("none of the matching files exist (first: %s); is their drive connected?", candidates[0][2].path)
+    return _hits(store, found, query)
 
 
-def _hits(store: Store, found: list[tuple[float, FileRow]], relevant: list[bool] | None = None) -> list[Hit]:
-    tags_of = store.tags_of(r.id for _, r in found)
-    return [
-        Hit(r.path, s, r.id, r.width, r.height, r.size, tuple(tags_of[r.id]), r.taken_at, None if relevant is None else relevant[i])
-        for i, (s, r) in enumerate(found)
-    ]
+def _hits(
+    store: Store, found: list[tuple[float, VectorRow | None, FileRow]], query: np.ndarray | None = None,
+    relevant: list[bool] | None = None,
+) -> list[Hit]:
+    """Hits for (score, the vector that matched, file row); a video matched as a whole says at
+    which shot it matches best (with a query)."""
+    tags_of = store.tags_of(r.id for _, _, r in found)
+    kinds = store.file_kinds(r.id for _, _, r in found)
+    hits = []
+    for i, (s, part, r) in enumerate(found):
+        kind = kinds.get(r.id, "image")
+        if part is not None and query is not None and kind == "video" and part.time is None:
+            part = _best_shot(store, query, r.id)
+        hits.append(Hit(
+            r.path, s, r.id, r.width, r.height, r.size, tuple(tags_of[r.id]), taken_at=r.taken_at,
+            relevant=None if relevant is None else relevant[i], box=part.box if part else None,
+            time=part.time if part else None, span=part.span if part else None, kind=kind,
+        ))
+    return hits
 
 
 def rank_all(
     store: Store, vectors: VectorIndex, query: np.ndarray, decide: Callable[[np.ndarray], Cutoff],
     among: np.ndarray | None = None, *, keep_irrelevant: bool = False, sort: str | None = None,
 ) -> tuple[list[Hit], Cutoff]:
-    """Every file the query is relevant to (decide() judges the scores of all the files searched),
+    """Every file the query is relevant to (decide() judges the best score of every file searched),
     or with keep_irrelevant every file, each marked; best first, or by capture time with sort."""
     scores, ids = vectors.scores(query, among=among)
-    verdict = decide(scores)
-    relevant = verdict.relevant(scores)
-    if not keep_irrelevant:
-        scores, ids, relevant = scores[relevant], ids[relevant], relevant[relevant]
-    rows = _existing(store, ids)
-    found = [(float(s), rows[int(i)], bool(r)) for s, i, r in zip(scores, ids, relevant) if int(i) in rows]
+    order = np.argsort(-scores, kind="stable")
+    scores, ids = scores[order], ids[order]
+    best: dict[int, tuple[float, VectorRow]] = {}  # file id -> its best vector, best first
+    for start in range(0, len(ids), 10_000):
+        parts = store.vector_rows(int(i) for i in ids[start : start + 10_000])
+        for s, i in zip(scores[start : start + 10_000], ids[start : start + 10_000]):
+            part = parts.get(int(i))
+            if part is not None and part.image_id not in best:
+                best[part.image_id] = (float(s), part)
+    file_scores = np.array([s for s, _ in best.values()], dtype=np.float32)
+    verdict = decide(file_scores)
+    relevant = verdict.relevant(file_scores)
+    rows = _existing(store, np.fromiter(best, dtype=np.int64))
+    found = [(s, part, rows[f], bool(r)) for (f, (s, part)), r in zip(best.items(), relevant) if (keep_irrelevant or r) and f in rows]
     if sort is not None:
-        found = _by_date(found, sort, key=lambda item: item[1])
-    return _hits(store, [(s, r) for s, r, _ in found], [r for _, _, r in found]), verdict
+        found = _by_date(found, sort, key=lambda item: item[2])
+    return _hits(store, [(s, p, r) for s, p, r, _ in found], query, [r for *_, r in found]), verdict
 
 
 def list_by_date(store: Store, ids: np.ndarray, sort: str) -> list[Hit]:
-    """The files among ids (all indexed ones when None) by capture time, with no query."""
+    """The files among ids (file ids) by capture time, with no query."""
     rows = _existing(store, ids)
-    return _hits(store, [(0.0, r) for r in _by_date(list(rows.values()), sort, key=lambda r: r)])
+    return _hits(store, [(0.0, None, r) for r in _by_date(list(rows.values()), sort, key=lambda r: r)])
 
 
 def _existing(store: Store, ids: np.ndarray) -> dict[int, FileRow]:

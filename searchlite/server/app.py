@@ -4,6 +4,8 @@ http_status, never a stack trace. One engine is shared by every request (search 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import logging
 import re
 from importlib import resources
@@ -130,7 +132,7 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
     def hit_json(request: Request, hit: Any) -> dict[str, Any]:
         base = str(request.base_url)
         recent.put(hit.id, hit.path)
-        return {
+        record = {
             "id": hit.id,
             "path": hit.path,
             "score": round(float(hit.score), 6),
@@ -142,6 +144,14 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
             "thumb": f"{base}api/thumbs/{hit.id}",
             "image": f"{base}api/images/{hit.id}",
         }
+        # where in the file it matched, only when a part of it did (as the CLI's --json)
+        if hit.kind != "image":
+            record["type"] = hit.kind
+        if hit.box is not None:
+            record["box"] = list(hit.box)
+        if hit.time is not None:
+            record["time"], record["span"] = hit.time, hit.span
+        return record
 
     @app.get("/api/search", summary="Search by text, an uploaded image's key, or an indexed image (like)")
     def search_get(
@@ -160,9 +170,10 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
         near: Annotated[Optional[str], Q(max_length=100, description="LAT,LON[,KM]")] = None,
         place: Annotated[Optional[str], Q(max_length=200, description="a city's name, resolved offline")] = None,
         sort: Annotated[Optional[Literal["date", "-date"]], Q(description="every relevant image by capture time")] = None,
+        type_: Annotated[Optional[str], Q(alias="type", max_length=10, description="only image or video files")] = None,
     ) -> JSON:
         filters = {"after": after, "before": before, "camera": camera, "path": path, "near": near, "place": place}
-        query = Query(text=q, negatives=not_, tag=tag or None, like=like, image=image, k=k, offset=offset, filters=filters, sort=sort)
+        query = Query(text=q, negatives=not_, tag=tag or None, like=like, image=image, k=k, offset=offset, filters=filters, sort=sort, type=type_ or None)
         hits = run_query(engine, uploads, query)
         return JSON({"hits": [hit_json(request, h) for h in hits]})
 
@@ -183,13 +194,14 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
         near: Annotated[Optional[str], Form(max_length=100)] = None,
         place: Annotated[Optional[str], Form(max_length=200)] = None,
         sort: Annotated[Optional[Literal["date", "-date"]], Form()] = None,
+        type_: Annotated[Optional[str], Form(alias="type", max_length=10)] = None,
     ) -> JSON:
         key = None
         if image is not None:
             data = await image.read()
             key = await run_in_threadpool(uploads.add, data)
         filters = {"after": after, "before": before, "camera": camera, "path": path, "near": near, "place": place}
-        query = Query(text=q, negatives=not_, tag=tag or None, like=like, image=key, k=k, offset=offset, filters=filters, sort=sort)
+        query = Query(text=q, negatives=not_, tag=tag or None, like=like, image=key, k=k, offset=offset, filters=filters, sort=sort, type=type_ or None)
         hits = await run_in_threadpool(run_query, engine, uploads, query)
         return JSON({"hits": [hit_json(request, h) for h in hits], "image_key": key})
 
@@ -211,6 +223,16 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
         except OSError:
             raise NotFoundError(f"image {row.id} is indexed but its file is gone: index the folder again") from None
         return FileResponse(row.path, media_type=image_type(header), headers={"Cache-Control": "private, max-age=600"})
+
+    @app.get("/api/explain/{image_id}", summary="An indexed image overlaid with where a text matches (PNG)", response_class=Response)
+    def explain_image(image_id: str, q: Annotated[str, Q(min_length=1, max_length=2000, description="the text")]) -> Response:
+        row = row_of(image_id)
+        with tempfile.TemporaryDirectory(prefix="searchlite-explain-") as folder:
+            out = os.path.join(folder, "heat.png")
+            engine.explain(row.path, q, output=out)
+            with open(out, "rb") as f:
+                data = f.read()
+        return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=600"})
 
     @app.get("/api/thumbs/{image_id}", summary="A WebP thumbnail of an indexed image", response_class=Response)
     async def thumbnail(image_id: str, request: Request) -> Response:

@@ -35,6 +35,7 @@ class Query:
     # metadata and path filters, as SearchEngine.search takes them (after, before, camera, path, near, place)
     filters: dict[str, str] = field(default_factory=dict)
     sort: str | None = None  # "date" / "-date": every relevant image by capture time
+    type: str | None = None  # "image" or "video": only such files
 
 
 class UploadedImages:
@@ -91,7 +92,7 @@ def run_query(engine: Any, uploads: UploadedImages, query: Query) -> list[Any]:
     if query.like is None and query.image is None:
         if text is None and query.sort is None:
             raise InvalidQueryError("the query is empty: give a text, an image or an image to find more like")
-        hits = engine.search(text, negative=negatives, k=wanted, tag=query.tag, sort=query.sort, **filters)
+        hits = engine.search(text, negative=negatives, k=wanted, tag=query.tag, type=query.type, sort=query.sort, **filters)
     else:
         # the library's own rule: a sum of unit vectors (negatives subtracted), re-normalised
         parts = []
@@ -112,5 +113,5 @@ def run_query(engine: Any, uploads: UploadedImages, query: Query) -> list[Any]:
         total = np.sum(parts, axis=0)
         if float(np.linalg.norm(total)) < 1e-6:
             raise InvalidQueryError("the query terms cancel each other out; change them")
-        hits = engine.search_vector(total, k=wanted, tag=query.tag, sort=query.sort, **filters)
+        hits = engine.search_vector(total, k=wanted, tag=query.tag, type=query.type, sort=query.sort, **filters)
     return hits[query.offset :]

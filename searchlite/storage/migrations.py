@@ -112,7 +112,40 @@ def m004_image_metadata(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [m001_images_and_index_info, m002_tag_tables, m003_failed_under, m004_image_metadata]
+def m005_vectors(conn: sqlite3.Connection) -> None:
+    """The vectors table: a file may own several vectors (its own, regions, shots of a video).
+    Each indexed file's vector keeps its FAISS id (vectors.id = images.id) and its numbers in
+    images.vector (vectors.vector NULL), so nothing is re-encoded and the FAISS cache stays valid;
+    new vectors take ids after every file id ever given, so no FAISS id is ever reused."""
+    _run(
+        conn,
+        """
+        CREATE TABLE IF NOT EXISTS vectors (
+            id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
+            image_id INTEGER NOT NULL,
+            kind VARCHAR NOT NULL,
+            x0 INTEGER,
+            y0 INTEGER,
+            x1 INTEGER,
+            y1 INTEGER,
+            time FLOAT,
+            span FLOAT,
+            vector BLOB
+        );
+        CREATE INDEX IF NOT EXISTS ix_vectors_image_id ON vectors (image_id);
+        INSERT INTO vectors (id, image_id, kind)
+            SELECT id, id, 'image' FROM images WHERE state = 'indexed' AND vector IS NOT NULL;
+        DELETE FROM sqlite_sequence WHERE name = 'vectors';
+        INSERT INTO sqlite_sequence (name, seq)
+            SELECT 'vectors', MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'images'), 0),
+                                  COALESCE((SELECT MAX(id) FROM vectors), 0))
+        """,
+    )
+
+
+MIGRATIONS: list[Migration] = [
+    m001_images_and_index_info, m002_tag_tables, m003_failed_under, m004_image_metadata, m005_vectors,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

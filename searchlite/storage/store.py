@@ -1,7 +1,11 @@
 """The metadata store: SQLite through SQLAlchemy 2.0, the source of truth, vectors included.
 
-One row per file seen under an indexed folder. `id` is also the file's id in the FAISS index; ids
-are never reused (AUTOINCREMENT), so a stale FAISS cache can never point at the wrong file.
+One row per file seen under an indexed folder (`images`), and one row per vector in the FAISS index
+(`vectors`): a file owns its own vector (kind "image" or "video", whose numbers live in
+images.vector) and may own more (kind "region" with a box, kind "shot" with a time and span), whose
+numbers live in vectors.vector. `vectors.id` is the FAISS id; ids are never reused (AUTOINCREMENT),
+so a stale FAISS cache can never point at the wrong file. Indexes from before the vectors table keep
+their FAISS ids: each indexed file's own vector got vectors.id == images.id when it was migrated.
 Paths are stored as the exact bytes the OS gave (os.fsencode), so any file name round-trips.
 """
 
@@ -101,6 +105,54 @@ METADATA_COLUMNS = (
     "latitude", "longitude", "altitude", "media_type", "phash",
 )
 
+# FAISS ids: every vector in the vector index, and what part of which file it describes
+vectors = Table(
+    "vectors",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("image_id", Integer, nullable=False, index=True),
+    Column("kind", String, nullable=False),  # image | video (the file's own vector) | region | shot
+    Column("x0", Integer),  # a region's box, in pixels of the oriented image
+    Column("y0", Integer),
+    Column("x1", Integer),
+    Column("y1", Integer),
+    Column("time", Float),  # a shot's start, seconds
+    Column("span", Float),  # a shot's length, seconds
+    Column("vector", LargeBinary),  # float32 (d,); NULL: the file's own vector, images.vector
+    sqlite_autoincrement=True,
+)
+
+OWN_KINDS = ("image", "video")  # the kinds of a file's own vector
+
+
+@dataclass(frozen=True)
+class VectorPart:
+    """A vector a file owns besides its own: a region (box) or a shot of a video (time, span)."""
+
+    kind: str
+    vector: Any  # float32 (d,)
+    box: tuple[int, int, int, int] | None = None
+    time: float | None = None
+    span: float | None = None
+
+
+@dataclass(frozen=True)
+class VectorRow:
+    """What one FAISS id stands for."""
+
+    id: int
+    image_id: int
+    kind: str
+    box: tuple[int, int, int, int] | None = None
+    time: float | None = None
+    span: float | None = None
+
+
+def _vector_row(r: Any) -> VectorRow:
+    box = None if r.x0 is None else (r.x0, r.y0, r.x1, r.y1)
+    return VectorRow(r.id, r.image_id, r.kind, box, r.time, r.span)
+
+
 # A named tag set: a linear classifier (zero-shot or probe) whose verdicts are stored as tags.
 tag_sets = Table(
     "tag_sets",
@@ -188,6 +240,8 @@ def _row(r: Any) -> FileRow:
     )
 
 
+_VECTOR_ROW = ("id", "image_id", "kind", "x0", "y0", "x1", "y1", "time", "span")
+
 _ROW_COLUMNS = (
     images.c.id,
     images.c.path,
@@ -238,6 +292,8 @@ class Store:
         # an old schema opened read-only cannot be migrated: its missing tag tables read as empty,
         # and its missing columns of images as NULL
         self._has_tags = tables is None or {"tag_sets", "tags", "class_weights"} <= tables
+        # before the vectors table, each indexed file had one vector whose FAISS id was its own id
+        self._has_vectors = tables is None or "vectors" in tables
         self._row_columns = tuple(
             c if columns is None or c.name in columns else literal(None).label(c.name) for c in _ROW_COLUMNS
         )
@@ -358,6 +414,35 @@ class Store:
             ids = conn.execute(select(images.c.id).where(images.c.state == INDEXED).order_by(images.c.id)).scalars()
             return np.fromiter(ids, dtype=np.int64)
 
+    def vectors_by_id(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids found int64 (m,), vectors float32 (m, d)) of the vectors among FAISS ids (of indexed
+        files), in any order: what a compressed vector index re-ranks its candidates with."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        found: list[int] = []
+        blobs: list[bytes] = []
+        with self._reading() as conn:
+            for start in range(0, len(ids), 900):  # within SQLite's limit on bound parameters
+                part = ids[start : start + 900].tolist()
+                marks = ",".join("?" * len(part))
+                if self._has_vectors:  # FAISS ids: a file's own vector lives in images.vector
+                    rows = conn.exec_driver_sql(
+                        "SELECT v.id, COALESCE(v.vector, i.vector) FROM vectors v JOIN images i ON i.id = v.image_id "
+                        f"WHERE v.id IN ({marks}) AND i.state = ?", (*part, INDEXED),
+                    )
+                else:
+                    rows = conn.exec_driver_sql(f"SELECT id, vector FROM images WHERE id IN ({marks}) AND state = ?", (*part, INDEXED))
+                for row_id, blob in rows:
+                    found.append(row_id)
+                    blobs.append(blob)
+        if not found:
+            return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+        return np.array(found, dtype=np.int64), np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(found), -1)
+
+    def indexed_count(self) -> int:
+        """Indexed files."""
+        with self._reading() as conn:
+            return int(conn.execute(select(func.count()).where(images.c.state == INDEXED)).scalar_one())
+
     def iter_vectors(self, chunk: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids int64 (n,), vectors float32 (n, d)) of every indexed row, in chunks."""
         query = (
@@ -371,6 +456,106 @@ class Store:
                 ids = np.fromiter((r.id for r in rows), dtype=np.int64, count=len(rows))
                 vectors = np.frombuffer(b"".join(r.vector for r in rows), dtype=np.float32)
                 yield ids, vectors.reshape(len(rows), -1)
+
+    def iter_faiss_vectors(self, chunk: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(FAISS ids int64 (n,), vectors float32 (n, d)) of every vector of every indexed file,
+        in chunks: what the vector index holds."""
+        if not self._has_vectors:
+            yield from self.iter_vectors(chunk)
+            return
+        query = (
+            select(vectors.c.id, func.coalesce(vectors.c.vector, images.c.vector).label("vector"))
+            .join(images, images.c.id == vectors.c.image_id)
+            .where(images.c.state == INDEXED)
+            .order_by(vectors.c.id)
+        )
+        with self._reading() as conn:
+            result = conn.execution_options(stream_results=True).execute(query)
+            while rows := result.fetchmany(chunk):
+                ids = np.fromiter((r.id for r in rows), dtype=np.int64, count=len(rows))
+                data = np.frombuffer(b"".join(r.vector for r in rows), dtype=np.float32)
+                yield ids, data.reshape(len(rows), -1)
+
+    def vector_ids(self) -> np.ndarray:
+        """FAISS ids of every vector of every indexed file, int64, ascending."""
+        if not self._has_vectors:
+            return self.indexed_ids()
+        query = (
+            select(vectors.c.id).join(images, images.c.id == vectors.c.image_id)
+            .where(images.c.state == INDEXED).order_by(vectors.c.id)
+        )
+        with self._reading() as conn:
+            return np.fromiter(conn.execute(query).scalars(), dtype=np.int64)
+
+    def vector_rows(self, ids: Iterable[int]) -> dict[int, VectorRow]:
+        """What each FAISS id stands for; unknown ids are absent."""
+        ids = list(ids)
+        if not ids:
+            return {}
+        if not self._has_vectors:
+            return {i: VectorRow(i, i, "image") for i in ids}
+        with self._reading() as conn:
+            rows = conn.execute(select(*(vectors.c[n] for n in _VECTOR_ROW)).where(vectors.c.id.in_(ids))).all()
+        return {r.id: _vector_row(r) for r in rows}
+
+    def vector_ids_of(self, image_ids: Iterable[int] | None = None, *, file_kind: str | None = None) -> np.ndarray:
+        """FAISS ids of every vector of the files image_ids (all files when None) whose own
+        vector is of file_kind ("image" or "video"; any when None), int64."""
+        if not self._has_vectors:
+            if file_kind == "video":
+                return np.zeros(0, np.int64)
+            return self.indexed_ids() if image_ids is None else np.fromiter(image_ids, dtype=np.int64)
+        query = select(vectors.c.id)
+        if file_kind is not None:
+            owners = select(vectors.c.image_id).where(vectors.c.kind == file_kind)
+            query = query.where(vectors.c.image_id.in_(owners))
+        wanted = None if image_ids is None else list(image_ids)
+        with self._reading() as conn:
+            if wanted is None:
+                return np.fromiter(conn.execute(query).scalars(), dtype=np.int64)
+            found: list[int] = []
+            for start in range(0, len(wanted), 10_000):
+                chunk = wanted[start : start + 10_000]
+                found.extend(conn.execute(query.where(vectors.c.image_id.in_(chunk))).scalars())
+            return np.array(found, dtype=np.int64)
+
+    def part_vectors(self, image_id: int) -> tuple[list[VectorRow], np.ndarray]:
+        """A file's vectors other than its own (regions, shots) and their numbers (n, d)."""
+        if not self._has_vectors:
+            return [], np.zeros((0, 0), np.float32)
+        query = select(vectors).where(vectors.c.image_id == image_id, vectors.c.vector.is_not(None)).order_by(vectors.c.id)
+        with self._reading() as conn:
+            rows = conn.execute(query).all()
+        if not rows:
+            return [], np.zeros((0, 0), np.float32)
+        return [_vector_row(r) for r in rows], np.frombuffer(b"".join(r.vector for r in rows), np.float32).reshape(len(rows), -1)
+
+    def file_kinds(self, image_ids: Iterable[int]) -> dict[int, str]:
+        """"image" or "video" by file id, from the kind of each file's own vector."""
+        ids = list(image_ids)
+        if not ids or not self._has_vectors:
+            return {i: "image" for i in ids}
+        query = select(vectors.c.image_id, vectors.c.kind).where(vectors.c.image_id.in_(ids), vectors.c.kind.in_(OWN_KINDS))
+        with self._reading() as conn:
+            return {i: kind for i, kind in conn.execute(query)}
+
+    def parts_for_hash(self, content_hash: str) -> tuple[str, list[VectorPart]]:
+        """(kind of the own vector, the other vectors) of an indexed file with this content."""
+        if not self._has_vectors:
+            return "image", []
+        owner = (
+            select(images.c.id).where(images.c.content_hash == content_hash, images.c.state == INDEXED).limit(1)
+        ).scalar_subquery()
+        query = select(vectors).where(vectors.c.image_id == owner).order_by(vectors.c.id)
+        kind, parts = "image", []
+        with self._reading() as conn:
+            for r in conn.execute(query):
+                if r.vector is None:
+                    kind = r.kind
+                else:
+                    row = _vector_row(r)
+                    parts.append(VectorPart(r.kind, np.frombuffer(r.vector, np.float32), row.box, row.time, row.span))
+        return kind, parts
 
     def cached_weights(self, key: str) -> np.ndarray | None:
         if not self._has_tags:
@@ -478,6 +663,17 @@ class Store:
         with self._reading() as conn:
             return [(make, model, n) for make, model, n in conn.execute(query)]
 
+    def video_count(self) -> int:
+        """Indexed files that are videos."""
+        if not self._has_vectors:
+            return 0
+        query = (
+            select(func.count()).select_from(vectors).join(images, images.c.id == vectors.c.image_id)
+            .where(vectors.c.kind == "video", images.c.state == INDEXED)
+        )
+        with self._reading() as conn:
+            return int(conn.execute(query).scalar_one())
+
     def counts(self) -> dict[str, int]:
         query = select(images.c.state, func.count()).group_by(images.c.state)
         with self._reading() as conn:
@@ -517,10 +713,37 @@ class Store:
 
 
 class Transaction:
-    """Changes inside Store.transaction()."""
+    """Changes inside Store.transaction(). The FAISS ids it drops and the vectors it adds are
+    collected in removed_ids and added, for the vector index to follow once it has committed."""
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
+        self.removed_ids: list[int] = []
+        self.added: list[tuple[int, np.ndarray]] = []
+
+    def added_arrays(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """(FAISS ids (n,), vectors (n, d)) added, or (empty, None)."""
+        if not self.added:
+            return np.zeros(0, np.int64), None
+        return np.array([i for i, _ in self.added], dtype=np.int64), np.stack([v for _, v in self.added])
+
+    def _drop_vectors(self, image_ids: list[int]) -> None:
+        where = vectors.c.image_id.in_(image_ids)
+        self.removed_ids.extend(self._conn.execute(select(vectors.c.id).where(where)).scalars())
+        self._conn.execute(delete(vectors).where(where))
+
+    def _add_vectors(self, row_id: int, kind: str, vector: np.ndarray, parts: Iterable[VectorPart]) -> None:
+        vector = np.ascontiguousarray(vector, np.float32)
+        own = self._conn.execute(vectors.insert().values(image_id=row_id, kind=kind).returning(vectors.c.id)).scalar_one()
+        self.added.append((own, vector))
+        for part in parts:
+            box = part.box or (None, None, None, None)
+            data = np.ascontiguousarray(part.vector, np.float32)
+            stmt = vectors.insert().values(
+                image_id=row_id, kind=part.kind, x0=box[0], y0=box[1], x1=box[2], y1=box[3], time=part.time,
+                span=part.span, vector=data.tobytes(),
+            )
+            self.added.append((self._conn.execute(stmt.returning(vectors.c.id)).scalar_one(), data))
 
     def put(
         self,
@@ -537,10 +760,13 @@ class Transaction:
         failed_under: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
         metadata_version: int | None = None,
+        kind: str = "image",
+        parts: Iterable[VectorPart] = (),
     ) -> int:
-        """Insert or replace the row for path; returns its id (kept when the path existed).
-        metadata: header facts by METADATA_COLUMNS name (absent ones are NULL), read by the reader
-        of metadata_version."""
+        """Insert or replace the row for path; returns its id (kept when the path existed). Its
+        vectors are replaced: with vector (the file's own, of kind "image" or "video") and parts,
+        when it is indexed. metadata: header facts by METADATA_COLUMNS name (absent ones are NULL),
+        read by the reader of metadata_version."""
         values = dict(
             size=size,
             mtime_ns=mtime_ns,
@@ -557,6 +783,9 @@ class Transaction:
         stmt = stmt.on_conflict_do_update(index_elements=[images.c.path], set_=values)
         row_id = self._conn.execute(stmt.returning(images.c.id)).scalar_one()
         self._conn.execute(delete(tags).where(tags.c.image_id == row_id))  # recomputed for the new content
+        self._drop_vectors([row_id])
+        if state == INDEXED and vector is not None:
+            self._add_vectors(row_id, kind, vector, parts)
         return row_id
 
     def set_metadata(self, row_id: int, metadata: dict[str, Any] | None, metadata_version: int | None, *,
@@ -588,6 +817,7 @@ class Transaction:
         row_ids = list(row_ids)
         for start in range(0, len(row_ids), 10_000):  # stay under SQLite's bound-parameter limit
             chunk = row_ids[start : start + 10_000]
+            self._drop_vectors(chunk)
             self._conn.execute(delete(images).where(images.c.id.in_(chunk)))
             self._conn.execute(delete(tags).where(tags.c.image_id.in_(chunk)))
 

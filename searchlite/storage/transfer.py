@@ -68,7 +68,6 @@ def import_rows(store: Store, vectors: VectorIndex, matrix: np.ndarray, paths: l
     and add them to vectors. Returns (imported, not found here). The caller holds the write lock."""
     imported = missing = 0
     for start in range(0, len(paths), CHUNK):
-        ids, chunk = [], []
         with store.transaction() as tx:
             for path, vector in zip(paths[start : start + CHUNK], matrix[start : start + CHUNK]):
                 try:
@@ -79,12 +78,14 @@ def import_rows(store: Store, vectors: VectorIndex, matrix: np.ndarray, paths: l
                 except OSError:
                     missing += 1
                     continue
-                ids.append(tx.put(path, size=st.st_size, mtime_ns=st.st_mtime_ns, content_hash=content_hash(data),
-                                  state=INDEXED, vector=vector, width=width, height=height))
-                chunk.append(vector)
-        if ids:
-            vectors.add(np.array(ids, dtype=np.int64), np.stack(chunk))
-            imported += len(ids)
+                tx.put(path, size=st.st_size, mtime_ns=st.st_mtime_ns, content_hash=content_hash(data),
+                       state=INDEXED, vector=vector, width=width, height=height)
+                imported += 1
+        # committed: the vector index follows (an imported file's regions or shots are replaced)
+        vectors.remove(np.array(tx.removed_ids, dtype=np.int64))
+        ids, added = tx.added_arrays()
+        if added is not None:
+            vectors.add(ids, added)
     return imported, missing
 
 

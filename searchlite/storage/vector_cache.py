@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import logging
 import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import numpy as np
 
 from ..config import FAISS_FILENAME, LOCK_FILENAME
 from ..errors import IndexLockedError, IndexWriteError
@@ -20,6 +23,22 @@ from .writelock import writer_lock
 log = logging.getLogger(__name__)
 
 
+class StoreVectors:
+    """The exact vectors in SQLite, as a compressed VectorIndex reads them (ExactVectors)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def fetch(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._store.vectors_by_id(ids)
+
+    def chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        return self._store.iter_faiss_vectors()
+
+    def __len__(self) -> int:
+        return len(self._store.vector_ids())
+
+
 class VectorCache:
     """Loads and saves the FAISS cache of one index folder."""
 
@@ -28,16 +47,21 @@ class VectorCache:
         self._lock_path = index_dir / LOCK_FILENAME
         self._store = store
 
-    def load(self, dim: int, *, writer: bool) -> VectorIndex:
+    def load(self, dim: int, *, writer: bool, queries: Callable[[], np.ndarray | None] | None = None) -> VectorIndex:
         """The cached vectors when the file matches the database; otherwise rebuilt from it and
-        saved (by a writer at once; by a reader only when no writer holds the lock)."""
+        saved (by a writer at once; by a reader only when no writer holds the lock). A large index
+        is rebuilt straight into an approximate structure (tuned on queries(), when given)."""
+        exact = StoreVectors(self._store)
         cached = self._read(dim)
         if cached is not None:
+            cached.exact = exact
             return cached
-        vectors = VectorIndex(dim)
-        for ids, chunk in self._store.iter_vectors():
-            vectors.add(ids, chunk)
-        vectors.optimize_if_large()
+        vectors = VectorIndex(dim, exact=exact)
+        if len(exact) >= vectors.ann_min_vectors:
+            vectors.optimize(queries=queries() if queries else None)
+        else:
+            for ids, chunk in self._store.iter_faiss_vectors():
+                vectors.add(ids, chunk)
         if len(vectors) or self.path.exists():
             log.warning("rebuilt the vector cache %s from the database (%d vectors)", self.path, len(vectors))
         if writer:

@@ -1,19 +1,35 @@
 """The FAISS layer: unit vectors keyed by row id, inner-product search, atomic save and load.
 
-Exact (IndexFlatIP) below ANN_MIN_VECTORS, where a flat scan costs a few milliseconds; above, an
-inverted-file index (IVF-Flat) whose number of probed lists is tuned on the data itself for a
-target recall. With a GPU build of faiss and a GPU, exact search runs there and stays exact up to
-GPU_ANN_MIN_VECTORS. Vector contract at this boundary: float32, C-contiguous, shape (n, d), unit length.
+The structures, picked by `VectorIndex.optimize` for the size and a memory budget:
+
+- exact (IndexFlatIP) below ANN_MIN_VECTORS, where a flat scan costs a few milliseconds; with a
+  GPU build of faiss and a GPU it runs there and stays exact up to GPU_ANN_MIN_VECTORS;
+- "ivf", an inverted file of the vectors themselves (IVF-Flat, 4 d + 8 bytes a vector), or "hnsw",
+  faiss's graph over them, when it answers the tuning queries faster: while the vectors fit the
+  memory budget;
+- past it, compressed: "ivfpq", an inverted file of product-quantized codes (d / 4 bytes a vector
+  or less), or "hnswpq", a graph over such codes, whose shortlist is re-ranked with the exact
+  vectors, read from where they are kept (SQLite, in the engine) through an ExactVectors source.
+
+The search effort (lists probed, or the graph's efSearch; and for compressed ones the shortlist) is tuned for a target recall@10
+against exact search, on queries like the ones the index will get: CLIP's text embeddings sit in
+another cone than its image embeddings (the modality gap), so the engine tunes on text queries and
+on recent real ones, not on the indexed vectors. Vector contract at this boundary: float32,
+C-contiguous, shape (n, d), unit length.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import statistics
+import struct
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -32,6 +48,84 @@ ANN_MIN_VECTORS = 100_000
 GPU_ANN_MIN_VECTORS = 1_000_000
 TARGET_RECALL = 0.97  # on the tuning queries, for a margin over 0.95 on real ones
 PARALLEL_MIN_QUERIES = 20  # fewer queries are searched on one thread (faiss's own BLAS threshold)
+# the default memory budget of the vector index: this fraction of the machine's memory (or of the
+# process's cgroup limit, when lower). IVF-Flat stays while its vectors fit; past it, IVF-PQ.
+MEMORY_FRACTION = 0.25
+# an approximate index is rebuilt (re-trained and re-tuned) once it has grown to this many times
+# the size it was built at
+REBUILD_GROWTH = 2.0
+CHUNK = 65_536  # vectors per step while building: memory beyond the index stays one chunk
+_NPROBES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 8192, 16384)
+_SHORTLISTS = (40, 80, 160, 320, 640)
+_EF_SEARCH = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
+# HNSW (faiss's IndexHNSWFlat, M links a node) is built beside IVF-Flat when IVF must probe more than
+# this share of its lists for the target recall (queries out of the vectors' distribution, such as
+# text queries across the modality gap) and the graph fits the memory budget; the faster of the two
+# at the target recall is kept
+HNSW_TRY_FRACTION = 0.02
+HNSW_M = 32  # candidates an ivfpq search re-ranks with the exact vectors
+_MAGIC = b"searchlite-vectors\n"  # then a 4-byte length, a JSON header and the faiss index
+
+
+class ExactVectors(Protocol):
+    """Where a compressed index reads the exact vectors it re-ranks with (and rebuilds from)."""
+
+    def fetch(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids found int64 (m,), their vectors float32 (m, d)), in any order; absent ids are left out."""
+        ...
+
+    def chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every (ids (n,), vectors (n, d)), in chunks of bounded size."""
+        ...
+
+    def __len__(self) -> int:
+        """How many vectors it holds."""
+        ...
+
+
+class ArrayVectors:
+    """ExactVectors over arrays held by the caller (a np.memmap of a float32 file works too); the
+    caller keeps them in step with the index's adds and removes."""
+
+    def __init__(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        self._ids = np.asarray(ids, dtype=np.int64)
+        self._order = np.argsort(self._ids, kind="stable")
+        self._sorted = self._ids[self._order]
+        self._vectors = vectors
+
+    def fetch(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.asarray(ids, dtype=np.int64)
+        if not len(self._sorted):
+            return ids[:0], np.zeros((0, self._vectors.shape[1]), np.float32)
+        pos = np.minimum(np.searchsorted(self._sorted, ids), len(self._sorted) - 1)
+        found = self._sorted[pos] == ids
+        rows = self._order[pos[found]]
+        order = np.argsort(rows)  # ascending rows: fewer seeks in a memory-mapped file
+        return ids[found][order], np.asarray(self._vectors[rows[order]], dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for start in range(0, len(self._ids), CHUNK):
+            yield self._ids[start : start + CHUNK], np.asarray(self._vectors[start : start + CHUNK], np.float32)
+
+
+def default_memory_budget() -> int:
+    """MEMORY_FRACTION of the machine's physical memory, or of this process's cgroup limit."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit.isdigit():
+            total = min(total, int(limit))
+    except OSError:
+        pass
+    return int(MEMORY_FRACTION * total)
+
+
+def flat_bytes(n: int, dim: int) -> int:
+    """Memory of n vectors held exactly (flat or IVF-Flat): the floats and an int64 id each."""
+    return n * (4 * dim + 8)
 
 
 def as_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
@@ -44,21 +138,34 @@ def as_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
     return vectors
 
 
+def _unit(queries: np.ndarray, dim: int) -> np.ndarray:
+    queries = as_vectors(queries, dim)
+    norms = np.linalg.norm(queries, axis=1, keepdims=True)
+    keep = np.isfinite(norms[:, 0]) & (norms[:, 0] > 0)
+    return np.ascontiguousarray(queries[keep] / norms[keep])
+
+
 class VectorIndex:
-    """Exact cosine (inner product of unit vectors) search over vectors keyed by int64 ids.
+    """Cosine (inner product of unit vectors) search over vectors keyed by int64 ids: exact, or
+    approximate once optimize() picks an inverted file.
 
     Adding an id that is already present replaces its vector (never duplicates it).
     Thread-safe: searches may run while another thread adds or removes.
+    exact: where the exact vectors are kept (an ExactVectors); a compressed index needs it to
+    re-rank its candidates and to be rebuilt, and optimize() builds from it when given.
     """
 
-    def __init__(self, dim: int, _index: Any = None, *, use_gpu: bool | None = None) -> None:
+    def __init__(self, dim: int, _index: Any = None, *, use_gpu: bool | None = None, exact: ExactVectors | None = None) -> None:
         """use_gpu: search exact indexes on the GPUs (default: when faiss has any)."""
         faiss = _faiss()
         self.dim = dim
+        self.exact = exact
         self._lock = threading.Lock()
         self._index = _index if _index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         self._use_gpu = gpu_count() > 0 if use_gpu is None else use_gpu
         self._gpu_copy: Any = None  # of the flat part, made on the first search after a change
+        # what optimize() chose and measured (kept in the saved file): size built at, shortlist, recall
+        self.tuning: dict[str, Any] = {}
 
     @property
     def ann_min_vectors(self) -> int:
@@ -66,52 +173,308 @@ class VectorIndex:
         return GPU_ANN_MIN_VECTORS if self._use_gpu else ANN_MIN_VECTORS
 
     def __len__(self) -> int:
-        return int(self._index.ntotal)
+        return int(self._index.ntotal) - self._dead
+
+    @property
+    def _dead(self) -> int:
+        """Removed entries an HNSW graph still holds (it cannot drop nodes: their ids become -1)."""
+        return int(self.tuning.get("dead") or 0)
 
     @property
     def kind(self) -> str:
-        """"exact" (flat scan) or "ivf" (approximate, inverted lists)."""
-        return "ivf" if isinstance(self._index, _faiss().IndexIVF) else "exact"
+        """"exact" (flat scan), "ivf" (inverted lists of the vectors), "hnsw" (a graph over the
+        vectors), or compressed and re-ranked with the exact vectors: "ivfpq" (inverted lists of
+        product-quantized codes) or "hnswpq" (a graph over such codes)."""
+        faiss = _faiss()
+        if isinstance(self._index, faiss.IndexIVFPQ):
+            return "ivfpq"
+        if isinstance(self._index, faiss.IndexIVF):
+            return "ivf"
+        graph = self._hnsw()
+        if graph is None:
+            return "exact"
+        return "hnswpq" if isinstance(graph, faiss.IndexHNSWPQ) else "hnsw"
 
-    def optimize_if_large(self) -> bool:
-        """Switch an exact index of ann_min_vectors or more to an approximate one (once: an IVF
-        index stays as it is). Returns whether it did."""
-        if self.kind != "exact" or len(self) < self.ann_min_vectors:
+    def _hnsw(self) -> Any:
+        """The HNSW graph inside the id map, or None."""
+        faiss = _faiss()
+        if not isinstance(self._index, faiss.IndexIDMap2):
+            return None
+        inner = faiss.downcast_index(self._index.index)
+        return inner if isinstance(inner, faiss.IndexHNSW) else None
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the structure holds (codes or vectors, ids, centroids), about."""
+        faiss = _faiss()
+        index = self._index
+        if isinstance(index, faiss.IndexIVF):
+            code = index.code_size if isinstance(index, faiss.IndexIVFPQ) else 4 * self.dim
+            return len(self) * (code + 8) + index.nlist * self.dim * 4 + (index.pq.M * 256 * index.pq.dsub * 4 if isinstance(index, faiss.IndexIVFPQ) else 0)
+        graph = self._hnsw()
+        if graph is not None:
+            storage = faiss.downcast_index(graph.storage)
+            code = storage.code_size if isinstance(storage, faiss.IndexPQ) else 4 * self.dim
+            return int(index.ntotal) * (code + 8 + int(2.2 * 4 * graph.hnsw.nb_neighbors(0) // 2))
+        return flat_bytes(len(self), self.dim)
+
+    def optimize_if_large(self, *, queries: np.ndarray | Callable[[], np.ndarray | None] | None = None, memory_budget: int | None = None) -> bool:
+        """Rebuild when the size calls for it: an exact index of ann_min_vectors or more becomes
+        approximate; an approximate one that has grown REBUILD_GROWTH times since it was built is
+        re-trained and re-tuned; IVF-Flat that outgrew memory_budget is compressed (when there is
+        an exact source to re-rank with). queries: tuning queries, or a function giving them (called
+        only when rebuilding). Returns whether it rebuilt."""
+        n = len(self)
+        budget = memory_budget or default_memory_budget()
+        if self.kind == "exact":
+            due = n >= self.ann_min_vectors
+        else:
+            built_at = int(self.tuning.get("vectors") or 0)
+            due = bool(built_at) and n >= REBUILD_GROWTH * built_at
+            due = due or (self.kind in ("ivf", "hnsw") and flat_bytes(n, self.dim) > budget and self.exact is not None)
+            due = due or self._dead > 0.2 * int(self._index.ntotal)  # an HNSW graph of many removed nodes
+        if not due:
             return False
-        self.optimize()
+        self.optimize(queries=queries() if callable(queries) else queries, memory_budget=budget)
         return True
 
-    def optimize(self, *, force: bool = False, target_recall: float = TARGET_RECALL, seed: int = 0) -> dict[str, Any]:
-        """Pick the structure for the current size: exact below ann_min_vectors (unless force),
-        else an IVF index trained on the vectors, probing just enough lists for target_recall@10
-        (measured on a sample of the vectors against exact search). Returns what was chosen."""
+    def optimize(
+        self,
+        *,
+        queries: np.ndarray | None = None,
+        memory_budget: int | None = None,
+        force: bool = False,
+        target_recall: float = TARGET_RECALL,
+        seed: int = 0,
+    ) -> dict[str, Any]:
+        """Pick the structure for the current size and rebuild: exact below ann_min_vectors (unless
+        force); else IVF-Flat while the vectors fit memory_budget bytes (default: MEMORY_FRACTION of
+        the machine's memory), IVF-PQ re-ranked with the exact vectors past it (this needs `exact`).
+        Trained on a sample and filled in chunks: beyond the index being built, memory holds one
+        chunk and the sample. The probes (and shortlist) are the cheapest that reach target_recall@10
+        against exact search on `queries` — give ones like those the index will get (text
+        embeddings for a text-to-image search); without them, indexed vectors with noise added.
+        Built from `exact` when there is one, else from what the index holds. Returns what was
+        chosen and measured."""
         faiss = _faiss()
+        budget = int(memory_budget or default_memory_budget())
         with self._lock:
-            ids, vectors = self._contents()
-            n = len(ids)
             self._gpu_copy = None
+            n = len(self) if self.exact is None else len(self.exact)
             if n < self.ann_min_vectors and not force or n < 40:  # 39 points per list is k-means' minimum
                 index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
-                if n:
-                    index.add_with_ids(vectors, ids)
-                self._index = index
+                for ids, chunk in self._source():
+                    index.add_with_ids(as_vectors(chunk, self.dim), ids)
+                self._index, self.tuning = index, {"vectors": n}
                 return {"kind": "exact", "vectors": n}
-            nlist = int(max(1, min(16384, max(64, 4 * np.sqrt(n)), n // 40)))
+            compress = flat_bytes(n, self.dim) > budget
+            if compress and self.exact is None:
+                raise ValueError(
+                    f"{n} vectors need {flat_bytes(n, self.dim)} bytes held exactly, over the memory budget of "
+                    f"{budget}: a compressed index re-ranks with the exact vectors, so give VectorIndex(exact=...)"
+                )
             rng = np.random.default_rng(seed)
-            sample = vectors[rng.choice(n, size=min(n, 40 * nlist), replace=False)]
-            ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dim), self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
-            ivf.train(sample)
-            ivf.add_with_ids(vectors, ids)
-            ivf.nprobe, recall = _tune_nprobe(ivf, ids, vectors, rng, target_recall)
-            self._index = ivf
-            return {"kind": "ivf", "vectors": n, "nlist": nlist, "nprobe": ivf.nprobe, "recall_at_10": round(recall, 4)}
+            started = time.monotonic()
+            new, sample_size = self._empty(n, budget, compress)
+            sample = _sample(self._source, n, sample_size, rng, self.dim)
+            new.train(sample)
+            queries = _unit(queries, self.dim) if queries is not None else None
+            tuned_on = "queries"
+            if queries is None or not len(queries):
+                queries, tuned_on = _noisy(sample[rng.choice(len(sample), size=min(200, len(sample)), replace=False)], rng), "indexed vectors"
+            del sample
+            if self.exact is not None:  # rebuilt from the source: the old structure can go first
+                self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+            truth = _Truth(queries, 10)
+            for ids, chunk in self._source():
+                chunk = as_vectors(chunk, self.dim)
+                new.add_with_ids(chunk, np.ascontiguousarray(ids, dtype=np.int64))
+                truth.update(ids, chunk)
+            build_s = time.monotonic() - started
+            self._index = new
+            self.tuning = {"vectors": n}
+            chosen = self._tune(queries, truth.ids, target_recall)
+            code = new.code_size if compress else 4 * self.dim
+            graph_bytes = n * (code + 8 + int(1.1 * 4 * 2 * (HNSW_M // 2 if compress else HNSW_M)))
+            if new.nprobe > HNSW_TRY_FRACTION * new.nlist and graph_bytes <= budget:
+                chosen = self._keep_faster_of_ivf_and_hnsw(chosen, queries, truth.ids, target_recall, rng)
+            self.tuning.update(chosen, tuned_on=tuned_on, queries=len(queries), checked_at=n)
+            _trim_heap()
+            return {"kind": self.kind, "vectors": n, **({"nlist": new.nlist} if self.kind.startswith("ivf") else {}), **chosen, "tuned_on": tuned_on, "queries": len(queries),
+                    "bytes": self.nbytes, "build_seconds": round(build_s, 1)}
+
+    def _keep_faster_of_ivf_and_hnsw(self, ivf_chosen: dict[str, Any], queries: np.ndarray, truth: np.ndarray, target: float, rng: np.random.Generator) -> dict[str, Any]:
+        """Build HNSW beside the tuned inverted file (over the vectors for IVF-Flat, over the same
+        product-quantized codes for IVF-PQ), tune it on the same queries, and keep whichever answers
+        one query faster at the target recall."""
+        faiss = _faiss()
+        ivf, ivf_tuning = self._index, dict(self.tuning)
+        ivf_s = self._median_seconds(queries)
+        if isinstance(ivf, faiss.IndexIVFPQ):
+            # L2 on unit vectors ranks as inner product does; the shortlist is re-ranked exactly anyway
+            graph = faiss.IndexHNSWPQ(self.dim, ivf.pq.M, HNSW_M // 2, ivf.pq.nbits)
+            _quick_codebooks(faiss.downcast_index(graph.storage).pq)
+            graph.train(_sample(self._source, len(self.exact) if self.exact is not None else len(self), 16_384, rng, self.dim))
+        else:
+            graph = faiss.IndexHNSWFlat(self.dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        hnsw = faiss.IndexIDMap2(graph)
+        for ids, chunk in self._source() if self.exact is not None else self._own_chunks():
+            hnsw.add_with_ids(as_vectors(chunk, self.dim), np.ascontiguousarray(ids, dtype=np.int64))
+        self._index, self.tuning = hnsw, {"vectors": ivf_tuning["vectors"], "shortlist": ivf_tuning.get("shortlist")}
+        hnsw_chosen = self._tune(queries, truth, target)
+        hnsw_s = self._median_seconds(queries)
+        compared = {"ivf_p50_ms": round(1000 * ivf_s, 3), "hnsw_p50_ms": round(1000 * hnsw_s, 3),
+                    "ivf_recall_at_10": ivf_chosen["recall_at_10"], "hnsw_recall_at_10": hnsw_chosen["recall_at_10"]}
+        if hnsw_chosen["recall_at_10"] >= min(target, ivf_chosen["recall_at_10"]) and hnsw_s < ivf_s:
+            return {**hnsw_chosen, "compared": compared}
+        self._index, self.tuning = ivf, ivf_tuning
+        return {**ivf_chosen, "compared": compared}
+
+    def _median_seconds(self, queries: np.ndarray) -> float:
+        """Median seconds of one query on one thread, as the structure stands."""
+        times = []
+        with _single_thread(True):
+            for q in queries[:50]:
+                started = time.perf_counter()
+                self._search_unlocked(q[None, :], 10)
+                times.append(time.perf_counter() - started)
+        return statistics.median(times)
+
+    def _empty(self, n: int, budget: int, compress: bool) -> tuple[Any, int]:
+        """An untrained inverted file for n vectors, and how many vectors to train it on."""
+        faiss = _faiss()
+        nlist = int(max(1, min(16384, max(64, 4 * np.sqrt(n)), n // 40)))
+        quantizer = faiss.IndexFlatIP(self.dim)
+        if not compress:
+            index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            return index, min(n, 40 * nlist)
+        # the largest code (d/4, d/8 or d/16 bytes) whose codes and ids take at most half the budget
+        m = next((m for m in (self.dim // 4, self.dim // 8, self.dim // 16) if m and self.dim % m == 0 and n * (m + 8) <= budget // 2), None)
+        m = m or max(1, self.dim // 16)
+        nbits = int(min(8, max(1, np.log2(max(2, n // 40)))))  # 256 codewords need 10k training points
+        index = faiss.IndexIVFPQ(quantizer, self.dim, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
+        index.cp.max_points_per_centroid = 64  # k-means of the lists on a sample that fits
+        _quick_codebooks(index.pq)
+        index.cp.niter = 10
+        return index, min(n, max(40 * nlist, 256 * 40), 32 * nlist + 65_536)
+
+    def _source(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The vectors to build from, in chunks: the exact source when there is one, else what the
+        index holds."""
+        if self.exact is not None:
+            yield from self.exact.chunks()
+            return
+        yield from self._own_chunks()
+
+    def _own_chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        faiss = _faiss()
+        index = self._index
+        if self.kind in ("ivfpq", "hnswpq"):
+            raise ValueError("a compressed index holds no exact vectors: give VectorIndex(exact=...) to rebuild it")
+        if isinstance(index, faiss.IndexIVF):
+            from faiss.contrib.inspect_tools import get_invlist
+
+            for lst in range(index.nlist):
+                ids, codes = get_invlist(index.invlists, lst)
+                if len(ids):
+                    yield ids.astype(np.int64), np.ascontiguousarray(codes).view(np.float32).reshape(len(ids), self.dim)
+            return
+        id_map = faiss.vector_to_array(index.id_map).astype(np.int64)
+        for start in range(0, len(id_map), CHUNK):
+            m = min(CHUNK, len(id_map) - start)
+            ids, vectors = id_map[start : start + m], index.index.reconstruct_n(start, m)
+            alive = ids >= 0  # HNSW's removed nodes
+            yield (ids, vectors) if alive.all() else (ids[alive], vectors[alive])
+
+    def _tune(self, queries: np.ndarray, truth: np.ndarray, target: float, *, at_least: int = 1) -> dict[str, Any]:
+        """Set the least search effort (lists probed, or the graph's efSearch; and for a compressed
+        index the shortlist re-ranked) that reaches target recall@10 on queries whose true top 10 ids
+        are truth; returns it with the recall measured."""
+        graph = self._hnsw()
+        name = "ef_search" if graph is not None else "nprobe"
+        if graph is not None:
+            efforts = [e for e in _EF_SEARCH if e >= at_least] or [_EF_SEARCH[-1]]
+        else:
+            efforts = [p for p in _NPROBES if at_least <= p < self._index.nlist] + [self._index.nlist]
+        if self.kind not in ("ivfpq", "hnswpq"):
+            for effort in efforts:
+                self._set_effort(effort)
+                recall = _recall(truth, self._candidates(queries, 10)[1])
+                if recall >= target:
+                    break
+            return {name: effort, "recall_at_10": round(recall, 4)}
+        # compressed: re-ranking puts every true top-10 id that is on the shortlist into the top 10,
+        # so the recall after re-ranking is the shortlist's recall of the true top 10
+        candidates: list[tuple[int, int, float]] = []
+        for shortlist in _SHORTLISTS:
+            # a graph walk keeps efSearch candidates: at least the shortlist
+            ladder = [e for e in efforts if graph is None or e >= shortlist] or efforts[-1:]
+            for effort in ladder:
+                self._set_effort(effort)
+                recall = _recall(truth, self._candidates(queries, shortlist)[1])
+                if recall >= target:
+                    candidates.append((effort, shortlist, recall))
+                    break
+            if candidates and candidates[-1][:2] == (ladder[0], shortlist):
+                break  # a longer shortlist cannot lower the effort further
+        if not candidates:
+            candidates.append((efforts[-1], _SHORTLISTS[-1], recall))
+        timed = [(self._time_search(queries, effort, shortlist), effort, shortlist, recall) for effort, shortlist, recall in candidates]
+        _, effort, shortlist, recall = min(timed)
+        self._set_effort(effort)
+        self.tuning["shortlist"] = shortlist
+        return {name: effort, "shortlist": shortlist, "recall_at_10": round(recall, 4)}
+
+    def _set_effort(self, effort: int) -> None:
+        graph = self._hnsw()
+        if graph is not None:
+            graph.hnsw.efSearch = effort
+        else:
+            self._index.nprobe = effort
+
+    def _time_search(self, queries: np.ndarray, nprobe: int, shortlist: int) -> float:
+        """Median seconds of one query, one thread, re-ranking included."""
+        self._set_effort(nprobe)
+        self.tuning["shortlist"] = shortlist
+        times = []
+        with _single_thread(True):
+            for q in queries[:30]:
+                started = time.perf_counter()
+                self._search_reranked(q[None, :], 10)
+                times.append(time.perf_counter() - started)
+        return statistics.median(times)
+
+    def retune(self, queries: np.ndarray, *, target_recall: float = TARGET_RECALL, min_growth: float = 0.0) -> dict[str, Any] | None:
+        """Check recall@10 on queries (recent real ones, say) against exact search, and probe more
+        (never fewer) when it is below target_recall. With min_growth, only once the index has grown
+        by that fraction since it was last checked; returns None when not due or not approximate."""
+        n = len(self)
+        if self.kind == "exact" or n < (1 + min_growth) * int(self.tuning.get("checked_at") or 0):
+            return None
+        queries = _unit(queries, self.dim)
+        if not len(queries):
+            return None
+        with self._lock:
+            truth = _Truth(queries, 10)
+            for ids, chunk in self._source() if self.exact is not None else self._own_chunks():
+                truth.update(ids, as_vectors(chunk, self.dim))
+            before = _recall(truth.ids, self._search_unlocked(queries, 10)[1])
+            result: dict[str, Any] = {"recall_before": round(before, 4)}
+            if before < target_recall:
+                graph = self._hnsw()
+                current = graph.hnsw.efSearch if graph is not None else self._index.nprobe
+                result.update(self._tune(queries, truth.ids, target_recall, at_least=current))
+                self.tuning.update(result)
+            self.tuning["checked_at"] = n
+            return {"kind": self.kind, **result}
 
     def ids(self) -> np.ndarray:
         """Every id in the index, int64 (n,), in no particular order."""
         faiss = _faiss()
         with self._lock:
             if not isinstance(self._index, faiss.IndexIVF):
-                return faiss.vector_to_array(self._index.id_map).astype(np.int64)
+                ids = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+                return ids[ids >= 0] if self._dead else ids
             invlists = faiss.downcast_InvertedLists(self._index.invlists)
             parts = []
             for lst in range(self._index.nlist):
@@ -125,23 +488,9 @@ class VectorIndex:
                 parts.append(part)
             return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
-    def _contents(self) -> tuple[np.ndarray, np.ndarray]:
-        """(ids (n,), vectors (n, d)) of everything in the index."""
-        faiss = _faiss()
-        if isinstance(self._index, faiss.IndexIVF):
-            from faiss.contrib.inspect_tools import get_invlist
-
-            parts = [get_invlist(self._index.invlists, i) for i in range(self._index.nlist)]
-            ids = np.concatenate([p[0] for p in parts]).astype(np.int64)
-            codes = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, self.dim * 4), np.uint8)
-            return ids, np.ascontiguousarray(codes).view(np.float32).reshape(len(ids), self.dim)
-        n = int(self._index.ntotal)
-        ids = faiss.vector_to_array(self._index.id_map).astype(np.int64)
-        vectors = self._index.index.reconstruct_n(0, n) if n else np.zeros((0, self.dim), np.float32)
-        return ids, vectors
-
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        """Add (or replace) vectors under ids."""
+        """Add (or replace) vectors under ids. A compressed index re-ranks with the exact source,
+        which must hold them too (the engine's store does: it commits before the index is updated)."""
         ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
         vectors = as_vectors(vectors, self.dim)
         if len(ids) != len(vectors):
@@ -163,22 +512,94 @@ class VectorIndex:
         if not len(ids) or not self._index.ntotal:
             return 0
         self._gpu_copy = None
-        return int(self._index.remove_ids(_faiss().IDSelectorBatch(ids)))
+        faiss = _faiss()
+        if self._hnsw() is not None:  # a graph keeps its nodes: their ids become -1, never returned
+            id_map = faiss.vector_to_array(self._index.id_map)
+            gone = np.isin(id_map, ids) & (id_map >= 0)
+            removed = int(gone.sum())
+            if removed:
+                id_map[gone] = -1
+                faiss.copy_array_to_vector(id_map, self._index.id_map)
+                self.tuning["dead"] = self._dead + removed
+            return removed
+        return int(self._index.remove_ids(faiss.IDSelectorBatch(ids)))
 
     def search(self, queries: np.ndarray, k: int, *, among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by inner product: (scores float32 (q, k'), ids int64 (q, k')), k' = min(k, len).
         among: search only these ids, exactly (an approximate index scans all its lists, skipping
-        other ids); rows with fewer matches end in id -1."""
+        other ids; a compressed one scores them with the exact vectors); rows with fewer matches
+        end in id -1."""
         queries = as_vectors(queries, self.dim)
         with self._lock, _single_thread(len(queries) < PARALLEL_MIN_QUERIES):
-            k = min(k, len(self))
-            if k <= 0:
-                return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-            if among is not None:
-                return self._index.search(queries, k, params=self._only(among))
-            if self._use_gpu and self.kind == "exact":
-                return self._search_gpu(queries, k)
+            return self._search_unlocked(queries, k, among)
+
+    def _search_unlocked(self, queries: np.ndarray, k: int, among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        k = min(k, len(self))
+        if k <= 0:
+            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        compressed = self.kind in ("ivfpq", "hnswpq") and self.exact is not None
+        graph = self._hnsw()
+        if among is not None:
+            if compressed:
+                return self._search_exact_among(queries, k, np.ascontiguousarray(among, dtype=np.int64))
+            if graph is not None:
+                return self._search_graph_among(queries, k, np.ascontiguousarray(among, dtype=np.int64))
+            return self._index.search(queries, k, params=self._only(among))
+        if compressed:
+            return self._search_reranked(queries, k)
+        if self._use_gpu and graph is None and self.kind == "exact":
+            return self._search_gpu(queries, k)
+        return self._candidates(queries, k)
+
+    def _candidates(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The structure's own top k (a compressed one's, before re-ranking)."""
+        graph = self._hnsw()
+        if graph is None:
             return self._index.search(queries, k)
+        faiss = _faiss()
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = graph.hnsw.efSearch
+        if self._dead:
+            alive = faiss.IDSelectorRange(0, 2**63 - 1)  # removed nodes carry id -1
+            params.sel = alive
+        scores, found = self._index.search(queries, k, params=params)
+        if graph.metric_type == faiss.METRIC_L2:  # squared distances of unit vectors, as inner products
+            scores = np.where(found >= 0, 1 - scores / 2, -np.inf).astype(np.float32)
+        return scores, found
+
+    def _search_reranked(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The compressed index's shortlist, scored again with the exact vectors."""
+        assert self.exact is not None
+        shortlist = min(max(k, int(self.tuning.get("shortlist") or 4 * k)), len(self))
+        _, candidates = self._candidates(queries, shortlist)
+        found, vectors = self.exact.fetch(np.unique(candidates[candidates >= 0]))
+        order = np.argsort(found)
+        found, vectors = found[order], np.asarray(vectors, np.float32)[order]
+        return _rerank(queries, candidates, found, vectors, k)
+
+    def _search_exact_among(self, queries: np.ndarray, k: int, among: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k over among, scored with the exact vectors (in chunks)."""
+        assert self.exact is not None
+        best_s = np.full((len(queries), k), -np.inf, np.float32)
+        best_i = np.full((len(queries), k), -1, np.int64)
+        for start in range(0, len(among), CHUNK):
+            found, vectors = self.exact.fetch(among[start : start + CHUNK])
+            if len(found):
+                best_s, best_i = _merge_top(best_s, best_i, queries @ np.asarray(vectors, np.float32).T, found, k)
+        return best_s, best_i
+
+    def _search_graph_among(self, queries: np.ndarray, k: int, among: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k over among, with the vectors the graph holds (a filtered graph walk can miss)."""
+        faiss = _faiss()
+        id_map = faiss.vector_to_array(self._index.id_map)
+        positions = np.flatnonzero(np.isin(id_map, among) & (id_map >= 0))
+        best_s = np.full((len(queries), k), -np.inf, np.float32)
+        best_i = np.full((len(queries), k), -1, np.int64)
+        for start in range(0, len(positions), CHUNK):
+            part = positions[start : start + CHUNK]
+            vectors = self._hnsw().reconstruct_batch(part)
+            best_s, best_i = _merge_top(best_s, best_i, queries @ vectors.T, id_map[part].astype(np.int64), k)
+        return best_s, best_i
 
     def scores(self, query: np.ndarray, *, among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The exact score of one query (1, d) against every vector (or only those among):
@@ -213,20 +634,31 @@ class VectorIndex:
     def to_bytes(self) -> bytes:
         """The whole index (its structure and tuned search settings included) as bytes."""
         with self._lock:
-            return _faiss().serialize_index(self._index).tobytes()
+            header = json.dumps(self.tuning, sort_keys=True).encode()
+            return _MAGIC + struct.pack("<I", len(header)) + header + _faiss().serialize_index(self._index).tobytes()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> VectorIndex:
-        index = _faiss().deserialize_index(np.frombuffer(data, dtype=np.uint8))
-        return cls(index.d, index)
+    def from_bytes(cls, data: bytes, *, exact: ExactVectors | None = None) -> VectorIndex:
+        """Read to_bytes()'s output (or a bare faiss index, as earlier versions wrote)."""
+        tuning: dict[str, Any] = {}
+        view = memoryview(data)
+        if data[: len(_MAGIC)] == _MAGIC:
+            (size,) = struct.unpack_from("<I", data, len(_MAGIC))
+            start = len(_MAGIC) + 4
+            tuning = json.loads(bytes(view[start : start + size]))
+            view = view[start + size :]
+        index = _faiss().deserialize_index(np.frombuffer(view, dtype=np.uint8))
+        vectors = cls(index.d, index, exact=exact)
+        vectors.tuning = tuning
+        return vectors
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write atomically: a crash leaves either the old file or the new one, never a mix."""
         write_atomic(Path(path), self.to_bytes())
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> VectorIndex:
-        return cls.from_bytes(Path(path).read_bytes())
+    def load(cls, path: str | os.PathLike[str], *, exact: ExactVectors | None = None) -> VectorIndex:
+        return cls.from_bytes(Path(path).read_bytes(), exact=exact)
 
 
 def gpu_count() -> int:
@@ -255,21 +687,84 @@ def _single_thread(enabled: bool) -> Iterator[None]:
         faiss.omp_set_num_threads(before)
 
 
-def _tune_nprobe(ivf: Any, ids: np.ndarray, vectors: np.ndarray, rng: np.random.Generator, target: float) -> tuple[int, float]:
-    """The smallest power-of-two nprobe whose recall@10 against exact search reaches target, on
-    sample queries: indexed vectors with noise added, so a query is not simply its own neighbour."""
-    faiss = _faiss()
-    queries = vectors[rng.choice(len(vectors), size=min(200, len(vectors)), replace=False)]
-    queries = queries + rng.normal(0, 0.3 / np.sqrt(vectors.shape[1]), queries.shape).astype(np.float32)
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    exact = faiss.IndexIDMap(faiss.IndexFlatIP(vectors.shape[1]))
-    exact.add_with_ids(vectors, ids)
-    _, truth = exact.search(queries, 10)
-    nprobe, recall = 1, 0.0
-    while True:
-        ivf.nprobe = nprobe
-        _, found = ivf.search(queries, 10)
-        recall = sum(len(set(t) & set(f)) for t, f in zip(truth.tolist(), found.tolist())) / truth.size
-        if recall >= target or nprobe >= ivf.nlist:
-            return nprobe, recall
-        nprobe = min(2 * nprobe, ivf.nlist)
+
+
+class _Truth:
+    """The exact top-k ids of some queries, merged chunk by chunk."""
+
+    def __init__(self, queries: np.ndarray, k: int) -> None:
+        self.queries, self.k = queries, k
+        self.scores = np.full((len(queries), k), -np.inf, np.float32)
+        self.ids = np.full((len(queries), k), -1, np.int64)
+
+    def update(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        self.scores, self.ids = _merge_top(self.scores, self.ids, self.queries @ vectors.T, np.asarray(ids, np.int64), self.k)
+
+
+def _merge_top(best_s: np.ndarray, best_i: np.ndarray, scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The top k of (best so far) and (scores (q, m) of ids (m,)), best first."""
+    if scores.shape[1] > k:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        scores, cand = np.take_along_axis(scores, part, 1), ids[part]
+    else:
+        cand = np.broadcast_to(ids, scores.shape)
+    all_s = np.concatenate([best_s, scores], axis=1)
+    all_i = np.concatenate([best_i, cand], axis=1)
+    order = np.argsort(-all_s, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(all_s, order, 1).astype(np.float32), np.take_along_axis(all_i, order, 1)
+
+
+def _rerank(queries: np.ndarray, candidates: np.ndarray, found: np.ndarray, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top k of each row of candidates by inner product with its query, using found (sorted ids)
+    and their vectors; candidates absent from found (removed meanwhile) are dropped."""
+    scores = np.full((len(queries), k), -np.inf, np.float32)
+    ids = np.full((len(queries), k), -1, np.int64)
+    if not len(found):
+        return scores, ids
+    for row, (q, cand) in enumerate(zip(queries, candidates)):
+        pos = np.minimum(np.searchsorted(found, cand), len(found) - 1)
+        ok = (found[pos] == cand) & (cand >= 0)
+        pos = pos[ok]
+        s = vectors[pos] @ q
+        top = np.argsort(-s, kind="stable")[:k]
+        scores[row, : len(top)], ids[row, : len(top)] = s[top], found[pos[top]]
+    return scores, ids
+
+
+def _recall(truth: np.ndarray, found: np.ndarray) -> float:
+    """Mean share of each row of truth (the true top 10) that found's row holds."""
+    hits = sum(len(set(t) & set(f)) for t, f in zip(truth.tolist(), found.tolist()))
+    return hits / max(1, int((truth >= 0).sum()))
+
+
+def _sample(source: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]], n: int, size: int, rng: np.random.Generator, dim: int) -> np.ndarray:
+    """About size vectors drawn uniformly from the source, in one pass."""
+    keep = min(1.0, size / max(n, 1))
+    parts = [as_vectors(chunk, dim)[rng.random(len(chunk)) < keep] for _, chunk in source()]
+    return np.ascontiguousarray(np.concatenate(parts)) if parts else np.zeros((0, dim), np.float32)
+
+
+def _noisy(vectors: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Tuning queries when none are given: indexed vectors with noise added, so a query is not
+    simply its own neighbour."""
+    queries = vectors + rng.normal(0, 0.3 / np.sqrt(vectors.shape[1]), vectors.shape).astype(np.float32)
+    return np.ascontiguousarray(queries / np.linalg.norm(queries, axis=1, keepdims=True))
+
+
+def _trim_heap() -> None:
+    """Hand the memory a build freed back to the system (glibc keeps freed blocks of the chunks read
+    from SQLite in its arenas, which would count in the process's resident memory)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def _quick_codebooks(pq: Any) -> None:
+    """Train each sub-quantizer's k-means on 32 points a codeword (8k for 256), 8 rounds: faiss's
+    k-means is slow in 4 dimensions (about 1 s each on 12k points here, and a 512-d vector has 128
+    of them), and the shortlist is re-ranked with the exact vectors anyway."""
+    pq.cp.max_points_per_centroid = 32
+    pq.cp.niter = 8

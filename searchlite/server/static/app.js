@@ -276,6 +276,14 @@ function openDetail(index) {
   els.dBytes.textContent = hit.size != null ? humanBytes(hit.size) : "unknown";
   els.dTags.textContent = hit.tags.length ? hit.tags.join(", ") : "none";
   els.original.href = hit.image;
+  const where = $("where");
+  where.hidden = !state.q;  // a heat map of the text query over this image, on request
+  where.textContent = "Where?";
+  where.onclick = () => {
+    const showing = els.detailImg.src.includes("/api/explain/");
+    els.detailImg.src = showing ? hit.image : "/api/explain/" + hit.id + "?q=" + encodeURIComponent(state.q);
+    where.textContent = showing ? "Where?" : "Hide";
+  };
   els.copy.textContent = "Copy";
   els.prev.disabled = index === 0;
   els.next.disabled = index === hits.length - 1 && exhausted;
@@ -381,6 +389,53 @@ function humanBytes(n) {
   while (n >= 1000 && i < units.length - 1) { n /= 1000; i += 1; }
   return (i ? n.toFixed(n < 10 ? 1 : 0) : n) + " " + units[i];
 }
+
+// --- the sketch pad: a drawing searched as an image query -------------------------------------
+
+const pad = { dialog: $("sketch"), canvas: $("pad"), brush: $("brush"), color: "#d81e1e", drawing: false, last: null };
+pad.ctx = pad.canvas.getContext("2d");
+
+function clearPad() {
+  pad.ctx.fillStyle = "#ffffff";
+  pad.ctx.fillRect(0, 0, pad.canvas.width, pad.canvas.height);
+}
+
+function padPoint(event) {
+  const box = pad.canvas.getBoundingClientRect();
+  return { x: (event.clientX - box.left) * pad.canvas.width / box.width, y: (event.clientY - box.top) * pad.canvas.height / box.height };
+}
+
+function stroke(from, to) {
+  const ctx = pad.ctx;
+  ctx.strokeStyle = pad.color; ctx.fillStyle = pad.color;
+  ctx.lineWidth = Number(pad.brush.value); ctx.lineCap = "round"; ctx.lineJoin = "round";
+  ctx.beginPath(); ctx.moveTo(from.x, from.y); ctx.lineTo(to.x, to.y); ctx.stroke();
+}
+
+pad.canvas.addEventListener("pointerdown", (e) => {
+  pad.drawing = true; pad.last = padPoint(e); pad.canvas.setPointerCapture(e.pointerId); stroke(pad.last, pad.last);
+});
+pad.canvas.addEventListener("pointermove", (e) => {
+  if (!pad.drawing) return;
+  const p = padPoint(e); stroke(pad.last, p); pad.last = p;
+});
+for (const type of ["pointerup", "pointercancel"]) pad.canvas.addEventListener(type, () => { pad.drawing = false; });
+for (const swatch of document.querySelectorAll("#sketch .swatch")) {
+  swatch.style.background = swatch.dataset.color;
+  swatch.addEventListener("click", () => {
+    for (const other of document.querySelectorAll("#sketch .swatch")) other.classList.toggle("selected", other === swatch);
+    pad.color = swatch.dataset.color;
+  });
+}
+$("sketch-open").addEventListener("click", () => { if (!pad.dialog.open) pad.dialog.showModal(); });
+$("sketch-clear").addEventListener("click", clearPad);
+$("sketch-search").addEventListener("click", () => {
+  pad.canvas.toBlob((blob) => {
+    pad.dialog.close();
+    searchByFile(new File([blob], "sketch.png", { type: "image/png" }));
+  }, "image/png");
+});
+clearPad();
 
 window.addEventListener("popstate", () => { if (els.detail.open) els.detail.close(); apply(readState()); });
 
