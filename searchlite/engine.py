@@ -410,7 +410,7 @@ class SearchEngine:
         files = self._files_among(tag, filters)
         if files is None:
             return None if type is None else self._store.vector_ids_of(file_kind=type)
-        return self._store.vector_ids_of(files, file_kind=type)
+        return self._store.vector_ids_of(files.tolist(), file_kind=type)  # Python ints: SQLite binds no numpy ones
 
     def _files_among(self, tag: str | None, filters: Filters | None) -> np.ndarray | None:
         """The file ids carrying tag and matching filters; None for all."""
