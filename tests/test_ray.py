@@ -21,6 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests import kill_loop
+from tests.conftest import load_script
 
 pytestmark = [
     pytest.mark.slow,
@@ -123,6 +124,9 @@ def test_index_on_ray_equals_a_local_index_and_stays_on_loopback(cluster, engine
     (photos / "notes.txt").write_text("not an image")
     (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 100)  # a JPEG header, then nothing
     shutil.copy(photos / "astronaut.jpg", photos / "astronaut copy.jpg")  # one content, encoded once
+    videos = importlib.util.find_spec("av") is not None
+    if videos:  # a video in a Ray run is decoded and encoded on the driver, into its shots
+        load_script("make_shape_videos").write(photos / "clips", 1, seed=5, shots=(2, 2), seconds=(1.0, 1.0))
     seen: list[str] = []
 
     local = engine_factory(index=tmp_path / "local")
@@ -136,6 +140,7 @@ def test_index_on_ray_equals_a_local_index_and_stays_on_loopback(cluster, engine
     ray_report = on_ray.index(photos, progress=progress, ray=c.address)
     assert counts(ray_report) == counts(local_report)
     assert ray_report.failed == 1 and ray_report.skipped == 1 and ray_report.reused == 1
+    assert on_ray.info()["videos"] == local.info()["videos"] == int(videos)
     kill_loop.assert_same_index(tmp_path / "ray", tmp_path / "local")
     assert seen == [], "\n".join(seen)
 
@@ -182,6 +187,26 @@ def test_unreachable_cluster_is_one_line_at_once(engine_factory, photos: Path, i
     engine = engine_factory()
     with pytest.raises(ClusterError, match="give auto"):
         engine.index(photos, ray="not an address")
+    assert engine.info()["images"] == 0  # nothing was indexed
+
+
+def test_ray_refuses_regions_in_one_line_before_connecting(engine_factory, photos: Path, index_dir: Path, tiny_model) -> None:
+    """Region vectors come from the torch model's grid features on the driver: --ray with --regions
+    (or on an index that keeps regions) is refused at once, with no cluster needed."""
+    from searchlite.cli import app
+    from searchlite.errors import InvalidInputError
+
+    config, checkpoint = tiny_model
+    result = CliRunner().invoke(
+        app, ["index", str(photos), "--index", str(index_dir), "--model", str(config), "--pretrained", str(checkpoint),
+              "--regions", "--ray", "127.0.0.1:1"],
+    )
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--ray cannot store region vectors" in lines[0], result.output
+    engine = engine_factory(settings=_settings(regions=True))
+    with pytest.raises(InvalidInputError, match="index without --ray"):
+        engine.index(photos, ray="127.0.0.1:1")
     assert engine.info()["images"] == 0  # nothing was indexed
 
 
