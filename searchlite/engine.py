@@ -41,17 +41,16 @@ from .ingest import scanner
 from .models.encoder import ClipEncoder, ImageEncoder
 from .models.loading import load_encoder, surely_cpu
 from .models.spec import ModelSpec, reconcile, spec_from_flags
-from .media.metadata import perceptual_hash
 from .query import duplicates, relevance
 from .query.duplicates import DuplicateGroup
+from .query.explain import Explanation
 from .query.filters import Filters
+from .query.phrases import tuning_phrases
 from .query.relevance import fixed_cutoff
 from .query.search import SORTS, Hit, list_by_date, query_vector, rank_all, search
 from .query.terms import parse_terms
 from .storage import transfer
-from .query.explain import Explanation
 from .storage.atomic_file import write_atomic
-from .query.phrases import tuning_phrases
 from .storage.recent_queries import FILENAME as RECENT_QUERIES_FILENAME
 from .storage.recent_queries import RecentQueries
 from .storage.store import FAILED, INDEXED, SKIPPED, FileRow, Store
@@ -491,6 +490,8 @@ class SearchEngine:
         if not ids_parts:
             return []
         ids, vectors = np.concatenate(ids_parts), np.concatenate(vector_parts)
+
+        from .media.metadata import perceptual_hash
 
         def phash_of(image_id: int) -> str | None:  # rows indexed before hashes were stored
             try:

@@ -62,7 +62,6 @@ def supports(model: Any) -> bool:
 
 def grid_features(model: Any, image: Image.Image, *, scale: float = DEFAULT_SCALE, device: str = "cpu") -> Grid:
     """The dense features of an RGB picture (see the module's docstring)."""
-    import open_clip
     import torch
 
     if not supports(model):
@@ -71,21 +70,7 @@ def grid_features(model: Any, image: Image.Image, *, scale: float = DEFAULT_SCAL
             "or a plain ViT, as in OpenAI's CLIP models): use such a model"
         )
     visual = model.visual
-    size = visual.image_size
-    base = max(size) if isinstance(size, (tuple, list)) else int(size)
-    stride = _stride(visual)
-    width, height = image.size
-    factor = scale * base / min(width, height)
-    # a whole number of cells each way, at least one
-    w_in = max(stride, round(width * factor / stride) * stride)
-    h_in = max(stride, round(height * factor / stride) * stride)
-    cfg = open_clip.get_model_preprocess_cfg(model)
-    mean = torch.tensor(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))).view(3, 1, 1)
-    std = torch.tensor(cfg.get("std", (0.26862954, 0.26130258, 0.27577711))).view(3, 1, 1)
-    from PIL import Image as PILImage
-
-    pixels = np.asarray(image.convert("RGB").resize((w_in, h_in), PILImage.BICUBIC), dtype=np.float32) / 255
-    x = ((torch.from_numpy(pixels).permute(2, 0, 1) - mean) / std)[None].to(device)  # (1, 3, H, W)
+    x, width, height = _input(model, image, scale, _stride(visual), device)
     with torch.inference_mode():
         cells = _resnet_cells(visual, x) if _is_resnet(visual) else _vit_cells(visual, x)  # (1, h, w, d)
         cells = torch.nn.functional.normalize(cells.float(), dim=-1)

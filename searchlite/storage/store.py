@@ -450,12 +450,7 @@ class Store:
             .where(images.c.state == INDEXED)
             .order_by(images.c.id)
         )
-        with self._reading() as conn:
-            result = conn.execution_options(stream_results=True).execute(query)
-            while rows := result.fetchmany(chunk):
-                ids = np.fromiter((r.id for r in rows), dtype=np.int64, count=len(rows))
-                vectors = np.frombuffer(b"".join(r.vector for r in rows), dtype=np.float32)
-                yield ids, vectors.reshape(len(rows), -1)
+        yield from self._stream_vectors(query, chunk)
 
     def iter_faiss_vectors(self, chunk: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(FAISS ids int64 (n,), vectors float32 (n, d)) of every vector of every indexed file,
@@ -469,12 +464,24 @@ class Store:
             .where(images.c.state == INDEXED)
             .order_by(vectors.c.id)
         )
+        yield from self._stream_vectors(query, chunk)
+
+    def _stream_vectors(self, query: Any, chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids int64 (n,), vectors float32 (n, d)) of a query selecting (id, vector), in chunks."""
         with self._reading() as conn:
             result = conn.execution_options(stream_results=True).execute(query)
             while rows := result.fetchmany(chunk):
                 ids = np.fromiter((r.id for r in rows), dtype=np.int64, count=len(rows))
                 data = np.frombuffer(b"".join(r.vector for r in rows), dtype=np.float32)
                 yield ids, data.reshape(len(rows), -1)
+
+    def vector_count(self) -> int:
+        """How many vectors the vector index holds (len(vector_ids()), without reading them)."""
+        if not self._has_vectors:
+            return self.indexed_count()
+        query = select(func.count()).select_from(vectors).join(images, images.c.id == vectors.c.image_id).where(images.c.state == INDEXED)
+        with self._reading() as conn:
+            return int(conn.execute(query).scalar_one())
 
     def vector_ids(self) -> np.ndarray:
         """FAISS ids of every vector of every indexed file, int64, ascending."""

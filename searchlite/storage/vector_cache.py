@@ -36,7 +36,7 @@ class StoreVectors:
         return self._store.iter_faiss_vectors()
 
     def __len__(self) -> int:
-        return len(self._store.vector_ids())
+        return self._store.vector_count()
 
 
 class VectorCache:
