@@ -41,6 +41,18 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Temp
     monkeypatch.delenv("SEARCHLITE_INDEX", raising=False)
 
 
+@pytest.fixture
+def faster_structure(monkeypatch: pytest.MonkeyPatch):
+    """optimize() keeps whichever of IVF and HNSW answers faster on this machine at this moment;
+    a test that needs one of them says which measures faster."""
+    from searchlite import VectorIndex
+
+    def prefer(kind: str) -> None:
+        monkeypatch.setattr(VectorIndex, "_median_seconds", lambda self, queries: 0.001 if self.kind == kind else 1.0)
+
+    return prefer
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(config JSON, checkpoint) of a tiny random CLIP, saved the way users save real ones."""

@@ -71,9 +71,9 @@ def test_retune_on_recent_queries_probes_more_only_when_recall_is_short(gapped: 
     assert VectorIndex(D).retune(gapped["text_tune"]) is None  # exact search needs no tuning
 
 
-def test_hnsw_is_kept_when_it_answers_faster_and_stays_incremental(gapped: dict, monkeypatch, tmp_path: Path) -> None:
+def test_hnsw_is_kept_when_it_answers_faster_and_stays_incremental(gapped: dict, faster_structure, tmp_path: Path) -> None:
     # which is faster depends on the machine and the data: here HNSW is made to measure faster
-    monkeypatch.setattr(VectorIndex, "_median_seconds", lambda self, queries: 0.001 if self.kind == "hnsw" else 1.0)
+    faster_structure("hnsw")
     ids, vectors = gapped["ids"][:5000], gapped["vectors"][:5000]
     index = VectorIndex(D, use_gpu=False)
     index.add(ids, vectors)
@@ -123,11 +123,11 @@ class DictVectors:
 
 
 @pytest.mark.parametrize("kind", ["ivfpq", "hnswpq"])
-def test_a_small_memory_budget_gives_a_compressed_index_re_ranked_exactly(kind: str, gapped: dict, tmp_path: Path, monkeypatch) -> None:
+def test_a_small_memory_budget_gives_a_compressed_index_re_ranked_exactly(kind: str, gapped: dict, tmp_path: Path, monkeypatch, faster_structure) -> None:
     # inverted lists or a graph over the codes: whichever measures faster is kept; here, `kind`
     import searchlite.storage.vector_index as vector_index
 
-    monkeypatch.setattr(VectorIndex, "_median_seconds", lambda self, queries: 0.001 if self.kind == kind else 1.0)
+    faster_structure(kind)
     if kind == "ivfpq":
         monkeypatch.setattr(vector_index, "HNSW_TRY_FRACTION", 1.0)  # no graph built beside it: faster
     ids, vectors, queries = gapped["ids"][:12_000], gapped["vectors"][:12_000], gapped["text_eval"]
@@ -198,7 +198,8 @@ def rotated_copies(photos: Path, n: int = 45) -> None:
         Image.open(photos / "astronaut.jpg").rotate(i * 8).save(photos / f"r{i:02d}.jpg")
 
 
-def test_engine_optimize_tunes_on_text_queries_and_the_recent_ones(engine_factory, photos: Path, index_dir: Path) -> None:
+def test_engine_optimize_tunes_on_text_queries_and_the_recent_ones(engine_factory, photos: Path, index_dir: Path, faster_structure) -> None:
+    faster_structure("ivf")
     rotated_copies(photos)
     engine = engine_factory()
     engine.index(photos)

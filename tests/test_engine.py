@@ -580,7 +580,8 @@ def test_a_database_damaged_inside_is_reported_not_crashed_on(engine_factory, ph
     assert db.read_bytes() == damaged
 
 
-def test_optimize_switches_to_an_approximate_index_that_keeps_answering(engine_factory, photos: Path, index_dir: Path) -> None:
+def test_optimize_switches_to_an_approximate_index_that_keeps_answering(engine_factory, photos: Path, index_dir: Path, faster_structure) -> None:
+    faster_structure("ivf")
     engine = engine_factory()
     for i in range(40):  # enough vectors for a small inverted file
         Image.open(photos / "astronaut.jpg").rotate(i * 9).save(photos / f"r{i:02d}.jpg")

@@ -90,7 +90,8 @@ def clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def test_ann_index_is_tuned_to_the_recall_target_and_keeps_working(tmp_path: Path) -> None:
+def test_ann_index_is_tuned_to_the_recall_target_and_keeps_working(tmp_path: Path, faster_structure) -> None:
+    faster_structure("ivf")
     both = clustered(20100, 32)
     vectors, queries = both[:20000], both[20000:]  # queries from the same distribution, not indexed
     ids = np.arange(20000, dtype=np.int64) * 5 + 1
@@ -164,15 +165,16 @@ def test_where_things_run_without_a_gpu(monkeypatch) -> None:
     assert resolve_device(None) == "cuda"
 
 
-@pytest.mark.parametrize("kind", ["exact", "ivf"])
-def test_search_among_some_ids_is_exact_over_them_even_when_approximate(kind: str) -> None:
+@pytest.mark.parametrize("kind", ["exact", "ivf", "hnsw"])
+def test_search_among_some_ids_is_exact_over_them_even_when_approximate(kind: str, faster_structure) -> None:
     """query --tag: a rare tag's images must be found even if they sit in lists IVF would not probe."""
     vectors, queries = unit(4000, 32), unit(5, 32, seed=1)
     ids = np.arange(4000, dtype=np.int64) * 3
     index = VectorIndex(32)
     index.add(ids, vectors)
-    if kind == "ivf":
-        assert index.optimize(force=True)["kind"] == "ivf"
+    if kind != "exact":
+        faster_structure(kind)
+        assert index.optimize(force=True)["kind"] == kind
     rng = np.random.default_rng(2)
     for size in (3, 50, 900):
         subset = np.sort(rng.choice(len(ids), size=size, replace=False))
@@ -184,11 +186,12 @@ def test_search_among_some_ids_is_exact_over_them_even_when_approximate(kind: st
         assert (found[:, n:] == -1).all()  # fewer matches than k: the rest is padding
 
 
-@pytest.mark.parametrize("kind", ["exact", "ivf"])
-def test_ids_lists_what_the_index_holds(kind: str) -> None:
+@pytest.mark.parametrize("kind", ["exact", "ivf", "hnsw"])
+def test_ids_lists_what_the_index_holds(kind: str, faster_structure) -> None:
     index = VectorIndex(16)
     index.add(np.arange(0, 3000, 3), unit(1000, 16))
     index.remove(np.arange(0, 300, 3))
-    if kind == "ivf":
-        assert index.optimize(force=True)["kind"] == "ivf"
+    if kind != "exact":
+        faster_structure(kind)
+        assert index.optimize(force=True)["kind"] == kind
     np.testing.assert_array_equal(np.sort(index.ids()), np.arange(300, 3000, 3))
