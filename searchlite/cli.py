@@ -834,5 +834,26 @@ def _printable(path: str) -> str:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point. The command's work is done, closed and synced when app()
+    returns; the interpreter's own teardown of the modules it loaded (onnxruntime, FAISS,
+    SQLAlchemy: 0.1-0.2 s, a tenth of adding one photo) is skipped. Exit handlers still run."""
+    try:
+        app()
+    except SystemExit as e:
+        code = e.code
+    else:
+        code = 0
+    import atexit
+
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    atexit._run_exitfuncs()  # what exit handlers would do at a normal exit (Ray's shutdown among them)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed, or a reader that left
+            pass
+    os._exit(code)

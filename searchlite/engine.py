@@ -38,6 +38,7 @@ from .errors import (
     file_error,
 )
 from .ingest import scanner
+from .media.metadata import perceptual_hash
 from .models.encoder import ClipEncoder, ImageEncoder
 from .models.loading import load_encoder, surely_cpu
 from .models.spec import ModelSpec, reconcile, spec_from_flags
@@ -490,8 +491,6 @@ class SearchEngine:
         if not ids_parts:
             return []
         ids, vectors = np.concatenate(ids_parts), np.concatenate(vector_parts)
-
-        from .media.metadata import perceptual_hash
 
         def phash_of(image_id: int) -> str | None:  # rows indexed before hashes were stored
             try:

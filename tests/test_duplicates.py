@@ -102,3 +102,16 @@ def test_the_approximate_range_search_of_large_sets_finds_the_close_pairs() -> N
     ref = {(i, j) for i, j in zip(*np.nonzero(sims >= 0.9)) if i < j}
     found = set(zip(left.tolist(), right.tolist()))
     assert found <= ref and len(found) >= 0.97 * len(ref), (len(found), len(ref))
+
+
+def test_the_perceptual_hash_is_imagehashs_phash(library: Path) -> None:
+    # computed without scipy (see media/metadata.py); hashes stored by earlier versions stay comparable
+    import imagehash
+
+    from searchlite.media.metadata import perceptual_hash
+
+    pictures = [Image.open(p) for p in sorted(library.rglob("*.*"))]
+    rng = np.random.default_rng(0)
+    pictures += [Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)) for h, w in rng.integers(8, 500, (50, 2))]
+    pictures += [pictures[0].convert("L"), pictures[0].convert("RGBA").resize((31, 700))]
+    assert [perceptual_hash(p) for p in pictures] == [str(imagehash.phash(p)) for p in pictures]

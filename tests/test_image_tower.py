@@ -94,6 +94,18 @@ def test_the_tower_matches_open_clip_on_odd_pictures(engine_factory, tmp_path) -
     got = tower.encode_images([tower.preprocess(p) for p in pictures])
     assert (expected * got).sum(axis=1).min() >= 0.9999
 
+    # loaded from the cache: it opens without prepacked weights, and a large batch brings them
+    loaded = image_tower.ImageTower.load(tmp_path / "export", engine.model_key())
+    inputs = [loaded.preprocess(p) for p in pictures]
+    first = loaded._session
+    np.testing.assert_allclose(loaded.encode_images(inputs[:1]), got[:1], atol=1e-5)
+    assert loaded._faster is None  # one image: not worth building them
+    batch = inputs * (image_tower.PREPACK_BATCH // len(inputs) + 1)
+    np.testing.assert_allclose(loaded.encode_images(batch)[: len(inputs)], got, atol=1e-5)
+    loaded._faster.result(timeout=60)
+    np.testing.assert_allclose(loaded.encode_images(inputs), got, atol=1e-5)
+    assert loaded._session is not first and loaded._faster is None
+
 
 @pytest.mark.parametrize("damage", ["truncated weights", "truncated graph", "another model's"])
 def test_a_damaged_or_foreign_export_is_rebuilt_with_a_notice(damage, engine_factory, photos, index_dir, tmp_path, tiny_model, caplog) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import queue
 import socket
 import subprocess
@@ -66,8 +67,8 @@ def serve(fd: int, memory_limit: int) -> None:
             message = conn.recv()
         except (EOFError, OSError):
             return
-        if message is None:
-            return
+        if message is None:  # asked to exit: nothing to tear down, and the parent waits for it
+            os._exit(0)
         op, data, kwargs = message
         wanted = kwargs.pop(_METADATA, None)
         try:
