@@ -123,7 +123,11 @@ def main() -> None:
     shutil.rmtree(runs, ignore_errors=True)
     runs.mkdir()
 
-    env = dict(os.environ, SEARCHLITE_CACHE=str(work / "searchlite-cache"))
+    # as installed, both tools run from compiled bytecode (pip compiles rclip's at install; an
+    # editable searchlite writes its own on the first run below): a machine that sets
+    # PYTHONDONTWRITEBYTECODE would make searchlite compile its modules in every process
+    base = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env = dict(base, SEARCHLITE_CACHE=str(work / "searchlite-cache"))
     cli = [sys.executable, "-m", "searchlite"]
     # searchlite's one-time export of the model's towers, on the first index run of a model
     shutil.rmtree(work / "searchlite-cache", ignore_errors=True)
@@ -157,7 +161,7 @@ def main() -> None:
                 record(tool, "add_one", *timed([*cli, "index", str(extra), "--index", str(index)], env=env))
                 record(tool, "query", *timed([*cli, "query", "a photo of a cat", "--index", str(index), "-k", "10"], env=env))
             else:
-                renv = dict(os.environ, RCLIP_DATADIR=str(fresh_rclip_datadir(rclip_models, runs / f"{tool}-{r}-data")))
+                renv = dict(base, RCLIP_DATADIR=str(fresh_rclip_datadir(rclip_models, runs / f"{tool}-{r}-data")))
                 record(tool, "index", *timed([args.rclip, "-t", "10", "a photo of a cat"], cwd=folder, env=renv))
                 shutil.copy(extras[r], extra)
                 record(tool, "add_one", *timed([args.rclip, "-t", "10", "a photo of a cat"], cwd=extra, env=renv))

@@ -26,6 +26,9 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_agent_register_timeout_ms", "180000")
 os.environ.setdefault("RAY_raylet_start_wait_time_s", "180")
+# as installed, every process runs from compiled bytecode (each actor would otherwise compile
+# searchlite's modules again, on a machine that sets this)
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_index import make_photos  # noqa: E402
