@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from searchlite.ingest.scanner import RAW_SIBLING, scan
-from searchlite.storage.store import content_hash
+from searchlite.storage.hashing import content_hash
 
 
 def touch(path: Path, data: bytes = b"x") -> Path:

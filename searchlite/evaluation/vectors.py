@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from ..storage.store import Store, content_hash
+from ..storage.hashing import content_hash
+from ..storage.store import Store
 
 EmbedFiles = Callable[[list[str]], "tuple[dict[str, np.ndarray], dict[str, Any]]"]
 

@@ -28,7 +28,8 @@ from ..media.decode_worker import DecodeCancelled, DecodePool
 from ..media.embed_files import decode_options
 from ..media.metadata import HEADER_READ_BYTES, METADATA_VERSION, ImageMetadata
 from ..errors import ImageDecodeError
-from ..storage.store import FAILED, INDEXED, SKIPPED, FileRow, Store, Transaction, VectorPart, content_hash
+from ..storage.hashing import content_hash
+from ..storage.store import FAILED, INDEXED, SKIPPED, FileRow, Store, Transaction, VectorPart
 from ..storage.vector_index import VectorIndex
 from . import scanner
 from .scanner import FileInfo

@@ -31,7 +31,7 @@ from ..config import IndexSettings
 from ..errors import ClusterError, ImageDecodeError
 from ..media.embed_files import decode_options
 from ..models.image_tower import ImageTower
-from ..storage.store import content_hash
+from ..storage.hashing import content_hash
 
 if TYPE_CHECKING:
     from ..models.encoder import ImageEncoder
@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5.0  # to reach a cluster's address before giving up
 TASKS_PER_ACTOR = 2  # batches queued on each actor: one encoding, one waiting
+# images per task on a CPU actor (one core each): its throughput is flat from 8 on, and small tasks
+# keep every actor busy to the end of a run (with 32, one actor finished the last batches alone)
+CPU_ACTOR_BATCH_SIZE = 8
 START_TIMEOUT_S = 600.0  # for a first actor to start (a process, loading the model)
 START_GRACE_S = 60.0  # then for the others (those the cluster has no room for now are dropped)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -168,7 +171,10 @@ class RayEncoding:
         self._started = False
 
     def batch_size(self) -> int:
-        return self.settings.batch_size_on(self.device or "cpu")
+        device = self.device or "cpu"
+        if self.settings.batch_size or device.startswith("cuda"):
+            return self.settings.batch_size_on(device)
+        return CPU_ACTOR_BATCH_SIZE
 
     def chunks_ahead(self) -> int:
         return 1  # reading and hashing go on while the cluster encodes

@@ -11,7 +11,6 @@ Paths are stored as the exact bytes the OS gave (os.fsencode), so any file name 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -853,11 +852,6 @@ def _metadata_values(metadata: dict[str, Any] | None, version: int | None) -> di
     values = {name: metadata.get(name) for name in METADATA_COLUMNS}
     values["metadata_version"] = version
     return values
-
-
-def content_hash(data: bytes) -> str:
-    """Hash that identifies a file's content across moves, renames and copies."""
-    return hashlib.sha256(data).hexdigest()
 
 
 def _prepare(engine: Engine, path: Path, *, read_only: bool, create: bool) -> set[str]:

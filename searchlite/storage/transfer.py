@@ -12,7 +12,8 @@ import numpy as np
 
 from ..errors import InvalidInputError, file_error
 from .atomic_file import replaceable_target, write_atomic
-from .store import INDEXED, Store, content_hash
+from .hashing import content_hash
+from .store import INDEXED, Store
 from .vector_index import VectorIndex
 
 CHUNK = 1000  # rows per transaction on import
