@@ -113,20 +113,28 @@ class ImageTower:
         x /= self._std
         with self._lock:
             if self._make_faster is not None and len(batch) >= PREPACK_BATCH:
-                self._faster = Future()
-                threading.Thread(target=self._build, args=(self._make_faster,), name="searchlite-tower").start()
-                self._make_faster = None
+                self._faster, self._make_faster = _in_thread(self._make_faster), None
             if self._faster is not None and self._faster.done():
                 self._session, self._faster = self._faster.result() or self._session, None
-        (out,) = self._session.run(None, {"pixels": x})
+            session = self._session
+        (out,) = session.run(None, {"pixels": x})
         return np.ascontiguousarray(out, dtype=np.float32)
 
-    def _build(self, make: Callable[[], Any]) -> None:
+
+def _in_thread(make: Callable[[], Any]) -> Future[Any]:
+    """make() run in a thread of its own: its result, or None if it failed (then the session in
+    use stays)."""
+    future: Future[Any] = Future()
+
+    def build() -> None:
         try:
-            self._faster.set_result(make())
-        except Exception as e:  # noqa: BLE001 - the first session stays in use
-            log.debug("the faster session of the image tower failed to build: %s", _first_line(e))
-            self._faster.set_result(None)
+            future.set_result(make())
+        except Exception as e:  # noqa: BLE001
+            log.debug("the prepacked session of the image tower failed to build: %s", _first_line(e))
+            future.set_result(None)
+
+    threading.Thread(target=build, name="searchlite-tower").start()
+    return future
 
 
 def export_image_tower(encoder: ClipEncoder, folder: Path, model_key: str) -> ImageTower | None:

@@ -2,8 +2,8 @@
 
 - exact: the same bytes (content hash).
 - near: the same picture re-encoded, resized, slightly cropped, rotated or converted: CLIP vectors
-  at cosine >= NEAR_COSINE, confirmed by perceptual hashes (the DCT pHash of imagehash's phash, of the picture as
-  shown) at most PHASH_MAX_DISTANCE bits apart, so that two photos of one scene, whose CLIP vectors
+  at cosine >= NEAR_COSINE, confirmed by perceptual hashes (imagehash's DCT pHash of the picture as
+  shown, media/metadata.py) at most PHASH_MAX_DISTANCE bits apart, so that two photos of one scene, whose CLIP vectors
   are as close, are not called duplicates.
 - similar: vectors at cosine >= SIMILAR_COSINE (burst shots, the same scene), no pixel check.
 
