@@ -26,8 +26,8 @@ def read_only_mount(tmp_path: Path):
     """mount(src) -> a read-only view of the folder src; unmounted afterwards."""
     mounted: list[Path] = []
 
-    def mount(src: Path) -> Path:
-        target = tmp_path / f"ro{len(mounted)}"
+    def mount(src: Path, name: str = "ro") -> Path:
+        target = tmp_path / f"{name}{len(mounted)}"
         target.mkdir()
         bind = subprocess.run(["mount", "--bind", str(src), str(target)], capture_output=True, text=True)
         if bind.returncode:
@@ -98,3 +98,16 @@ def test_an_old_schema_on_read_only_media_still_answers(tiny_model, tmp_path: Pa
     assert info.exit_code == 0 and re.search(r"^images: +6$", info.stdout, re.M)
     with sqlite3.connect(f"file:{ro / DB_FILENAME}?mode=ro&immutable=1", uri=True) as conn:
         assert conn.execute("SELECT value FROM index_info WHERE key = 'schema_version'").fetchone() == ("1",)
+
+
+def test_a_read_only_index_in_a_folder_of_any_name_answers(engine_factory, photos: Path, index_dir: Path, read_only_mount) -> None:
+    # SQLite is given a URI there: every byte of the folder's name is escaped, UTF-8 or not
+    import os
+
+    engine = engine_factory()
+    engine.index(photos)
+    want = run("query", "a cat", "--index", str(index_dir)).stdout
+    engine.close()
+    ro = read_only_mount(index_dir, name="read only ?#%20 \u00e9 " + os.fsdecode(b"\xff") + " ")
+    result = run("query", "a cat", "--index", str(ro))
+    assert result.exit_code == 0 and result.stdout == want

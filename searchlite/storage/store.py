@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.request import pathname2url
+from urllib.parse import quote
 
 import numpy as np
 from sqlalchemy import (
@@ -275,7 +275,7 @@ def _read_only_uri(path: Path) -> str:
     database read-only in a folder where it cannot create the -shm, but immutable=1 can (nothing
     is in a WAL then); with a -wal file immutable=1 would ignore committed rows in it, and mode=ro
     works (SQLite reads a read-only -shm)."""
-    uri = f"file:{pathname2url(str(path.absolute()))}?mode=ro"
+    uri = f"file:{quote(os.fsencode(path.absolute()))}?mode=ro"  # the name's bytes, %-escaped
     return uri if path.with_name(path.name + "-wal").exists() else uri + "&immutable=1"
 
 
