@@ -165,6 +165,8 @@ def make_db(db: Path, data: Path, n: int, d: int) -> None:
             "INSERT INTO images (id, path, size, mtime_ns, state, vector) VALUES (?, ?, 0, 0, 'indexed', ?)",
             ((start + i, f"/stand-in/{start + i}.jpg".encode(), row.tobytes()) for i, row in enumerate(rows)),
         )
+        # each file's own vector (kept in images.vector), under the FAISS id the truth uses
+        conn.executemany("INSERT INTO vectors (id, image_id, kind) VALUES (?, ?, 'image')", ((start + i, start + i) for i in range(len(rows))))
         conn.commit()
     conn.close()
 
