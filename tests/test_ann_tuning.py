@@ -262,3 +262,21 @@ def test_recent_queries_are_a_bounded_ring_and_a_damaged_file_is_ignored(tmp_pat
     unwritable = RecentQueries(tmp_path / "folder", size=5)  # not a file: saving is skipped, quietly
     unwritable.add(np.ones(4, np.float32))
     unwritable.save()
+
+
+def test_the_benchmarks_stand_in_database_holds_what_a_compressed_index_re_ranks_with(tmp_path: Path) -> None:
+    from searchlite.storage.store import Store
+    from searchlite.storage.vector_cache import StoreVectors
+
+    rows = bench.unit(np.random.default_rng(0).standard_normal((300, 8))).astype(np.float32)
+    np.save(tmp_path / "images.npy", rows)
+    bench.make_db(tmp_path / "stand-in.db", tmp_path / "images.npy", 300, 8)
+    store = Store.open(tmp_path / "stand-in.db", create=False)
+    try:
+        exact = StoreVectors(store)
+        assert len(exact) == 300
+        ids, got = exact.fetch(np.array([299, 0, 17]))
+        np.testing.assert_array_equal(got[np.argsort(ids)], rows[[0, 17, 299]])
+        assert sum(len(chunk_ids) for chunk_ids, _ in exact.chunks()) == 300
+    finally:
+        store.close()
