@@ -117,3 +117,21 @@ def test_type_filters_images_from_videos(indexed) -> None:
     assert len(engine.search("a region", k=5, type="image")) == 5
     with pytest.raises(InvalidQueryError, match="type 'movie': use one of image, video"):
         engine.search("a region", type="movie")
+
+
+def test_the_vectors_of_indexed_files_are_read_by_id(engine_factory, photos: Path, index_dir: Path) -> None:
+    # Without statistics SQLite would start from the index on images.state, which holds almost
+    # only "indexed": re-ranking 80 vectors of 2M then took 45 s (scripts/bench_ann.py)
+    import sqlite3
+
+    from searchlite.storage import store
+
+    with engine_factory() as engine:
+        engine.index(photos)
+        ids = engine._store.vector_ids()[:3]
+        found, vectors = engine._store.vectors_by_id(ids[::-1])
+        assert sorted(found.tolist()) == sorted(ids.tolist()) and vectors.shape == (3, engine.vectors.dim)
+    sql = f"SELECT v.id {store._INDEXED_VECTORS.replace(':state', '?')} AND v.id IN (?, ?) ORDER BY v.id"
+    with sqlite3.connect(index_dir / DB_FILENAME) as conn:
+        plan = " ".join(row[-1] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", (INDEXED, 1, 2)))
+    assert "ix_images_state" not in plan and "SEARCH v USING INTEGER PRIMARY KEY" in plan, plan
