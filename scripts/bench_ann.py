@@ -157,7 +157,7 @@ def make_db(db: Path, data: Path, n: int, d: int) -> None:
     """A searchlite database (its own schema, via Store) holding the vectors as indexed rows."""
     from searchlite.storage.store import Store
 
-    Store.open(db, create=True).close()
+    Store.open(db).close()
     conn = sqlite3.connect(db)
     for start in range(0, n, CHUNK):
         rows = read_rows(data, start, min(CHUNK, n - start), d)
@@ -231,7 +231,7 @@ def child(args: argparse.Namespace, paths: dict) -> dict:
         from searchlite.storage.store import Store
         from searchlite.storage.vector_cache import StoreVectors
 
-        exact = StoreVectors(Store.open(Path(paths["db"]), create=False)) if args.rerank_from == "sqlite" else source
+        exact = StoreVectors(Store.open(Path(paths["db"]))) if args.rerank_from == "sqlite" else source
         index = VectorIndex(d, use_gpu=False, exact=exact)
         chosen = index.optimize(force=True, queries=q["text_tune"], memory_budget=args.memory_budget)
         result["build_seconds"] = round(time.perf_counter() - started, 1)

@@ -152,7 +152,7 @@ class SearchEngine:
         except OSError as e:
             raise file_error(path, e, writing=True, what="index folder") from None
         try:
-            store = Store.open(db, create=create)
+            store = Store.open(db)
             try:
                 return cls(path, store, requested, device, settings, encoder_factory, model_given=model is not None)
             except BaseException:

@@ -106,7 +106,7 @@ def check_searchable(index: Path, corpus: Path) -> int:
 
 def snapshot(index: Path) -> dict[str, tuple[str, np.ndarray | None]]:
     """path -> (state, vector) of a whole index, read from SQLite."""
-    store = Store.open(index / DB_FILENAME, create=False)
+    store = Store.open(index / DB_FILENAME)
     try:
         vectors = {}
         for ids, chunk in store.iter_vectors():

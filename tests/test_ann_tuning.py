@@ -271,7 +271,7 @@ def test_the_benchmarks_stand_in_database_holds_what_a_compressed_index_re_ranks
     rows = bench.unit(np.random.default_rng(0).standard_normal((300, 8))).astype(np.float32)
     np.save(tmp_path / "images.npy", rows)
     bench.make_db(tmp_path / "stand-in.db", tmp_path / "images.npy", 300, 8)
-    store = Store.open(tmp_path / "stand-in.db", create=False)
+    store = Store.open(tmp_path / "stand-in.db")
     try:
         exact = StoreVectors(store)
         assert len(exact) == 300

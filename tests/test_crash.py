@@ -227,8 +227,6 @@ def test_a_full_database_rolls_back_the_batch_and_keeps_the_previous_index(
 ) -> None:
     import sqlite3
 
-    from sqlalchemy.exc import OperationalError
-
     import searchlite.storage.store as store
 
     engine = engine_factory()
@@ -238,7 +236,7 @@ def test_a_full_database_rolls_back_the_batch_and_keeps_the_previous_index(
         Image.open(photos / "astronaut.jpg").rotate(i * 20 + 10).save(photos / f"new {i}.jpg")
 
     def disk_full(*_args, **_kwargs):
-        raise OperationalError("INSERT", {}, sqlite3.OperationalError("database or disk is full"))
+        raise sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(store.Transaction, "put", disk_full)
     with pytest.raises(IndexWriteError, match="database or disk is full.*nothing committed before is lost"):

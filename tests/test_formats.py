@@ -333,7 +333,7 @@ def test_files_an_older_searchlite_called_not_images_are_looked_at_again_once(cl
     notes.write_text("a text file")
     assert "1 added" in cli("index", album).stderr
     # the verdicts of a searchlite that knew no HEIC (no record of the formats it knew)
-    store = Store.open(index_dir / DB_FILENAME, create=False)
+    store = Store.open(index_dir / DB_FILENAME)
     try:
         with store.transaction() as tx:
             for path in (heic, notes):

@@ -40,7 +40,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory, tiny_model):
 
 
 def rows_by_path(index: Path) -> dict[bytes, object]:
-    store = Store.open(index / DB_FILENAME, create=False)
+    store = Store.open(index / DB_FILENAME)
     try:
         return {os.fsencode(r.path): r for state in (INDEXED, FAILED, SKIPPED) for r in store.rows_in_state(state)}
     finally:
@@ -121,7 +121,7 @@ def test_bad_files_in_a_batch_never_shift_good_files_vectors(corpus, tmp_path: P
                            settings=IndexSettings(batch_size=7)) as engine:
         engine.index(clean)
         alone = {Path(h.path).name: engine.embed_images([h.path])[0] for h in engine.search("x", k=100)}
-    mixed_store = Store.open(index / DB_FILENAME, create=False)
+    mixed_store = Store.open(index / DB_FILENAME)
     try:
         for ids, vectors in mixed_store.iter_vectors():
             rows = mixed_store.fetch(ids.tolist())

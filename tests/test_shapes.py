@@ -71,7 +71,7 @@ def test_an_index_built_with_the_old_bundled_weights_is_refused(tmp_path) -> Non
     _, checkpoint = bundled_model("searchlite-shapes")
     new_sha256 = file_sha256(str(checkpoint))
     assert new_sha256 != OLD_SHA256
-    store = Store.open(tmp_path / "index" / DB_FILENAME, create=False)
+    store = Store.open(tmp_path / "index" / DB_FILENAME)
     try:  # what an index built with the old weights records
         store.set_info("model", store.get_info("model") | {"checkpoint_sha256": OLD_SHA256, "config": OLD_CONFIG})
     finally:

@@ -21,7 +21,7 @@ from searchlite.storage.store import INDEXED, Store, VectorPart
 
 def _give_parts(index_dir: Path, path: str, parts: list[VectorPart]) -> None:
     """Store extra vectors for an indexed file, as an indexing run with regions or shots would."""
-    store = Store.open(index_dir / DB_FILENAME, create=False)
+    store = Store.open(index_dir / DB_FILENAME)
     try:
         row = store.rows_under(path)[path]
         kind, _ = store.parts_for_hash(row.content_hash)
@@ -33,7 +33,7 @@ def _give_parts(index_dir: Path, path: str, parts: list[VectorPart]) -> None:
 
 
 def _faiss_matches_store(engine: SearchEngine) -> None:
-    store = Store.open(engine.index_dir / DB_FILENAME, create=False)
+    store = Store.open(engine.index_dir / DB_FILENAME)
     try:
         assert np.array_equal(np.sort(engine.vectors.ids()), store.vector_ids())
     finally:

@@ -17,13 +17,10 @@ import math
 import os
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import numpy as np
-from sqlalchemy import and_, func, or_
-
 from ..errors import InvalidInputError
-from ..storage.store import Store, images
+from ..storage.store import Store, Where, path_under
 from .places import Place, distance_km, resolve_place
 
 DEFAULT_NEAR_KM = 5.0
@@ -91,15 +88,16 @@ class Filters:
     def matching_ids(self, store: Store) -> np.ndarray:
         """Ids of the indexed images these filters keep, int64 ascending."""
         f = self.checked()
-        conditions: list[Any] = []
+        conditions: list[Where] = []
         if f.after is not None:
             conditions.append(_time_condition(parse_time(f.after), after=True))
         if f.before is not None:
             conditions.append(_time_condition(parse_time(f.before), after=False))
         if f.camera is not None:
             needle = " ".join(str(f.camera).split()).casefold()
-            make, model = func.lower(func.coalesce(images.c.make, "")), func.lower(func.coalesce(images.c.model, ""))
-            conditions.append(or_(func.instr(make, needle) > 0, func.instr(model, needle) > 0, func.instr(make + " " + model, needle) > 0))
+            make, model = "lower(coalesce(make, ''))", "lower(coalesce(model, ''))"
+            camera = f"instr({make}, ?) > 0 OR instr({model}, ?) > 0 OR instr({make} || ' ' || {model}, ?) > 0"
+            conditions.append(Where(camera, (needle,) * 3))
         circles = [parse_near(f.near)] if f.near is not None else []
         if f._resolved is not None:
             circles.append(Near(f._resolved.latitude, f._resolved.longitude, f._resolved.radius_km))
@@ -108,9 +106,7 @@ class Filters:
         pattern = None
         if f.path is not None:
             folder, pattern = _path_parts(os.fspath(f.path))
-            raw = os.fsencode(folder)
-            prefix = raw.rstrip(b"/") + b"/"
-            conditions.append(or_(images.c.path == raw, and_(images.c.path >= prefix, images.c.path < prefix[:-1] + b"0")))
+            conditions.append(path_under(folder))
         if not circles and pattern is None:
             return store.ids_where(*conditions)
         rows = store.select_where(("path", "latitude", "longitude"), *conditions)
@@ -169,29 +165,24 @@ def parse_near(value: str | tuple[float, ...] | list[float]) -> Near:
     return Near(lat, lon, km)
 
 
-def _time_condition(bound: TimeBound, *, after: bool) -> Any:
-    def compare(column: Any, value: Any) -> Any:
-        return column >= value if after else column < value
-
+def _time_condition(bound: TimeBound, *, after: bool) -> Where:
+    op = ">=" if after else "<"
     if bound.utc is None:
-        return compare(images.c.taken_at, bound.local)
+        return Where(f"taken_at {op} ?", (bound.local,))
     # an instant: compared as instants where the photo's offset is known, else by wall clock
-    return or_(
-        and_(images.c.taken_utc.is_not(None), compare(images.c.taken_utc, bound.utc)),
-        and_(images.c.taken_utc.is_(None), compare(images.c.taken_at, bound.local)),
-    )
+    return Where(f"(taken_utc IS NOT NULL AND taken_utc {op} ?) OR (taken_utc IS NULL AND taken_at {op} ?)", (bound.utc, bound.local))
 
 
-def _box(circle: Near) -> Any:
+def _box(circle: Near) -> Where:
     """A latitude/longitude box around the circle, for SQLite to narrow by (the circle is exact)."""
     dlat = circle.km / 110.574
-    conditions = [images.c.latitude.between(circle.latitude - dlat, circle.latitude + dlat), images.c.longitude.is_not(None)]
+    conditions = [Where("latitude BETWEEN ? AND ?", (circle.latitude - dlat, circle.latitude + dlat)), Where("longitude IS NOT NULL")]
     cos = math.cos(math.radians(circle.latitude))
     if cos > 1e-6:
         dlon = circle.km / (111.320 * cos)
         if circle.longitude - dlon >= -180 and circle.longitude + dlon <= 180:  # no wrap at the antimeridian
-            conditions.append(images.c.longitude.between(circle.longitude - dlon, circle.longitude + dlon))
-    return and_(*conditions)
+            conditions.append(Where("longitude BETWEEN ? AND ?", (circle.longitude - dlon, circle.longitude + dlon)))
+    return Where.all_of(*conditions)
 
 
 def _path_parts(value: str) -> tuple[str, str | None]:

@@ -1,8 +1,9 @@
 """Schema history as code: numbered migrations, applied in order when an index is opened.
 
 Each migration is plain SQL that brings a database from the schema before it to the schema after
-it; it describes history, so it never changes once released (store.py's Table definitions describe
-the current schema, and a test checks that running every migration on an empty file builds it).
+it; it describes history, so it never changes once released. Together they are the schema:
+store.py holds the SQL that reads and writes it, and a test checks that every old index they
+upgrade ends with the schema of a new one.
 To change the schema, write `m00N_what_it_does(conn)` and append it to MIGRATIONS. The number of
 migrations applied is recorded in index_info as "schema_version".
 """
