@@ -1,5 +1,5 @@
 """What identifies a file's content (apart from the store, so that processes that only read files,
-such as Ray actors, need not import SQLAlchemy)."""
+such as Ray actors, need not import it)."""
 
 from __future__ import annotations
 
