@@ -16,7 +16,6 @@ when it ran, and Store.transaction() is one BEGIN IMMEDIATE ... COMMIT.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
@@ -66,8 +65,6 @@ _INDEXED_VECTORS = "FROM vectors v CROSS JOIN images i ON i.id = v.image_id WHER
 
 # SQLite binds at most 32,766 values per statement: long id lists go in parts
 _IDS_PER_STATEMENT = 10_000
-
-_memory_names = itertools.count(1)  # Store.in_memory()'s databases, one name each
 
 
 @dataclass(frozen=True)
@@ -222,14 +219,16 @@ def _connect(database: str | Path, *, uri: bool = False, writable: bool = True) 
 
 
 class _Pool:
-    """Connections to one database, each lent to one user at a time, and made when none is free:
-    threads (the web server's) read side by side, each seeing what was committed."""
+    """Connections to one database, each lent to one user at a time and made when none is free (so
+    there are as many as users at once): threads (the web server's) read side by side, each seeing
+    what was committed."""
 
     def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
         self._connect = connect
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: a generator's cleanup may run inside it (gc)
         self._idle: list[sqlite3.Connection] = []
-        self._open: list[sqlite3.Connection] = []
+        self._lent: set[sqlite3.Connection] = set()
+        self._retired: set[sqlite3.Connection] = set()  # lent when the pool closed: closed once back
 
     @contextmanager
     def connection(self) -> Iterator[sqlite3.Connection]:
@@ -237,29 +236,60 @@ class _Pool:
             conn = self._idle.pop() if self._idle else None
         if conn is None:
             conn = self._connect()
-            with self._lock:
-                self._open.append(conn)
+        with self._lock:
+            self._lent.add(conn)
         try:
             yield conn
         finally:
+            if conn.in_transaction:  # a transaction cut short
+                conn.rollback()
             with self._lock:
-                if any(c is conn for c in self._open):  # not closed meanwhile
-                    if conn.in_transaction:  # a transaction cut short
-                        conn.rollback()
+                self._lent.discard(conn)
+                retired = conn in self._retired
+                if retired:
+                    self._retired.discard(conn)
+                else:
                     self._idle.append(conn)
+            if retired:
+                conn.close()
 
     def close(self) -> None:
+        """Close the idle connections now, and those lent out as they come back."""
         with self._lock:
-            conns, self._open, self._idle = self._open, [], []
-        for conn in conns:
+            idle, self._idle = self._idle, []
+            self._retired |= self._lent
+        for conn in idle:
             conn.close()
+
+
+class _OneConnection:
+    """One connection that users take in turn (an in-memory database lives in its connection)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._lock = threading.RLock()
+        self._depth = 0  # a thread may nest uses (a read while it iterates)
+
+    @contextmanager
+    def connection(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._depth += 1
+            try:
+                yield self._conn
+            finally:
+                self._depth -= 1
+                if not self._depth and self._conn.in_transaction:  # a transaction cut short
+                    self._conn.rollback()
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 class Store:
     """The SQLite database of one index."""
 
     def __init__(
-        self, pool: _Pool, path: Path, *, read_only: bool = False, tables: set[str] | None = None, columns: set[str] | None = None
+        self, pool: _Pool | _OneConnection, path: Path, *, read_only: bool = False, tables: set[str] | None = None, columns: set[str] | None = None
     ) -> None:
         self._pool = pool
         self.path = path
@@ -297,12 +327,13 @@ class Store:
     def in_memory(cls) -> Store:
         """A new database that lives in memory only (for work that needs no index folder, such as
         classifying files): nothing is written to disk, and it is gone once closed."""
-        # a named in-memory database: every connection of the pool opens the same one
-        uri = f"file:searchlite-{os.getpid()}-{next(_memory_names)}?mode=memory&cache=shared"
-        pool = _Pool(lambda: _connect(uri, uri=True, writable=False))
-        with pool.connection() as conn:
+        conn = _connect(":memory:", writable=False)
+        try:
             migrations.migrate(conn)
-        return cls(pool, Path(":memory:"))
+        except BaseException:
+            conn.close()
+            raise
+        return cls(_OneConnection(conn), Path(":memory:"))
 
     def close(self) -> None:
         self._pool.close()
@@ -554,6 +585,7 @@ class Store:
     def select_where(self, columns: Sequence[str], *conditions: Where) -> list[Any]:
         """Rows (named tuples of id and the named columns of `images`) of indexed rows meeting
         every condition."""
+        columns = tuple(columns)
         row_type = namedtuple("ImageRow", ("id", *columns))  # type: ignore[misc]
         where = Where.all_of(Where("state = ?", (INDEXED,)), *conditions)
         return [row_type(*r) for r in self._all(f"SELECT id, {', '.join(columns)} FROM images WHERE {where.sql}", where.params)]

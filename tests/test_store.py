@@ -1,0 +1,87 @@
+"""The store's connections: readers in other threads (the web server's) while a run writes, a store
+closed while a read is under way, and the in-memory store of an engine without an index."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from searchlite.errors import IndexWriteError
+from searchlite.storage.store import INDEXED, Store
+
+
+def _put(store: Store, names: list[str]) -> None:
+    with store.transaction() as tx:
+        for name in names:
+            tx.put(f"/photos/{name}", size=1, mtime_ns=1, content_hash=name, state=INDEXED, vector=np.ones(4, np.float32))
+
+
+def _ids_after_reopen(path: Path) -> list[int]:
+    reopened = Store.open(path)
+    try:
+        return reopened.vector_ids().tolist()
+    finally:
+        reopened.close()
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    store = Store.open(tmp_path / "index.db")
+    _put(store, ["a", "b", "c"])
+    yield store
+    store.close()
+
+
+def test_other_threads_read_what_was_committed_while_a_transaction_is_open(store: Store) -> None:
+    seen: list[int] = []
+    with store.transaction() as tx:
+        tx.put("/photos/d", size=1, mtime_ns=1, content_hash="d", state=INDEXED, vector=np.ones(4, np.float32))
+        reader = threading.Thread(target=lambda: seen.append(store.indexed_count()))
+        reader.start()
+        reader.join(timeout=10)
+    assert seen == [3]  # at once, and without the uncommitted row
+    assert store.indexed_count() == 4
+
+
+def test_a_failed_transaction_leaves_nothing_and_the_next_one_works(store: Store) -> None:
+    with pytest.raises(RuntimeError):
+        with store.transaction() as tx:
+            tx.put("/photos/d", size=1, mtime_ns=1, content_hash="d", state=INDEXED, vector=np.ones(4, np.float32))
+            raise RuntimeError("interrupted")
+    assert sorted(store.rows_under("/photos")) == ["/photos/a", "/photos/b", "/photos/c"]
+    generation = store.generation
+    _put(store, ["e"])
+    assert store.indexed_count() == 4 and store.generation == generation + 1
+
+
+def test_a_write_that_breaks_a_constraint_is_one_error_and_rolls_back(store: Store) -> None:
+    with pytest.raises(IndexWriteError, match="NOT NULL constraint failed.*nothing committed before is lost"):
+        with store.transaction() as tx:
+            tx.put("/photos/d", size=1, mtime_ns=1, content_hash="d", state=INDEXED, vector=np.ones(4, np.float32))
+            tx.put("/photos/e", size=None, mtime_ns=1, content_hash="e", state=INDEXED)  # type: ignore[arg-type]
+    assert store.indexed_count() == 3
+
+
+def test_a_read_under_way_finishes_when_the_store_closes(store: Store) -> None:
+    chunks = store.iter_faiss_vectors(chunk=1)
+    first_ids, _ = next(chunks)
+    store.close()
+    rest = [int(i) for ids, _ in chunks for i in ids]
+    assert sorted([int(first_ids[0]), *rest]) == _ids_after_reopen(store.path)
+
+
+def test_the_in_memory_store_writes_while_a_read_is_under_way() -> None:
+    store = Store.in_memory()
+    try:
+        _put(store, ["a", "b", "c"])
+        chunks = store.iter_vectors(chunk=1)
+        next(chunks)
+        _put(store, ["d"])
+        assert sum(len(ids) for ids, _ in chunks) >= 2
+        store.cache_weights("zero-shot", np.ones(3, np.float32))
+        assert store.cached_weights("zero-shot").tolist() == [1, 1, 1] and store.indexed_count() == 4
+    finally:
+        store.close()
