@@ -99,12 +99,19 @@ def test_the_tower_matches_open_clip_on_odd_pictures(engine_factory, tmp_path) -
     inputs = [loaded.preprocess(p) for p in pictures]
     first = loaded._session
     np.testing.assert_allclose(loaded.encode_images(inputs[:1]), got[:1], atol=1e-5)
-    assert loaded._faster is None  # one image: not worth building them
+    assert loaded._faster is None  # a few images: not worth building them
     batch = inputs * (image_tower.PREPACK_BATCH // len(inputs) + 1)
     np.testing.assert_allclose(loaded.encode_images(batch)[: len(inputs)], got, atol=1e-5)
     loaded._faster.result(timeout=60)
     np.testing.assert_allclose(loaded.encode_images(inputs), got, atol=1e-5)
     assert loaded._session is not first and loaded._faster is None
+    # as many images preprocessed one by one (an index run decoding its first batch) bring them too
+    again = image_tower.ImageTower.load(tmp_path / "export", engine.model_key())
+    for picture in pictures + pictures[: image_tower.PREPACK_BATCH - len(pictures)]:
+        again.preprocess(picture)
+    again._faster.result(timeout=60)
+    np.testing.assert_allclose(again.encode_images(inputs), got, atol=1e-5)
+    assert again._faster is None
 
 
 @pytest.mark.parametrize("damage", ["truncated weights", "truncated graph", "another model's"])

@@ -41,7 +41,7 @@ FORMAT = "searchlite-image-tower-1"
 MIN_COSINE = 0.9999  # against the torch tower on CHECK_SIZES pictures, before an export is kept
 # (width, height) of the test pictures: landscape, portrait, a strip, one smaller than the input
 CHECK_SIZES = ((320, 240), (180, 300), (700, 90), (40, 50))
-PREPACK_BATCH = 8  # a batch this large means a run worth onnxruntime's prepacked weights
+PREPACK_BATCH = 8  # this many images mean a run worth onnxruntime's prepacked weights
 
 
 class ImageTower:
@@ -57,11 +57,13 @@ class ImageTower:
     resizes_shortest_bicubic = True
 
     def __init__(self, session: Any, meta: dict[str, Any], faster: Callable[[], Any] | None = None) -> None:
-        """faster: builds a session that encodes faster than `session`, worth building once a
-        batch of PREPACK_BATCH images comes (in a thread; `session` serves until it is ready)."""
+        """faster: builds a session that encodes faster than `session`, worth building once
+        PREPACK_BATCH images are preprocessed or come in one batch (in a thread; `session` serves
+        until it is ready)."""
         self._session = session
         self._make_faster = faster
         self._faster: Future[Any] | None = None
+        self._preprocessed = 0
         self._lock = threading.Lock()
         self.image_size: int = int(meta["image_size"])
         self.embed_dim: int = int(meta["embed_dim"])
@@ -94,6 +96,10 @@ class ImageTower:
         """RGB PIL image -> (3, S, S) uint8: torchvision's Resize(S, BICUBIC) and CenterCrop(S) as
         open_clip composes them, pixel for pixel; the scaling to [0, 1] and Normalize wait for
         encode_images, which does them for a whole batch. Thread-safe."""
+        with self._lock:
+            self._preprocessed += 1
+            # a run of many images: build the faster session while the first batch decodes
+            self._build_faster(self._preprocessed)
         size = self.image_size
         if image.mode != "RGB":
             image = image.convert("RGB")
@@ -112,13 +118,17 @@ class ImageTower:
         x -= self._mean
         x /= self._std
         with self._lock:
-            if self._make_faster is not None and len(batch) >= PREPACK_BATCH:
-                self._faster, self._make_faster = _in_thread(self._make_faster), None
+            self._build_faster(len(batch))
             if self._faster is not None and self._faster.done():
                 self._session, self._faster = self._faster.result() or self._session, None
             session = self._session
         (out,) = session.run(None, {"pixels": x})
         return np.ascontiguousarray(out, dtype=np.float32)
+
+    def _build_faster(self, images: int) -> None:
+        """Start building the faster session when images make it worth it (under self._lock)."""
+        if self._make_faster is not None and images >= PREPACK_BATCH:
+            self._faster, self._make_faster = _in_thread(self._make_faster), None
 
 
 def _in_thread(make: Callable[[], Any]) -> Future[Any]:
