@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+
 from ..errors import InvalidInputError
 from ..storage.store import Store, Where, path_under
 from .places import Place, distance_km, resolve_place
