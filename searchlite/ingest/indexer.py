@@ -176,11 +176,12 @@ class LocalEncoding:
 
     def chunks_ahead(self) -> int:
         """Batches decoded while the model encodes one. On a GPU, one: the CPU is free to decode.
-        On a CPU, none: torch's threads already fill every core, and a decoder taking one of them
-        stalls the others at each step's barrier (on two cores the model lost a quarter of its
-        speed to decoders using a tenth of the CPU); decoding a batch on all cores, then encoding
-        it, is faster."""
-        return 1 if (self.device or "cpu").startswith("cuda") else 0
+        On a CPU, one when the decoders run in the background, else none: the model's threads fill
+        every core, and a decoder taking one of them stalls the others at each step's barrier (on
+        two cores the model lost a quarter of its speed to decoders using a tenth of the CPU);
+        background decoders only take the cycles the model leaves idle (160 camera JPEGs: 7%
+        faster end to end)."""
+        return 1 if (self.device or "cpu").startswith("cuda") or self.decoders.background else 0
 
     def batches_in_flight(self) -> int:
         return 0  # encoded when submitted
@@ -423,7 +424,9 @@ class _Run:
     def process(self, work: list[FileInfo], progress: ProgressFn | None) -> None:
         settings = self.ix.settings
         # this machine's decoders: the stage's, when it decodes here, and for the headers of known content
-        decoders = self.decoders = DecodePool(settings.workers, settings.decode_timeout_s, settings.decoder_memory_limit)
+        # a run of several batches decodes the next while the model encodes one (see chunks_ahead)
+        background = len(work) > settings.batch_size_on("cpu")
+        decoders = self.decoders = DecodePool(settings.workers, settings.decode_timeout_s, settings.decoder_memory_limit, background=background)
         stage = self.stage = self.ix.make_stage(decoders)
         self.local = stage if stage.videos else LocalEncoding(self.ix.get_encoder, settings, decoders, start=False)
         pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="searchlite-decode")

@@ -28,12 +28,16 @@ from .metadata import ImageMetadata
 # kwargs key of a request that also (WITH) or only (ONLY) wants the header metadata
 _METADATA = "_metadata"
 _WITH, _ONLY = "with", "only"
+_BACKGROUND = "_background"  # a request to decode on cycles nothing else wants
 from .video import Frames
 
 log = logging.getLogger(__name__)
 
 # a crash may be bad luck (the OOM killer picked the child); a second one is the file's doing
 CRASH_ATTEMPTS = 2
+# A background child that has not answered within this many seconds is starved by other work on
+# the machine: the request is decoded again by a foreground child, as are the run's later ones.
+BACKGROUND_PATIENCE_S = 5.0
 
 
 class DecodeCancelled(Exception):
@@ -62,6 +66,7 @@ def serve(fd: int, memory_limit: int) -> None:
     if memory_limit > 0:
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
     Image.MAX_IMAGE_PIXELS = None  # decode_rgb's own max_pixels check applies instead
+    background = False
     while True:
         try:
             message = conn.recv()
@@ -71,6 +76,9 @@ def serve(fd: int, memory_limit: int) -> None:
             os._exit(0)
         op, data, kwargs = message
         wanted = kwargs.pop(_METADATA, None)
+        if kwargs.pop(_BACKGROUND, False) and not background:
+            background = True
+            _to_background()
         try:
             if op == "video":
                 from .video import sample_frames
@@ -101,6 +109,18 @@ def serve(fd: int, memory_limit: int) -> None:
             return
 
 
+def _to_background() -> None:
+    """Run only on cycles nothing else on the machine wants (Linux's SCHED_IDLE; elsewhere the
+    lowest priority). There is no way back without privileges: the parent starts a new child."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        try:
+            os.nice(19)
+        except OSError:
+            pass
+
+
 def _header(data: bytes, read: Any) -> ImageMetadata:
     """The header metadata of data; a file Pillow cannot open gets a reason."""
     try:
@@ -112,12 +132,16 @@ def _header(data: bytes, read: Any) -> ImageMetadata:
 class DecodeWorker:
     """One child process, started on first use and replaced when it dies."""
 
-    def __init__(self, time_limit: float, memory_limit: int | None) -> None:
+    def __init__(self, time_limit: float, memory_limit: int | None, *, background: bool = False) -> None:
+        """background: decode on cycles nothing else wants (see DecodePool), until the child is
+        starved (BACKGROUND_PATIENCE_S); then in the foreground."""
         self.time_limit = time_limit
         self.memory_limit = memory_limit
+        self.background = background
         self._process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._asked = False  # to exit, by ask_to_exit
+        self._in_background = False  # whether the child has gone to the background
         self.closed = False
 
     def decode(self, data: bytes, **kwargs: Any) -> Decoded:
@@ -152,10 +176,19 @@ class DecodeWorker:
     def _call(self, op: str, data: bytes, kwargs: dict[str, Any], time_limit: float) -> tuple[Any, ...]:
         """One request to the child; its reply, or ImageDecodeError with the reason."""
         reason = ""
-        for _ in range(CRASH_ATTEMPTS):
+        attempts = 0
+        while attempts < CRASH_ATTEMPTS:
+            if self._in_background and not self.background:
+                self.kill()  # a child cannot come back from the background: a new one
             conn = self._ensure_started()
+            background = self.background and op == "image"  # videos take long, starved or not
             try:
-                conn.send((op, data, kwargs))
+                conn.send((op, data, {**kwargs, _BACKGROUND: True} if background else kwargs))
+                self._in_background |= background
+                if background and not conn.poll(min(time_limit, BACKGROUND_PATIENCE_S)):
+                    log.info("decoding in the foreground: other work on this machine leaves the background decoders no time")
+                    self.background = False
+                    continue  # the same request, in a new foreground child
                 if not conn.poll(time_limit):
                     self.kill()
                     raise ImageDecodeError(f"decoding took longer than {time_limit:g}s; the file was skipped")
@@ -166,6 +199,7 @@ class DecodeWorker:
                 code = self._exit_code()
                 self.kill()
                 reason = f"the image decoder crashed on this file (exit code {code})"
+                attempts += 1
                 continue
             if reply[0] == "error":
                 raise ImageDecodeError(reply[1], setting=reply[2] if len(reply) > 2 else None)
@@ -212,6 +246,7 @@ class DecodeWorker:
         if self._conn is not None:
             self._conn.close()
         self._process = self._conn = None
+        self._in_background = False
 
     def ask_to_exit(self) -> None:
         """Tell the child to exit when it is done (close() then waits for it)."""
@@ -236,8 +271,12 @@ class DecodeWorker:
 class DecodePool:
     """A fixed set of DecodeWorkers shared by the indexing threads."""
 
-    def __init__(self, size: int, time_limit: float, memory_limit: int | None) -> None:
-        self._workers = [DecodeWorker(time_limit, memory_limit) for _ in range(size)]
+    def __init__(self, size: int, time_limit: float, memory_limit: int | None, *, background: bool = False) -> None:
+        """background: the children decode on cycles nothing else wants (Linux's SCHED_IDLE), so
+        that they can work ahead while a model encodes on the same cores without slowing it; a
+        child starved by other work hands its file to a new foreground child."""
+        self.background = background
+        self._workers = [DecodeWorker(time_limit, memory_limit, background=background) for _ in range(size)]
         self._free: queue.Queue[DecodeWorker] = queue.Queue()
         for worker in self._workers:
             self._free.put(worker)

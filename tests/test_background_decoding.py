@@ -1,0 +1,78 @@
+"""Decoding ahead in the background: on a CPU, a run of several batches decodes the next batch while
+the model encodes one, with decoder processes that only take the cycles nothing else wants; a
+decoder starved by other work hands its file to a foreground one."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import searchlite.media.decode_worker as decode_worker
+from searchlite.config import IndexSettings
+from searchlite.media.decode_worker import DecodePool
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "SCHED_IDLE") or not os.path.isdir("/proc/self"), reason="needs Linux's SCHED_IDLE and /proc")
+
+
+def _policies() -> list[int]:
+    """Scheduling policies of this process's decoder children."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() and b"searchlite.media.decode_worker" in cmdline:
+            found.append(os.sched_getscheduler(int(entry)))
+    return found
+
+
+def _jpeg(size: tuple[int, int]) -> bytes:
+    rng = np.random.default_rng(3)
+    out = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def test_background_decoders_give_the_same_pixels_on_idle_cycles() -> None:
+    data = _jpeg((640, 480))
+    foreground, background = DecodePool(1, 30, None), DecodePool(1, 30, None, background=True)
+    try:
+        want = foreground.decode(data, min_side=64)
+        got = background.decode(data, min_side=64)
+        assert got.image.tobytes() == want.image.tobytes() and (got.width, got.height) == (640, 480)
+        assert sorted(_policies()) == sorted([os.SCHED_OTHER, os.SCHED_IDLE])
+    finally:
+        foreground.close()
+        background.close()
+
+
+def test_a_starved_background_decoder_hands_the_file_to_a_foreground_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(decode_worker, "BACKGROUND_PATIENCE_S", 0.0)  # as if other work took every cycle
+    data = _jpeg((2400, 1800))
+    pool = DecodePool(1, 30, None, background=True)
+    try:
+        decoded = pool.decode(data)
+        assert (decoded.width, decoded.height) == (2400, 1800)
+        assert _policies() == [os.SCHED_OTHER]  # one child, in the foreground, for the rest of the run
+        assert pool.decode(data).image.tobytes() == decoded.image.tobytes()
+    finally:
+        pool.close()
+
+
+def test_a_run_of_several_batches_decoded_ahead_equals_one_batch(engine_factory, photos: Path, tmp_path: Path) -> None:
+    ahead = engine_factory(settings=IndexSettings(batch_size=3))
+    report = ahead.index(photos)
+    whole = engine_factory(index=tmp_path / "whole", settings=IndexSettings(batch_size=64))
+    whole.index(photos)
+    assert report.added == 10 and report.failed == 0
+    for query in ("a cat", "coffee", "a rocket"):
+        got, want = ahead.search(query, k=10), whole.search(query, k=10)
+        assert [h.path for h in got] == [h.path for h in want]
+        assert [h.score for h in got] == pytest.approx([h.score for h in want], abs=1e-5)
