@@ -157,13 +157,13 @@ def main() -> None:
             if tool == "searchlite":
                 index = runs / f"{tool}-{r}-index"
                 record(tool, "index", *timed([*cli, "index", str(folder), "--index", str(index)], env=env))
-                shutil.copy(extras[r], extra)
+                shutil.copy(extras[r % len(extras)], extra)
                 record(tool, "add_one", *timed([*cli, "index", str(extra), "--index", str(index)], env=env))
                 record(tool, "query", *timed([*cli, "query", "a photo of a cat", "--index", str(index), "-k", "10"], env=env))
             else:
                 renv = dict(base, RCLIP_DATADIR=str(fresh_rclip_datadir(rclip_models, runs / f"{tool}-{r}-data")))
                 record(tool, "index", *timed([args.rclip, "-t", "10", "a photo of a cat"], cwd=folder, env=renv))
-                shutil.copy(extras[r], extra)
+                shutil.copy(extras[r % len(extras)], extra)
                 record(tool, "add_one", *timed([args.rclip, "-t", "10", "a photo of a cat"], cwd=extra, env=renv))
                 record(tool, "query", *timed([args.rclip, "-n", "-t", "10", "a photo of a cat"], cwd=folder, env=renv))
 

@@ -179,7 +179,7 @@ class LocalEncoding:
         On a CPU, one when the decoders run in the background, else none: the model's threads fill
         every core, and a decoder taking one of them stalls the others at each step's barrier (on
         two cores the model lost a quarter of its speed to decoders using a tenth of the CPU);
-        background decoders only take the cycles the model leaves idle (160 camera JPEGs: 7%
+        background decoders only take the cycles the model leaves idle (160 camera JPEGs: 8%
         faster end to end)."""
         return 1 if (self.device or "cpu").startswith("cuda") or self.decoders.background else 0
 
@@ -190,6 +190,8 @@ class LocalEncoding:
         """Decode (in a child process) and preprocess; raises only when the model cannot be loaded."""
         encoder = self.get_encoder()  # the model loads on first need; its errors stop the run
         self.device = encoder.device
+        if self.device.startswith("cuda"):  # the CPU is the GPU's feeder: decoders in the foreground
+            self.decoders.to_foreground()
         settings = self.settings
         try:
             if p.kind == "video":

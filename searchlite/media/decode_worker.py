@@ -16,6 +16,7 @@ import queue
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
@@ -35,9 +36,11 @@ log = logging.getLogger(__name__)
 
 # a crash may be bad luck (the OOM killer picked the child); a second one is the file's doing
 CRASH_ATTEMPTS = 2
-# A background child that has not answered within this many seconds is starved by other work on
-# the machine: the request is decoded again by a foreground child, as are the run's later ones.
+# A background child that used less than STARVED_SHARE of a core over BACKGROUND_PATIENCE_S
+# without answering is starved by other work on the machine: its request is decoded again by a
+# foreground child, and the pool's later ones too.
 BACKGROUND_PATIENCE_S = 5.0
+STARVED_SHARE = 0.05
 
 
 class DecodeCancelled(Exception):
@@ -129,15 +132,32 @@ def _header(data: bytes, read: Any) -> ImageMetadata:
         raise ImageDecodeError(f"cannot read the image header: {e}") from None
 
 
+def _cpu_seconds(pid: int) -> float | None:
+    """The CPU time a process has used (from Linux's /proc); None where it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class _Mode:
+    """Whether decoders work in the background: shared by a pool's workers, so that one starved
+    child brings them all to the foreground."""
+
+    def __init__(self, background: bool) -> None:
+        self.background = background
+
+
 class DecodeWorker:
     """One child process, started on first use and replaced when it dies."""
 
-    def __init__(self, time_limit: float, memory_limit: int | None, *, background: bool = False) -> None:
-        """background: decode on cycles nothing else wants (see DecodePool), until the child is
-        starved (BACKGROUND_PATIENCE_S); then in the foreground."""
+    def __init__(self, time_limit: float, memory_limit: int | None, mode: _Mode | None = None) -> None:
+        """mode: whether to decode in the background (see DecodePool); foreground when None."""
         self.time_limit = time_limit
         self.memory_limit = memory_limit
-        self.background = background
+        self._mode = mode or _Mode(False)
         self._process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._asked = False  # to exit, by ask_to_exit
@@ -178,18 +198,19 @@ class DecodeWorker:
         reason = ""
         attempts = 0
         while attempts < CRASH_ATTEMPTS:
-            if self._in_background and not self.background:
+            background = self._mode.background and op == "image"  # videos take long, starved or not
+            if self._in_background and not background:
                 self.kill()  # a child cannot come back from the background: a new one
             conn = self._ensure_started()
-            background = self.background and op == "image"  # videos take long, starved or not
             try:
                 conn.send((op, data, {**kwargs, _BACKGROUND: True} if background else kwargs))
                 self._in_background |= background
-                if background and not conn.poll(min(time_limit, BACKGROUND_PATIENCE_S)):
+                answered = self._wait(conn, time_limit, background)
+                if answered is None:
                     log.info("decoding in the foreground: other work on this machine leaves the background decoders no time")
-                    self.background = False
+                    self._mode.background = False
                     continue  # the same request, in a new foreground child
-                if not conn.poll(time_limit):
+                if not answered:
                     self.kill()
                     raise ImageDecodeError(f"decoding took longer than {time_limit:g}s; the file was skipped")
                 reply = conn.recv()
@@ -205,6 +226,23 @@ class DecodeWorker:
                 raise ImageDecodeError(reply[1], setting=reply[2] if len(reply) > 2 else None)
             return reply
         raise ImageDecodeError(f"{reason}, {CRASH_ATTEMPTS} times")
+
+    def _wait(self, conn: Connection, time_limit: float, background: bool) -> bool | None:
+        """Whether the child answered within time_limit. A background child gives None instead
+        when it is starved (see STARVED_SHARE) or out of time: only a foreground child's time-out
+        is a verdict on the file."""
+        if not background:
+            return conn.poll(time_limit)
+        assert self._process is not None
+        deadline = time.monotonic() + time_limit
+        while (left := deadline - time.monotonic()) > 0:
+            before = _cpu_seconds(self._process.pid)
+            if conn.poll(min(left, BACKGROUND_PATIENCE_S)):
+                return True
+            after = _cpu_seconds(self._process.pid)
+            if before is None or after is None or after - before < STARVED_SHARE * BACKGROUND_PATIENCE_S:
+                return None
+        return None
 
     def start(self) -> None:
         """Start the child if it is not running."""
@@ -224,6 +262,9 @@ class DecodeWorker:
             theirs.close()
             self._conn = Connection(ours.detach())
             self._asked = False
+            if self.closed:  # cancel() ran while the child started
+                self.kill()
+                raise DecodeCancelled()
         return self._conn
 
     def _exit_code(self) -> int | None:
@@ -275,11 +316,20 @@ class DecodePool:
         """background: the children decode on cycles nothing else wants (Linux's SCHED_IDLE), so
         that they can work ahead while a model encodes on the same cores without slowing it; a
         child starved by other work hands its file to a new foreground child."""
-        self.background = background
-        self._workers = [DecodeWorker(time_limit, memory_limit, background=background) for _ in range(size)]
+        self._mode = _Mode(background)
+        self._workers = [DecodeWorker(time_limit, memory_limit, self._mode) for _ in range(size)]
         self._free: queue.Queue[DecodeWorker] = queue.Queue()
         for worker in self._workers:
             self._free.put(worker)
+
+    @property
+    def background(self) -> bool:
+        """Whether the children decode in the background (until one of them was starved)."""
+        return self._mode.background
+
+    def to_foreground(self) -> None:
+        """Decode in the foreground from now on (children in the background are replaced)."""
+        self._mode.background = False
 
     def start(self) -> None:
         """Start every child now (they are otherwise started on first use), so that their start-up
