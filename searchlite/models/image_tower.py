@@ -2,7 +2,7 @@
 preprocessing redone in Pillow and numpy.
 
 Importing torch and open_clip costs about 4 s, which `searchlite index` paid even to add one photo,
-and on this machine's CPUs onnxruntime runs the ViT image tower about 10% faster than torch. So the
+and on this machine's CPUs onnxruntime runs the ViT image tower as fast as torch (0.96-1.10x). So the
 first time a model encodes images on a CPU, its image tower is exported (export_image_tower), checked
 against the torch model on test pictures (cosine >= MIN_COSINE, through each side's own
 preprocessing) and kept in the user's cache (models/cache.py); later runs load it from there without
