@@ -4,6 +4,7 @@ scikit-image, and an environment that can never reach the network or a user's ca
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -108,3 +109,18 @@ def engine_factory(tiny_model: tuple[Path, Path], index_dir: Path):
     yield make
     for engine in opened:
         engine.close()
+
+
+def decoder_processes() -> list[int]:
+    """Pids of this process's children that run searchlite's image decoder (reads Linux's /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == os.getpid() and b"searchlite.media.decode_worker" in cmdline:
+            found.append(int(entry))
+    return found

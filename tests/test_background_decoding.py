@@ -15,22 +15,14 @@ from PIL import Image
 import searchlite.media.decode_worker as decode_worker
 from searchlite.config import IndexSettings
 from searchlite.media.decode_worker import DecodePool
+from tests.conftest import decoder_processes
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "SCHED_IDLE") or not os.path.isdir("/proc/self"), reason="needs Linux's SCHED_IDLE and /proc")
 
 
 def _policies() -> list[int]:
     """Scheduling policies of this process's decoder children."""
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except (OSError, ValueError):
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() and b"searchlite.media.decode_worker" in cmdline:
-            found.append(os.sched_getscheduler(int(entry)))
-    return found
+    return [os.sched_getscheduler(pid) for pid in decoder_processes()]
 
 
 def _jpeg(size: tuple[int, int]) -> bytes:

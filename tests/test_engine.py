@@ -24,6 +24,7 @@ from searchlite import (
 from searchlite.config import DB_FILENAME, FAISS_FILENAME, LOCK_FILENAME
 from searchlite.storage.writelock import writer_lock
 from tests import kill_loop
+from tests.conftest import decoder_processes
 
 
 def stored_vectors(index_dir: Path) -> dict[str, np.ndarray]:
@@ -668,30 +669,15 @@ def test_batches_are_decoded_in_order_and_ahead_only_when_asked(ahead: int) -> N
     assert chunks == [[0, 10, 20], [30, 40, 50], [60, 70, 80], [90]]
 
 
-def _decoder_processes() -> list[int]:
-    """Pids of this process's children that run searchlite's image decoder."""
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except (OSError, ValueError):
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == os.getpid() and b"searchlite.media.decode_worker" in cmdline:
-            found.append(int(entry))
-    return found
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
 def test_index_runs_and_image_queries_leave_no_decoder_processes_behind(engine_factory, photos: Path) -> None:
     engine = engine_factory()
     engine.index(photos)
-    assert _decoder_processes() == []
+    assert decoder_processes() == []
     engine.search(image=photos / "astronaut.jpg")
-    assert len(_decoder_processes()) <= engine.settings.workers  # kept for the next query image
+    assert len(decoder_processes()) <= engine.settings.workers  # kept for the next query image
     engine.close()
-    assert _decoder_processes() == []
+    assert decoder_processes() == []
 
 
 def test_embed_text_takes_a_string_as_one_text_and_embed_images_names_the_bad_file(engine_factory, photos: Path, tmp_path: Path) -> None:
