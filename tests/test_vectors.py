@@ -131,7 +131,7 @@ def test_the_vectors_of_indexed_files_are_read_by_id(engine_factory, photos: Pat
         ids = engine._store.vector_ids()[:3]
         found, vectors = engine._store.vectors_by_id(ids[::-1])
         assert sorted(found.tolist()) == sorted(ids.tolist()) and vectors.shape == (3, engine.vectors.dim)
-    indexed_vectors = store._INDEXED_VECTORS.replace(":state", "?")
+    indexed_vectors = store._INDEXED_VECTORS
     with sqlite3.connect(index_dir / DB_FILENAME) as conn:
         for sql, args in ((f"SELECT v.id {indexed_vectors} AND v.id IN ({','.join('?' * 80)})", range(80)),  # a shortlist
                           (f"SELECT v.id {indexed_vectors} ORDER BY v.id", ())):  # a rebuild's stream

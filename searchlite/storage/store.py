@@ -40,7 +40,6 @@ from ..errors import (
 )
 from . import migrations
 from .writelock import read_only_error
-from .migrations import SCHEMA_VERSION  # noqa: F401 - the version this code writes
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +80,9 @@ class Where:
     @staticmethod
     def any_of(*conditions: Where) -> Where:
         return Where(" OR ".join(f"({c.sql})" for c in conditions) or "0", tuple(p for c in conditions for p in c.params))
+
+
+_INDEXED_ROW = Where("state = ?", (INDEXED,))
 
 
 def path_under(folder: str) -> Where:
@@ -579,7 +581,7 @@ class Store:
 
     def ids_where(self, *conditions: Where) -> np.ndarray:
         """Ids of indexed rows meeting every condition, int64, ascending."""
-        where = Where.all_of(Where("state = ?", (INDEXED,)), *conditions)
+        where = Where.all_of(_INDEXED_ROW, *conditions)
         return self._ids(f"SELECT id FROM images WHERE {where.sql} ORDER BY id", where.params)
 
     def select_where(self, columns: Sequence[str], *conditions: Where) -> list[Any]:
@@ -587,7 +589,7 @@ class Store:
         every condition."""
         columns = tuple(columns)
         row_type = namedtuple("ImageRow", ("id", *columns))  # type: ignore[misc]
-        where = Where.all_of(Where("state = ?", (INDEXED,)), *conditions)
+        where = Where.all_of(_INDEXED_ROW, *conditions)
         return [row_type(*r) for r in self._all(f"SELECT id, {', '.join(columns)} FROM images WHERE {where.sql}", where.params)]
 
     def metadata_of(self, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
