@@ -115,3 +115,22 @@ def test_the_perceptual_hash_is_imagehashs_phash(library: Path) -> None:
     pictures += [Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)) for h, w in rng.integers(8, 500, (50, 2))]
     pictures += [pictures[0].convert("L"), pictures[0].convert("RGBA").resize((31, 700))]
     assert [perceptual_hash(p) for p in pictures] == [str(imagehash.phash(p)) for p in pictures]
+
+
+def test_an_exact_copy_indexed_later_has_the_size_of_its_content(engine_factory, library: Path, index_dir: Path) -> None:
+    # a copy of content already indexed reuses its vector; it used to be stored without a size, so
+    # the keeper rule called the original "largest picture (512x512)"
+    later = library.parent / "astronaut copy.jpg"
+    shutil.move(library / "astronaut copy.jpg", later)
+    engine = engine_factory()
+    engine.index(library)
+    shutil.move(later, library / "astronaut copy.jpg")
+    assert engine.index(library).reused == 1
+    [exact] = engine.duplicates("exact")
+    assert {(Path(f.path).name, f.width, f.height) for f in exact.files} == {("astronaut.jpg", 512, 512), ("astronaut copy.jpg", 512, 512)}
+    assert exact.reason == "as large and as early as any, and the shortest path"
+    result = runner.invoke(app, ["duplicates", "--index", str(index_dir), "--tier", "exact"])
+    assert result.exit_code == 0, result.output
+    assert [line.split("\t")[:2] for line in result.stdout.splitlines()[1:]] == [["keep", "512x512"], ["    ", "512x512"]]
+    files = engine.files(f.id for f in exact.files).values()
+    assert len({(f.width, f.height, f.taken_at) for f in files}) == 1  # and its header's metadata

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import os
 import sqlite3
 from pathlib import Path
 
@@ -65,12 +66,35 @@ def test_each_migration_builds_on_the_schema_before_it(tmp_path: Path) -> None:
     assert migrations.migrate(conn, upto=4) == (3, 4)
     assert conn.execute("SELECT path, taken_at, make, phash, metadata_version FROM images").fetchall() == [(b"/a", None, None, None, None)]
     conn.execute("INSERT INTO images (path, size, mtime_ns, state) VALUES (x'2f62', 1, 2, 'failed')")
-    assert migrations.migrate(conn) == (4, 5)
+    assert migrations.migrate(conn, upto=5) == (4, 5)
     # the indexed file's own vector keeps its FAISS id; new vectors come after every file id
     assert conn.execute("SELECT id, image_id, kind, vector FROM vectors").fetchall() == [(1, 1, "image", None)]
     conn.execute("INSERT INTO vectors (image_id, kind) VALUES (1, 'region')")
     assert conn.execute("SELECT MAX(id) FROM vectors").fetchone() == (3,)
-    assert migrations.migrate(conn) == (5, 5)  # nothing left to do
+    assert migrations.migrate(conn) == (5, migrations.SCHEMA_VERSION)
+    assert migrations.migrate(conn) == (migrations.SCHEMA_VERSION,) * 2  # nothing left to do
+    conn.close()
+
+
+def test_m006_gives_exact_copies_the_size_and_hash_of_their_content(tmp_path: Path) -> None:
+    # schema 5 stored a copy indexed after its content (a reused vector) without width, height or phash
+    conn = sqlite3.connect(tmp_path / "db", isolation_level=None)
+    migrations.migrate(conn, upto=5)
+    rows = [
+        (b"/photo.jpg", "h1", 512, 384, "ab12", "indexed"),
+        (b"/photo copy.jpg", "h1", None, None, None, "indexed"),
+        (b"/clip.mp4", "h2", 640, 480, None, "indexed"),
+        (b"/clip copy.mp4", "h2", None, None, None, "indexed"),
+        (b"/lonely.jpg", "h3", None, None, None, "indexed"),  # no sized row shares its content
+        (b"/broken.jpg", "h1", None, None, None, "failed"),
+    ]
+    conn.executemany("INSERT INTO images (path, size, mtime_ns, content_hash, width, height, phash, state) VALUES (?, 1, 2, ?, ?, ?, ?, ?)", rows)
+    assert migrations.migrate(conn, upto=6) == (5, 6)
+    got = {os.fsdecode(p): (w, h, ph) for p, w, h, ph in conn.execute("SELECT path, width, height, phash FROM images")}
+    assert got == {
+        "/photo.jpg": (512, 384, "ab12"), "/photo copy.jpg": (512, 384, "ab12"), "/clip.mp4": (640, 480, None),
+        "/clip copy.mp4": (640, 480, None), "/lonely.jpg": (None, None, None), "/broken.jpg": (None, None, None),
+    }
     conn.close()
 
 

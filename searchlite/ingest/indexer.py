@@ -29,7 +29,7 @@ from ..media.embed_files import decode_options
 from ..media.metadata import HEADER_READ_BYTES, METADATA_VERSION, ImageMetadata
 from ..errors import ImageDecodeError
 from ..storage.hashing import content_hash
-from ..storage.store import FAILED, INDEXED, SKIPPED, FileRow, Store, Transaction, VectorPart
+from ..storage.store import FAILED, INDEXED, METADATA_COLUMNS, SKIPPED, FileRow, Store, Transaction, VectorPart
 from ..storage.vector_index import VectorIndex
 from . import scanner
 from .scanner import FileInfo
@@ -573,12 +573,15 @@ class _Run:
                     else:
                         report.skipped += 1
                     continue
+                metadata = p.metadata.to_columns() if p.metadata else None
+                version = METADATA_VERSION if p.metadata else None
                 if p.reuse:
                     if self._reuse(tx, p, old):
                         continue
                     vector = self.ix.store.vector_for_hash(p.content_hash)
                     assert vector is not None  # hashes are only deleted at the end of a run
                     kind, parts = self.ix.store.parts_for_hash(p.content_hash)
+                    metadata, version = self._copy_of(p, metadata, version)
                     report.reused += 1
                 else:
                     vector = first_of[p.content_hash].vector
@@ -598,8 +601,8 @@ class _Run:
                     vector=vector,
                     width=p.width,
                     height=p.height,
-                    metadata=p.metadata.to_columns() if p.metadata else None,
-                    metadata_version=METADATA_VERSION if p.metadata else None,
+                    metadata=metadata,
+                    metadata_version=version,
                     kind=kind,
                     parts=parts,
                 )
@@ -634,6 +637,19 @@ class _Run:
             self.report.moved += 1
             return True
         return False
+
+    def _copy_of(self, p: _Prepared, metadata: dict[str, Any] | None, version: int | None) -> tuple[dict[str, Any] | None, int | None]:
+        """An exact copy of stored content shows the same picture: its size (p.width, p.height) and
+        perceptual hash are the stored file's, and so is the rest of its metadata when its own
+        header was not read (a video's, or a header the reader could not parse). Returns
+        (metadata, metadata_version) to store."""
+        same = self.ix.store.metadata_for_hash(p.content_hash or "")
+        if same is None:
+            return metadata, version
+        p.width, p.height = same["width"], same["height"]
+        if metadata is None:
+            return {name: same[name] for name in METADATA_COLUMNS}, same["metadata_version"]
+        return metadata | {"phash": metadata.get("phash") or same["phash"]}, version
 
     @staticmethod
     def _keep_metadata(tx: Transaction, row_id: int, p: _Prepared) -> None:

@@ -144,8 +144,28 @@ def m005_vectors(conn: sqlite3.Connection) -> None:
     )
 
 
+def m006_exact_copies_share_size(conn: sqlite3.Connection) -> None:
+    """Exact copies indexed after their content (which reused its vector) were stored without a
+    width, a height and a perceptual hash: each takes those of an indexed file with the same
+    content hash. Data only; the schema is unchanged."""
+    same = "FROM images o WHERE o.content_hash = images.content_hash AND o.state = 'indexed'"
+    _run(
+        conn,
+        f"""
+        UPDATE images SET
+            width = (SELECT o.width {same} AND o.width IS NOT NULL AND o.height IS NOT NULL ORDER BY o.id LIMIT 1),
+            height = (SELECT o.height {same} AND o.width IS NOT NULL AND o.height IS NOT NULL ORDER BY o.id LIMIT 1)
+        WHERE state = 'indexed' AND content_hash IS NOT NULL AND (width IS NULL OR height IS NULL)
+            AND EXISTS (SELECT 1 {same} AND o.width IS NOT NULL AND o.height IS NOT NULL);
+        UPDATE images SET phash = (SELECT o.phash {same} AND o.phash IS NOT NULL ORDER BY o.id LIMIT 1)
+        WHERE state = 'indexed' AND content_hash IS NOT NULL AND phash IS NULL
+        """,
+    )
+
+
 MIGRATIONS: list[Migration] = [
     m001_images_and_index_info, m002_tag_tables, m003_failed_under, m004_image_metadata, m005_vectors,
+    m006_exact_copies_share_size,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

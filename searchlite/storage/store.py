@@ -394,6 +394,14 @@ class Store:
         blob = self._one("SELECT vector FROM images WHERE content_hash = ? AND state = ? LIMIT 1", (content_hash, INDEXED))
         return None if blob is None else np.frombuffer(blob, dtype=np.float32)
 
+    def metadata_for_hash(self, content_hash: str) -> dict[str, Any] | None:
+        """Width, height, the METADATA_COLUMNS and metadata_version of an indexed file with this
+        content (one whose size is known, when any is), or None: what an exact copy shares."""
+        names = ("width", "height", *METADATA_COLUMNS, "metadata_version")
+        sql = f"SELECT {', '.join(names)} FROM images WHERE content_hash = ? AND state = ? ORDER BY width IS NULL, id LIMIT 1"
+        rows = self._all(sql, (content_hash, INDEXED))
+        return dict(zip(names, rows[0])) if rows else None
+
     def fetch(self, ids: Iterable[int]) -> dict[int, FileRow]:
         """Indexed rows by id; ids that are gone are simply absent."""
         out: dict[int, FileRow] = {}
