@@ -360,7 +360,7 @@ def duplicates(
 
 
 def _hit_record(h: Any) -> dict[str, Any]:
-    """A hit as --json prints it: box, time and span only where the hit has them."""
+    """A hit as --json prints it: box, time and span, and the paths of exact copies, only where the hit has them."""
     record = {"path": h.path, "score": round(h.score, 6), "id": h.id, "width": h.width, "height": h.height, "size": h.size, "tags": list(h.tags)}
     if h.kind != "image":
         record["type"] = h.kind
@@ -369,6 +369,8 @@ def _hit_record(h: Any) -> dict[str, Any]:
     if h.time is not None:
         record["time"] = round(h.time, 3)
         record["span"] = None if h.span is None else round(h.span, 3)
+    if h.copies:
+        record["copies"] = list(h.copies)
     return record
 
 

@@ -134,3 +134,29 @@ def test_an_exact_copy_indexed_later_has_the_size_of_its_content(engine_factory,
     assert [line.split("\t")[:2] for line in result.stdout.splitlines()[1:]] == [["keep", "512x512"], ["    ", "512x512"]]
     files = engine.files(f.id for f in exact.files).values()
     assert len({(f.width, f.height, f.taken_at) for f in files}) == 1  # and its header's metadata
+
+
+def test_results_show_exact_copies_once_and_list_the_other_paths(engine_factory, library: Path, index_dir: Path) -> None:
+    engine = engine_factory()
+    engine.index(library)
+    original, copy = str(library / "astronaut.jpg"), str(library / "astronaut copy.jpg")
+    searches = {
+        "top-k": engine.search(image=original, k=20),
+        "all": engine.search("a photo", all_ranked=True),
+        "by date": engine.search(sort="date"),
+        "relevant by date": engine.search("a photo", sort="-date", min_score=-1.0),
+    }
+    for mode, hits in searches.items():  # 8 files, two of them the same bytes
+        assert len(hits) == 7 and len({h.path for h in hits}) == 7, mode
+        [hit] = [h for h in hits if h.copies]
+        assert {hit.path, *hit.copies} == {original, copy} and len(hit.copies) == 1, mode
+    assert searches["top-k"][0].score == pytest.approx(1.0, abs=1e-5) and searches["top-k"][0].copies
+    assert len(engine.search(image=original, k=2)) == 2  # k counts contents, not files
+
+    result = runner.invoke(app, ["query", "--image", original, "-k", "3", "--json", "--index", str(index_dir)])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(records) == 3 and {records[0]["path"], *records[0]["copies"]} == {original, copy}
+    assert all("copies" not in r for r in records[1:])
+    os.remove(copy)  # deleted since the last index run: not listed
+    assert engine.search(image=original, k=1)[0].copies == ()

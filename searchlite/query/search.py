@@ -6,6 +6,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -20,12 +21,15 @@ SORTS = (DATE, NEWEST_FIRST)
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class Hit:
     """One search result. score is the cosine similarity between the query and the file's best
     matching vector; box (x0, y0, x1, y1, pixels of the oriented image) says which region of an
-    image matched, time and span (seconds) which shot of a video; None when the whole file did."""
+    image matched, time and span (seconds) which shot of a video; None when the whole file did.
+    Exact copies (the same bytes) are one hit: copies holds the other paths of this content."""
 
     path: str
     score: float
@@ -40,6 +44,7 @@ class Hit:
     time: float | None = None
     span: float | None = None
     kind: str = "image"  # of the file: "image" or "video"
+    copies: tuple[str, ...] = ()  # other existing files with the same content, by path
 
     def where(self) -> str | None:
         """Where in the file the query matched, for a TSV column: "t=12.4", "box=x0,y0,x1,y1",
@@ -97,7 +102,7 @@ def search(store: Store, vectors: VectorIndex, query: np.ndarray, k: int, among:
                 best[part.image_id] = (float(s), part)
         rows = store.fetch(best)
         candidates = [(s, part, r) for file_id, (s, part) in best.items() if (r := rows.get(file_id)) is not None]
-        found = [c for c in candidates if os.path.exists(c[2].path)][:k]
+        found = _one_per_content([c for c in candidates if os.path.exists(c[2].path)], lambda c: c[2])[:k]
         if len(found) >= k or wanted >= available:
             break
         wanted *= 2
@@ -114,6 +119,7 @@ def _hits(
     which shot it matches best (with a query)."""
     tags_of = store.tags_of(r.id for _, _, r in found)
     kinds = store.file_kinds(r.id for _, _, r in found)
+    copies = store.copies_by_hash(r.content_hash for _, _, r in found if r.content_hash)
     hits = []
     for i, (s, part, r) in enumerate(found):
         kind = kinds.get(r.id, "image")
@@ -123,6 +129,7 @@ def _hits(
             r.path, s, r.id, r.width, r.height, r.size, tuple(tags_of[r.id]), taken_at=r.taken_at,
             relevant=None if relevant is None else relevant[i], box=part.box if part else None,
             time=part.time if part else None, span=part.span if part else None, kind=kind,
+            copies=tuple(c for c in copies.get(r.content_hash or "", ()) if c != r.path and os.path.exists(c)),
         ))
     return hits
 
@@ -148,6 +155,7 @@ def rank_all(
     relevant = verdict.relevant(file_scores)
     rows = _existing(store, np.fromiter(best, dtype=np.int64))
     found = [(s, part, rows[f], bool(r)) for (f, (s, part)), r in zip(best.items(), relevant) if (keep_irrelevant or r) and f in rows]
+    found = _one_per_content(found, lambda item: item[2])
     if sort is not None:
         found = _by_date(found, sort, key=lambda item: item[2])
     return _hits(store, [(s, p, r) for s, p, r, _ in found], query, [r for *_, r in found]), verdict
@@ -156,7 +164,22 @@ def rank_all(
 def list_by_date(store: Store, ids: np.ndarray, sort: str) -> list[Hit]:
     """The files among ids (file ids) by capture time, with no query."""
     rows = _existing(store, ids)
-    return _hits(store, [(0.0, None, r) for r in _by_date(list(rows.values()), sort, key=lambda r: r)])
+    dated = _one_per_content(_by_date(list(rows.values()), sort, key=lambda r: r), lambda r: r)
+    return _hits(store, [(0.0, None, r) for r in dated])
+
+
+def _one_per_content(items: list[T], row: Callable[[T], FileRow]) -> list[T]:
+    """items with each content once, at its first file in their order: exact copies share every
+    vector, and would otherwise stand side by side with one score (the hit lists the others)."""
+    seen: set[str] = set()
+    out = []
+    for item in items:
+        digest = row(item).content_hash
+        if digest is None or digest not in seen:
+            out.append(item)
+            if digest is not None:
+                seen.add(digest)
+    return out
 
 
 def _existing(store: Store, ids: np.ndarray) -> dict[int, FileRow]:

@@ -151,6 +151,8 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
             record["box"] = list(hit.box)
         if hit.time is not None:
             record["time"], record["span"] = hit.time, hit.span
+        if hit.copies:
+            record["copies"] = list(hit.copies)
         return record
 
     @app.get("/api/search", summary="Search by text, an uploaded image's key, or an indexed image (like)")

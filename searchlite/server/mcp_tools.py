@@ -28,7 +28,11 @@ def build_server(engine: Any) -> Any:
     )
 
     def hits(found: list[Any]) -> list[dict[str, Any]]:
-        return [{"path": h.path, "score": round(float(h.score), 4), "width": h.width, "height": h.height, "tags": list(h.tags)} for h in found]
+        return [
+            {"path": h.path, "score": round(float(h.score), 4), "width": h.width, "height": h.height, "tags": list(h.tags)}
+            | ({"copies": list(h.copies)} if h.copies else {})  # exact copies of the file, collapsed into its hit
+            for h in found
+        ]
 
     def checked_k(k: int) -> int:
         if not 1 <= k <= MAX_K:

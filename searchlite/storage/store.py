@@ -191,6 +191,12 @@ def _parts(ids: Iterable[Any], size: int = _IDS_PER_STATEMENT) -> Iterator[list[
         yield ids[start : start + size]
 
 
+def _parts_of(values: list[Any], size: int = _IDS_PER_STATEMENT) -> Iterator[list[Any]]:
+    """values in lists of at most size (SQLite's limit on bound values)."""
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
 def _vectors_of(rows: list[Any], column: int = 1) -> np.ndarray:
     """The float32 BLOBs in rows[i][column], stacked (n, d)."""
     return np.frombuffer(b"".join(r[column] for r in rows), dtype=np.float32).reshape(len(rows), -1)
@@ -401,6 +407,20 @@ class Store:
         sql = f"SELECT {', '.join(names)} FROM images WHERE content_hash = ? AND state = ? ORDER BY width IS NULL, id LIMIT 1"
         rows = self._all(sql, (content_hash, INDEXED))
         return dict(zip(names, rows[0])) if rows else None
+
+    def copies_by_hash(self, hashes: Iterable[str]) -> dict[str, list[str]]:
+        """The paths of indexed files by content hash, sorted, for those of hashes that more than
+        one indexed file has (exact copies)."""
+        shared: list[str] = []
+        for part in _parts_of(sorted(set(hashes))):
+            sql = f"SELECT content_hash FROM images WHERE state = ? AND content_hash IN ({_marks(part)}) GROUP BY content_hash HAVING count(*) > 1"
+            shared += [h for (h,) in self._all(sql, (INDEXED, *part))]
+        out: dict[str, list[str]] = {}
+        for part in _parts_of(shared):
+            sql = f"SELECT content_hash, path FROM images WHERE state = ? AND content_hash IN ({_marks(part)}) ORDER BY path"
+            for digest, path in self._all(sql, (INDEXED, *part)):
+                out.setdefault(digest, []).append(os.fsdecode(path))
+        return out
 
     def fetch(self, ids: Iterable[int]) -> dict[int, FileRow]:
         """Indexed rows by id; ids that are gone are simply absent."""
