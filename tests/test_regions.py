@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from searchlite import SearchEngine
@@ -58,8 +59,22 @@ def test_the_index_remembers_regions_and_a_vit_gives_them_too(engine_factory, ph
     extra = photos / "again.png"
     from PIL import Image
 
-    Image.new("RGB", (300, 200), (200, 30, 30)).save(extra)
+    # blocks of random colours: every window of the picture holds other content
+    blocks = np.random.default_rng(3).integers(0, 256, (10, 15, 3), dtype=np.uint8)
+    Image.fromarray(blocks).resize((300, 200), Image.NEAREST).save(extra)
     before = len(again.vectors)
     assert again.index(photos).added == 1
     assert len(again.vectors) > before + 1
-    assert again.search("x", k=1)[0].path  # searches still answer
+    # the reference: the picture's regions recomputed with the model; each region's own vector
+    # must find the new picture at that region's box (the box is where the matching content is)
+    from searchlite.models import dense
+
+    settings, encoder = again.settings, again.load_model()
+    picture = again.decode_image(extra, min_side=int(settings.region_scale * encoder.image_size))
+    regions = dense.region_features(encoder.model, picture, scale=settings.region_scale, stride=settings.region_stride)
+    scale = np.array([300 / picture.width, 200 / picture.height] * 2)
+    boxes = np.round(regions.boxes * scale).astype(np.int64)
+    assert len(boxes) > 4 and len({tuple(b) for b in boxes.tolist()}) == len(boxes)
+    for box, vector in zip(boxes.tolist(), regions.vectors):
+        hit = again.search_vector(vector, k=1)[0]
+        assert (hit.path, hit.box) == (str(extra), tuple(box)) and hit.score == pytest.approx(1.0, abs=1e-4)
