@@ -216,6 +216,10 @@ def test_engine_optimize_tunes_on_text_queries_and_the_recent_ones(engine_factor
 
         assert chosen["kind"] == "ivf" and chosen["tuned_on"] == "queries"
         assert chosen["queries"] == len(tuning_phrases()) + 4 and chosen["recall_at_10"] >= 0.97
+        tuned = reopened.vectors.tuning
+        assert tuned["nprobe"] == chosen["nprobe"] and tuned["tuned_on"] == "queries"
+    with SearchEngine.open(index_dir) as saved:  # the tuning was saved with the index, and is what it searches with
+        assert saved.info()["vector_index"] == "ivf" and saved.vectors.tuning == tuned
 
 
 def test_engine_compresses_under_a_small_budget_and_reopens_it(engine_factory, photos: Path, index_dir: Path) -> None:
@@ -262,6 +266,9 @@ def test_recent_queries_are_a_bounded_ring_and_a_damaged_file_is_ignored(tmp_pat
     unwritable = RecentQueries(tmp_path / "folder", size=5)  # not a file: saving is skipped, quietly
     unwritable.add(np.ones(4, np.float32))
     unwritable.save()
+    assert (tmp_path / "folder").is_dir() and list((tmp_path / "folder").iterdir()) == []  # nothing written there
+    assert unwritable.vectors().tolist() == [[1, 1, 1, 1]]  # and the ring goes on in memory
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "recent_queries.npy"]  # no temporary file left behind
 
 
 def test_the_benchmarks_stand_in_database_holds_what_a_compressed_index_re_ranks_with(tmp_path: Path) -> None:
