@@ -245,7 +245,8 @@ class RayEncoding:
 
     def _lose(self, actor: Any, error: BaseException) -> None:
         self._last_error = _first_line(error)
-        log.warning("lost a Ray actor (%s); its batches go to the others", self._last_error)
+        if actor in self.actors or not self._started:  # said once per actor, not once per batch it held
+            log.warning("lost a Ray actor (%s); its batches go to the others", self._last_error)
         if actor in self.actors:
             self.actors.remove(actor)
             self.lost += 1
