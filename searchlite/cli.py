@@ -477,7 +477,7 @@ def export_(
     output: Annotated[Path, typer.Argument(metavar="OUT.npy", help="Embeddings file; paths go to OUT.jsonl beside it.", show_default=False)],
     index: IndexOpt = None,
 ) -> None:
-    """Write the stored embeddings (.npy) and their paths (.jsonl, same order)."""
+    """Write the stored embeddings (.npy), what each row is (.jsonl, same order: path, shot or region, metadata) and the tag sets (.index.json)."""
     with _user_errors(), _open(index, create=False) as engine:
         n = engine.export_embeddings(output)
     typer.echo(f"wrote {n} embeddings to {output} and their paths to {output.with_suffix('.jsonl')}", err=True)
@@ -491,7 +491,7 @@ def import_(
     model: Annotated[Optional[str], typer.Option(metavar="NAME|CONFIG.json", help="The model that made the embeddings (new index only).")] = None,
     pretrained: Annotated[Optional[str], typer.Option(metavar="TAG|hf-hub:ID|CHECKPOINT", help="Its weights (new index only).")] = None,
 ) -> None:
-    """Load embeddings computed elsewhere (e.g. on a GPU cluster) without re-encoding."""
+    """Load embeddings computed elsewhere (e.g. on a GPU cluster) or exported, without re-encoding; the tag sets of an EMB.index.json beside them too."""
     with _user_errors(), _open(index, model=model, pretrained=pretrained) as engine:
         imported, missing = engine.import_embeddings(embeddings, paths)
     note = f"; {missing} paths are not on this machine and were left out" if missing else ""

@@ -780,21 +780,26 @@ class SearchEngine:
     # --- import / export -----------------------------------------------------------------------
 
     def export_embeddings(self, npy_path: str | os.PathLike[str]) -> int:
-        """Write every stored embedding to npy_path (float32 (n, d)) and, line by line in the same
-        order, {"path": ...} objects to the .jsonl beside it. Returns n."""
+        """Write every stored vector to npy_path (float32 (n, d)), what each row is to the .jsonl
+        beside it ({"path": ...} objects, line by line in the same order: a file's own vector with
+        its metadata, then its shots or regions) and the tag sets and settings to the .index.json
+        beside it, so that import_embeddings() gives back the same index. Returns n."""
         return transfer.export_embeddings(self._store, Path(npy_path))
 
     def import_embeddings(self, npy_path: str | os.PathLike[str], paths_path: str | os.PathLike[str]) -> tuple[int, int]:
         """Load embeddings computed elsewhere (by this index's model) for files that exist here:
-        npy_path holds float32 (n, d); paths_path the n paths, as .jsonl {"path": ...} lines or plain
-        lines. Later index runs treat these files as unchanged. Returns (imported, not found here)."""
+        npy_path holds float32 (n, d); paths_path the n paths, as .jsonl {"path": ...} lines (as
+        export_embeddings() writes them, with shots, regions and metadata) or plain lines; the tag
+        sets and settings of an .index.json beside npy_path are taken too. Later index runs treat
+        these files as unchanged. Returns (embeddings imported, files not found here)."""
         self._store.check_writable()
         dim = self._store.get_info("embed_dim") or self.image_encoder().embed_dim
-        matrix, paths = transfer.read_embeddings(Path(npy_path), Path(paths_path), dim, self.spec.describe())
+        files = transfer.read_embeddings(Path(npy_path), Path(paths_path), dim, self.spec.describe())
         with self._writing():
             self._record_checkpoint_location()
             self._record_model(dim)
-            counts = transfer.import_rows(self._store, self._get_vectors(writer=True), matrix, paths)
+            transfer.import_facts(self._store, Path(npy_path), dim)
+            counts = transfer.import_rows(self._store, self._get_vectors(writer=True), files)
             self._save_vectors()
             refresh_tags(self._store)
         return counts

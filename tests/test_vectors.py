@@ -104,7 +104,7 @@ def test_tags_exports_and_a_fresh_open_see_one_vector_per_file(indexed, index_di
     assert sum(engine.info()["tags"].values()) >= n_files
     hits = engine.search("a region", k=3, tag=engine.search("a region", k=1)[0].tags[0])
     assert hits[0].path == target and hits[0].box == (10, 20, 30, 40)
-    assert engine.export_embeddings(tmp_path / "e.npy") == n_files  # one own vector per file
+    assert engine.export_embeddings(tmp_path / "e.npy") == n_files + 2  # each file's own vector, and the two regions
     engine.close()
     (index_dir / FAISS_FILENAME).unlink()
     with SearchEngine.open(index_dir, create=False) as again:  # rebuilt from SQLite
