@@ -14,7 +14,18 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the server's dependencies are not installed: pip install 'searchlite[serve]'")
 
-from tests.server_fixtures import LABELS, SCENES, caption_of, clip_client_body, png_bytes, shapes_index  # noqa: F401,E402
+from tests.server_fixtures import (  # noqa: E402
+    LABELS,
+    MEDIA,
+    MEDIA_SIZE,
+    SCENES,
+    caption_of,
+    clip_client_body,
+    make_shapes,
+    media_index,  # noqa: F401
+    png_bytes,
+    shapes_index,  # noqa: F401
+)
 
 BASE = "http://127.0.0.1:8765"
 
@@ -51,8 +62,9 @@ def test_text_search_finds_the_right_shapes(client) -> None:
     captions = [caption_of(h["path"]) for h in hits]
     assert "red circle" in captions[0] and all("red" in c for c in captions), captions
     hit = hits[0]
-    assert set(hit) == {"id", "path", "score", "width", "height", "size", "tags", "taken_at", "thumb", "image"}
+    assert set(hit) == {"id", "path", "score", "width", "height", "size", "tags", "taken_at", "thumb", "image", "view"}
     assert hit["thumb"] == f"{BASE}/api/thumbs/{hit['id']}" and hit["image"] == f"{BASE}/api/images/{hit['id']}"
+    assert hit["view"] == f"{BASE}/api/view/{hit['id']}"
     assert (hit["width"], hit["height"]) == (64, 64) and hit["size"] == os.path.getsize(hit["path"])
     assert hit["tags"] == ["red"]
 
@@ -168,6 +180,7 @@ def test_info_and_tags(client, shapes_index) -> None:
     info = client.get("/api/info").json()
     assert info["images"] == len(shapes_index[2]) and info["failed"] == 0 and info["failed_files"] == []
     assert "searchlite-shapes" in info["model"] and info["name"] == "index"
+    assert info["model_name"] == "searchlite-shapes"  # what the page shows: not the checkpoint's path
     tags = client.get("/api/tags").json()["tags"]
     assert {t["label"] for t in tags} == set(LABELS.split(",")) and sum(t["count"] for t in tags) >= len(shapes_index[2])
 
@@ -516,3 +529,125 @@ def test_explain_overlays_where_a_text_matches(client) -> None:
 
     assert Image.open(BytesIO(response.content)).size == (hit["width"], hit["height"])
     assert client.get("/api/explain/999999", params={"q": "x"}).status_code == 404
+
+
+# --- every kind of file: originals, thumbnails, what the page shows ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def media(media_index, tmp_path_factory):
+    """(client, kind -> hit for "a red circle") on the index of one file of each kind."""
+    from fastapi.testclient import TestClient
+
+    from searchlite import SearchEngine
+    from searchlite.server.app import create_app
+    from searchlite.server.settings import ServerSettings
+
+    paths, index = media_index
+    with SearchEngine.open(index, create=False) as engine:
+        with TestClient(create_app(engine, ServerSettings(thumb_dir=tmp_path_factory.mktemp("media_thumbs"))), base_url=BASE) as client:
+            hits = {Path(h["path"]).name: h for h in search(client, q="a red circle", k=20)}
+            yield client, {kind: hits[path.name] for kind, path in paths.items()}
+
+
+def _centre(data: bytes) -> tuple[int, int, int]:
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    return img.getpixel((img.width // 2, img.height // 2))
+
+
+def _near(pixel: tuple[int, int, int], colour: str, tolerance: int = 40) -> bool:
+    return all(abs(a - b) <= tolerance for a, b in zip(pixel, make_shapes.COLORS[colour]))
+
+
+CONTENT_TYPES = {
+    "jpeg": "image/jpeg", "png": "image/png", "tiff": "image/tiff", "bmp": "image/bmp", "gif": "image/gif", "webp": "image/webp",
+    "heic": "image/heic", "avif": "image/avif", "dng": "image/x-adobe-dng", "mp4": "video/mp4",
+}
+
+
+@pytest.mark.parametrize("kind", list(MEDIA))
+def test_originals_go_out_with_their_real_content_type(media, kind) -> None:
+    client, hits = media
+    response = client.get(hits[kind]["image"])
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == CONTENT_TYPES[kind]
+    assert response.content == Path(hits[kind]["path"]).read_bytes()
+
+
+def test_a_video_is_served_in_ranges_so_a_browser_can_seek(media) -> None:
+    client, hits = media
+    response = client.get(hits["mp4"]["image"], headers={"Range": "bytes=100-199"})
+    assert response.status_code == 206 and response.content == Path(hits["mp4"]["path"]).read_bytes()[100:200]
+
+
+@pytest.mark.parametrize("kind", list(MEDIA))
+def test_every_kind_has_a_thumbnail_of_its_picture(media, kind) -> None:
+    client, hits = media
+    hit = hits[kind]
+    response = client.get(hit["thumb"])
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/webp"
+    colour = MEDIA[kind][1]  # a video's: the shot that matched "a red circle"
+    assert _near(_centre(response.content), colour), (kind, _centre(response.content))
+
+
+def test_a_video_hit_says_when_and_its_thumbnail_is_the_matching_shot(media) -> None:
+    client, hits = media
+    hit = hits["mp4"]
+    assert hit["type"] == "video" and (hit["time"], hit["span"]) == (2.0, 2.0)  # the red circle's shot
+    assert hit["thumb"].endswith(f"/api/thumbs/{hit['id']}?t=3.0")  # the middle of that shot
+    assert hit["view"].endswith(f"/api/view/{hit['id']}#t=2.00")  # played from its start
+    first = client.get(f"/api/thumbs/{hit['id']}")  # no time (a "more like this" chip): the first shot
+    assert first.status_code == 200 and _near(_centre(first.content), "blue")
+    assert first.headers["etag"] != client.get(hit["thumb"]).headers["etag"]
+    late = client.get(f"/api/thumbs/{hit['id']}", params={"t": 60})
+    assert late.status_code == 422 and late.json() == {"error": f"image {hit['id']} cannot be decoded any more: the video has no frame at 60s or later"}
+    assert client.get(f"/api/thumbs/{hit['id']}", params={"t": "soon"}).status_code == 400
+
+
+@pytest.mark.parametrize("kind", list(MEDIA))
+def test_the_view_is_the_original_where_a_browser_shows_it_else_a_jpeg(media, kind) -> None:
+    client, hits = media
+    hit = hits[kind]
+    response = client.get(hit["view"].split("#")[0])
+    assert response.status_code == 200, response.text
+    if kind in ("heic", "tiff", "dng"):
+        assert response.headers["content-type"] == "image/jpeg" and "etag" in response.headers
+        from PIL import Image
+
+        assert Image.open(io.BytesIO(response.content)).size == MEDIA_SIZE
+        assert _near(_centre(response.content), MEDIA[kind][1])
+        assert client.get(hit["view"], headers={"If-None-Match": response.headers["etag"]}).status_code == 304
+    else:
+        assert response.headers["content-type"] == CONTENT_TYPES[kind]
+        assert response.content == Path(hit["path"]).read_bytes()
+
+
+def test_a_large_picture_is_viewed_at_most_2048_pixels_wide_and_the_model_by_its_name(engine_factory, tmp_path) -> None:
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from searchlite.server.app import create_app
+    from searchlite.server.settings import ServerSettings
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    Image.new("RGB", (3000, 1000), (200, 40, 40)).save(folder / "panorama.tif")
+    engine = engine_factory()
+    engine.index(folder)
+    with TestClient(create_app(engine, ServerSettings(thumb_dir=tmp_path / "thumbs")), base_url=BASE) as client:
+        hit = search(client, q="x")[0]
+        view = client.get(hit["view"])
+        assert view.headers["content-type"] == "image/jpeg" and Image.open(io.BytesIO(view.content)).size == (2048, 683)
+        assert client.get("/api/info").json()["model_name"] == "custom model / tiny-clip.pt"
+
+
+def test_models_are_named_as_people_name_them() -> None:
+    from searchlite.models.spec import ModelSpec
+    from searchlite.server.app import model_name
+
+    assert model_name(ModelSpec(name="ViT-B-32", pretrained="laion2b_s34b_b79k")) == "ViT-B-32 / laion2b_s34b_b79k"
+    assert model_name(ModelSpec(name="ViT-B-32", checkpoint="/data/models/mine.pt", checkpoint_sha256="ab" * 32)) == "ViT-B-32 / mine.pt"
+    assert model_name(ModelSpec(hf_hub="timm/some-clip")) == "hf-hub:timm/some-clip"

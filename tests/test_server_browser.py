@@ -1,6 +1,7 @@
 """The page in a real browser: headless Chromium (Debian's /usr/bin/chromium) driven by Playwright.
 Type a query and see thumbnails load, open the detail view and step through it, "more like this",
-drop an image, the back button, `/`, the index page, a phone's width — with the CSP on."""
+drop an image, the back button, `/`, the index page, a phone's width, the detail view of every kind
+of file (HEIC, RAW and video included) — with the CSP on."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the server's dependencies are not installed: pip install 'searchlite[serve]'")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install playwright")
 
-from tests.server_fixtures import caption_of, shapes_index  # noqa: F401,E402
+from tests.server_fixtures import MEDIA, VIDEO_SHOTS, caption_of, make_shapes, media_index, shapes_index  # noqa: F401,E402
 
 CHROMIUM = os.environ.get("SEARCHLITE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 if not Path(CHROMIUM).exists():
@@ -207,3 +208,63 @@ def test_a_red_circle_drawn_on_the_sketch_pad_finds_red_circles(page, server) ->
     captions = [caption_of(engine.files([i])[i].path) for i in ids]
     red_circles = sum("red circle" in caption_of(p) for p in map(str, Path(engine.files(ids)[ids[0]].path).parent.glob("*.png")))
     assert all("red circle" in c for c in captions[: min(3, red_circles)]), (captions, red_circles)
+
+
+# --- every kind of file in the detail view ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def media_server(media_index, tmp_path_factory):
+    from searchlite import SearchEngine
+    from searchlite.server.app import create_app
+    from searchlite.server.run import Server, bind
+    from searchlite.server.settings import ServerSettings
+
+    paths, index = media_index
+    with SearchEngine.open(index, create=False) as engine:
+        settings = ServerSettings(port=0, thumb_dir=tmp_path_factory.mktemp("browser_media_thumbs"))
+        server = Server(create_app(engine, settings), bind("127.0.0.1", 0))
+        server.start()
+        ids = {kind: next(h.id for h in engine.search("a red circle", k=20) if h.path == str(path)) for kind, path in paths.items()}
+        yield f"http://127.0.0.1:{server.port}", ids
+        server.stop()
+
+
+# the centre pixel of what an <img> or <video> shows, drawn on a canvas: [r, g, b]
+CENTRE = """(el) => {
+    const w = el.naturalWidth || el.videoWidth, h = el.naturalHeight || el.videoHeight;
+    const c = document.createElement("canvas"); c.width = w; c.height = h;
+    const ctx = c.getContext("2d"); ctx.drawImage(el, 0, 0);
+    return Array.from(ctx.getImageData(Math.floor(w / 2), Math.floor(h / 2), 1, 1).data.slice(0, 3));
+}"""
+
+
+def _near(pixel: list[int], colour: str, tolerance: int = 40) -> bool:
+    return all(abs(a - b) <= tolerance for a, b in zip(pixel, make_shapes.COLORS[colour]))
+
+
+@pytest.mark.parametrize("kind", list(MEDIA))
+def test_the_detail_view_shows_every_kind_of_file(page, media_server, kind) -> None:
+    base, ids = media_server
+    page.goto(base + "/?q=a+red+circle")
+    tile = page.locator(f'#grid .tile[data-id="{ids[kind]}"]')
+    thumb = tile.locator("img.loaded")
+    thumb.wait_for()
+    assert thumb.evaluate("(img) => img.naturalWidth") > 0  # the tile is not blank
+    tile.click()
+    page.locator("#detail").wait_for(state="visible")
+    if kind == "mp4":
+        video = page.locator("#detail-video")
+        video.wait_for()
+        page.wait_for_function("() => document.getElementById('detail-video').readyState >= 2")  # a frame decoded
+        start = VIDEO_SHOTS[0][2]  # played from the shot that matched "a red circle"
+        assert abs(video.evaluate("(v) => v.currentTime") - start) < 0.2
+        page.wait_for_function("() => !document.getElementById('detail-video').seeking")
+        assert _near(video.evaluate(CENTRE), "red"), video.evaluate(CENTRE)
+        assert page.locator("#d-at").inner_text() == "0:02 – 0:04"
+    else:
+        img = page.locator("#detail-img")
+        img.wait_for()
+        page.wait_for_function("() => { const i = document.getElementById('detail-img'); return i.complete && i.naturalWidth > 0; }")
+        assert _near(img.evaluate(CENTRE), MEDIA[kind][1]), img.evaluate(CENTRE)
+        assert page.locator("#d-dims").inner_text() == "240 × 160 px"

@@ -55,10 +55,13 @@ class Frames:
     duration: float
 
 
-def sample_frames(data: bytes, *, interval_s: float = 1.0, max_frames: int = 600, min_side: int | None = None) -> Frames:
+def sample_frames(
+    data: bytes, *, interval_s: float = 1.0, max_frames: int = 600, min_side: int | None = None, start_s: float = 0.0
+) -> Frames:
     """Decode a video's frames: every keyframe, and at least one frame every interval_s seconds
     (widened so that max_frames cover the whole duration); each reduced to no less than min_side
-    on its shorter side. Raises ImageDecodeError for a file that is not a readable video."""
+    on its shorter side. start_s: begin with the first frame at or after that time (a seek to the
+    keyframe before it, then decoding on). Raises ImageDecodeError for a file that is not a readable video."""
     import av
 
     try:
@@ -79,9 +82,13 @@ def sample_frames(data: bytes, *, interval_s: float = 1.0, max_frames: int = 600
         next_t = 0.0
         last_t = 0.0
         try:
+            if start_s > 0:
+                container.seek(int(start_s * av.time_base))  # to the keyframe at or before start_s
             for frame in container.decode(stream):
                 t = float(frame.time) if frame.time is not None else last_t
                 last_t = t
+                if t < start_s:
+                    continue
                 if not (frame.key_frame or t >= next_t or not times):
                     continue
                 if times and t <= times[-1]:
@@ -101,7 +108,7 @@ def sample_frames(data: bytes, *, interval_s: float = 1.0, max_frames: int = 600
                 raise ImageDecodeError(f"cannot read video: {e}") from None
             # a truncated file: keep the frames before the damage
     if not times:
-        raise ImageDecodeError("cannot read video: it has no frames")
+        raise ImageDecodeError(f"the video has no frame at {start_s:g}s or later" if start_s > 0 else "cannot read video: it has no frames")
     return Frames(times, images, width, height, max(duration, last_t))
 
 

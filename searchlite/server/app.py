@@ -22,7 +22,7 @@ from .. import InvalidInputError, NotFoundError, SearchliteError
 from .queries import Query, UploadedImages, run_query
 from .security import Guard
 from .settings import ServerSettings, thumbnail_dir
-from .thumbs import ThumbnailCache
+from .thumbs import DisplayCache, ThumbnailCache
 
 log = logging.getLogger(__name__)
 
@@ -30,22 +30,30 @@ STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; ch
 MAX_ID = 2**63 - 1
 FAILED_LISTED = 1000
 
-# leading bytes -> the type a browser needs (files are recognised by content, as indexing does)
-_MAGIC = [
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"GIF87a", "image/gif"),
-    (b"GIF89a", "image/gif"),
-    (b"II*\x00", "image/tiff"),
-    (b"MM\x00*", "image/tiff"),
-    (b"BM", "image/bmp"),
-]
+# a format (as media/images.py and media/video.py recognise files, by content) -> its content type
+_TYPES = {
+    "JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp", "BMP": "image/bmp",
+    "TIFF": "image/tiff", "HEIF": "image/heif", "AVIF": "image/avif", "DNG": "image/x-adobe-dng", "CR2": "image/x-canon-cr2",
+    "CR3": "image/x-canon-cr3", "NEF": "image/x-nikon-nef", "ARW": "image/x-sony-arw", "RAF": "image/x-fuji-raf",
+    "ORF": "image/x-olympus-orf", "RW2": "image/x-panasonic-rw2", "PEF": "image/x-pentax-pef", "SRW": "image/x-samsung-srw",
+    "MP4": "video/mp4", "MOV": "video/quicktime", "MKV": "video/x-matroska", "AVI": "video/x-msvideo",
+}
+# what browsers show as they are; other pictures get a display rendition (thumbs.DisplayCache)
+BROWSER_IMAGES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp", "image/avif"})
+HEADER_BYTES = 65536  # as indexing reads them: a TIFF-based RAW is told by its first directory
 
 
-def image_type(header: bytes) -> str:
-    if header[:4] == b"RIFF" and header[8:12] == b"WEBP":
-        return "image/webp"
-    return next((mime for magic, mime in _MAGIC if header.startswith(magic)), "application/octet-stream")
+def media_type(header: bytes, name: str | None = None) -> str:
+    """The content type of a file from its first bytes (and its name, for a TIFF-based RAW)."""
+    from ..media.images import detect_format
+    from ..media.video import detect_video
+
+    fmt = detect_video(header) or detect_format(header, name)
+    if fmt == "HEIF" and header[8:12] in (b"heic", b"heix"):
+        return "image/heic"
+    if fmt == "MKV" and b"webm" in header[:64]:
+        return "video/webm"
+    return _TYPES.get(fmt or "", "application/octet-stream")
 
 
 class JSON(Response):
@@ -75,7 +83,9 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
     """The app for one open engine. The caller owns the engine (and closes it)."""
     settings = settings or ServerSettings()
     index_name = Path(engine.index_dir).resolve().name or "index"
-    thumbs = ThumbnailCache(engine, settings.thumb_dir or thumbnail_dir(Path(engine.index_dir)), settings.thumb_size)
+    cache_dir = settings.thumb_dir or thumbnail_dir(Path(engine.index_dir))
+    thumbs = ThumbnailCache(engine, cache_dir, settings.thumb_size)
+    displays = DisplayCache(engine, cache_dir)
     uploads = UploadedImages(engine)
     static = _load_static()
 
@@ -143,7 +153,11 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
             "taken_at": hit.taken_at,
             "thumb": f"{base}api/thumbs/{hit.id}",
             "image": f"{base}api/images/{hit.id}",
+            "view": f"{base}api/view/{hit.id}",
         }
+        if hit.time is not None:  # a video: its thumbnail from the shot that matched, played from its start
+            record["thumb"] += f"?t={hit.time + (hit.span or 0) / 2:.1f}"
+            record["view"] += f"#t={hit.time:.2f}"
         # where in the file it matched, only when a part of it did (as the CLI's --json)
         if hit.kind != "image":
             record["type"] = hit.kind
@@ -216,15 +230,38 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
             raise NotFoundError(f"no indexed image with id {image_id}")
         return row
 
-    @app.get("/api/images/{image_id}", summary="The original file of an indexed image", response_class=Response)
-    def original(image_id: str) -> Response:
-        row = row_of(image_id)
+    def content_type(row: Any) -> str:
+        """The content type of an indexed file, from its first bytes."""
         try:
             with open(row.path, "rb") as f:
-                header = f.read(16)
+                header = f.read(HEADER_BYTES)
         except OSError:
             raise NotFoundError(f"image {row.id} is indexed but its file is gone: index the folder again") from None
-        return FileResponse(row.path, media_type=image_type(header), headers={"Cache-Control": "private, max-age=600"})
+        return media_type(header, os.path.basename(row.path))
+
+    @app.get("/api/images/{image_id}", summary="The original file of an indexed image or video, with its content type", response_class=Response)
+    def original(image_id: str) -> Response:
+        row = row_of(image_id)
+        kind = content_type(row)
+        return FileResponse(row.path, media_type=kind, headers={"Cache-Control": "private, max-age=600"})
+
+    @app.get("/api/view/{image_id}", summary="What a browser shows of an indexed file: the original where a browser can show it, "
+             "else a JPEG rendition (HEIC, TIFF, RAW) at most 2048 pixels on its longer side", response_class=Response)
+    def view(image_id: str, request: Request) -> Response:
+        row = row_of(image_id)
+        kind = content_type(row)
+        if kind in BROWSER_IMAGES or kind.startswith("video/"):
+            return FileResponse(row.path, media_type=kind, headers={"Cache-Control": "private, max-age=600"})
+        found, key = displays.get(row.id, row.path, dims=(row.width, row.height))
+        return picture_response(found, key, displays.media_type, request)
+
+    def picture_response(found: Path | bytes, key: str, kind: str, request: Request) -> Response:
+        etag = f'"{key}"'
+        headers = {"ETag": etag, "Cache-Control": "private, max-age=600"}
+        if etag in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers=headers)
+        data = found if isinstance(found, bytes) else found.read_bytes()
+        return Response(data, media_type=kind, headers=headers)
 
     @app.get("/api/explain/{image_id}", summary="An indexed image overlaid with where a text matches (PNG)", response_class=Response)
     def explain_image(image_id: str, q: Annotated[str, Q(min_length=1, max_length=2000, description="the text")]) -> Response:
@@ -236,23 +273,21 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
                 data = f.read()
         return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=600"})
 
-    @app.get("/api/thumbs/{image_id}", summary="A WebP thumbnail of an indexed image", response_class=Response)
-    async def thumbnail(image_id: str, request: Request) -> Response:
+    @app.get("/api/thumbs/{image_id}", summary="A WebP thumbnail of an indexed image (of a video: its frame at t seconds)", response_class=Response)
+    async def thumbnail(
+        image_id: str, request: Request, t: Annotated[Optional[float], Q(ge=0, le=1e7, description="a video's time, in seconds")] = None
+    ) -> Response:
         # a cached thumbnail of a recent hit is answered on the event loop (a stat and a small
         # read); anything slower (a database query, making the thumbnail) runs in a thread
         number = parse_id(image_id)
+        at = None if t is None else round(t, 1)
         path = recent.get(number)
         if path is None:
             path = (await run_in_threadpool(row_of, image_id)).path
-        found, _, key = thumbs.cached(number, path)
+        found, _, key = thumbs.cached(number, path, at)
         if found is None:
-            found, key = await run_in_threadpool(thumbs.get, number, path)
-        etag = f'"{key}"'
-        headers = {"ETag": etag, "Cache-Control": "private, max-age=600"}
-        if etag in request.headers.get("if-none-match", ""):
-            return Response(status_code=304, headers=headers)
-        data = found if isinstance(found, bytes) else found.read_bytes()
-        return Response(data, media_type="image/webp", headers=headers)
+            found, key = await run_in_threadpool(thumbs.get, number, path, at)
+        return picture_response(found, key, thumbs.media_type, request)
 
     # --- about the index ----------------------------------------------------------------------------
 
@@ -261,6 +296,7 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
         facts = engine.info()
         failed = engine.failures()
         facts["name"] = index_name
+        facts["model_name"] = model_name(engine.spec) if facts["model"] else None
         facts["failed_files"] = [{"path": r.path, "error": r.error} for r in failed[:FAILED_LISTED]]
         facts["thumbnails"] = str(thumbs.folder)
         return JSON(facts)
@@ -298,6 +334,20 @@ class RecentPaths:
 
     def get(self, image_id: int) -> str | None:
         return self._paths.get(image_id)
+
+
+def model_name(spec: Any) -> str:
+    """The model as people name it: the bundled or open_clip name with its pretrained tag or its
+    checkpoint's file name (not the checkpoint's full path and hash, as info's "model" has)."""
+    from ..models.spec import BUNDLED_MODELS, HF_HUB_PREFIX, bundled_model
+
+    if spec.hf_hub:
+        return HF_HUB_PREFIX + spec.hf_hub
+    if spec.name in BUNDLED_MODELS and spec.checkpoint and Path(spec.checkpoint).name == bundled_model(spec.name)[1].name:
+        return spec.name
+    weights = spec.pretrained or (spec.checkpoint and Path(spec.checkpoint).name)
+    name = spec.name or "custom model"
+    return f"{name} / {weights}" if weights else name
 
 
 def _load_static() -> dict[str, tuple[bytes, str, str]]:

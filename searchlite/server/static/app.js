@@ -8,7 +8,7 @@ const els = {
   status: $("status"), chips: $("chips"), sentinel: $("sentinel"), drop: $("drop"), info: $("info"),
   infoLink: $("info-link"), welcome: $("welcome"), welcomeFacts: $("welcome-facts"),
   queryChip: $("query-chip"), queryThumb: $("query-thumb"), queryClear: $("query-clear"),
-  detail: $("detail"), detailImg: $("detail-img"), dPath: $("d-path"), dScore: $("d-score"), dDims: $("d-dims"),
+  detail: $("detail"), detailImg: $("detail-img"), detailVideo: $("detail-video"), dAt: $("d-at"), dAtLabel: $("d-at-label"), dPath: $("d-path"), dScore: $("d-score"), dDims: $("d-dims"),
   dBytes: $("d-bytes"), dTags: $("d-tags"), copy: $("copy"), more: $("more"), original: $("original"),
   prev: $("prev"), next: $("next"), close: $("close"),
 };
@@ -179,6 +179,12 @@ function tile(hit, index) {
   score.className = "score";
   score.textContent = hit.score.toFixed(3);
   a.append(img, score);
+  if (hit.type === "video") {
+    const play = document.createElement("span");
+    play.className = "play";
+    play.textContent = "▶" + (hit.time != null ? " " + clock(hit.time) : "");
+    a.append(play);
+  }
   a.addEventListener("click", (e) => {
     if (e.metaKey || e.ctrlKey || e.shiftKey || e.button !== 0) return;
     e.preventDefault();
@@ -268,8 +274,22 @@ document.addEventListener("keydown", (e) => {
 function openDetail(index) {
   current = index;
   const hit = hits[index];
-  els.detailImg.src = hit.image;
+  const video = hit.type === "video";
+  els.detailImg.hidden = video;
+  els.detailVideo.hidden = !video;
+  if (video) {
+    // the original, played from the shot that matched; the thumbnail (that shot's frame) stands
+    // in while it loads, and for good where the browser cannot play the codec
+    els.detailImg.removeAttribute("src");
+    els.detailVideo.poster = hit.thumb;
+    els.detailVideo.src = hit.view;
+  } else {
+    stopVideo();
+    els.detailImg.src = hit.view;  // the original, or a rendition of a format browsers cannot show
+  }
   els.detailImg.alt = basename(hit.path);
+  els.dAt.textContent = hit.time != null ? clock(hit.time) + " – " + clock(hit.time + (hit.span || 0)) : "";
+  els.dAt.hidden = els.dAtLabel.hidden = hit.time == null;
   els.dPath.textContent = hit.path;
   els.dScore.textContent = hit.score.toFixed(4);
   els.dDims.textContent = hit.width && hit.height ? hit.width + " × " + hit.height + " px" : "unknown";
@@ -277,11 +297,11 @@ function openDetail(index) {
   els.dTags.textContent = hit.tags.length ? hit.tags.join(", ") : "none";
   els.original.href = hit.image;
   const where = $("where");
-  where.hidden = !state.q;  // a heat map of the text query over this image, on request
+  where.hidden = !state.q || video;  // a heat map of the text query over this image, on request
   where.textContent = "Where?";
   where.onclick = () => {
     const showing = els.detailImg.src.includes("/api/explain/");
-    els.detailImg.src = showing ? hit.image : "/api/explain/" + hit.id + "?q=" + encodeURIComponent(state.q);
+    els.detailImg.src = showing ? hit.view : "/api/explain/" + hit.id + "?q=" + encodeURIComponent(state.q);
     where.textContent = showing ? "Where?" : "Hide";
   };
   els.copy.textContent = "Copy";
@@ -305,6 +325,19 @@ async function step(delta) {
 els.prev.addEventListener("click", () => step(-1));
 els.next.addEventListener("click", () => step(1));
 els.close.addEventListener("click", () => els.detail.close());
+els.detail.addEventListener("close", stopVideo);
+els.detailVideo.addEventListener("error", () => {  // a codec this browser cannot play: show the frame
+  if (!els.detailVideo.getAttribute("src")) return;
+  els.detailImg.src = els.detailVideo.poster;
+  els.detailVideo.hidden = true;
+  els.detailImg.hidden = false;
+});
+
+function stopVideo() {
+  els.detailVideo.pause();
+  els.detailVideo.removeAttribute("src");
+  els.detailVideo.load();  // lets go of the file
+}
 els.detail.addEventListener("click", (e) => { if (e.target === els.detail) els.detail.close(); });
 els.detail.addEventListener("close", () => els.grid.querySelector(`[data-index="${current}"]`)?.focus({ preventScroll: true }));
 els.more.addEventListener("click", () => {
@@ -335,9 +368,10 @@ async function showInfo() {
   try { info = await getJSON("/api/info"); } catch (err) { setStatus(err.message, true); return; }
   const rows = [
     ["Images indexed", info.images.toLocaleString()],
+    ["Videos indexed", (info.videos || 0).toLocaleString()],
     ["Failed", info.failed.toLocaleString()],
     ["Not images", info.not_images.toLocaleString()],
-    ["Model", info.model || "none yet"],
+    ["Model", info.model_name || "none yet"],
     ["Embedding size", info.dim ?? "—"],
     ["Vector index", info.vector_index],
     ["Database", humanBytes(info.database_bytes)],
@@ -382,6 +416,10 @@ async function getJSON(url) {
 
 function setStatus(text, error = false) { els.status.textContent = text; els.status.classList.toggle("error", error); }
 function basename(path) { return path.split(/[\\/]/).pop(); }
+function clock(seconds) {
+  const s = Math.floor(seconds);
+  return Math.floor(s / 60) + ":" + String(s % 60).padStart(2, "0");
+}
 function humanBytes(n) {
   if (n == null) return "—";
   const units = ["B", "kB", "MB", "GB", "TB"];
@@ -445,7 +483,7 @@ async function start() {
   if (!hasQuery(state) && state.view !== "info") {
     try {
       const info = await getJSON("/api/info");
-      els.welcomeFacts.textContent = info.images.toLocaleString() + " images indexed · " + (info.model || "");
+      els.welcomeFacts.textContent = info.images.toLocaleString() + " images indexed · " + (info.model_name || "");
     } catch { /* the status line says what is wrong once the user searches */ }
   }
   if (!hasQuery(state)) els.q.focus();
