@@ -512,14 +512,22 @@ class SearchEngine:
             return None
         return self._store.vector_for_hash(row.content_hash)
 
-    def decode_image(self, path: str | os.PathLike[str], *, min_side: int | None = None) -> Any:
+    def decode_image(self, path: str | os.PathLike[str], *, min_side: int | None = None, at: float = 0.0) -> Any:
         """The picture in a file as a viewer shows it (RGB, EXIF orientation applied, a PIL image),
         decoded in an isolated decoder process under the index's time and memory limits; with
-        min_side, reduced cheaply to no less than twice that on its shorter side. Raises
-        PathNotFoundError or ImageDecodeError. Safe from many threads (a pool of decoders)."""
+        min_side, reduced cheaply to no less than twice that on its shorter side. A video gives
+        its first frame at or after `at` seconds (PyAV). Raises PathNotFoundError or
+        ImageDecodeError. Safe from many threads (a pool of decoders)."""
+        from .errors import ImageDecodeError
+        from .media import video
         from .media.embed_files import read_image_file
 
         data = read_image_file(os.fspath(path))
+        if video.detect_video(data[:64]) is not None:
+            if not video.available():
+                raise ImageDecodeError(f"{os.fspath(path)} is a video: showing videos needs PyAV ({video.INSTALL_HINT})")
+            with self._decoder_pool().worker() as worker:
+                return worker.decode_video(data, self.settings.video_timeout_s, max_frames=1, min_side=min_side, start_s=at).images[0]
         return self._decoder_pool().decode(data, min_side=min_side, max_pixels=self.settings.max_pixels, name=os.fspath(path)).image
 
     def explain(
