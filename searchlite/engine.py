@@ -537,16 +537,16 @@ class SearchEngine:
         image tower's grid features (with the training-free correction of models/dense.py), less
         the empty text's, and its peak in pixels of the oriented image. output: also write the image overlaid with the
         heat map there (PNG). Raises InvalidInputError for a model without grid features."""
-        from .media.embed_files import read_image_file
+        from .media.embed_files import decode_named, read_image_file, split_frame_time
         from .models import dense
         from .query.explain import explain, overlay
 
         path = os.fspath(image)
-        data = read_image_file(path)
+        read_image_file(split_frame_time(path)[0])  # a missing file is reported before any model loads
         empty, query = self.embed_text(["", text])
         encoder = self.load_model()
         scale = scale or dense.DEFAULT_SCALE
-        decoded = self._decoder_pool().decode(data, min_side=int(scale * encoder.image_size), max_pixels=self.settings.max_pixels)
+        decoded = decode_named(path, self.settings, self._decoder_pool(), min_side=int(scale * encoder.image_size), max_pixels=self.settings.max_pixels)
         grid = dense.grid_features(encoder.model, decoded.image, scale=scale, device=encoder.device)
         rows, cols = grid.vectors.shape[:2]
         grid = dense.Grid(grid.vectors, decoded.width / cols, decoded.height / rows)  # cells in the original's pixels
@@ -868,7 +868,9 @@ class SearchEngine:
         ("file … not found" for a missing one). Missing files are found before any model is loaded."""
         label_set = zeroshot.LabelSet.parse(labels, templates)
         names = [os.fspath(p) for p in paths]
-        missing: dict[str, Any] = {p: PathNotFoundError(f"file {p} not found") for p in names if not os.path.exists(p)}
+        from .media.embed_files import named_file_exists
+
+        missing: dict[str, Any] = {p: PathNotFoundError(f"file {p} not found") for p in names if not named_file_exists(p)}
         present = [p for p in names if p not in missing]
         if not present:
             return [Classification(p, None, None, error=str(missing[p])) for p in names]

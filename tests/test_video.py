@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from searchlite import SearchEngine
+from searchlite import ImageDecodeError, SearchEngine
 from searchlite.cli import app
 from tests.conftest import load_script
 
@@ -89,3 +89,51 @@ def test_without_pyav_or_with_a_damaged_file_a_video_fails_with_a_reason(
     report = engine.index(videos)
     assert report.added == 0 and report.updated == 1
     assert [(Path(p).name, reason.startswith("cannot read video")) for p, reason in report.failures] == [("cut.mp4", True)]
+
+
+def _clip_and_shot(truth: dict) -> tuple[str, object, float]:
+    """A video, one of its later shots, and a time inside that shot."""
+    path, shots = next(iter(truth.items()))
+    shot = shots[-1]
+    return path, shot, (shot.start + shot.end) / 2
+
+
+def test_query_image_takes_a_video_frame_at_a_time_or_its_first(video_index) -> None:
+    index, _, truth = video_index
+    path, shot, t = _clip_and_shot(truth)
+    for name, start in ((f"{path}@{t:g}", shot.start), (path, 0.0)):  # plain: the first frame
+        result = CliRunner().invoke(app, ["query", "--image", name, "-k", "1", "--json", "--index", str(index)])
+        assert result.exit_code == 0, result.output
+        [hit] = [json.loads(line) for line in result.stdout.splitlines()]
+        assert hit["path"] == path and abs(hit["time"] - start) <= 1.0, (name, hit)
+    with SearchEngine.open(index, create=False) as engine:
+        assert engine.search(image=f"{path}@{t:g}", k=1)[0].path == path
+        with pytest.raises(ImageDecodeError, match=r"query image .*@99: the video has no frame at 99s or later"):
+            engine.search(image=f"{path}@99")
+        still = str(next((Path(path).parent / "stills").glob("*.jpg")))
+        with pytest.raises(ImageDecodeError, match=r"is not a video: @SECONDS picks a frame of a video only"):
+            engine.search(image=f"{still}@2")
+        with pytest.raises(ImageDecodeError, match=r"must be seconds from the start, like .*\.mp4@12\.5"):
+            engine.search(image=f"{path}@-1")
+
+
+def test_classify_and_explain_take_a_video_frame(video_index, tmp_path: Path) -> None:
+    index, _, truth = video_index
+    path, shot, t = _clip_and_shot(truth)
+    labels = sorted({f"{s.color} {s.shape}" for shots in truth.values() for s in shots})
+    result = CliRunner().invoke(app, ["classify", f"{path}@{t:g}", path, "--labels", ",".join(labels), "--index", str(index)])
+    assert result.exit_code == 0, result.output
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert [r[0] for r in rows] == [f"{path}@{t:g}", path]
+    assert rows[0][1] == f"{shot.color} {shot.shape}"
+    first = truth[path][0]
+    assert rows[1][1] == f"{first.color} {first.shape}"  # its first frame
+    with SearchEngine.open(index, create=False) as engine:
+        [missing] = engine.classify([f"{tmp_path}/gone.mp4@3"], labels)
+        assert missing.error == f"file {tmp_path}/gone.mp4@3 not found"
+        explained = engine.explain(f"{path}@{t:g}", f"a {shot.color} {shot.shape}")
+        assert (explained.width, explained.height) == (make_shape_videos.SIDE, make_shape_videos.SIDE)
+    result = CliRunner().invoke(app, ["explain", f"{path}@{t:g}", f"a {shot.color} {shot.shape}", "--index", str(index)])
+    assert result.exit_code == 0, result.output
+    x, y = map(float, result.stdout.split("\t"))
+    assert 0 <= x <= make_shape_videos.SIDE and 0 <= y <= make_shape_videos.SIDE

@@ -1,8 +1,13 @@
 """Embedding image files named by a user (query images, files to classify, probe examples): read
-as indexing reads them, in a decoder process under its time and memory limits, then encoded."""
+as indexing reads them, in a decoder process under its time and memory limits, then encoded.
+
+Where one picture is expected, a video stands for one of its frames: "clip.mp4@12.5" for the frame
+at 12.5 seconds, plain "clip.mp4" for its first frame."""
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -10,7 +15,11 @@ import numpy as np
 
 from ..config import IndexSettings
 from ..errors import ImageDecodeError, PathNotFoundError, SearchliteError
+from . import video
 from .decode_worker import DecodePool, DecodeWorker
+from .images import HEADER_BYTES, Decoded
+
+FRAME_SEPARATOR = "@"
 
 if TYPE_CHECKING:
     from ..models.encoder import ImageEncoder
@@ -39,6 +48,54 @@ def read_image_file(path: str, what: str = "file") -> bytes:
         raise ImageDecodeError(f"cannot read {what} {path}: {e.strerror or e}") from None
 
 
+def split_frame_time(name: str) -> tuple[str, float | None]:
+    """'clip.mp4@12.5' -> ('clip.mp4', 12.5); a name without a time, or a file that exists as
+    given ('photo@2x.png'), -> (name, None). Raises ImageDecodeError for a time that is not a number
+    of seconds from the start ('clip.mp4@-3')."""
+    path, sep, tail = name.rpartition(FRAME_SEPARATOR)
+    if not sep or not path or os.path.exists(name):
+        return name, None
+    try:
+        seconds = float(tail)
+    except ValueError:
+        return name, None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ImageDecodeError(f"{name}: the time after {FRAME_SEPARATOR} must be seconds from the start, like {path}{FRAME_SEPARATOR}12.5")
+    return path, seconds
+
+
+def named_file_exists(name: str) -> bool:
+    """Whether the file a name stands for exists (clip.mp4, for "clip.mp4@12.5")."""
+    return os.path.exists(name) or os.path.exists(name.rpartition(FRAME_SEPARATOR)[0] or name)
+
+
+def decode_named(name: str, settings: IndexSettings, decoder: DecodeWorker | DecodePool, what: str = "file", **options: Any) -> Decoded:
+    """The picture a file named by the user stands for, decoded in a decoder process with options
+    (images.decode_rgb's): an image, or a frame of a video ("clip.mp4@12.5", else its first frame)
+    reduced to no less than options' min_side. Raises PathNotFoundError or ImageDecodeError naming it."""
+    path, seconds = split_frame_time(name)
+    data = read_image_file(path, what)
+    try:
+        if video.detect_video(data[:HEADER_BYTES]) is not None:
+            if not video.available():
+                raise ImageDecodeError(f"it is a video, and reading its frames needs PyAV ({video.INSTALL_HINT})")
+            frames = _decode_frame(decoder, data, seconds or 0.0, settings.video_timeout_s, options.get("min_side"))
+            return Decoded(frames.images[0], frames.width, frames.height)
+        if seconds is not None:
+            raise ImageDecodeError(f"{path} is not a video: {FRAME_SEPARATOR}SECONDS picks a frame of a video only")
+        return decoder.decode(data, **options, name=path)
+    except ImageDecodeError as e:
+        raise ImageDecodeError(f"{what} {name}: {e}", setting=e.setting) from None
+
+
+def _decode_frame(decoder: DecodeWorker | DecodePool, data: bytes, seconds: float, time_limit: float, min_side: int | None) -> video.Frames:
+    """The first frame at or after seconds, decoded in a decoder process."""
+    if isinstance(decoder, DecodePool):
+        with decoder.worker() as worker:
+            return worker.decode_video(data, time_limit, max_frames=1, min_side=min_side, start_s=seconds)
+    return decoder.decode_video(data, time_limit, max_frames=1, min_side=min_side, start_s=seconds)
+
+
 def embed_files(
     paths: list[str],
     settings: IndexSettings,
@@ -47,11 +104,11 @@ def embed_files(
     what: str = "file",
     decoder: DecodeWorker | DecodePool | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, SearchliteError]]:
-    """Unit embeddings of image files by path, and the error for each file that could not be read
-    (PathNotFoundError or ImageDecodeError). batch_size() is asked before each batch (the model's
-    device is known once it is loaded). decoder: running decoder processes to use (a pool is held
-    per decode, not while encoding), saving a process start per call; by default one is started
-    and stopped here."""
+    """Unit embeddings of image files by path (a frame for a video, see decode_named), and the error
+    for each file that could not be read (PathNotFoundError or ImageDecodeError). batch_size() is
+    asked before each batch (the model's device is known once it is loaded). decoder: running
+    decoder processes to use (a pool is held per decode, not while encoding), saving a process
+    start per call; by default one is started and stopped here."""
     vectors: dict[str, np.ndarray] = {}
     errors: dict[str, SearchliteError] = {}
     own_decoder = decoder is None
@@ -64,12 +121,7 @@ def embed_files(
             batch = []
             for path in chunk:
                 try:
-                    data = read_image_file(path, what)
-                    try:
-                        image = decoder.decode(data, **decode_options(settings, get_encoder()), name=path).image
-                    except ImageDecodeError as e:
-                        raise ImageDecodeError(f"{what} {path}: {e}", setting=e.setting) from None
-                    batch.append((path, image))
+                    batch.append((path, decode_named(path, settings, decoder, what, **decode_options(settings, get_encoder())).image))
                 except (PathNotFoundError, ImageDecodeError) as e:
                     errors[path] = e
             if batch:
