@@ -25,7 +25,8 @@ it, in terms of values (never command-line flags: the CLI adds those hints).
 
 `http_status` on each class is what the HTTP API answers with. `setting` on an error, when set,
 names the value that would fix it (an IndexSettings field or an argument of SearchEngine.open, e.g.
-"max_megapixels", "pretrained", "index_dir"): the CLI turns it into a flag hint.
+"max_megapixels", "pretrained", "index_dir"): the CLI turns it into a flag hint, which replaces
+the advice in the message where the error gives its `problem` apart.
 """
 
 from __future__ import annotations
@@ -41,9 +42,11 @@ class SearchliteError(Exception):
 
     http_status = 500
 
-    def __init__(self, message: str, *, setting: str | None = None) -> None:
+    def __init__(self, message: str, *, setting: str | None = None, problem: str | None = None) -> None:
         super().__init__(message)
         self.setting = setting
+        # the message without its advice: the CLI gives its flag hint instead, not the advice twice
+        self.problem = problem or message
 
     def __reduce__(self) -> Any:  # keep setting across pickling (worker processes)
         return (_rebuild, (type(self), str(self), self.setting))
@@ -80,7 +83,14 @@ class PathNotFoundError(NotFoundError):
 
 
 class IndexNotFoundError(NotFoundError):
-    """The index directory has no searchlite database yet."""
+    """The index directory has no searchlite database yet (or one with nothing indexed).
+    index_dir is that directory (the CLI names the command that makes it)."""
+
+    def __init__(
+        self, message: str, *, setting: str | None = None, problem: str | None = None, index_dir: os.PathLike[str] | str | None = None
+    ) -> None:
+        super().__init__(message, setting=setting, problem=problem)
+        self.index_dir = index_dir
 
 
 class TagNotFoundError(NotFoundError):

@@ -240,3 +240,29 @@ def test_fewer_pairs_than_the_batch_size_train_on_a_smaller_batch(tmp_path: Path
     assert "only 5 image-caption pairs: training on batches of 5 instead of 64" in by_steps.stderr
     assert "2 steps over 5 pairs" in by_steps.stderr and (tmp_path / "out.pt").exists()
     assert by_epochs.exit_code == 0 and "3 steps over 5 pairs" in by_epochs.stderr  # one batch per epoch
+
+
+@pytest.mark.parametrize("name", ["mine.pt", "mine.safetensors"])
+def test_the_trained_checkpoint_indexes_with_the_flag_the_hint_names(scenes: Path, tmp_path: Path, tiny_model, name: str) -> None:
+    """`train` says "use it with --pretrained OUT": that flag alone must do, whatever the architecture."""
+    config, checkpoint = tiny_model
+    output = tmp_path / name
+    trained = cli_train(str(scenes), "-o", str(output), "--model", str(config), "--pretrained", str(checkpoint), "--steps", "1", "--batch-size", "8")
+    assert trained.exit_code == 0, trained.output
+    assert trained.stderr.rstrip().endswith(f"use it with --pretrained {output}")
+    indexed = CliRunner().invoke(app, ["index", str(scenes), "--index", str(tmp_path / "index"), "--pretrained", str(output)])
+    assert indexed.exit_code == 0, indexed.output
+    assert "48 added" in indexed.stderr
+    # the index is the one that --model CONFIG --pretrained OUT builds: the same model, not a mismatch
+    with SearchEngine.open(tmp_path / "index", model=str(config), pretrained=str(output)) as engine:
+        assert engine.info()["model"] == spec_from_flags(str(config), str(output)).describe()
+        assert len(engine.search("a red circle", k=3)) == 3
+
+
+def test_a_checkpoint_of_another_architecture_is_a_clear_error(scenes: Path, tmp_path: Path, tiny_model) -> None:
+    _, checkpoint = tiny_model  # a plain state dict of the tiny model, given without its architecture
+    result = CliRunner().invoke(app, ["index", str(scenes), "--index", str(tmp_path / "index"), "--pretrained", str(checkpoint)])
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"searchlite: error: cannot load ViT-B-32-256 / checkpoint {checkpoint} (sha256 ")
+    assert "the weights do not fit this architecture" in result.stderr and "name the model they were trained as" in result.stderr
+    assert "unexpected" not in result.stderr and result.stderr.count("\n") == 1

@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from searchlite import SearchEngine, WeightsUnavailableError
+from searchlite.cli import app
 from tests.conftest import load_script
 
 
@@ -22,8 +24,25 @@ def test_missing_weights_offline_fail_at_once_with_what_to_do(photos: Path, tmp_
     msg = str(e.value)
     assert "ViT-B-32-256 / datacomp_s34b_b86k" in msg
     assert "HF_HOME" in msg and "local checkpoint" in msg and "--" not in msg
-    assert e.value.setting == "pretrained"  # the CLI hints at --pretrained
+    assert "the bundled model searchlite-shapes, which works offline" in msg
+    assert e.value.setting == "weights"  # the CLI hints at --pretrained and --model
     assert "\n" not in msg
+
+
+def test_an_offline_first_run_names_the_model_that_works_offline(photos: Path, tmp_path: Path) -> None:
+    """Quick start's first command without network: one line that says what works instead."""
+    runner = CliRunner()
+    first = runner.invoke(app, ["index", str(photos), "--index", str(tmp_path / "index")])
+    assert first.exit_code == 1
+    assert first.stderr == (
+        "searchlite: error: the weights of ViT-B-32-256 / datacomp_s34b_b86k are not in the Hugging Face cache (HF_HOME) "
+        "and cannot be downloaded (HF_HUB_OFFLINE is set); run once with network to cache them, pass a local checkpoint "
+        "with --pretrained CHECKPOINT, or try searchlite offline with --model searchlite-shapes (a demo model that knows "
+        "four colours and three shapes)\n"
+    )
+    offline = runner.invoke(app, ["index", str(photos), "--index", str(tmp_path / "index"), "--model", "searchlite-shapes"])
+    assert offline.exit_code == 0, offline.output
+    assert "10 added" in offline.stderr
 
 
 @pytest.mark.slow

@@ -84,6 +84,11 @@ def load_encoder(spec: ModelSpec, device: str | None = None, *, for_training: bo
             model, _, preprocess = open_clip.create_model_and_transforms(
                 model_name, pretrained=pretrained, device=device, weights_only=True, **kwargs
             )
+    except AssertionError as e:  # open_clip asserts that a checkpoint's shapes fit the architecture
+        raise ModelLoadError(
+            f"cannot load {spec.describe()}: the weights do not fit this architecture ({_first_line(str(e))}); "
+            "name the model they were trained as (an open_clip model name or config JSON) with them"
+        ) from None
     except (RuntimeError, OSError, ValueError, KeyError) as e:
         raise ModelLoadError(f"cannot load {spec.describe()}: {_first_line(str(e))}") from None
     model.eval()

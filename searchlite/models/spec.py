@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -90,7 +91,9 @@ def _sha256(path: str, _size: int, _mtime_ns: int) -> str:
 def spec_from_flags(model: str | None, pretrained: str | None, *, random_init: bool = False) -> ModelSpec:
     """Build a spec from --model / --pretrained as a user typed them (no weights are loaded).
     random_init: a model without --pretrained starts from random weights (for training), except a
-    bundled model, which always has weights: it starts from its shipped checkpoint."""
+    bundled model, which always has weights: it starts from its shipped checkpoint. A checkpoint
+    that `searchlite train` wrote names its own architecture, used when model is not given."""
+    model_given = model is not None
     if pretrained and pretrained.startswith(HF_HUB_PREFIX):
         return ModelSpec(hf_hub=pretrained[len(HF_HUB_PREFIX) :])
     if model and model.startswith(HF_HUB_PREFIX):
@@ -125,6 +128,8 @@ def spec_from_flags(model: str | None, pretrained: str | None, *, random_init: b
 
     if os.path.isfile(pretrained):
         path = os.path.abspath(pretrained)
+        if not model_given and (architecture := checkpoint_architecture(path)) is not None:
+            name, config = architecture.get("name"), architecture.get("config")  # searchlite train wrote it
         return ModelSpec(name=name, config=config, checkpoint=path, checkpoint_sha256=file_sha256(path))
     if config is not None:
         raise ModelLoadError(
@@ -133,6 +138,40 @@ def spec_from_flags(model: str | None, pretrained: str | None, *, random_init: b
             setting="pretrained",
         )
     return ModelSpec(name=name, pretrained=pretrained)
+
+
+# where a checkpoint that searchlite trained records its architecture: safetensors metadata, or a
+# key beside "state_dict" in a .pt (open_clip loads both as it loads any checkpoint)
+ARCHITECTURE_KEY = "searchlite_architecture"
+
+
+def architecture_record(spec: ModelSpec) -> str | None:
+    """What a trained checkpoint records of its model: the open_clip name and/or config (JSON);
+    None for a hub model, whose architecture is its hub repo's."""
+    record = {k: v for k, v in (("name", spec.name), ("config", spec.config)) if v is not None}
+    return json.dumps(record) if record else None
+
+
+def checkpoint_architecture(path: str) -> dict[str, Any] | None:
+    """The architecture recorded in a checkpoint written by `searchlite train` ({"name": ...}
+    and/or {"config": ...}); None for any other checkpoint."""
+    try:
+        if path.endswith(".safetensors"):
+            with open(path, "rb") as f:  # 8 bytes of header length, then the JSON header
+                header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+            text = (header.get("__metadata__") or {}).get(ARCHITECTURE_KEY)
+        else:
+            import torch  # only for a .pt given without a model: loading it needs torch anyway
+
+            # mmap: the tensors are not read, whatever the checkpoint's size
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            text = state.get(ARCHITECTURE_KEY) if isinstance(state, dict) else None
+        record = json.loads(text) if isinstance(text, str) else None
+    except (OSError, ValueError, RuntimeError, AttributeError, pickle.UnpicklingError):  # not ours, or not a checkpoint: loading says so
+        return None
+    if not isinstance(record, dict) or not record or set(record) - {"name", "config"}:
+        return None
+    return record
 
 
 def _looks_like_path(pretrained: str) -> bool:
@@ -192,10 +231,11 @@ def reconcile(recorded: ModelSpec, requested: ModelSpec | None, index_dir: Path,
             checkpoint_sha256=requested.checkpoint_sha256,
         )
     if not requested.same_model(recorded):
+        problem = f"the index in {index_dir} was built with {recorded.describe()}, not {requested.describe()}"
         raise ModelMismatchError(
-            f"the index in {index_dir} was built with {recorded.describe()}, not "
-            f"{requested.describe()}; open it without naming a model to use the index's model, or "
-            "build a separate index with the new model in a new folder",
+            f"{problem}; open it without naming a model to use the index's model, or build a separate "
+            "index with the new model in a new folder",
             setting="model",
+            problem=problem,
         )
     return requested  # same weights; a checkpoint may have moved to the requested path

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 # open_clip's own file names on the hub, preferred first (it tries safetensors before pickles)
 HUB_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 HUB_CONFIG_FILE = "open_clip_config.json"
+OFFLINE_MODEL = "searchlite-shapes"  # bundled with the package: what a first run without network can use
 
 # keys of an open_clip pretrained-tag config that shape preprocessing -> create_model_and_transforms kwargs
 _PREPROCESS_KEYS = {"mean": "image_mean", "std": "image_std", "interpolation": "image_interpolation", "resize_mode": "image_resize_mode"}
@@ -96,9 +97,11 @@ def _require_network(url: str, describe: str) -> None:
 
 
 def _unavailable(describe: str, why: str) -> WeightsUnavailableError:
+    problem = f"the weights of {describe} are not in the Hugging Face cache (HF_HOME) and cannot be downloaded ({why})"
     return WeightsUnavailableError(
-        f"the weights of {describe} are not in the Hugging Face cache (HF_HOME) and cannot be "
-        f"downloaded ({why}); run once with network to cache them, or use a local checkpoint "
-        "file (an open_clip .pt/.bin/.safetensors state dict) as the pretrained weights",
-        setting="pretrained",
+        f"{problem}; run once with network to cache them, use a local checkpoint file (an open_clip "
+        ".pt/.bin/.safetensors state dict) as the pretrained weights, or try the bundled model "
+        f"{OFFLINE_MODEL}, which works offline (a demo that knows four colours and three shapes)",
+        setting="weights",
+        problem=problem,
     )

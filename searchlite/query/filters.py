@@ -68,9 +68,13 @@ class Filters:
     def checked(self) -> Filters:
         """These filters with every value parsed (InvalidInputError naming a bad one) and the
         place resolved (see .place_chosen)."""
-        for bound in (self.after, self.before):
-            if bound is not None:
-                parse_time(bound)
+        after, before = (parse_time(bound) if bound is not None else None for bound in (self.after, self.before))
+        if after is not None and before is not None and not _earlier(after, before):
+            # the filters would keep nothing, and an empty result would not say why
+            raise InvalidInputError(
+                f"the dates contradict each other: nothing is from {self.after} on and before {self.before}; "
+                "give the earlier date as after and the later one as before"
+            )
         if self.near is not None:
             parse_near(self.near)
         if self.camera is not None and not str(self.camera).strip():
@@ -140,6 +144,13 @@ def parse_time(value: str | dt.date) -> TimeBound:
     except ValueError:
         pass
     raise InvalidInputError(f"cannot read the date {text!r}: give {_DATE_FORMS}")
+
+
+def _earlier(first: TimeBound, second: TimeBound) -> bool:
+    """Whether first starts before second: as instants when both have an offset, else as wall clocks."""
+    if first.utc is not None and second.utc is not None:
+        return first.utc < second.utc
+    return first.local < second.local
 
 
 def _bound(moment: dt.datetime) -> TimeBound:

@@ -48,6 +48,28 @@ def split_weight(raw: str, *, is_path: bool = False) -> tuple[float, str]:
     return weight, rest
 
 
+def texts_from_words(words: Sequence[str]) -> list[str]:
+    """The texts of a query typed as command-line words. Plain words are one text, as a person
+    means them (`query a yellow triangle` is "a yellow triangle", not three terms added up);
+    several arguments stay separate terms only when they say so: one of them holds a space (it
+    was quoted: `query "a beach" "a sunset"`) or a weight (`query 2::beach sunset`)."""
+    if len(words) > 1 and not any(len(w.split()) > 1 or _weighted(w) for w in words):
+        return [" ".join(words)]
+    return list(words)
+
+
+def _weighted(raw: str) -> bool:
+    """Whether raw starts with a weight ("2::beach"; also "0::x", which parse_terms refuses)."""
+    head, sep, _ = raw.partition(WEIGHT_SEPARATOR)
+    if not sep:
+        return False
+    try:
+        float(head)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_terms(
     texts: Sequence[str] = (), images: Sequence[str] = (), negatives: Sequence[str] = ()
 ) -> list[Term]:

@@ -1,8 +1,10 @@
 """Contrastive training and fine-tuning (CLIP paper, section 2.3) on image-caption pairs.
 
 Symmetric InfoNCE with a learned temperature (open_clip's ClipLoss), AdamW with linear warmup and
-cosine decay, gradient accumulation, resumable checkpoints. The output is a plain state dict that
-loads anywhere a checkpoint does (`--pretrained CKPT`).
+cosine decay, gradient accumulation, resumable checkpoints. The output is a state dict that loads
+anywhere an open_clip checkpoint does; it also records its architecture (the open_clip name or
+config: safetensors metadata, or a key beside "state_dict" in a .pt), so `--pretrained CKPT` alone
+names the whole model.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 from ..media import images
 from ..storage.atomic_file import write_atomic
 from ..models.encoder import ClipEncoder
+from ..models.spec import ARCHITECTURE_KEY, architecture_record
 from ..errors import InvalidInputError, OutputExistsError, OutputPathError, PathNotFoundError, file_error, os_reason
 
 log = logging.getLogger(__name__)
@@ -274,7 +277,7 @@ def train(
                 saved_step = step  # only once written: an interrupted write keeps the previous one
         model.eval()
         try:
-            _save_weights(output, model)
+            _save_weights(output, model, architecture_record(encoder.spec))
         except OSError as e:
             raise file_error(output, e, writing=True) from None
     except KeyboardInterrupt:
@@ -341,14 +344,15 @@ def _batches(
                 yield torch.stack(list(pixels)), encoder.tokenize(captions)
 
 
-def _save_weights(output: Path, model: Any) -> None:
+def _save_weights(output: Path, model: Any, architecture: str | None) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    extra = {ARCHITECTURE_KEY: architecture} if architecture else {}
     if output.suffix == ".safetensors":
         from safetensors.torch import save
 
-        write_atomic(output, save(state))
+        write_atomic(output, save(state, metadata=extra or None))
     else:
-        write_atomic(output, _torch_bytes(state))
+        write_atomic(output, _torch_bytes({"state_dict": state, **extra}))
 
 
 def _save_state(path: Path, model: Any, optimizer: Any, scheduler: Any, step: int, settings: TrainSettings, n_pairs: int) -> None:
