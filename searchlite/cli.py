@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import sys
 import warnings
 from collections.abc import Iterable, Iterator
@@ -67,10 +68,12 @@ def _configure_logging(verbose: bool) -> None:
 
 # The flag a library error's `setting` is changed with on the command line
 _HINTS = {
-    "index_dir": "run `searchlite index FOLDER` to make one, or pass --index DIR (or set SEARCHLITE_INDEX) for another index",
+    "index_dir": "run `searchlite index FOLDER --index {index_dir}` first, or pass --index DIR (or set SEARCHLITE_INDEX) for another index",
     "max_megapixels": "raise the limit with --max-megapixels",
     "pretrained": "pass the weights with --pretrained TAG|hf-hub:ID|CHECKPOINT",
-    "model": "drop --model/--pretrained to use the index's model, or pass --index with a new folder",
+    "weights": "run once with network to cache them, pass a local checkpoint with --pretrained CHECKPOINT, or try searchlite "
+    "offline with --model searchlite-shapes (a demo model that knows four colours and three shapes)",
+    "model": "drop --model/--pretrained to use the index's model, or pass --index NEW_DIR to build a separate index with this one",
     "device": "pass --device cpu",
     "precision": "use --precision auto|fp32|bf16|fp16",
     "token": "pass --token SECRET (or set SEARCHLITE_TOKEN)",
@@ -82,6 +85,8 @@ _HINTS = {
 # for commands that lack the flags a hint names: advice that works from any command
 _FALLBACK_HINTS = {
     "pretrained": "give the weights once with `searchlite index FOLDER --pretrained TAG|hf-hub:ID|CHECKPOINT`",
+    "weights": "run once with network to cache them, or try searchlite offline on a new index: "
+    "`searchlite index FOLDER --index NEW_DIR --model searchlite-shapes` (a demo model that knows four colours and three shapes)",
     "model": "a separate index is built with `searchlite index FOLDER --index NEW_DIR --model MODEL --pretrained WEIGHTS`",
 }
 
@@ -131,7 +136,12 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except SearchliteError as e:
-        typer.echo(_error_line(e, _hint(e.setting)), err=True)
+        hint = _hint(e.setting)
+        if hint is not None:  # the index an error is about, as its --index value
+            where = getattr(e, "index_dir", None)
+            hint = hint.replace("{index_dir}", shlex.quote(_printable(str(where))) if where is not None else "DIR")
+        # a flag hint replaces the advice the library gave in values, where it gives it apart
+        typer.echo(_error_line(e.problem if hint else e, hint), err=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt as e:
         # an interruption that knows what it saved says so (train: which checkpoint, if any)
@@ -266,10 +276,20 @@ def _progress(description: str, unit: str = "file") -> Iterator[Any]:
 
 @app.command()
 def query(
-    text: Annotated[Optional[list[str]], typer.Argument(metavar="[TEXT]...", help='Texts to search for; "2::beach" weights a term (a single colon is plain text).', show_default=False)] = None,
+    text: Annotated[
+        Optional[list[str]],
+        typer.Argument(
+            metavar="[TEXT]...",
+            help='What to search for. Unquoted words are one text (a yellow triangle); quoted texts ("a beach" "a sunset") or weighted ones ("2::beach": a number and a double colon) are separate terms that add up.',
+            show_default=False,
+        ),
+    ] = None,
     image: Annotated[Optional[list[str]], typer.Option("--image", "-i", metavar="PATH", help='Find images similar to this file (repeatable); "0.5::PATH" weights it.')] = None,
     negative: Annotated[Optional[list[str]], typer.Option("--not", metavar="TEXT", help='Text to steer away from (repeatable); "3::people" weights it.')] = None,
-    k: Annotated[int, typer.Option("-k", "--top", min=1, metavar="K", help="Number of results (not with --sort or --all, which return every match).")] = 10,
+    k: Annotated[
+        Optional[int],
+        typer.Option("-k", "--top", min=1, metavar="K", help="Number of results [default: 10]; with --sort or --all, which return every match, the K most relevant of them, in their order.", show_default=False),
+    ] = None,
     as_json: JsonOpt = False,
     null: Annotated[
         bool, typer.Option("--null", "-0", help="End each score<TAB>path record with NUL, not newline (any file name is safe; not with --json).")
@@ -292,6 +312,7 @@ def query(
 ) -> None:
     """Search the index: prints score<TAB>path per line, best first (by date with --sort); a third
     column says where a video or a region matched (t=SECONDS or box=x0,y0,x1,y1), when it did."""
+    from .query.terms import texts_from_words
     if as_json and null:
         typer.echo("searchlite: error: give --json or -0, not both (JSON lines already keep any file name intact)", err=True)
         raise typer.Exit(2)
@@ -306,9 +327,14 @@ def query(
             others = f"; also {len(chosen.others)} other place{'s' if len(chosen.others) != 1 else ''} of that name ({', '.join(chosen.others[:3])}{', ...' if len(chosen.others) > 3 else ''}): add a country, e.g. \"{chosen.name}, {chosen.country}\", or use --near" if chosen.others else ""
             typer.echo(f"searchlite: place {place!r} is {chosen.describe()}{others}", err=True)
         hits = engine.search(
-            text or [], image=image or [], negative=negative or [], k=k, tag=tag, type=type_, filters=filters, sort=sort, min_score=min_score,
-            all_ranked=all_ranked,
+            texts_from_words(text or []), image=image or [], negative=negative or [], tag=tag, type=type_, filters=filters, sort=sort,
+            min_score=min_score, all_ranked=all_ranked, **({} if k is None else {"k": k}),
         )
+    if k is not None and (sort is not None or all_ranked):
+        # -k caps what is otherwise every match: its k most relevant (the first k with no query), in the order shown
+        best = hits[:k] if listing else sorted(hits, key=lambda h: -h.score)[:k]
+        kept = {id(h) for h in best}
+        hits = [h for h in hits if id(h) in kept]
 
     def record(h: Any) -> dict[str, Any]:
         out = _hit_record(h) | {"taken_at": h.taken_at}

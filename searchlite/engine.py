@@ -96,8 +96,11 @@ class SearchEngine:
         encoder_factory: EncoderFactory = load_encoder,
         *,
         model_given: bool = True,
+        exists: bool = True,
     ) -> None:
         self.index_dir = index_dir
+        # opened on a missing index: store is a stand-in in memory until the first write creates it
+        self._unborn = index_dir is not None and not exists
         self.settings = settings or IndexSettings()
         self._store = store
         self._device = device
@@ -108,11 +111,11 @@ class SearchEngine:
         self._text_tower: TextTower | None = None
         self._tower_checked = False  # whether an exported text tower has been looked for
         self._text_cache = TextCache()
-        self._cache = VectorCache(index_dir, store) if index_dir is not None else None
+        self._cache = VectorCache(index_dir, store) if index_dir is not None and exists else None
         self._vectors: VectorIndex | None = None
         # the last query vectors, kept beside the index (at close) to re-check approximate search on;
         # an engine that must not write to its index (the server's) sets remember_queries = False
-        self._recent = RecentQueries(index_dir / RECENT_QUERIES_FILENAME) if index_dir is not None else None
+        self._recent = RecentQueries(index_dir / RECENT_QUERIES_FILENAME) if index_dir is not None and exists else None
         self.remember_queries = True
         self.model_load_seconds = 0.0  # spent loading the model in this process
         self._decoders: DecodePool | None = None  # decoder processes kept for query images, made on first use
@@ -138,14 +141,26 @@ class SearchEngine:
 
         model/pretrained are needed only to build a new index with a non-default model; an existing
         index remembers its model (pretrained alone gives its checkpoint's new location, once it
-        moved). With create=False a missing index raises IndexNotFoundError. Flags are checked
-        before anything is created: a refused open leaves no folder behind.
+        moved). A missing index is created by the first write (index(), import_embeddings()), not
+        here: until then what reads it (search(), info(), ...) raises IndexNotFoundError, and
+        nothing is on disk. With create=False a missing index raises IndexNotFoundError at once.
         """
         path = resolve_index_dir(index_dir)
         db = path / DB_FILENAME
         if not db.exists() and not create:
-            raise IndexNotFoundError(f"no index in {path}: index a folder into it first", setting="index_dir")
+            raise _no_index(path)
         requested = spec_from_flags(model, pretrained) if (model or pretrained) else None
+        if not db.exists():  # a mistyped folder opened to search must not become an empty index
+            return cls(path, Store.in_memory(), requested, device, settings, encoder_factory, model_given=model is not None, exists=False)
+        return cls._open_existing(path, requested, device, settings, encoder_factory, model_given=model is not None)
+
+    @classmethod
+    def _open_existing(
+        cls, path: Path, requested: ModelSpec | None, device: str | None, settings: IndexSettings | None,
+        encoder_factory: EncoderFactory, *, model_given: bool,
+    ) -> SearchEngine:
+        """The engine on the database in path, made (with the folder) when missing."""
+        db = path / DB_FILENAME
         created = not path.exists()
         try:
             path.mkdir(parents=True, exist_ok=True)
@@ -154,7 +169,7 @@ class SearchEngine:
         try:
             store = Store.open(db)
             try:
-                return cls(path, store, requested, device, settings, encoder_factory, model_given=model is not None)
+                return cls(path, store, requested, device, settings, encoder_factory, model_given=model_given)
             except BaseException:
                 store.close()
                 raise
@@ -186,10 +201,28 @@ class SearchEngine:
             raise
 
     def _folder(self) -> Path:
-        """The index folder; an engine without one refuses what needs it."""
+        """The index folder; an engine without one refuses what needs it, and one opened on a
+        missing index what reads it."""
         if self.index_dir is None:
             raise InvalidInputError("this engine has no index: open one with SearchEngine.open(folder) to index, search or tag")
+        if self._unborn:
+            raise _no_index(self.index_dir)
         return self.index_dir
+
+    def _create(self) -> None:
+        """Create the missing index this engine was opened on (its first write): the folder and
+        the database, which takes over the model the stand-in recorded if the model loaded first."""
+        with self._lock:
+            if not self._unborn:
+                return
+            assert self.index_dir is not None
+            opened = self._open_existing(self.index_dir, self.spec, self._device, self.settings, self._encoder_factory, model_given=True)
+            stand_in, self._store = self._store, opened._store
+            for key in ("model", "embed_dim"):
+                if stand_in.get_info(key) is not None and self._store.get_info(key) is None:
+                    self._store.set_info(key, stand_in.get_info(key))
+            stand_in.close()
+            self.spec, self._cache, self._recent, self._unborn = opened.spec, opened._cache, opened._recent, False
 
     def close(self) -> None:
         if self._recent is not None and self.remember_queries and not self._store.read_only:
@@ -224,11 +257,12 @@ class SearchEngine:
 
         settings.raw_siblings, when given, is remembered by the index for later runs: a camera RAW
         file beside a same-name JPEG is skipped (the JPEG is indexed) unless it is True."""
-        index_dir = self._folder()
-        self._store.check_writable()
         root = os.path.abspath(os.fspath(folder))
         if not os.path.exists(root):
             raise PathNotFoundError(f"folder {folder} not found")
+        self._create()
+        index_dir = self._folder()
+        self._store.check_writable()
         stage: Callable[[Any], Any] | None = None
         connected = False
         if ray is not None:
@@ -352,7 +386,10 @@ class SearchEngine:
         filters = self.filters(filters, **filter_values)
         index_dir = self._folder()
         if self._vectors is None and self._store.get_info("model") is None:
-            raise IndexNotFoundError(f"the index in {index_dir} is empty: index a folder into it first", setting="index_dir")
+            raise IndexNotFoundError(
+                f"the index in {index_dir} is empty: index a folder into it first", setting="index_dir",
+                problem=f"the index in {index_dir} is empty", index_dir=index_dir,
+            )
         vectors = self.vectors
         if sort is not None and text in (None, [], ()) and image in (None, [], ()) and negative in (None, [], ()):
             _check_type(type)
@@ -800,6 +837,7 @@ class SearchEngine:
         export_embeddings() writes them, with shots, regions and metadata) or plain lines; the tag
         sets and settings of an .index.json beside npy_path are taken too. Later index runs treat
         these files as unchanged. Returns (embeddings imported, files not found here)."""
+        self._create()
         self._store.check_writable()
         dim = self._store.get_info("embed_dim") or self.image_encoder().embed_dim
         files = transfer.read_embeddings(Path(npy_path), Path(paths_path), dim, self.spec.describe())
@@ -999,6 +1037,11 @@ class SearchEngine:
     def _writing(self) -> Any:
         """The index's write lock (one writer at a time, across processes)."""
         return writer_lock(self._folder() / LOCK_FILENAME)
+
+
+def _no_index(path: Path) -> IndexNotFoundError:
+    path = Path(os.path.abspath(path))  # "no index in index" would say little
+    return IndexNotFoundError(f"no index in {path}: index a folder into it first", setting="index_dir", problem=f"no index in {path}", index_dir=path)
 
 
 def _remove_new_index(path: Path) -> None:
