@@ -262,6 +262,8 @@ def test_the_detail_view_shows_every_kind_of_file(page, media_server, kind) -> N
         page.wait_for_function("() => !document.getElementById('detail-video').seeking")
         assert _near(video.evaluate(CENTRE), "red"), video.evaluate(CENTRE)
         assert page.locator("#d-at").inner_text() == "0:02 – 0:04"
+        stage, box = page.locator(".stage").bounding_box(), video.bounding_box()  # its controls are on screen
+        assert box["y"] + box["height"] <= stage["y"] + stage["height"] + 1, (box, stage)
     else:
         img = page.locator("#detail-img")
         img.wait_for()
