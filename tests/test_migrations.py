@@ -30,12 +30,11 @@ def _load_fixture_script():
 fixtures = _load_fixture_script()
 
 
-def old_index(commit: str, root: Path, tiny_model) -> tuple[Path, Path]:
-    """(index dir, photos) as commit's code left them, moved under root."""
+def old_index(commit: str, root: Path) -> tuple[Path, Path, dict[str, str]]:
+    """(index dir, photos, the model flags) as commit's code left them, moved under root, with the
+    fixtures' tiny model (fixed weights, whatever torch draws) where the index records it."""
     photos = fixtures.write_folder(root)
-    (root / "model").mkdir()
-    for file in tiny_model:  # where the index records its model
-        (root / "model" / file.name).symlink_to(file)
+    config, checkpoint = fixtures.write_tiny_model(root / "model")
     index = root / "index"
     index.mkdir()
     fixtures.load(FIXTURES / f"schema-{commit}.sql", index / DB_FILENAME, root)
@@ -43,9 +42,8 @@ def old_index(commit: str, root: Path, tiny_model) -> tuple[Path, Path]:
         recorded = json.loads(conn.execute("SELECT value FROM index_info WHERE key = 'model'").fetchone()[0])
     from searchlite.models.spec import file_sha256
 
-    if recorded["checkpoint_sha256"] != file_sha256(str(tiny_model[1])):  # e.g. another torch draws other weights
-        pytest.skip("this torch builds other tiny-model weights than the fixtures': run tests/fixtures/make_schema_fixtures.py")
-    return index, photos
+    assert recorded["checkpoint_sha256"] == file_sha256(str(checkpoint)), "the fixture's model changed: run tests/fixtures/make_schema_fixtures.py"
+    return index, photos, {"model": str(config), "pretrained": str(checkpoint)}
 
 
 def schema_of(db: Path) -> dict[str, list[tuple]]:
@@ -109,10 +107,8 @@ def test_m002_keeps_tag_tables_a_version_1_file_already_has(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("commit", OLD_INDEXES)
-def test_an_index_written_by_old_code_answers_like_a_fresh_one(commit: str, tiny_model, tmp_path: Path) -> None:
-    config, checkpoint = tiny_model
-    index, photos = old_index(commit, tmp_path, tiny_model)
-    flags = {"model": str(config), "pretrained": str(checkpoint)}
+def test_an_index_written_by_old_code_answers_like_a_fresh_one(commit: str, tmp_path: Path) -> None:
+    index, photos, flags = old_index(commit, tmp_path)
     labels = fixtures.TAG_LABELS
     with SearchEngine.open(tmp_path / "fresh", **flags) as fresh, SearchEngine.open(index, **flags) as old:
         fresh.index(photos)

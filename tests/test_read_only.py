@@ -85,9 +85,8 @@ def test_a_read_only_index_answers_and_refuses_writes_in_one_line(
         assert result.stderr == f"searchlite: error: the index in {ro} is read-only: it can answer queries; to change it, copy it (or remount its drive) where it can be written\n", args
 
 
-def test_an_old_schema_on_read_only_media_still_answers(tiny_model, tmp_path: Path, read_only_mount) -> None:
-    config, checkpoint = tiny_model
-    index, photos = old_index("2e598f4", tmp_path / "old", tiny_model)
+def test_an_old_schema_on_read_only_media_still_answers(tmp_path: Path, read_only_mount) -> None:
+    index, _, _ = old_index("2e598f4", tmp_path / "old")
     ro = read_only_mount(index)
     result = run("query", "a red square", "--tag", "red", "--index", str(ro))
     assert result.exit_code == 1 and result.stdout == ""  # no tag tables yet: no tags
