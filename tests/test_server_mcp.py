@@ -12,7 +12,7 @@ import pytest
 
 mcp = pytest.importorskip("mcp", reason="the mcp SDK is not installed: pip install 'searchlite[serve]'")
 
-from tests.server_fixtures import caption_of, shapes_index  # noqa: F401,E402
+from tests.server_fixtures import caption_of, media_index, shapes_index  # noqa: F401,E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,6 +77,18 @@ def test_mcp_tools_answer_through_the_sdk_client(shapes_index) -> None:
     assert info["images"] == len(scenes) and "searchlite-shapes" in info["model"]
     assert classified[0]["label"] == "blue" and "error" in classified[1]
     assert field(bad, "is_error", "isError") and "empty" in " ".join(c.text for c in bad.content).lower()
+
+
+def test_mcp_says_which_shot_of_a_video_matched(media_index) -> None:
+    paths, index = media_index
+
+    async def steps(session):
+        return structured(await session.call_tool("search", {"text": "a red circle", "k": 2}))
+
+    hits = run_session(index, steps)
+    assert hits[0]["path"] == str(paths["mp4"]) and hits[0]["type"] == "video"
+    assert (hits[0]["time"], hits[0]["span"]) == (2.0, 2.0)  # the red circle's shot, not the blue square's
+    assert "type" not in hits[1] and "time" not in hits[1]
 
 
 def test_mcp_refuses_a_missing_index_with_a_message(tmp_path) -> None:

@@ -31,6 +31,9 @@ def build_server(engine: Any) -> Any:
         return [
             {"path": h.path, "score": round(float(h.score), 4), "width": h.width, "height": h.height, "tags": list(h.tags)}
             | ({"copies": list(h.copies)} if h.copies else {})  # exact copies of the file, collapsed into its hit
+            | ({"type": h.kind} if h.kind != "image" else {})
+            | ({"time": h.time, "span": h.span} if h.time is not None else {})  # the video's shot that matched
+            | ({"box": list(h.box)} if h.box is not None else {})  # the image's region that matched
             for h in found
         ]
 
