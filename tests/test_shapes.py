@@ -12,7 +12,8 @@ from searchlite.models.spec import bundled_model, file_sha256
 from searchlite.storage.store import Store
 from tests.conftest import load_script
 
-evaluate = load_script("eval_shapes").evaluate
+eval_shapes = load_script("eval_shapes")
+evaluate = eval_shapes.evaluate
 
 # The first bundled weights (one shape per scene, context length 16): indexes built with them must
 # be refused, never mixed with vectors from the current weights.
@@ -41,12 +42,26 @@ def test_text_queries_find_the_right_shapes(results: dict) -> None:
     assert results["worst_precision_at_5"] >= 0.95, results  # every one of the 12 queries
 
 
-# The targets are 0.95 by colour and by shape and 0.9 on two-shape scenes. The shipped weights reach
-# 1.00 / 0.95 / 0.97 on these scenes (seed 17); by shape they sit at the target (0.94-0.95 on other
-# seeds of 200 scenes), so the floor leaves room for a scene or two of float noise across machines.
-def test_zero_shot_with_the_default_template_by_colour_and_by_shape(results: dict) -> None:
+# By shape the shipped weights sit just above the 0.95 target: 0.9565 over 2,000 fresh scenes
+# (seeds 9001-9010 of scripts/eval_shapes.py, 200 each, from 0.93 to 0.975), 0.955 on the 1,000
+# below (seed 9011, fixed before it was first measured). On 200 scenes one standard error (0.015)
+# spans the target; on 1,000 it is 0.0065.
+@pytest.fixture(scope="module")
+def shape_accuracy(tmp_path_factory: pytest.TempPathFactory) -> float:
+    """Zero-shot accuracy by shape (the default template) on 1,000 fresh one-shape scenes of a
+    seed used nowhere else."""
+    folder = tmp_path_factory.mktemp("held_out")
+    truth = eval_shapes._scenes("eval", folder / "scenes", 1000, 9011, 1)
+    with SearchEngine.open(folder / "index", model="searchlite-shapes") as engine:
+        engine.index(folder / "scenes")
+        results = engine.classify(list(truth), list(eval_shapes.SHAPES))
+    return sum(r.label == next(iter(truth[r.path]))[1] for r in results) / len(truth)
+
+
+# The targets are 0.95 by colour and by shape and 0.9 on two-shape scenes.
+def test_zero_shot_with_the_default_template_by_colour_and_by_shape(results: dict, shape_accuracy: float) -> None:
     assert results["color_accuracy"] >= 0.95, results
-    assert results["shape_accuracy"] >= 0.93, results
+    assert shape_accuracy >= 0.95, shape_accuracy
 
 
 def test_on_two_shape_scenes_a_query_ranks_the_scenes_that_hold_it_first(results: dict) -> None:
