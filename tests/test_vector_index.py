@@ -198,3 +198,96 @@ def test_ids_lists_what_the_index_holds(kind: str, faster_structure) -> None:
         faster_structure(kind)
         assert index.optimize(force=True)["kind"] == kind
     np.testing.assert_array_equal(np.sort(index.ids()), np.arange(300, 3000, 3))
+
+
+STRUCTURES = ["exact", "ivf", "hnsw", "ivfpq", "hnswpq"]
+
+
+def built(structure: str, n: int = 300, d: int = 32, seed: int = 0) -> tuple[VectorIndex, np.ndarray, np.ndarray]:
+    """An index of n random unit vectors (ids 7i+1, the first ten removed again) rebuilt as
+    structure, with an exact source kept in step; and its (ids, vectors)."""
+    from searchlite.storage.vector_index import ArrayVectors
+
+    ids, vectors = np.arange(n, dtype=np.int64) * 7 + 1, unit(n, d, seed)
+    index = VectorIndex(d, use_gpu=False)
+    index.add(ids, vectors)
+    index.remove(ids[:10])
+    ids, vectors = ids[10:], vectors[10:]
+    index.exact = ArrayVectors(ids, vectors)
+    assert index.optimize(structure=structure)["kind"] == index.kind == structure
+    return index, ids, vectors
+
+
+def finished(fn, *args, **kwargs):
+    """fn's result, run on a thread that must finish in 30 s: a lock taken twice fails, not hangs."""
+    import threading
+
+    out = []
+    thread = threading.Thread(target=lambda: out.append(fn(*args, **kwargs)), daemon=True)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive(), f"{fn.__name__} did not finish (a lock taken twice?)"
+    return out[0]
+
+
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_scores_are_the_true_cosines_of_every_vector_on_every_structure(structure: str) -> None:
+    """query --sort date/--all/--min-score score every vector: ivf deadlocked, ivfpq gave codes'
+    scores from the probed lists only, hnswpq gave L2 distances."""
+    index, ids, vectors = built(structure)
+    query = unit(1, 32, seed=5)
+    truth = vectors @ query[0]
+    order = np.argsort(-truth, kind="stable")
+    scores, found = finished(index.scores, query)
+    assert len(found) == len(ids) == len(index)
+    np.testing.assert_array_equal(found, ids[order])
+    np.testing.assert_allclose(scores, truth[order], atol=1e-6)
+    subset = ids[::3][::-1]  # any order, and ids the index does not hold
+    scores, found = finished(index.scores, query, among=np.concatenate([subset, [2, 10**9]]))
+    np.testing.assert_array_equal(found, ids[::3][np.argsort(-truth[::3], kind="stable")])
+    np.testing.assert_allclose(scores, np.sort(truth[::3])[::-1], atol=1e-6)
+
+
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_a_search_for_k_returns_k_while_the_index_holds_them(structure: str) -> None:
+    """IVF of 2 lists probing 1 returned 61 of 94 for k=500: short rows are answered exactly."""
+    index, ids, vectors = built(structure, n=104)
+    if structure in ("ivf", "ivfpq"):
+        index._index.nprobe = 1  # what tuning picks when one list holds the top 10
+    elif structure in ("hnsw", "hnswpq"):
+        index._hnsw().hnsw.efSearch = 1
+    queries = unit(4, 32, seed=6)
+    for k in (10, 60, 94, 500):
+        scores, found = index.search(queries, k)
+        assert found.shape == (4, min(k, 94)) and (found >= 0).all(), (k, (found >= 0).sum(axis=1))
+        assert all(len(set(row)) == len(row) for row in found.tolist())
+    _, want = brute_force(ids, vectors, queries, 94)
+    assert (np.sort(index.search(queries, 500)[1], axis=1) == np.sort(want, axis=1)).all()
+
+
+@pytest.mark.parametrize("n", [2, 39, 94])
+def test_faiss_prints_nothing_while_building_any_structure(n: int, capfd) -> None:
+    """faiss's C++ k-means wrote 'WARNING clustering 75 points to 2 centroids' to the terminal."""
+    from searchlite.storage.vector_index import ArrayVectors
+
+    ids, vectors = np.arange(n, dtype=np.int64), unit(n, 32)
+    for structure in STRUCTURES:
+        index = VectorIndex(32, use_gpu=False, exact=ArrayVectors(ids, vectors))
+        index.add(ids, vectors)
+        assert index.optimize(structure=structure)["kind"] == structure
+        assert index.optimize(force=True)["kind"] in ("exact", "ivf", "hnsw")
+    out, err = capfd.readouterr()
+    assert (out, err) == ("", "")
+
+
+def test_an_unknown_or_impossible_structure_is_refused() -> None:
+    index = VectorIndex(8, use_gpu=False)
+    with pytest.raises(ValueError, match="unknown index structure 'ivfflat': choose one of auto, exact, ivf, hnsw, ivfpq, hnswpq"):
+        index.optimize(structure="ivfflat")
+    index.add(np.arange(1), unit(1, 8))
+    with pytest.raises(ValueError, match="at least 2 vectors"):
+        index.optimize(structure="ivf")
+    index.add(np.arange(1, 50), unit(49, 8, seed=1))
+    with pytest.raises(ValueError, match="exact="):
+        index.optimize(structure="ivfpq")
+    assert index.kind == "exact" and len(index) == 50

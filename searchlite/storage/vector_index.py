@@ -64,6 +64,9 @@ _EF_SEARCH = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 
 # at the target recall is kept
 HNSW_TRY_FRACTION = 0.02
 HNSW_M = 32  # candidates an ivfpq search re-ranks with the exact vectors
+AUTO = "auto"
+# what optimize(structure=...) builds: AUTO picks for the size and the memory budget
+STRUCTURES = (AUTO, "exact", "ivf", "hnsw", "ivfpq", "hnswpq")
 _MAGIC = b"searchlite-vectors\n"  # then a 4-byte length, a JSON header and the faiss index
 
 
@@ -244,40 +247,56 @@ class VectorIndex:
         queries: np.ndarray | None = None,
         memory_budget: int | None = None,
         force: bool = False,
+        structure: str = AUTO,
         target_recall: float = TARGET_RECALL,
         seed: int = 0,
     ) -> dict[str, Any]:
-        """Pick the structure for the current size and rebuild: exact below ann_min_vectors (unless
-        force); else IVF-Flat while the vectors fit memory_budget bytes (default: MEMORY_FRACTION of
-        the machine's memory), IVF-PQ re-ranked with the exact vectors past it (this needs `exact`).
-        Trained on a sample and filled in chunks: beyond the index being built, memory holds one
-        chunk and the sample. The probes (and shortlist) are the cheapest that reach target_recall@10
-        against exact search on `queries` — give ones like those the index will get (text
-        embeddings for a text-to-image search); without them, indexed vectors with noise added.
-        Built from `exact` when there is one, else from what the index holds. Returns what was
-        chosen and measured."""
+        """Rebuild as `structure` (one of STRUCTURES). AUTO picks for the current size: exact below
+        ann_min_vectors (unless force); else IVF-Flat (or HNSW, when it answers faster) while the
+        vectors fit memory_budget bytes (default: MEMORY_FRACTION of the machine's memory), IVF-PQ
+        (or HNSW-PQ) re-ranked with the exact vectors past it. A structure named is built whatever
+        the size (a compressed one needs `exact`). Trained on a sample and filled in chunks: beyond
+        the index being built, memory holds one chunk and the sample. The probes (and shortlist)
+        are the cheapest that reach target_recall@10 against exact search on `queries` — give ones
+        like those the index will get (text embeddings for a text-to-image search); without them,
+        indexed vectors with noise added. Built from `exact` when there is one, else from what the
+        index holds. Returns what was chosen and measured. Raises ValueError for an unknown
+        structure, or one that cannot be built here."""
+        if structure not in STRUCTURES:
+            raise ValueError(f"unknown index structure {structure!r}: choose one of {', '.join(STRUCTURES)}")
         faiss = _faiss()
         budget = int(memory_budget or default_memory_budget())
         with self._lock:
             self._gpu_copy = None
             n = len(self) if self.exact is None else len(self.exact)
-            if n < self.ann_min_vectors and not force or n < 40:  # 39 points per list is k-means' minimum
+            compare = structure == AUTO  # auto also tries HNSW beside the inverted file
+            if structure == AUTO:
+                small = n < self.ann_min_vectors and not force or n < 40  # 39 points per list is k-means' minimum
+                structure = "exact" if small else "ivfpq" if flat_bytes(n, self.dim) > budget else "ivf"
+            if structure == "exact":
                 index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
                 for ids, chunk in self._source():
                     index.add_with_ids(as_vectors(chunk, self.dim), ids)
                 self._index, self.tuning = index, {"vectors": n}
                 return {"kind": "exact", "vectors": n}
-            compress = flat_bytes(n, self.dim) > budget
+            compress = structure in ("ivfpq", "hnswpq")
             if compress and self.exact is None:
                 raise ValueError(
                     f"{n} vectors need {flat_bytes(n, self.dim)} bytes held exactly, over the memory budget of "
                     f"{budget}: a compressed index re-ranks with the exact vectors, so give VectorIndex(exact=...)"
+                    if compare else f"a compressed index ({structure}) re-ranks with the exact vectors: give VectorIndex(exact=...)"
                 )
+            if n < 2:
+                raise ValueError(f"an {structure} index needs at least 2 vectors to be built; this one holds {n}: keep it exact")
             rng = np.random.default_rng(seed)
             started = time.monotonic()
-            new, sample_size = self._empty(n, budget, compress)
+            if structure in ("ivf", "ivfpq"):
+                new, sample_size = self._empty(n, budget, compress)
+            else:
+                new, sample_size = self._graph(*(self._pq_shape(n, budget) if compress else (0, 0))), min(n, 16_384)
             sample = _sample(self._source, n, sample_size, rng, self.dim)
-            new.train(sample)
+            if not new.is_trained:
+                new.train(sample)
             queries = _unit(queries, self.dim) if queries is not None else None
             tuned_on = "queries"
             if queries is None or not len(queries):
@@ -294,14 +313,15 @@ class VectorIndex:
             self._index = new
             self.tuning = {"vectors": n}
             chosen = self._tune(queries, truth.ids, target_recall)
-            code = new.code_size if compress else 4 * self.dim
-            graph_bytes = n * (code + 8 + int(1.1 * 4 * 2 * (HNSW_M // 2 if compress else HNSW_M)))
-            if new.nprobe > HNSW_TRY_FRACTION * new.nlist and graph_bytes <= budget:
-                chosen = self._keep_faster_of_ivf_and_hnsw(chosen, queries, truth.ids, target_recall, rng)
+            if compare:
+                code = new.code_size if compress else 4 * self.dim
+                graph_bytes = n * (code + 8 + int(1.1 * 4 * 2 * (HNSW_M // 2 if compress else HNSW_M)))
+                if new.nprobe > HNSW_TRY_FRACTION * new.nlist and graph_bytes <= budget:
+                    chosen = self._keep_faster_of_ivf_and_hnsw(chosen, queries, truth.ids, target_recall, rng)
             self.tuning.update(chosen, tuned_on=tuned_on, queries=len(queries), checked_at=n)
             _trim_heap()
-            return {"kind": self.kind, "vectors": n, **({"nlist": new.nlist} if self.kind.startswith("ivf") else {}), **chosen, "tuned_on": tuned_on, "queries": len(queries),
-                    "bytes": self.nbytes, "build_seconds": round(build_s, 1)}
+            return {"kind": self.kind, "vectors": n, **({"nlist": self._index.nlist} if self.kind.startswith("ivf") else {}), **chosen, "tuned_on": tuned_on,
+                    "queries": len(queries), "bytes": self.nbytes, "build_seconds": round(build_s, 1)}
 
     def _keep_faster_of_ivf_and_hnsw(self, ivf_chosen: dict[str, Any], queries: np.ndarray, truth: np.ndarray, target: float, rng: np.random.Generator) -> dict[str, Any]:
         """Build HNSW beside the tuned inverted file (over the vectors for IVF-Flat, over the same
@@ -311,14 +331,11 @@ class VectorIndex:
         ivf, ivf_tuning = self._index, dict(self.tuning)
         ivf_s = self._median_seconds(queries)
         if isinstance(ivf, faiss.IndexIVFPQ):
-            # L2 on unit vectors ranks as inner product does; the shortlist is re-ranked exactly anyway
-            graph = faiss.IndexHNSWPQ(self.dim, ivf.pq.M, HNSW_M // 2, ivf.pq.nbits)
-            _quick_codebooks(faiss.downcast_index(graph.storage).pq)
-            graph.train(_sample(self._source, len(self.exact) if self.exact is not None else len(self), 16_384, rng, self.dim))
+            hnsw = self._graph(ivf.pq.M, ivf.pq.nbits)
+            hnsw.train(_sample(self._source, len(self.exact) if self.exact is not None else len(self), 16_384, rng, self.dim))
         else:
-            graph = faiss.IndexHNSWFlat(self.dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        hnsw = faiss.IndexIDMap2(graph)
-        for ids, chunk in self._source() if self.exact is not None else self._own_chunks():
+            hnsw = self._graph()
+        for ids, chunk in self._source() if self.exact is not None else self._held():
             hnsw.add_with_ids(as_vectors(chunk, self.dim), np.ascontiguousarray(ids, dtype=np.int64))
         self._index, self.tuning = hnsw, {"vectors": ivf_tuning["vectors"], "shortlist": ivf_tuning.get("shortlist")}
         hnsw_chosen = self._tune(queries, truth, target)
@@ -347,16 +364,33 @@ class VectorIndex:
         quantizer = faiss.IndexFlatIP(self.dim)
         if not compress:
             index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            _quiet(index.cp)
             return index, min(n, 40 * nlist)
-        # the largest code (d/4, d/8 or d/16 bytes) whose codes and ids take at most half the budget
-        m = next((m for m in (self.dim // 4, self.dim // 8, self.dim // 16) if m and self.dim % m == 0 and n * (m + 8) <= budget // 2), None)
-        m = m or max(1, self.dim // 16)
-        nbits = int(min(8, max(1, np.log2(max(2, n // 40)))))  # 256 codewords need 10k training points
+        m, nbits = self._pq_shape(n, budget)
         index = faiss.IndexIVFPQ(quantizer, self.dim, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
         index.cp.max_points_per_centroid = 64  # k-means of the lists on a sample that fits
+        _quiet(index.cp)
         _quick_codebooks(index.pq)
         index.cp.niter = 10
         return index, min(n, max(40 * nlist, 256 * 40), 32 * nlist + 65_536)
+
+    def _pq_shape(self, n: int, budget: int) -> tuple[int, int]:
+        """(bytes a code, bits a codeword) of the product quantizer for n vectors: the largest code
+        (d/4, d/8 or d/16 bytes) whose codes and ids take at most half the budget."""
+        m = next((m for m in (self.dim // 4, self.dim // 8, self.dim // 16) if m and self.dim % m == 0 and n * (m + 8) <= budget // 2), None)
+        nbits = int(min(8, max(1, np.log2(max(2, n // 40)))))  # 256 codewords need 10k training points
+        return m or max(1, self.dim // 16), nbits
+
+    def _graph(self, pq_m: int = 0, pq_nbits: int = 8) -> Any:
+        """An empty HNSW graph in an id map: over the vectors, or with pq_m over product-quantized
+        codes of pq_m bytes (to be trained)."""
+        faiss = _faiss()
+        if not pq_m:
+            return faiss.IndexIDMap2(faiss.IndexHNSWFlat(self.dim, HNSW_M, faiss.METRIC_INNER_PRODUCT))
+        # L2 on unit vectors ranks as inner product does; the shortlist is re-ranked exactly anyway
+        graph = faiss.IndexHNSWPQ(self.dim, pq_m, HNSW_M // 2, pq_nbits)
+        _quick_codebooks(faiss.downcast_index(graph.storage).pq)
+        return faiss.IndexIDMap2(graph)
 
     def _source(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """The vectors to build from, in chunks: the exact source when there is one, else what the
@@ -364,27 +398,92 @@ class VectorIndex:
         if self.exact is not None:
             yield from self.exact.chunks()
             return
-        yield from self._own_chunks()
+        yield from self._held()
 
-    def _own_chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def _held(self, among: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids (m,), vectors (m, d)) the structure itself holds exactly (exact, ivf, hnsw), or those
+        among (sorted ids), in chunks. The vectors may be views into the index: use them before
+        the index changes (under the lock)."""
         faiss = _faiss()
         index = self._index
         if self.kind in ("ivfpq", "hnswpq"):
             raise ValueError("a compressed index holds no exact vectors: give VectorIndex(exact=...) to rebuild it")
         if isinstance(index, faiss.IndexIVF):
-            from faiss.contrib.inspect_tools import get_invlist
-
+            invlists = faiss.downcast_InvertedLists(index.invlists)
             for lst in range(index.nlist):
-                ids, codes = get_invlist(index.invlists, lst)
-                if len(ids):
-                    yield ids.astype(np.int64), np.ascontiguousarray(codes).view(np.float32).reshape(len(ids), self.dim)
+                size = invlists.list_size(lst)
+                if not size:
+                    continue
+                ids_ptr, codes_ptr = invlists.get_ids(lst), invlists.get_codes(lst)
+                try:
+                    ids = faiss.rev_swig_ptr(ids_ptr, size).astype(np.int64)  # a copy
+                    vectors = faiss.rev_swig_ptr(codes_ptr, size * index.code_size).view(np.float32).reshape(size, self.dim)
+                    if among is not None:
+                        keep = _members(among, ids)
+                        ids, vectors = ids[keep], vectors[keep]
+                    if len(ids):
+                        yield ids, vectors
+                finally:
+                    invlists.release_codes(lst, codes_ptr)
+                    invlists.release_ids(lst, ids_ptr)
             return
+        graph = self._hnsw()
+        flat = faiss.downcast_index(graph.storage if graph is not None else index.index)
+        all_vectors = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * self.dim).reshape(-1, self.dim)
         id_map = faiss.vector_to_array(index.id_map).astype(np.int64)
-        for start in range(0, len(id_map), CHUNK):
-            m = min(CHUNK, len(id_map) - start)
-            ids, vectors = id_map[start : start + m], index.index.reconstruct_n(start, m)
-            alive = ids >= 0  # HNSW's removed nodes
-            yield (ids, vectors) if alive.all() else (ids[alive], vectors[alive])
+        if among is None and not self._dead:
+            for start in range(0, len(id_map), CHUNK):
+                yield id_map[start : start + CHUNK], all_vectors[start : start + CHUNK]
+            return
+        alive = id_map >= 0  # HNSW's removed nodes carry id -1
+        positions = np.flatnonzero(alive if among is None else alive & _members(among, id_map))
+        for start in range(0, len(positions), CHUNK):
+            part = positions[start : start + CHUNK]
+            yield id_map[part], all_vectors[part]
+
+    def _stored(self, among: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids (m,), vectors (m, d)) of every vector in the index, or of those among (sorted
+        ids), exactly and in chunks: held by the structure, or for a compressed one read from the
+        exact source (a chunk at a time, never a vector at a time)."""
+        if self.kind not in ("ivfpq", "hnswpq"):
+            yield from self._held(among)
+            return
+        if self.exact is None:
+            raise ValueError("a compressed index scores every vector with the exact ones: give VectorIndex(exact=...)")
+        if among is None:
+            yield from self.exact.chunks()
+            return
+        for start in range(0, len(among), CHUNK):
+            found, vectors = self.exact.fetch(among[start : start + CHUNK])
+            if len(found):
+                yield found, vectors
+
+    def _scored(self, queries: np.ndarray, among: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(scores float32 (q, m), ids (m,)): the exact inner products of queries with every stored
+        vector (or those among), in pieces of about CHUNK vectors (an inverted file's lists are
+        scored in place, then gathered)."""
+        among = None if among is None else np.unique(np.asarray(among, dtype=np.int64))
+        scores: list[np.ndarray] = []
+        ids: list[np.ndarray] = []
+        size = 0
+        for part_ids, vectors in self._stored(among):
+            scores.append(queries @ as_vectors(vectors, self.dim).T)
+            ids.append(np.asarray(part_ids, dtype=np.int64))
+            size += len(part_ids)
+            if size >= CHUNK:
+                yield np.concatenate(scores, axis=1), np.concatenate(ids)
+                scores, ids, size = [], [], 0
+        if size:
+            yield np.concatenate(scores, axis=1), np.concatenate(ids)
+
+    def _exact_top(self, queries: np.ndarray, k: int, among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k over every stored vector (or those among), whatever the structure; rows
+        with fewer vectors end in id -1."""
+        best_s = np.full((len(queries), k), -np.inf, np.float32)
+        best_i = np.full((len(queries), k), -1, np.int64)
+        for scores, ids in self._scored(queries, among):
+            best_s, best_i = _merge_top(best_s, best_i, scores, ids, k)
+        return best_s, best_i
 
     def _tune(self, queries: np.ndarray, truth: np.ndarray, target: float, *, at_least: int = 1) -> dict[str, Any]:
         """Set the least search effort (lists probed, or the graph's efSearch; and for a compressed
@@ -393,7 +492,7 @@ class VectorIndex:
         graph = self._hnsw()
         name = "ef_search" if graph is not None else "nprobe"
         if graph is not None:
-            efforts = [e for e in _EF_SEARCH if e >= at_least] or [_EF_SEARCH[-1]]
+            efforts = _up_to([e for e in _EF_SEARCH if e >= at_least] or [_EF_SEARCH[-1]], len(self))
         else:
             efforts = [p for p in _NPROBES if at_least <= p < self._index.nlist] + [self._index.nlist]
         if self.kind not in ("ivfpq", "hnswpq"):
@@ -406,7 +505,8 @@ class VectorIndex:
         # compressed: re-ranking puts every true top-10 id that is on the shortlist into the top 10,
         # so the recall after re-ranking is the shortlist's recall of the true top 10
         candidates: list[tuple[int, int, float]] = []
-        for shortlist in _SHORTLISTS:
+        shortlists = _up_to(_SHORTLISTS, len(self))
+        for shortlist in shortlists:
             # a graph walk keeps efSearch candidates: at least the shortlist
             ladder = [e for e in efforts if graph is None or e >= shortlist] or efforts[-1:]
             for effort in ladder:
@@ -418,7 +518,7 @@ class VectorIndex:
             if candidates and candidates[-1][:2] == (ladder[0], shortlist):
                 break  # a longer shortlist cannot lower the effort further
         if not candidates:
-            candidates.append((efforts[-1], _SHORTLISTS[-1], recall))
+            candidates.append((efforts[-1], shortlists[-1], recall))
         timed = [(self._time_search(queries, effort, shortlist), effort, shortlist, recall) for effort, shortlist, recall in candidates]
         _, effort, shortlist, recall = min(timed)
         self._set_effort(effort)
@@ -456,7 +556,7 @@ class VectorIndex:
             return None
         with self._lock:
             truth = _Truth(queries, 10)
-            for ids, chunk in self._source() if self.exact is not None else self._own_chunks():
+            for ids, chunk in self._source() if self.exact is not None else self._held():
                 truth.update(ids, as_vectors(chunk, self.dim))
             before = _recall(truth.ids, self._search_unlocked(queries, 10)[1])
             result: dict[str, Any] = {"recall_before": round(before, 4)}
@@ -470,23 +570,27 @@ class VectorIndex:
 
     def ids(self) -> np.ndarray:
         """Every id in the index, int64 (n,), in no particular order."""
-        faiss = _faiss()
         with self._lock:
-            if not isinstance(self._index, faiss.IndexIVF):
-                ids = faiss.vector_to_array(self._index.id_map).astype(np.int64)
-                return ids[ids >= 0] if self._dead else ids
-            invlists = faiss.downcast_InvertedLists(self._index.invlists)
-            parts = []
-            for lst in range(self._index.nlist):
-                part = np.zeros(invlists.list_size(lst), dtype=np.int64)
-                ptr = invlists.get_ids(lst)
-                try:
-                    if len(part):
-                        faiss.memcpy(faiss.swig_ptr(part), ptr, part.nbytes)
-                finally:
-                    invlists.release_ids(lst, ptr)
-                parts.append(part)
-            return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+            return self._ids()
+
+    def _ids(self) -> np.ndarray:
+        """ids(), for a caller holding the lock (it is not re-entrant)."""
+        faiss = _faiss()
+        if not isinstance(self._index, faiss.IndexIVF):
+            ids = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+            return ids[ids >= 0] if self._dead else ids
+        invlists = faiss.downcast_InvertedLists(self._index.invlists)
+        parts = []
+        for lst in range(self._index.nlist):
+            part = np.zeros(invlists.list_size(lst), dtype=np.int64)
+            ptr = invlists.get_ids(lst)
+            try:
+                if len(part):
+                    faiss.memcpy(faiss.swig_ptr(part), ptr, part.nbytes)
+            finally:
+                invlists.release_ids(lst, ptr)
+            parts.append(part)
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Add (or replace) vectors under ids. A compressed index re-ranks with the exact source,
@@ -540,16 +644,19 @@ class VectorIndex:
         compressed = self.kind in ("ivfpq", "hnswpq") and self.exact is not None
         graph = self._hnsw()
         if among is not None:
-            if compressed:
-                return self._search_exact_among(queries, k, np.ascontiguousarray(among, dtype=np.int64))
-            if graph is not None:
-                return self._search_graph_among(queries, k, np.ascontiguousarray(among, dtype=np.int64))
+            if compressed or graph is not None:  # a filtered graph walk can miss
+                return self._exact_top(queries, k, among)
             return self._index.search(queries, k, params=self._only(among))
-        if compressed:
-            return self._search_reranked(queries, k)
-        if self._use_gpu and graph is None and self.kind == "exact":
-            return self._search_gpu(queries, k)
-        return self._candidates(queries, k)
+        if self.kind == "exact":
+            return self._search_gpu(queries, k) if self._use_gpu else self._index.search(queries, k)
+        scores, ids = self._search_reranked(queries, k) if compressed else self._candidates(queries, k)
+        # the lists probed (or the graph walked) can hold fewer than k: those queries are answered
+        # exactly, so that a search for k returns k while the index holds them
+        short = (ids >= 0).sum(axis=1) < k
+        if short.any():
+            scores, ids = scores.copy(), ids.copy()
+            scores[short], ids[short] = self._exact_top(queries[short], k)
+        return scores, ids
 
     def _candidates(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The structure's own top k (a compressed one's, before re-ranking)."""
@@ -577,44 +684,19 @@ class VectorIndex:
         found, vectors = found[order], np.asarray(vectors, np.float32)[order]
         return _rerank(queries, candidates, found, vectors, k)
 
-    def _search_exact_among(self, queries: np.ndarray, k: int, among: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k over among, scored with the exact vectors (in chunks)."""
-        assert self.exact is not None
-        best_s = np.full((len(queries), k), -np.inf, np.float32)
-        best_i = np.full((len(queries), k), -1, np.int64)
-        for start in range(0, len(among), CHUNK):
-            found, vectors = self.exact.fetch(among[start : start + CHUNK])
-            if len(found):
-                best_s, best_i = _merge_top(best_s, best_i, queries @ np.asarray(vectors, np.float32).T, found, k)
-        return best_s, best_i
-
-    def _search_graph_among(self, queries: np.ndarray, k: int, among: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k over among, with the vectors the graph holds (a filtered graph walk can miss)."""
-        faiss = _faiss()
-        id_map = faiss.vector_to_array(self._index.id_map)
-        positions = np.flatnonzero(np.isin(id_map, among) & (id_map >= 0))
-        best_s = np.full((len(queries), k), -np.inf, np.float32)
-        best_i = np.full((len(queries), k), -1, np.int64)
-        for start in range(0, len(positions), CHUNK):
-            part = positions[start : start + CHUNK]
-            vectors = self._hnsw().reconstruct_batch(part)
-            best_s, best_i = _merge_top(best_s, best_i, queries @ vectors.T, id_map[part].astype(np.int64), k)
-        return best_s, best_i
-
     def scores(self, query: np.ndarray, *, among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The exact score of one query (1, d) against every vector (or only those among):
-        (scores float32 (n,), ids int64 (n,)), best first. An approximate index scans all its lists."""
-        query = as_vectors(query, self.dim)
+        """The exact score (cosine) of one query (1, d) against every vector, or only those among:
+        (scores float32 (n,), ids int64 (n,)), best first. Whatever the structure: an inverted file
+        is read list by list, a compressed one scores with its exact source, in chunks."""
+        query = as_vectors(query, self.dim)[:1]
         with self._lock, _single_thread(True):
-            if among is None and self.kind == "ivf":
-                among = self.ids()
-            n = len(self) if among is None else min(len(self), len(among))
-            if n <= 0:
-                return np.zeros(0, np.float32), np.zeros(0, np.int64)
-            # on the CPU: the GPU's search takes k <= 2048
-            scores, ids = self._index.search(query, n) if among is None else self._index.search(query, n, params=self._only(among))
-        keep = ids[0] >= 0
-        return scores[0][keep], ids[0][keep]
+            parts = list(self._scored(query, among))
+        if not parts:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        scores = np.concatenate([s[0] for s, _ in parts]).astype(np.float32, copy=False)
+        ids = np.concatenate([i for _, i in parts])
+        order = np.argsort(-scores, kind="stable")
+        return scores[order], ids[order]
 
     def _only(self, ids: np.ndarray) -> Any:
         faiss = _faiss()
@@ -731,6 +813,21 @@ def _rerank(queries: np.ndarray, candidates: np.ndarray, found: np.ndarray, vect
     return scores, ids
 
 
+def _up_to(ladder: list[int] | tuple[int, ...], n: int) -> list[int]:
+    """The steps of an ascending ladder of search efforts up to the first that reaches n vectors
+    (a longer walk or shortlist cannot find more): a small index is tuned in a few steps."""
+    below = [x for x in ladder if x < n]
+    return below + [x for x in ladder if x >= n][:1]
+
+
+def _members(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Which of ids are in sorted_ids (ascending, unique), as a bool mask."""
+    if not len(sorted_ids):
+        return np.zeros(len(ids), bool)
+    pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+    return sorted_ids[pos] == ids
+
+
 def _recall(truth: np.ndarray, found: np.ndarray) -> float:
     """Mean share of each row of truth (the true top 10) that found's row holds."""
     hits = sum(len(set(t) & set(f)) for t, f in zip(truth.tolist(), found.tolist()))
@@ -738,9 +835,18 @@ def _recall(truth: np.ndarray, found: np.ndarray) -> float:
 
 
 def _sample(source: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]], n: int, size: int, rng: np.random.Generator, dim: int) -> np.ndarray:
-    """About size vectors drawn uniformly from the source, in one pass."""
-    keep = min(1.0, size / max(n, 1))
-    parts = [as_vectors(chunk, dim)[rng.random(len(chunk)) < keep] for _, chunk in source()]
+    """min(n, size) vectors drawn uniformly from the source (of n vectors), in one pass: exactly
+    as many as asked, so that k-means gets the points a centroid it was sized for."""
+    picks = np.sort(rng.choice(n, size=size, replace=False)) if size < n else None
+    parts, offset = [], 0
+    for _, chunk in source():
+        chunk = as_vectors(chunk, dim)
+        if picks is None:
+            parts.append(chunk)
+        else:
+            lo, hi = np.searchsorted(picks, [offset, offset + len(chunk)])
+            parts.append(chunk[picks[lo:hi] - offset])
+        offset += len(chunk)
     return np.ascontiguousarray(np.concatenate(parts)) if parts else np.zeros((0, dim), np.float32)
 
 
@@ -768,3 +874,12 @@ def _quick_codebooks(pq: Any) -> None:
     of them), and the shortlist is re-ranked with the exact vectors anyway."""
     pq.cp.max_points_per_centroid = 32
     pq.cp.niter = 8
+    _quiet(pq.cp)
+
+
+def _quiet(cp: Any) -> None:
+    """Keep faiss's k-means from printing to the user's terminal (its C++ writes straight to
+    stderr): it warns below 39 training points a centroid, a floor the samples here are drawn
+    for, and that a forced structure on a small index is allowed to go under."""
+    cp.min_points_per_centroid = 1
+    cp.verbose = False
