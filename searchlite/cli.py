@@ -488,12 +488,15 @@ def optimize(
     memory_budget: Annotated[
         Optional[int], typer.Option(min=1, metavar="BYTES", help="Memory for the vector index; past it, a compressed one (default: a quarter of this machine's).")
     ] = None,
+    structure: Annotated[
+        str, typer.Option(metavar="auto|exact|ivf|hnsw|ivfpq|hnswpq", help="Build this structure whatever the size; auto picks for the size and the memory budget.")
+    ] = "auto",
 ) -> None:
-    """Rebuild the vector index as an approximate one (IVF; IVF-PQ re-ranked exactly past the memory
-    budget), probing just enough lists for recall@10 >= 0.97 on text queries and your recent ones.
-    Index runs do this by themselves past 100,000 images."""
+    """Rebuild the vector index as an approximate one (IVF or HNSW; IVF-PQ re-ranked exactly past
+    the memory budget), searching just enough for recall@10 >= 0.97 on text queries and your recent
+    ones. Index runs do this by themselves past 100,000 images."""
     with _user_errors(), _open(index, create=False) as engine:
-        chosen = engine.optimize(memory_budget=memory_budget)
+        chosen = engine.optimize(memory_budget=memory_budget, structure=structure)
     details = ", ".join(f"{k} {v}" for k, v in chosen.items() if k != "kind" and not isinstance(v, dict))
     typer.echo(f"vector index: {chosen['kind']} ({details})", err=True)
 

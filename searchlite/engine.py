@@ -850,17 +850,24 @@ class SearchEngine:
             refresh_tags(self._store)
         return counts
 
-    def optimize(self, *, force: bool = True, memory_budget: int | None = None) -> dict[str, Any]:
+    def optimize(self, *, force: bool = True, memory_budget: int | None = None, structure: str = "auto") -> dict[str, Any]:
         """Rebuild the vector index for its size: approximate when large or forced, exact otherwise;
-        IVF-Flat while the vectors fit memory_budget bytes (default: a quarter of the machine's
-        memory), IVF-PQ re-ranked with the vectors in SQLite past it. Its probes are tuned on text
-        queries (a fixed set of generic photo-search phrases, embedded with the index's text tower)
-        and the recent real queries. Returns what was chosen."""
+        IVF-Flat (or HNSW, when faster) while the vectors fit memory_budget bytes (default: a
+        quarter of the machine's memory), IVF-PQ re-ranked with the vectors in SQLite past it.
+        structure: "auto" (that choice) or one of exact, ivf, hnsw, ivfpq, hnswpq, built whatever
+        the size. Its probes are tuned on text queries (a fixed set of generic photo-search phrases,
+        embedded with the index's text tower) and the recent real queries. Returns what was chosen."""
+        from .storage.vector_index import STRUCTURES
+
+        if structure not in STRUCTURES:
+            raise InvalidInputError(f"unknown index structure {structure!r}: choose one of {', '.join(STRUCTURES)}")
         self._store.check_writable()
         with self._writing():
             vectors = self._get_vectors(writer=True)
+            if structure != "auto" and len(vectors) < 2:
+                raise InvalidInputError(f"an {structure} index needs at least 2 images; this index holds {len(vectors)}: index more first")
             try:
-                chosen = vectors.optimize(queries=self._tuning_queries(), force=force, memory_budget=memory_budget)
+                chosen = vectors.optimize(queries=self._tuning_queries(), force=force, memory_budget=memory_budget, structure=structure)
             except BaseException:
                 self._vectors = None  # half rebuilt: the saved cache (or SQLite) is read again
                 raise
