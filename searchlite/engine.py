@@ -64,6 +64,7 @@ if TYPE_CHECKING:  # imported where used: a cold text query needs no decoders, a
     from .evaluation.report import EvalReport
     from .ingest.indexer import IndexReport, ProgressFn
     from .media.decode_worker import DecodePool
+    from .media.safe_read import ReadPolicy
     from .models.image_tower import ImageTower
     from .text.tower import TextTower
 
@@ -117,6 +118,9 @@ class SearchEngine:
         # an engine that must not write to its index (the server's) sets remember_queries = False
         self._recent = RecentQueries(index_dir / RECENT_QUERIES_FILENAME) if index_dir is not None and exists else None
         self.remember_queries = True
+        # how files named by callers (query images, classify, explain, decode_image) are opened and
+        # read (media/safe_read.py); a server sets one (regular files only, capped), None reads as the CLI does
+        self.read_policy: ReadPolicy | None = None
         self.model_load_seconds = 0.0  # spent loading the model in this process
         self._decoders: DecodePool | None = None  # decoder processes kept for query images, made on first use
         recorded = store.get_info("model")
@@ -549,41 +553,37 @@ class SearchEngine:
             return None
         return self._store.vector_for_hash(row.content_hash)
 
-    def decode_image(self, path: str | os.PathLike[str], *, min_side: int | None = None, at: float = 0.0) -> Any:
+    def decode_image(self, path: str | os.PathLike[str], *, min_side: int | None = None, at: float = 0.0, read: ReadPolicy | None = None) -> Any:
         """The picture in a file as a viewer shows it (RGB, EXIF orientation applied, a PIL image),
         decoded in an isolated decoder process under the index's time and memory limits; with
         min_side, reduced cheaply to no less than twice that on its shorter side. A video gives
-        its first frame at or after `at` seconds (PyAV). Raises PathNotFoundError or
+        its first frame at or after `at` seconds (PyAV). read: how the file is opened and checked
+        (default: read_policy), the decoder process then reading it. Raises PathNotFoundError or
         ImageDecodeError. Safe from many threads (a pool of decoders)."""
-        from .errors import ImageDecodeError
-        from .media import video
-        from .media.embed_files import read_image_file
+        from .media.embed_files import decode_path
 
-        data = read_image_file(os.fspath(path))
-        if video.detect_video(data[:64]) is not None:
-            if not video.available():
-                raise ImageDecodeError(f"{os.fspath(path)} is a video: showing videos needs PyAV ({video.INSTALL_HINT})")
-            with self._decoder_pool().worker() as worker:
-                return worker.decode_video(data, self.settings.video_timeout_s, max_frames=1, min_side=min_side, start_s=at).images[0]
-        return self._decoder_pool().decode(data, min_side=min_side, max_pixels=self.settings.max_pixels, name=os.fspath(path)).image
+        options = {"min_side": min_side, "max_pixels": self.settings.max_pixels}
+        return decode_path(os.fspath(path), self.settings, self._decoder_pool(), at=at or None, read=read or self.read_policy, **options).image
 
     def explain(
-        self, image: str | os.PathLike[str], text: str, *, output: str | os.PathLike[str] | None = None, scale: float | None = None
+        self, image: str | os.PathLike[str], text: str, *, output: str | os.PathLike[str] | None = None, scale: float | None = None,
+        read: ReadPolicy | None = None,
     ) -> Explanation:
         """Where text matches in an image file: the cosine of the text with each cell of the
         image tower's grid features (with the training-free correction of models/dense.py), less
         the empty text's, and its peak in pixels of the oriented image. output: also write the image overlaid with the
-        heat map there (PNG). Raises InvalidInputError for a model without grid features."""
-        from .media.embed_files import decode_named, read_image_file, split_frame_time
+        heat map there (PNG). read: as decode_image's. Raises InvalidInputError for a model without grid features."""
+        from .media.embed_files import check_named, decode_named
         from .models import dense
         from .query.explain import explain, overlay
 
         path = os.fspath(image)
-        read_image_file(split_frame_time(path)[0])  # a missing file is reported before any model loads
+        read = read or self.read_policy
+        check_named(path, read=read)  # a missing file is reported before any model loads
         empty, query = self.embed_text(["", text])
         encoder = self.load_model()
         scale = scale or dense.DEFAULT_SCALE
-        decoded = decode_named(path, self.settings, self._decoder_pool(), min_side=int(scale * encoder.image_size), max_pixels=self.settings.max_pixels)
+        decoded = decode_named(path, self.settings, self._decoder_pool(), read=read, min_side=int(scale * encoder.image_size), max_pixels=self.settings.max_pixels)
         grid = dense.grid_features(encoder.model, decoded.image, scale=scale, device=encoder.device)
         rows, cols = grid.vectors.shape[:2]
         grid = dense.Grid(grid.vectors, decoded.width / cols, decoded.height / rows)  # cells in the original's pixels
@@ -619,7 +619,7 @@ class SearchEngine:
         def batch_size() -> int:
             return self.settings.batch_size_on(self._image_encoder.device if self._image_encoder else "cpu")
 
-        return embed_files(paths, self.settings, self.image_encoder, batch_size, what, self._decoder_pool())
+        return embed_files(paths, self.settings, self.image_encoder, batch_size, what, self._decoder_pool(), self.read_policy)
 
     def _decoder_pool(self) -> DecodePool:
         """Decoder processes kept for query images, classification and decode_image (started on

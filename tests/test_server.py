@@ -133,17 +133,24 @@ def test_thumbnails_are_cached_webp_with_etags_and_remade_when_the_file_changes(
     assert client.get(f"/api/thumbs/{hit['id']}", headers={"If-None-Match": etag}).status_code == 304
     folder = client.app.state.thumbs.folder
     assert len(list(folder.glob(f"{hit['id']}-*.webp"))) == 1
-    # the file changes (same size class, new pixels): a new thumbnail, the old one dropped
+    # the file changes (same size class, new pixels): not served until it is indexed again, then a
+    # new thumbnail, the old one dropped
     path = Path(hit["path"])
-    original = path.read_bytes()
+    original, before = path.read_bytes(), path.stat()
+    engine = client.app.state.engine
     try:
         Image.new("RGB", (64, 64), (0, 0, 0)).save(path)
+        stale = client.get(f"/api/thumbs/{hit['id']}")
+        assert stale.status_code == 404 and "changed" in stale.json()["error"] and "index the folder again" in stale.json()["error"]
+        engine.index(path.parent)
         changed = client.get(f"/api/thumbs/{hit['id']}")
         assert changed.headers["etag"] != etag
         assert Image.open(io.BytesIO(changed.content)).getpixel((5, 5)) == (0, 0, 0)
         assert len(list(folder.glob(f"{hit['id']}-*.webp"))) == 1
     finally:
         path.write_bytes(original)
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        engine.index(path.parent)
 
 
 def test_thumbnails_apply_exif_orientation(engine_factory, photos, tmp_path) -> None:

@@ -25,11 +25,15 @@ from typing import Any
 from ..errors import ImageDecodeError
 from .images import Decoded
 from .metadata import ImageMetadata
+from .safe_read import OpenedFile
 
 # kwargs key of a request that also (WITH) or only (ONLY) wants the header metadata
 _METADATA = "_metadata"
 _WITH, _ONLY = "with", "only"
 _BACKGROUND = "_background"  # a request to decode on cycles nothing else wants
+# kwargs key of a request whose file comes as a descriptor passed over the socket (not as bytes),
+# read by the child up to the byte cap given as the value (None: no cap)
+_FD = "_fd"
 from .video import Frames
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,7 @@ _CHILD_CODE = "import sys; from searchlite.media.decode_worker import serve; ser
 def serve(fd: int, memory_limit: int) -> None:
     """The child's loop: receive (bytes, kwargs) on fd, reply with pixels or a reason."""
     conn = Connection(fd)
+    sock = socket.socket(fileno=os.dup(fd))  # the same socket, for descriptors passed with requests
     import resource
     import signal
     import warnings
@@ -78,15 +83,24 @@ def serve(fd: int, memory_limit: int) -> None:
         if message is None:  # asked to exit: nothing to tear down, and the parent waits for it
             os._exit(0)
         op, data, kwargs = message
+        file = None
+        if _FD in kwargs:  # the file comes as a descriptor: read here, under this process's memory cap
+            cap = kwargs.pop(_FD)
+            _, fds, _, _ = socket.recv_fds(sock, 1, 1)
+            file = os.fdopen(fds[0], "rb")
         wanted = kwargs.pop(_METADATA, None)
         if kwargs.pop(_BACKGROUND, False) and not background:
             background = True
             _to_background()
         try:
+            if file is not None and op != "video":
+                from .safe_read import read_fd
+
+                data = read_fd(file.fileno(), cap)
             if op == "video":
                 from .video import sample_frames
 
-                frames = sample_frames(data, **kwargs)
+                frames = sample_frames(data if file is None else file, **kwargs)
                 pictures = [(img.size, img.convert("RGB").tobytes()) for img in frames.images]
                 reply: tuple[Any, ...] = ("ok", frames.times, pictures, frames.width, frames.height, frames.duration)
             elif wanted == _ONLY:
@@ -106,6 +120,10 @@ def serve(fd: int, memory_limit: int) -> None:
             reply = ("error", f"cannot read video: {type(e).__name__}: {e}")
         except MemoryError:
             reply = ("error", f"not enough memory to decode this {'video' if op == 'video' else 'image'}")
+        finally:
+            if file is not None:
+                file.close()
+            data = None
         try:
             conn.send(reply)
         except OSError:  # the parent is gone (killed or interrupted): nothing left to do
@@ -164,8 +182,10 @@ class DecodeWorker:
         self._in_background = False  # whether the child has gone to the background
         self.closed = False
 
-    def decode(self, data: bytes, **kwargs: Any) -> Decoded:
-        """decode_rgb(data, **kwargs) in the child. Raises ImageDecodeError with the reason."""
+    def decode(self, data: bytes | OpenedFile, **kwargs: Any) -> Decoded:
+        """decode_rgb(data, **kwargs) in the child. data: the file's bytes, or the file opened
+        (safe_read.open_checked), which the child reads itself, at most max_bytes of it. Raises
+        ImageDecodeError with the reason."""
         return self._decode(data, kwargs)[0]
 
     def decode_with_metadata(self, data: bytes, **kwargs: Any) -> tuple[Decoded, ImageMetadata]:
@@ -179,22 +199,26 @@ class DecodeWorker:
         reply = self._call("image", data, {_METADATA: _ONLY}, self.time_limit)
         return ImageMetadata(**reply[1])
 
-    def _decode(self, data: bytes, kwargs: dict[str, Any]) -> tuple[Decoded, ImageMetadata | None]:
+    def _decode(self, data: bytes | OpenedFile, kwargs: dict[str, Any]) -> tuple[Decoded, ImageMetadata | None]:
         from PIL import Image
 
         _, width, height, size, pixels, *meta = self._call("image", data, kwargs, self.time_limit)
         return Decoded(Image.frombytes("RGB", size, pixels), width, height), (ImageMetadata(**meta[0]) if meta else None)
 
-    def decode_video(self, data: bytes, time_limit: float, **kwargs: Any) -> Frames:
-        """video.sample_frames(data, **kwargs) in the child, within time_limit seconds. Raises
+    def decode_video(self, data: bytes | OpenedFile, time_limit: float, **kwargs: Any) -> Frames:
+        """video.sample_frames(data, **kwargs) in the child, within time_limit seconds (data: as
+        decode's; an opened file is read by the child only as far as it needs). Raises
         ImageDecodeError with the reason."""
         from PIL import Image
 
         _, times, pictures, width, height, duration = self._call("video", data, kwargs, time_limit)
         return Frames(times, [Image.frombytes("RGB", size, pixels) for size, pixels in pictures], width, height, duration)
 
-    def _call(self, op: str, data: bytes, kwargs: dict[str, Any], time_limit: float) -> tuple[Any, ...]:
+    def _call(self, op: str, data: bytes | OpenedFile, kwargs: dict[str, Any], time_limit: float) -> tuple[Any, ...]:
         """One request to the child; its reply, or ImageDecodeError with the reason."""
+        opened = data if isinstance(data, OpenedFile) else None
+        if opened is not None:
+            data, kwargs = b"", {**{k: v for k, v in kwargs.items() if k != "max_bytes"}, _FD: kwargs.get("max_bytes")}
         reason = ""
         attempts = 0
         while attempts < CRASH_ATTEMPTS:
@@ -204,6 +228,9 @@ class DecodeWorker:
             conn = self._ensure_started()
             try:
                 conn.send((op, data, {**kwargs, _BACKGROUND: True} if background else kwargs))
+                if opened is not None:
+                    with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+                        socket.send_fds(sock, [b"F"], [opened.fd])
                 self._in_background |= background
                 answered = self._wait(conn, time_limit, background)
                 if answered is None:

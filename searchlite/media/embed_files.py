@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..config import IndexSettings
-from ..errors import ImageDecodeError, PathNotFoundError, SearchliteError
+from ..errors import ImageDecodeError, InvalidInputError, PathNotFoundError, SearchliteError
 from . import video
 from .decode_worker import DecodePool, DecodeWorker
 from .images import HEADER_BYTES, Decoded
+from .safe_read import OpenedFile, ReadPolicy, open_checked
 
 FRAME_SEPARATOR = "@"
 
@@ -69,26 +70,64 @@ def named_file_exists(name: str) -> bool:
     return os.path.exists(name) or os.path.exists(name.rpartition(FRAME_SEPARATOR)[0] or name)
 
 
-def decode_named(name: str, settings: IndexSettings, decoder: DecodeWorker | DecodePool, what: str = "file", **options: Any) -> Decoded:
+def check_named(name: str, what: str = "file", read: ReadPolicy | None = None) -> None:
+    """Raise what reading the file a name stands for would (PathNotFoundError, ImageDecodeError,
+    InvalidInputError), cheaply: before a model loads. read: as decode_path's."""
+    path = split_frame_time(name)[0]
+    if read is None:
+        read_image_file(path, what)
+    else:
+        open_checked(path, read, what).close()
+
+
+def decode_named(
+    name: str, settings: IndexSettings, decoder: DecodeWorker | DecodePool, what: str = "file", read: ReadPolicy | None = None, **options: Any
+) -> Decoded:
     """The picture a file named by the user stands for, decoded in a decoder process with options
     (images.decode_rgb's): an image, or a frame of a video ("clip.mp4@12.5", else its first frame)
-    reduced to no less than options' min_side. Raises PathNotFoundError or ImageDecodeError naming it."""
+    reduced to no less than options' min_side. read: as decode_path's. Raises PathNotFoundError or
+    ImageDecodeError naming it."""
     path, seconds = split_frame_time(name)
-    data = read_image_file(path, what)
+    return decode_path(path, settings, decoder, at=seconds, what=what, read=read, shown=name, **options)
+
+
+def decode_path(
+    path: str, settings: IndexSettings, decoder: DecodeWorker | DecodePool, *, at: float | None = None, what: str = "file",
+    read: ReadPolicy | None = None, shown: str | None = None, **options: Any,
+) -> Decoded:
+    """The picture in the file at path, decoded in a decoder process with options: an image, or a
+    video's first frame at or after `at` seconds (at given for an image is an error). read: how the
+    file is opened and checked (safe_read.ReadPolicy: regular files only, a size cap, still the
+    indexed file...), the decoder process then reading it through the descriptor, under its memory
+    cap; None reads the file here as the CLI does (a pipe such as <(...) included). shown: the
+    name that decoding errors begin with (none by default)."""
+    opened = None
+    if read is None:
+        source: bytes | OpenedFile = read_image_file(path, what)
+        header = source[:HEADER_BYTES]
+    else:
+        source = opened = open_checked(path, read, what)
+        header = opened.header(HEADER_BYTES)
+        options["max_bytes"] = read.max_bytes
     try:
-        if video.detect_video(data[:HEADER_BYTES]) is not None:
+        if video.detect_video(header) is not None:
             if not video.available():
                 raise ImageDecodeError(f"it is a video, and reading its frames needs PyAV ({video.INSTALL_HINT})")
-            frames = _decode_frame(decoder, data, seconds or 0.0, settings.video_timeout_s, options.get("min_side"))
+            frames = _decode_frame(decoder, source, at or 0.0, settings.video_timeout_s, options.get("min_side"))
             return Decoded(frames.images[0], frames.width, frames.height)
-        if seconds is not None:
+        if at is not None:
             raise ImageDecodeError(f"{path} is not a video: {FRAME_SEPARATOR}SECONDS picks a frame of a video only")
-        return decoder.decode(data, **options, name=path)
+        return decoder.decode(source, **options, name=path)
     except ImageDecodeError as e:
-        raise ImageDecodeError(f"{what} {name}: {e}", setting=e.setting) from None
+        if shown is None:
+            raise
+        raise ImageDecodeError(f"{what} {shown}: {e}", setting=e.setting) from None
+    finally:
+        if opened is not None:
+            opened.close()
 
 
-def _decode_frame(decoder: DecodeWorker | DecodePool, data: bytes, seconds: float, time_limit: float, min_side: int | None) -> video.Frames:
+def _decode_frame(decoder: DecodeWorker | DecodePool, data: bytes | OpenedFile, seconds: float, time_limit: float, min_side: int | None) -> video.Frames:
     """The first frame at or after seconds, decoded in a decoder process."""
     if isinstance(decoder, DecodePool):
         with decoder.worker() as worker:
@@ -103,12 +142,14 @@ def embed_files(
     batch_size: Callable[[], int],
     what: str = "file",
     decoder: DecodeWorker | DecodePool | None = None,
+    read: ReadPolicy | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, SearchliteError]]:
     """Unit embeddings of image files by path (a frame for a video, see decode_named), and the error
     for each file that could not be read (PathNotFoundError or ImageDecodeError). batch_size() is
     asked before each batch (the model's device is known once it is loaded). decoder: running
     decoder processes to use (a pool is held per decode, not while encoding), saving a process
-    start per call; by default one is started and stopped here."""
+    start per call; by default one is started and stopped here. read: how files are opened and
+    checked (see decode_path)."""
     vectors: dict[str, np.ndarray] = {}
     errors: dict[str, SearchliteError] = {}
     own_decoder = decoder is None
@@ -121,8 +162,8 @@ def embed_files(
             batch = []
             for path in chunk:
                 try:
-                    batch.append((path, decode_named(path, settings, decoder, what, **decode_options(settings, get_encoder())).image))
-                except (PathNotFoundError, ImageDecodeError) as e:
+                    batch.append((path, decode_named(path, settings, decoder, what, read, **decode_options(settings, get_encoder())).image))
+                except (PathNotFoundError, InvalidInputError) as e:  # ImageDecodeError included
                     errors[path] = e
             if batch:
                 encoder = get_encoder()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.util
 import io
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -56,16 +56,17 @@ class Frames:
 
 
 def sample_frames(
-    data: bytes, *, interval_s: float = 1.0, max_frames: int = 600, min_side: int | None = None, start_s: float = 0.0
+    data: bytes | BinaryIO, *, interval_s: float = 1.0, max_frames: int = 600, min_side: int | None = None, start_s: float = 0.0
 ) -> Frames:
     """Decode a video's frames: every keyframe, and at least one frame every interval_s seconds
     (widened so that max_frames cover the whole duration); each reduced to no less than min_side
     on its shorter side. start_s: begin with the first frame at or after that time (a seek to the
-    keyframe before it, then decoding on). Raises ImageDecodeError for a file that is not a readable video."""
+    keyframe before it, then decoding on). data: the file's bytes, or the file opened (read as far as
+needed: a long video is never held whole). Raises ImageDecodeError for a file that is not a readable video."""
     import av
 
     try:
-        container = av.open(io.BytesIO(data), mode="r")
+        container = av.open(io.BytesIO(data) if isinstance(data, bytes) else data, mode="r")
     except (av.error.FFmpegError, ValueError, OSError) as e:
         raise ImageDecodeError(f"cannot read video: {e}") from None
     with container:

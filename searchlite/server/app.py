@@ -8,17 +8,21 @@ import os
 import tempfile
 import logging
 import re
+import threading
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
 from fastapi import FastAPI, File, Form, Query as Q, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from .. import InvalidInputError, NotFoundError, SearchliteError
+from ..media.safe_read import OpenedFile, open_checked
+from .files import OpenedFileResponse
 from .queries import Query, UploadedImages, run_query
 from .security import Guard
 from .settings import ServerSettings, thumbnail_dir
@@ -41,6 +45,7 @@ _TYPES = {
 # what browsers show as they are; other pictures get a display rendition (thumbs.DisplayCache)
 BROWSER_IMAGES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp", "image/avif"})
 HEADER_BYTES = 65536  # as indexing reads them: a TIFF-based RAW is told by its first directory
+EXPLAIN_WAIT_S = 10.0  # an explain request waits this long for one running to finish, then gets 503
 
 
 def media_type(header: bytes, name: str | None = None) -> str:
@@ -88,6 +93,11 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
     displays = DisplayCache(engine, cache_dir)
     uploads = UploadedImages(engine)
     static = _load_static()
+    # every file the server decodes (uploads included) is a regular file, read by the decoder
+    # process, at most max_file_bytes; an indexed one must also still be the file indexed
+    reading = settings.read_policy()
+    engine.read_policy = reading
+    explaining = threading.BoundedSemaphore(settings.max_explains)
 
     app = FastAPI(
         title="searchlite",
@@ -230,30 +240,39 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
             raise NotFoundError(f"no indexed image with id {image_id}")
         return row
 
-    def content_type(row: Any) -> str:
-        """The content type of an indexed file, from its first bytes."""
+    def open_row(row: Any, capped: bool = True) -> OpenedFile:
+        """An indexed file opened for reading, checked to be the file indexed (not a link swapped in,
+        a FIFO, a device; the same size, time and, for small files, content); capped: at most
+        max_file_bytes (for decoding; originals are streamed whatever their size)."""
+        policy = reading.for_row(row) if capped else replace(reading, max_bytes=None).for_row(row)
         try:
-            with open(row.path, "rb") as f:
-                header = f.read(HEADER_BYTES)
-        except OSError:
-            raise NotFoundError(f"image {row.id} is indexed but its file is gone: index the folder again") from None
-        return media_type(header, os.path.basename(row.path))
+            return open_checked(row.path, policy, "indexed file")
+        except NotFoundError:
+            raise NotFoundError(f"image {row.id} is indexed but its file has changed or is gone: index the folder again") from None
+
+    def send_row(row: Any, request: Request) -> Response:
+        """The original file of a row, with its content type (from its first bytes), or a display
+        rendition (HEIC, TIFF, RAW) when view is asked and a browser cannot show the original."""
+        opened = open_row(row, capped=False)
+        try:
+            kind = media_type(opened.header(HEADER_BYTES), os.path.basename(row.path))
+        except BaseException:
+            opened.close()
+            raise
+        if request.url.path.startswith("/api/view/") and kind not in BROWSER_IMAGES and not kind.startswith("video/"):
+            opened.close()
+            found, key = displays.get(row.id, row.path, dims=(row.width, row.height), read=reading.for_row(row))
+            return picture_response(found, key, displays.media_type, request)
+        return OpenedFileResponse(opened, kind, {"Cache-Control": "private, max-age=600"})
 
     @app.get("/api/images/{image_id}", summary="The original file of an indexed image or video, with its content type", response_class=Response)
-    def original(image_id: str) -> Response:
-        row = row_of(image_id)
-        kind = content_type(row)
-        return FileResponse(row.path, media_type=kind, headers={"Cache-Control": "private, max-age=600"})
+    def original(image_id: str, request: Request) -> Response:
+        return send_row(row_of(image_id), request)
 
     @app.get("/api/view/{image_id}", summary="What a browser shows of an indexed file: the original where a browser can show it, "
              "else a JPEG rendition (HEIC, TIFF, RAW) at most 2048 pixels on its longer side", response_class=Response)
     def view(image_id: str, request: Request) -> Response:
-        row = row_of(image_id)
-        kind = content_type(row)
-        if kind in BROWSER_IMAGES or kind.startswith("video/"):
-            return FileResponse(row.path, media_type=kind, headers={"Cache-Control": "private, max-age=600"})
-        found, key = displays.get(row.id, row.path, dims=(row.width, row.height))
-        return picture_response(found, key, displays.media_type, request)
+        return send_row(row_of(image_id), request)
 
     def picture_response(found: Path | bytes, key: str, kind: str, request: Request) -> Response:
         etag = f'"{key}"'
@@ -266,11 +285,19 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
     @app.get("/api/explain/{image_id}", summary="An indexed image overlaid with where a text matches (PNG)", response_class=Response)
     def explain_image(image_id: str, q: Annotated[str, Q(min_length=1, max_length=2000, description="the text")]) -> Response:
         row = row_of(image_id)
-        with tempfile.TemporaryDirectory(prefix="searchlite-explain-") as folder:
-            out = os.path.join(folder, "heat.png")
-            engine.explain(row.path, q, output=out)
-            with open(out, "rb") as f:
-                data = f.read()
+        # each explain runs the image model on a large picture: a few at a time, the rest refused
+        if not explaining.acquire(timeout=EXPLAIN_WAIT_S):
+            return JSON({"error": "the server is busy explaining other images: try again in a moment"}, status_code=503, headers={"Retry-After": "5"})
+        try:
+            with tempfile.TemporaryDirectory(prefix="searchlite-explain-") as folder:
+                out = os.path.join(folder, "heat.png")
+                engine.explain(row.path, q, output=out, read=reading.for_row(row))
+                with open(out, "rb") as f:
+                    data = f.read()
+        except NotFoundError:
+            raise NotFoundError(f"image {row.id} is indexed but its file has changed or is gone: index the folder again") from None
+        finally:
+            explaining.release()
         return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=600"})
 
     @app.get("/api/thumbs/{image_id}", summary="A WebP thumbnail of an indexed image (of a video: its frame at t seconds)", response_class=Response)
@@ -279,14 +306,16 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
     ) -> Response:
         # a cached thumbnail of a recent hit is answered on the event loop (a stat and a small
         # read); anything slower (a database query, making the thumbnail) runs in a thread
+        # (a cached one was made from the file as indexed: its name holds the file's size and time)
         number = parse_id(image_id)
         at = None if t is None else round(t, 1)
         path = recent.get(number)
-        if path is None:
-            path = (await run_in_threadpool(row_of, image_id)).path
-        found, _, key = thumbs.cached(number, path, at)
+        found = None
+        if path is not None:
+            found, _, key = thumbs.cached(number, path, at)
         if found is None:
-            found, key = await run_in_threadpool(thumbs.get, number, path, at)
+            row = await run_in_threadpool(row_of, image_id)
+            found, key = await run_in_threadpool(thumbs.get, number, row.path, at, (row.width, row.height), reading.for_row(row))
         return picture_response(found, key, thumbs.media_type, request)
 
     # --- about the index ----------------------------------------------------------------------------
@@ -314,8 +343,13 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
     if settings.cors_origins:
         from starlette.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"], allow_headers=["authorization", "content-type"])
-    app.add_middleware(Guard, allowed_hosts=settings.allowed_hosts(), token=settings.token, max_body=settings.max_upload_bytes)
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "HEAD", "POST"], allow_headers=["authorization", "content-type"]
+        )
+    app.add_middleware(
+        Guard, allowed_hosts=settings.allowed_hosts(), token=settings.token, max_body=settings.max_upload_bytes, cors_origins=settings.cors_origins,
+        body_timeout_s=settings.body_timeout_s, token_failures=settings.token_failures, token_window_s=settings.token_window_s,
+    )
     return app
 
 

@@ -13,6 +13,7 @@ import json
 import os
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
@@ -32,19 +33,26 @@ def knn_router(engine: Any, uploads: UploadedImages, index_name: str) -> APIRout
 
     @router.post("/knn-service", summary="clip-retrieval: the k nearest images to a text, an image or an embedding")
     async def knn_service(request: Request) -> JSON:
-        # ClipClient posts json.dumps(...) without a content type: read the body whatever it says
-        try:
-            body = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError):
-            raise InvalidInputError("the body must be a JSON object (clip-retrieval's knn-service request)") from None
-        if not isinstance(body, dict):
-            raise InvalidInputError("the body must be a JSON object (clip-retrieval's knn-service request)")
-        return JSON(await run_in_threadpool(_answer, engine, uploads, index_name, body, str(request.base_url)))
+        # parsed in a thread with the rest: a large body would hold every other request on the event loop
+        return JSON(await run_in_threadpool(_answer, engine, uploads, index_name, await request.body(), str(request.base_url)))
 
     return router
 
 
-def _answer(engine: Any, uploads: UploadedImages, index_name: str, body: dict[str, Any], base: str) -> list[dict[str, Any]]:
+def _parse(data: bytes) -> dict[str, Any]:
+    """The request body as a JSON object (ClipClient posts json.dumps(...) without a content type:
+    the body is read whatever it says)."""
+    try:
+        body = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: thousands of nested [
+        raise InvalidInputError("the body must be a JSON object (clip-retrieval's knn-service request)") from None
+    if not isinstance(body, dict):
+        raise InvalidInputError("the body must be a JSON object (clip-retrieval's knn-service request)")
+    return body
+
+
+def _answer(engine: Any, uploads: UploadedImages, index_name: str, data: bytes, base: str) -> list[dict[str, Any]]:
+    body = _parse(data)
     name = body.get("indice_name")
     if name not in (None, "", index_name):
         raise NotFoundError(f"no index named {str(name)[:100]!r} here; this server holds {index_name!r} (see /indices-list)")
@@ -71,7 +79,7 @@ def _answer(engine: Any, uploads: UploadedImages, index_name: str, body: dict[st
         if not isinstance(image, str):
             raise InvalidQueryError("image must be a base64 string")
         try:
-            data = base64.b64decode(image.split(",", 1)[1] if image.startswith("data:") else image, validate=True)
+            data = base64.b64decode(image.partition(",")[2] if image.startswith("data:") else image, validate=True)
         except (binascii.Error, ValueError):
             raise InvalidInputError("image is not valid base64") from None
         key = uploads.add(data)
@@ -79,7 +87,13 @@ def _answer(engine: Any, uploads: UploadedImages, index_name: str, body: dict[st
     else:
         if not isinstance(embedding, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in embedding):
             raise InvalidQueryError("embedding_input must be a list of numbers")
-        hits = engine.search_vector(embedding, k=num)
+        try:
+            vector = np.array(embedding, dtype=np.float64)  # a whole number too large for a float overflows here
+        except OverflowError:
+            vector = np.array([np.inf])
+        if not np.all(np.isfinite(vector)) or np.any(np.abs(vector) > np.finfo(np.float32).max):
+            raise InvalidQueryError("embedding_input must be finite numbers (1e400 and NaN are not)")
+        hits = engine.search_vector(vector, k=num)
     return [
         {"id": h.id, "similarity": round(float(h.score), 6), "url": f"{base}api/images/{h.id}", "caption": os.path.basename(h.path)}
         for h in hits

@@ -1,25 +1,47 @@
 """`searchlite mcp`: a Model Context Protocol server on stdio (the official `mcp` SDK) so that AI
 agents can search the index. Tools: search, search_by_image, info, classify. stdout carries only the
-protocol: everything else goes to stderr."""
+protocol: everything else goes to stderr.
+
+search_by_image and classify read files an agent names, and an agent may follow instructions hidden
+in what it reads (prompt injection): they read only regular files (never a pipe, a device, /proc,
+/sys or /dev), at most max_file_bytes, in the isolated decoder process; folders, when given, keep
+them to files inside those folders (with the same answer for a path outside them whether or not it
+exists)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from .. import SearchliteError
+from ..media.safe_read import ReadPolicy, inside
+from .settings import DEFAULT_MAX_FILE_MB
 
 MAX_K = 200
+DEFAULT_MAX_FILE_BYTES = int(DEFAULT_MAX_FILE_MB * 1024 * 1024)
 
 
-def build_server(engine: Any) -> Any:
-    """The MCP server (mcp 2's MCPServer, or FastMCP of mcp 1) with searchlite's tools."""
+def build_server(engine: Any, *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, folders: Sequence[str] = ()) -> Any:
+    """The MCP server (mcp 2's MCPServer, or FastMCP of mcp 1) with searchlite's tools. Files the
+    tools read: regular files of at most max_file_bytes, inside folders when given."""
     try:
         from mcp.server.mcpserver import MCPServer as Server
         from mcp.server.mcpserver.exceptions import ToolError
     except ImportError:  # mcp 1.x
         from mcp.server.fastmcp import FastMCP as Server
         from mcp.server.fastmcp.exceptions import ToolError
+
+    reading = ReadPolicy(regular_only=True, max_bytes=max_file_bytes, roots=tuple(os.path.abspath(f) for f in folders))
+    engine.read_policy = reading
+
+    def readable(path: str) -> str:
+        """path as the engine reads it; ToolError for one outside the folders, said before anything
+        else (whether it exists is not told)."""
+        path = os.path.abspath(os.path.expanduser(path))
+        if reading.roots and not inside(path, reading.roots):
+            raise ToolError(f"file {path} is outside the folders this server reads ({', '.join(reading.roots)})")
+        return path
 
     server = Server(
         name="searchlite",
@@ -55,7 +77,7 @@ def build_server(engine: Any) -> Any:
     def search_by_image(path: str, k: int = 10, tag: str | None = None) -> list[dict[str, Any]]:
         """Find indexed images that look like the image file at path (indexed or not), best first."""
         try:
-            return hits(engine.search(image=os.path.expanduser(path), k=checked_k(k), tag=tag or None))
+            return hits(engine.search(image=readable(path), k=checked_k(k), tag=tag or None))
         except SearchliteError as e:
             raise ToolError(str(e)) from None
 
@@ -74,7 +96,7 @@ def build_server(engine: Any) -> Any:
         if not paths or not labels:
             raise ToolError("give at least one path and one label")
         try:
-            results = engine.classify([os.path.expanduser(p) for p in paths], labels)
+            results = engine.classify([readable(p) for p in paths], labels)
         except SearchliteError as e:
             raise ToolError(str(e)) from None
         return [
@@ -86,6 +108,6 @@ def build_server(engine: Any) -> Any:
     return server
 
 
-def serve_stdio(engine: Any) -> None:
-    """Serve over stdin/stdout until the client closes them."""
-    build_server(engine).run("stdio")
+def serve_stdio(engine: Any, *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, folders: Sequence[str] = ()) -> None:
+    """Serve over stdin/stdout until the client closes them (see build_server)."""
+    build_server(engine, max_file_bytes=max_file_bytes, folders=folders).run("stdio")

@@ -17,6 +17,7 @@ import numpy as np
 from .. import ImageDecodeError, InvalidQueryError, NotFoundError, PathNotFoundError
 
 MAX_K = 500
+MAX_ID = 2**63 - 1
 MAX_OFFSET = 10_000
 UPLOADS_KEPT = 64
 
@@ -102,7 +103,7 @@ def run_query(engine: Any, uploads: UploadedImages, query: Query) -> list[Any]:
                 raise NotFoundError("that uploaded image is no longer held by the server: drop it again")
             parts.append(vector)
         if query.like is not None:
-            vector = engine.stored_vector(query.like) if query.like >= 0 else None
+            vector = engine.stored_vector(query.like) if 0 <= query.like <= MAX_ID else None  # SQLite's integers are 64-bit
             if vector is None:
                 raise NotFoundError(f"no indexed image with id {query.like}")
             parts.append(vector)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from .. import InvalidInputError
-from .settings import ServerSettings, is_loopback, is_wildcard
+from .settings import MIN_TOKEN_LENGTH, ServerSettings, is_loopback, is_wildcard
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +22,25 @@ def check_settings(settings: ServerSettings) -> None:
             f"host {settings.host} makes the server reachable from other machines: give it a token (a secret only your users know)",
             setting="token",
         )
-    if settings.token is not None and (len(settings.token) < 8 or not settings.token.isprintable() or " " in settings.token):
-        raise InvalidInputError("a token must be at least 8 printable characters without spaces", setting="token")
+    if settings.token is not None and (len(settings.token) < MIN_TOKEN_LENGTH or not settings.token.isprintable() or " " in settings.token):
+        raise InvalidInputError(
+            f"a token must be at least {MIN_TOKEN_LENGTH} printable characters without spaces (auto makes one)", setting="token"
+        )
+
+
+def make_token() -> str:
+    """A fresh random token (32 URL-safe characters)."""
+    import secrets
+
+    return secrets.token_urlsafe(24)
+
+
+def setting_warnings(settings: ServerSettings) -> list[str]:
+    """What is allowed but unwise in settings, one line each."""
+    warnings = []
+    if "*" in settings.cors_origins and not settings.token:
+        warnings.append("--cors '*' without a token lets any web page you visit search your photos and read them: add --token auto")
+    return warnings
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -77,15 +95,88 @@ def warm_image_tower(engine: Any) -> threading.Thread:
     return thread
 
 
-class Server:
-    """A uvicorn server on a bound socket, run in this thread (run) or another (start/stop)."""
+class RedactToken(logging.Filter):
+    """Hides the token in the URLs of uvicorn's access log (`/?token=...`, which sets the cookie)."""
 
-    def __init__(self, app: Any, sock: socket.socket, log_level: str = "warning") -> None:
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and len(record.args) > 2:  # (client, method, path?query, version, status)
+            args = list(record.args)
+            args[2] = TOKEN_IN_URL.sub(r"\1token=<hidden>", str(args[2]))
+            record.args = tuple(args)
+        return True
+
+
+TOKEN_IN_URL = re.compile(r"([?&])token=[^&#]*")
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging, with the access log on stderr (stdout carries the URL alone) and tokens hidden."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["filters"] = {"redact_token": {"()": RedactToken}}
+    config["handlers"]["access"].update(stream="ext://sys.stderr", filters=["redact_token"])
+    return config
+
+
+def guarded_protocol(header_timeout_s: float) -> type:
+    """uvicorn's HTTP protocol, closing a connection that has not sent a whole request's headers
+    within header_timeout_s of opening or of starting its next request (uvicorn alone waits for
+    ever: an idle or trickling connection held a slot, before any token was checked)."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    class GuardedProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
+        _timer: Any = None
+        _waiting_after: Any = None  # the request cycle before the one whose headers are awaited
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if self._timer is None and (self.cycle is None or self.cycle.response_complete):
+                self._arm()  # a new request begins
+            super().data_received(data)
+            if self._timer is not None and self.cycle is not None and self.cycle is not self._waiting_after:
+                self._disarm()  # its headers are in; the guard times its body
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._waiting_after = self.cycle
+            self._timer = self.loop.call_later(header_timeout_s, self._expire)
+
+        def _disarm(self) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+        def _expire(self) -> None:
+            self._timer = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+    return GuardedProtocol
+
+
+class Server:
+    """A uvicorn server on a bound socket, run in this thread (run) or another (start/stop), with
+    settings' time-outs for headers and its cap on connections and requests at once (503 past it)."""
+
+    def __init__(self, app: Any, sock: socket.socket, log_level: str = "warning", settings: ServerSettings | None = None) -> None:
         import uvicorn
 
+        settings = settings or ServerSettings()
         self.sock = sock
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(app, log_level=log_level, access_log=log_level == "info", timeout_graceful_shutdown=3, server_header=False)
+        config = uvicorn.Config(
+            app, log_level=log_level, access_log=log_level == "info", log_config=log_config(), timeout_graceful_shutdown=3,
+            server_header=False, http=guarded_protocol(settings.header_timeout_s), limit_concurrency=settings.max_connections,
+        )
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 

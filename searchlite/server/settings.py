@@ -8,10 +8,18 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..media.safe_read import ReadPolicy
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 DEFAULT_MAX_UPLOAD_MB = 50.0
+# files larger than this are not decoded for the page (thumbnails, views, explain) or MCP's tools;
+# originals are streamed whatever their size
+DEFAULT_MAX_FILE_MB = 256.0
+MIN_TOKEN_LENGTH = 16
 TOKEN_ENV = "SEARCHLITE_TOKEN"
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
@@ -29,6 +37,19 @@ class ServerSettings:
     thumb_dir: Path | None = None  # default: thumbnail_dir(index)
     thumb_size: int = 320  # the shorter side of a thumbnail, in pixels
     extra_hosts: tuple[str, ...] = field(default_factory=tuple)  # more Host header values to accept
+    max_file_bytes: int = int(DEFAULT_MAX_FILE_MB * 1024 * 1024)  # the largest file decoded for the page
+    header_timeout_s: float = 10.0  # a connection that has not sent a request's headers by then is closed
+    body_timeout_s: float = 30.0  # a request body that stalls this long gets 408
+    max_connections: int = 100  # connections and requests at once; past it, 503
+    max_explains: int = 1  # explain requests computed at once (each runs the image model); more wait, then 503
+    token_failures: int = 10  # wrong tokens a client may send per token_window_s before it gets 429
+    token_window_s: float = 60.0
+
+    def read_policy(self) -> ReadPolicy:
+        """How the server opens files for decoding: regular files only, at most max_file_bytes."""
+        from ..media.safe_read import ReadPolicy
+
+        return ReadPolicy(regular_only=True, max_bytes=self.max_file_bytes)
 
     def allowed_hosts(self) -> set[str]:
         """Host header values (without port) that this server answers: against DNS rebinding."""

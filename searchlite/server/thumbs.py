@@ -14,9 +14,12 @@ import math
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import ImageDecodeError, NotFoundError, PathNotFoundError
+
+if TYPE_CHECKING:
+    from ..media.safe_read import ReadPolicy
 
 log = logging.getLogger(__name__)
 
@@ -44,38 +47,43 @@ class PictureCache:
         try:
             st = os.stat(path)
         except OSError:
-            raise NotFoundError(f"image {image_id} is indexed but its file is gone: index the folder again") from None
+            raise NotFoundError(f"image {image_id} is indexed but its file has changed or is gone: index the folder again") from None
         key = hashlib.sha1(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{self.size}".encode("utf-8", "surrogateescape")).hexdigest()[:20]
         if at is not None:
             key += f"-t{round(at * 10)}"  # tenths of a second: the names stay few and stable
         target = self.folder / f"{image_id}-{key}{self.suffix}"
         return (target if target.exists() else None), target, key
 
-    def get(self, image_id: int, path: str, at: float | None = None, dims: tuple[int | None, int | None] = (None, None)) -> tuple[Path | bytes, str]:
+    def get(
+        self, image_id: int, path: str, at: float | None = None, dims: tuple[int | None, int | None] = (None, None), read: ReadPolicy | None = None
+    ) -> tuple[Path | bytes, str]:
         """The picture and its ETag. dims: the file's (width, height) when known (a rendition's
-        decoder then reduces the picture cheaply on the way)."""
+        decoder then reduces the picture cheaply on the way); read: how the file is opened and
+        checked when the picture is made (the engine's read_policy by default)."""
         found, target, key = self.cached(image_id, path, at)
         if found is not None:
             return found, key
         with self._lock_for(target.name):  # one request makes it; the others wait and read it
             if not target.exists():
-                return self._make(image_id, path, at, dims, target, f"{image_id}-{key.split('-')[0]}"), key
+                return self._make(image_id, path, at, dims, target, f"{image_id}-{key.split('-')[0]}", read), key
         return target, key
 
     def _lock_for(self, name: str) -> threading.Lock:
         with self._locks_lock:
             return self._locks.setdefault(name, threading.Lock())
 
-    def render(self, engine: Any, path: str, at: float, dims: tuple[int | None, int | None]) -> bytes:
-        """The picture's bytes, decoded by engine.decode_image."""
+    def render(self, engine: Any, path: str, at: float, dims: tuple[int | None, int | None], read: ReadPolicy | None) -> bytes:
+        """The picture's bytes, decoded by engine.decode_image (read: as its)."""
         raise NotImplementedError
 
-    def _make(self, image_id: int, path: str, at: float | None, dims: tuple[int | None, int | None], target: Path, current: str) -> Path | bytes:
+    def _make(
+        self, image_id: int, path: str, at: float | None, dims: tuple[int | None, int | None], target: Path, current: str, read: ReadPolicy | None
+    ) -> Path | bytes:
         """Render the picture and cache it at target; current: the prefix of this version of the file's names."""
         try:
-            data = self.render(self.engine, path, at or 0.0, dims)
+            data = self.render(self.engine, path, at or 0.0, dims, read)
         except PathNotFoundError:
-            raise NotFoundError(f"image {image_id} is indexed but its file is gone: index the folder again") from None
+            raise NotFoundError(f"image {image_id} is indexed but its file has changed or is gone: index the folder again") from None
         except ImageDecodeError as e:
             raise ImageDecodeError(f"image {image_id} cannot be decoded any more: {e}") from None
         tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
@@ -104,10 +112,10 @@ class ThumbnailCache(PictureCache):
     def __init__(self, engine: Any, folder: Path, size: int = 320) -> None:
         super().__init__(engine, folder, size)
 
-    def render(self, engine: Any, path: str, at: float, dims: tuple[int | None, int | None]) -> bytes:
+    def render(self, engine: Any, path: str, at: float, dims: tuple[int | None, int | None], read: ReadPolicy | None) -> bytes:
         from PIL import Image
 
-        img = engine.decode_image(path, min_side=self.size // 2, at=at)
+        img = engine.decode_image(path, min_side=self.size // 2, at=at, read=read)
         w, h = img.size
         scale = self.size / min(w, h)
         if scale < 1:
@@ -130,14 +138,14 @@ class DisplayCache(PictureCache):
     def __init__(self, engine: Any, folder: Path, size: int = DISPLAY_SIZE) -> None:
         super().__init__(engine, folder, size)
 
-    def render(self, engine: Any, path: str, at: float, dims: tuple[int | None, int | None]) -> bytes:
+    def render(self, engine: Any, path: str, at: float, dims: tuple[int | None, int | None], read: ReadPolicy | None) -> bytes:
         from PIL import Image
 
         width, height = dims
         # min_side = the rendition's shorter side: a RAW's preview serves when at least that big,
         # and other pictures are reduced cheaply to no less than twice it before the resize below
         min_side = math.ceil(self.size * min(width, height) / max(width, height)) if width and height else None
-        img = engine.decode_image(path, min_side=min_side, at=at)
+        img = engine.decode_image(path, min_side=min_side, at=at, read=read)
         if max(img.size) > self.size:
             img.thumbnail((self.size, self.size), Image.LANCZOS)
         buffer = io.BytesIO()
