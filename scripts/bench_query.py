@@ -56,7 +56,7 @@ with torch.inference_mode():
     model.encode_text(tokenizer(["a dog on grass"]), normalize=True)
 """
 
-# a cold query through the torch text tower (the model loaded, as before text_tower.py)
+# a cold query through the torch text tower (the model loaded, as before searchlite/text/tower.py)
 TORCH_QUERY = """
 import sys
 from searchlite import SearchEngine

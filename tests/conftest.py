@@ -26,7 +26,7 @@ def load_script(name: str):
 
 write_samples = load_script("make_sample_photos").write_samples
 
-# the tiny random CLIP of DESIGN.md (builds in well under a second); the kill loop builds it too
+# a tiny random CLIP that open_clip builds in well under a second; the kill loop builds it too
 from tests.kill_loop import TINY_CONFIG  # noqa: E402
 
 

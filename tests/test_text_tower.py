@@ -188,7 +188,7 @@ def test_many_threads_querying_while_onnxruntime_is_set_up_all_get_the_same_answ
 
 
 def test_a_text_tower_it_cannot_run_is_not_exported_and_torch_answers(engine_factory, photos, index_dir, tmp_path) -> None:
-    config, checkpoint = _tiny_variant(tmp_path, ls_init_value=0.5)  # layer scale: not in text_tower.py
+    config, checkpoint = _tiny_variant(tmp_path, ls_init_value=0.5)  # layer scale: not in searchlite/text/tower.py
     engine = engine_factory(model=str(config), pretrained=str(checkpoint))
     engine.index(photos)
     expected = _hits(engine, "a cat")

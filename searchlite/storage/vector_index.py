@@ -63,7 +63,7 @@ _EF_SEARCH = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 
 # text queries across the modality gap) and the graph fits the memory budget; the faster of the two
 # at the target recall is kept
 HNSW_TRY_FRACTION = 0.02
-HNSW_M = 32  # candidates an ivfpq search re-ranks with the exact vectors
+HNSW_M = 32  # links a node of the HNSW graph keeps (half that over product-quantized codes)
 AUTO = "auto"
 # what optimize(structure=...) builds: AUTO picks for the size and the memory budget
 STRUCTURES = (AUTO, "exact", "ivf", "hnsw", "ivfpq", "hnswpq")

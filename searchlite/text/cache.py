@@ -1,5 +1,5 @@
 """A small LRU cache of text embeddings: a repeated query, or a prompt seen before, is not encoded
-again, whichever text tower (torch or text_tower.py) encodes it."""
+again, whichever text tower (torch or tower.py) encodes it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The text tower's transformer as an onnxruntime session: what text_tower.py runs once an engine
+"""The text tower's transformer as an onnxruntime session: what tower.py runs once an engine
 has answered its first text query.
 
 For a short query each matrix product has only a few rows (its tokens); onnxruntime's kernels work

@@ -2,7 +2,7 @@
 
 Ported from open_clip's SimpleTokenizer (itself from openai/CLIP, MIT License, Copyright (c) 2021
 OpenAI) with its default settings: "lower" cleaning, plain truncation. It reads the vocabulary file
-that open_clip ships, without importing open_clip. The text-tower export (text_tower.py) checks that
+that open_clip ships, without importing open_clip. The text-tower export (export.py) checks that
 it gives the same tokens as the model's own tokenizer before a query may rely on it.
 """
 

@@ -4,7 +4,7 @@ Importing torch and open_clip and building the model takes seconds, which a comm
 pay on every `searchlite query`. When an index is built, the model's text tower is exported to the
 user's cache, once per model (text_tower.safetensors: its float32 weights; config.model_cache_dir) and checked against the torch tower; a query
 then tokenizes (tokenizer.py) and runs the transformer: in numpy for an engine's first text query
-(nothing to set up), in onnxruntime from the second on (text_tower_onnx.py: about twice as fast, 0.3 s
+(nothing to set up), in onnxruntime from the second on (onnx.py: about twice as fast, 0.3 s
 to set up). Only the standard open_clip CLIP text transformer is supported (causal, pooled at
 end-of-text); other models keep using torch.
 """
