@@ -109,12 +109,12 @@ def test_info_plain_and_json(cli, indexed: Path) -> None:
 
 
 def test_info_lists_tag_counts_and_says_what_is_not_there_yet() -> None:
-    from searchlite.cli import _describe_info, _human_size
+    from searchlite.cli.commands_info import describe_info, human_size
 
-    assert [_human_size(n) for n in (0, 999, 1000, 12_345_678, 3 * 10**9)] == ["0 bytes", "999 bytes", "1.0 kB", "12.3 MB", "3.0 GB"]
+    assert [human_size(n) for n in (0, 999, 1000, 12_345_678, 3 * 10**9)] == ["0 bytes", "999 bytes", "1.0 kB", "12.3 MB", "3.0 GB"]
     facts = {"index": "/x", "images": 4, "failed": 1, "not_images": 0, "model": None, "dim": None,
              "database_bytes": 4096, "vectors_bytes": 0, "vector_index": "ivf", "tags": {"beach": 3, "city": 1}}
-    text = _describe_info(facts)
+    text = describe_info(facts)
     assert "model:      none yet" in text and "dimensions: none yet" in text
     assert "tags:       beach 3, city 1\n" in text and "vectors:    0 bytes, approximate search (IVF)" in text
     assert "failed:     1 (searchlite info --failed lists them)" in text
