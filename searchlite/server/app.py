@@ -3,7 +3,6 @@ http_status, never a stack trace. One engine is shared by every request (search 
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import logging
@@ -22,8 +21,11 @@ from starlette.exceptions import HTTPException
 
 from .. import InvalidInputError, NotFoundError, SearchliteError
 from ..media.safe_read import OpenedFile, open_checked
+from ..output import hit_json
 from .files import OpenedFileResponse
+from .knn import knn_router
 from .queries import Query, UploadedImages, run_query
+from .responses import JSON, error
 from .security import Guard
 from .settings import ServerSettings, thumbnail_dir
 from .thumbs import DisplayCache, ThumbnailCache
@@ -59,19 +61,6 @@ def media_type(header: bytes, name: str | None = None) -> str:
     if fmt == "MKV" and b"webm" in header[:64]:
         return "video/webm"
     return _TYPES.get(fmt or "", "application/octet-stream")
-
-
-class JSON(Response):
-    """JSON with ASCII escapes: file names that are not UTF-8 (lone surrogates) survive."""
-
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return json.dumps(content, separators=(",", ":")).encode()
-
-
-def error(status: int, message: str) -> JSON:
-    return JSON({"error": message}, status_code=status)
 
 
 def parse_id(raw: str) -> int:
@@ -149,18 +138,11 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
     # id -> path of recent hits: a page's thumbnails are then served without a database query
     recent = RecentPaths()
 
-    def hit_json(request: Request, hit: Any) -> dict[str, Any]:
+    def hit_record(request: Request, hit: Any) -> dict[str, Any]:
+        """A hit as the CLI's --json has it, with the URLs of its thumbnail, file and view."""
         base = str(request.base_url)
         recent.put(hit.id, hit.path)
-        record = {
-            "id": hit.id,
-            "path": hit.path,
-            "score": round(float(hit.score), 6),
-            "width": hit.width,
-            "height": hit.height,
-            "size": hit.size,
-            "tags": list(hit.tags),
-            "taken_at": hit.taken_at,
+        record = hit_json(hit) | {
             "thumb": f"{base}api/thumbs/{hit.id}",
             "image": f"{base}api/images/{hit.id}",
             "view": f"{base}api/view/{hit.id}",
@@ -168,15 +150,6 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
         if hit.time is not None:  # a video: its thumbnail from the shot that matched, played from its start
             record["thumb"] += f"?t={hit.time + (hit.span or 0) / 2:.1f}"
             record["view"] += f"#t={hit.time:.2f}"
-        # where in the file it matched, only when a part of it did (as the CLI's --json)
-        if hit.kind != "image":
-            record["type"] = hit.kind
-        if hit.box is not None:
-            record["box"] = list(hit.box)
-        if hit.time is not None:
-            record["time"], record["span"] = hit.time, hit.span
-        if hit.copies:
-            record["copies"] = list(hit.copies)
         return record
 
     @app.get("/api/search", summary="Search by text, an uploaded image's key, or an indexed image (like)")
@@ -201,7 +174,7 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
         filters = {"after": after, "before": before, "camera": camera, "path": path, "near": near, "place": place}
         query = Query(text=q, negatives=not_, tag=tag or None, like=like, image=image, k=k, offset=offset, filters=filters, sort=sort, type=type_ or None)
         hits = run_query(engine, uploads, query)
-        return JSON({"hits": [hit_json(request, h) for h in hits]})
+        return JSON({"hits": [hit_record(request, h) for h in hits]})
 
     @app.post("/api/search", summary="Search by an uploaded image (multipart), with the same fields")
     async def search_post(
@@ -229,7 +202,7 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
         filters = {"after": after, "before": before, "camera": camera, "path": path, "near": near, "place": place}
         query = Query(text=q, negatives=not_, tag=tag or None, like=like, image=key, k=k, offset=offset, filters=filters, sort=sort, type=type_ or None)
         hits = await run_in_threadpool(run_query, engine, uploads, query)
-        return JSON({"hits": [hit_json(request, h) for h in hits], "image_key": key})
+        return JSON({"hits": [hit_record(request, h) for h in hits], "image_key": key})
 
     # --- files, by indexed id only ----------------------------------------------------------------
 
@@ -334,8 +307,6 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
     def tags() -> JSON:
         counts = engine.info()["tags"]
         return JSON({"tags": [{"label": label, "count": n} for label, n in counts.items()]})
-
-    from .knn import knn_router
 
     app.include_router(knn_router(engine, uploads, index_name))
 

@@ -18,8 +18,9 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from .. import InvalidInputError, InvalidQueryError, NotFoundError
-from .app import JSON
+from ..output import rounded_score
 from .queries import MAX_K, UploadedImages
+from .responses import JSON
 
 DEFAULT_NUM_IMAGES = 40  # ClipClient's default
 
@@ -95,6 +96,6 @@ def _answer(engine: Any, uploads: UploadedImages, index_name: str, data: bytes, 
             raise InvalidQueryError("embedding_input must be finite numbers (1e400 and NaN are not)")
         hits = engine.search_vector(vector, k=num)
     return [
-        {"id": h.id, "similarity": round(float(h.score), 6), "url": f"{base}api/images/{h.id}", "caption": os.path.basename(h.path)}
+        {"id": h.id, "similarity": rounded_score(h.score), "url": f"{base}api/images/{h.id}", "caption": os.path.basename(h.path)}
         for h in hits
     ]

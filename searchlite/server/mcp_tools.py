@@ -16,6 +16,7 @@ from typing import Any
 
 from .. import SearchliteError
 from ..media.safe_read import ReadPolicy, inside
+from ..output import hit_json
 from .settings import DEFAULT_MAX_FILE_MB
 
 MAX_K = 200
@@ -50,14 +51,7 @@ def build_server(engine: Any, *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, f
     )
 
     def hits(found: list[Any]) -> list[dict[str, Any]]:
-        return [
-            {"path": h.path, "score": round(float(h.score), 4), "width": h.width, "height": h.height, "tags": list(h.tags)}
-            | ({"copies": list(h.copies)} if h.copies else {})  # exact copies of the file, collapsed into its hit
-            | ({"type": h.kind} if h.kind != "image" else {})
-            | ({"time": h.time, "span": h.span} if h.time is not None else {})  # the video's shot that matched
-            | ({"box": list(h.box)} if h.box is not None else {})  # the image's region that matched
-            for h in found
-        ]
+        return [hit_json(h) for h in found]  # as the CLI's --json: a video's shot, a region's box, exact copies
 
     def checked_k(k: int) -> int:
         if not 1 <= k <= MAX_K:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .. import ImageDecodeError, InvalidQueryError, NotFoundError, PathNotFoundError
+from ..query.terms import combine
 
 MAX_K = 500
 MAX_ID = 2**63 - 1
@@ -95,8 +96,8 @@ def run_query(engine: Any, uploads: UploadedImages, query: Query) -> list[Any]:
             raise InvalidQueryError("the query is empty: give a text, an image or an image to find more like")
         hits = engine.search(text, negative=negatives, k=wanted, tag=query.tag, type=query.type, sort=query.sort, **filters)
     else:
-        # the library's own rule: a sum of unit vectors (negatives subtracted), re-normalised
-        parts = []
+        # the library's own rule (query/terms.combine): unit vectors summed, negatives subtracted, re-normalised
+        parts: list[np.ndarray] = []
         if query.image is not None:
             vector = uploads.get(query.image)
             if vector is None:
@@ -109,10 +110,9 @@ def run_query(engine: Any, uploads: UploadedImages, query: Query) -> list[Any]:
             parts.append(vector)
         if text is not None:
             parts.append(engine.embed_text(text)[0])
+        weights = [1.0] * len(parts) + [-1.0] * len(negatives)
         if negatives:
-            parts.append(-engine.embed_text(negatives).sum(axis=0))
-        total = np.sum(parts, axis=0)
-        if float(np.linalg.norm(total)) < 1e-6:
-            raise InvalidQueryError("the query terms cancel each other out; change them")
+            parts.extend(engine.embed_text(negatives))
+        total = combine(np.vstack(parts), weights)
         hits = engine.search_vector(total, k=wanted, tag=query.tag, type=query.type, sort=query.sort, **filters)
     return hits[query.offset :]
