@@ -81,6 +81,20 @@ def test_query_refuses_json_with_nul_records(cli) -> None:
     assert result.stderr.strip() == "searchlite: error: give --json or -0, not both (JSON lines already keep any file name intact)"
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["query", "a cat", "--sort", "size"], "unknown --sort 'size': give --sort date (oldest first) or --sort -date (newest first)"),
+        (["query", "a cat", "--type", "movie"], "unknown --type 'movie': give --type video or image"),
+        (["duplicates", "--tier", "twins"], "unknown --tier 'twins': give --tier exact, near or similar"),
+    ],
+)
+def test_a_flag_with_fixed_values_refuses_another_in_one_line_before_opening_the_index(cli, index_dir: Path, args, message) -> None:
+    result = cli(*args)
+    assert result.exit_code == 2 and result.stdout == "" and result.stderr == f"searchlite: error: {message}\n"
+    assert not index_dir.exists()
+
+
 def test_non_utf8_paths_round_trip_through_text_and_json_output(cli, photos: Path, tiny_model) -> None:
     raw = os.fsencode(photos) + b"/caf\xe9.jpg"
     with open(raw, "wb") as f:
