@@ -140,25 +140,45 @@ def rank_all(
 ) -> tuple[list[Hit], Cutoff]:
     """Every file the query is relevant to (decide() judges the best score of every file searched),
     or with keep_irrelevant every file, each marked; best first, or by capture time with sort."""
-    scores, ids = vectors.scores(query, among=among)
-    order = np.argsort(-scores, kind="stable")
-    scores, ids = scores[order], ids[order]
-    best: dict[int, tuple[float, VectorRow]] = {}  # file id -> its best vector, best first
-    for start in range(0, len(ids), 10_000):
-        parts = store.vector_rows(int(i) for i in ids[start : start + 10_000])
-        for s, i in zip(scores[start : start + 10_000], ids[start : start + 10_000]):
-            part = parts.get(int(i))
-            if part is not None and part.image_id not in best:
-                best[part.image_id] = (float(s), part)
-    file_scores = np.array([s for s, _ in best.values()], dtype=np.float32)
+    scores, ids = vectors.scores(query, among=among)  # exact, best first
+    file_ids = _owners(store, ids)
+    known = file_ids >= 0
+    scores, ids, file_ids = scores[known], ids[known], file_ids[known]
+    # each file once, at its best vector: its first in best-first order
+    rank = np.arange(len(file_ids))
+    first = np.full(int(file_ids.max(initial=-1)) + 1, len(file_ids))
+    np.minimum.at(first, file_ids, rank)
+    at_best = first[file_ids] == rank
+    file_ids, file_scores, best_vectors = file_ids[at_best], scores[at_best], ids[at_best]
     verdict = decide(file_scores)
     relevant = verdict.relevant(file_scores)
-    rows = _existing(store, np.fromiter(best, dtype=np.int64))
-    found = [(s, part, rows[f], bool(r)) for (f, (s, part)), r in zip(best.items(), relevant) if (keep_irrelevant or r) and f in rows]
+    kept = np.ones(len(file_ids), bool) if keep_irrelevant else relevant
+    rows = _existing(store, file_ids[kept])  # only the files returned are read and checked
+    parts = store.vector_rows(best_vectors[kept])
+    found = [
+        (float(s), parts.get(int(v)), rows[int(f)], bool(r))
+        for f, s, v, r in zip(file_ids[kept], file_scores[kept], best_vectors[kept], relevant[kept])
+        if int(f) in rows
+    ]
     found = _one_per_content(found, lambda item: item[2])
     if sort is not None:
         found = _by_date(found, sort, key=lambda item: item[2])
     return _hits(store, [(s, p, r) for s, p, r, _ in found], query, [r for *_, r in found]), verdict
+
+
+def _owners(store: Store, ids: np.ndarray) -> np.ndarray:
+    """The file id of each vector id (-1 for one no indexed file owns), for every vector at once:
+    one read of the store's map (not one per vector)."""
+    vector_ids, owners = store.vector_files()
+    if not len(vector_ids):
+        return np.full(len(ids), -1, np.int64)
+    if vector_ids[-1] < 4 * len(vector_ids) + 1024:  # SQLite's ids are dense: a table beats a search
+        table = np.full(int(vector_ids[-1]) + 1, -1, np.int64)
+        table[vector_ids] = owners
+        inside = (ids >= 0) & (ids < len(table))
+        return np.where(inside, table[np.where(inside, ids, 0)], -1)
+    pos = np.minimum(np.searchsorted(vector_ids, ids), len(vector_ids) - 1)
+    return np.where(vector_ids[pos] == ids, owners[pos], -1)
 
 
 def list_by_date(store: Store, ids: np.ndarray, sort: str) -> list[Hit]:

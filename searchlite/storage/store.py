@@ -16,6 +16,7 @@ when it ran, and Store.transaction() is one BEGIN IMMEDIATE ... COMMIT.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -308,6 +309,7 @@ class Store:
         # before the vectors table, each indexed file had one vector whose FAISS id was its own id
         self._has_vectors = tables is None or "vectors" in tables
         self._row_select = ", ".join(c if columns is None or c in columns else f"NULL AS {c}" for c in _ROW_COLUMNS)
+        self._vector_files: tuple[int, np.ndarray, np.ndarray] | None = None  # vector_files() at a generation
 
     @classmethod
     def open(cls, path: Path) -> Store:
@@ -412,12 +414,14 @@ class Store:
         """The paths of indexed files by content hash, sorted, for those of hashes that more than
         one indexed file has (exact copies)."""
         shared: list[str] = []
+        # +state: SQLite, without statistics, would walk the index on state (nearly every row) instead
+        # of the one on content_hash (2.3 s instead of 7 ms for 500 hashes among 1M rows)
         for part in _parts_of(sorted(set(hashes))):
-            sql = f"SELECT content_hash FROM images WHERE state = ? AND content_hash IN ({_marks(part)}) GROUP BY content_hash HAVING count(*) > 1"
+            sql = f"SELECT content_hash FROM images WHERE +state = ? AND content_hash IN ({_marks(part)}) GROUP BY content_hash HAVING count(*) > 1"
             shared += [h for (h,) in self._all(sql, (INDEXED, *part))]
         out: dict[str, list[str]] = {}
         for part in _parts_of(shared):
-            sql = f"SELECT content_hash, path FROM images WHERE state = ? AND content_hash IN ({_marks(part)}) ORDER BY path"
+            sql = f"SELECT content_hash, path FROM images WHERE +state = ? AND content_hash IN ({_marks(part)}) ORDER BY path"
             for digest, path in self._all(sql, (INDEXED, *part)):
                 out.setdefault(digest, []).append(os.fsdecode(path))
         return out
@@ -480,6 +484,26 @@ class Store:
         if not self._has_vectors:
             return self.indexed_count()
         return int(self._one(f"SELECT count(*) {_INDEXED_VECTORS}", (INDEXED,)))
+
+    def vector_files(self) -> tuple[np.ndarray, np.ndarray]:
+        """(FAISS ids int64 (n,), ascending; the file id each belongs to int64 (n,)) of every vector
+        of every indexed file, in one read: how a search scoring every vector finds their files.
+        Kept until the vectors change (the generation moves on): at 1M vectors the read takes ~1 s.
+        Read-only arrays."""
+        generation = self.generation
+        cached = self._vector_files
+        if cached is not None and cached[0] == generation:
+            return cached[1], cached[2]
+        if not self._has_vectors:
+            ids = owners = self.indexed_ids()
+        else:
+            with self._reading() as conn:
+                cursor = conn.execute(f"SELECT v.id, v.image_id {_INDEXED_VECTORS} ORDER BY v.id", (INDEXED,))
+                pairs = np.fromiter(itertools.chain.from_iterable(cursor), dtype=np.int64).reshape(-1, 2)
+            ids, owners = pairs[:, 0].copy(), pairs[:, 1].copy()
+        ids.flags.writeable = owners.flags.writeable = False
+        self._vector_files = (generation, ids, owners)
+        return ids, owners
 
     def vector_ids(self) -> np.ndarray:
         """FAISS ids of every vector of every indexed file, int64, ascending."""
