@@ -9,7 +9,9 @@ The stand-in: image vectors are unit vectors around 2,000 concept centres, all s
 "image" direction (their cone); text queries describe a concept of a new image with noise and are
 shifted along another, orthogonal "text" direction, so that a text and its image have cosine
 ~0.25-0.3, as CLIP's do. Evaluation queries are texts (out of distribution) and, apart, new images.
-"auto" is what VectorIndex.optimize(queries=...) picks (IVF-Flat or HNSW, or IVF-PQ past the budget).
+Every structure is searchlite's own, built and tuned by VectorIndex.optimize(structure=...): ivf,
+hnsw and ivfpq as named, "auto" what optimize(queries=...) picks (IVF-Flat or HNSW, or IVF-PQ past
+the budget).
 Tuning queries are other texts drawn the same way (the engine embeds generic phrases), or indexed
 vectors with noise (what optimize() tunes on without queries).
 
@@ -219,7 +221,7 @@ def child(args: argparse.Namespace, paths: dict) -> dict:
         result.update(measure(lambda x: index.search(x, 10)[1], q, limit=args.flat_queries))
     elif args.child == "ivf":
         index = VectorIndex(d, use_gpu=False, exact=source)
-        chosen = index.optimize(force=True, memory_budget=10**15)  # no queries: noisy indexed vectors
+        chosen = index.optimize(force=True, structure="ivf")  # no queries: noisy indexed vectors
         result["build_seconds"] = round(time.perf_counter() - started, 1)
         faiss.omp_set_num_threads(1)
         result["tuned_on_image_queries"] = {"chosen": chosen, **measure(lambda x: index.search(x, 10)[1], q)}
@@ -233,7 +235,7 @@ def child(args: argparse.Namespace, paths: dict) -> dict:
 
         exact = StoreVectors(Store.open(Path(paths["db"]))) if args.rerank_from == "sqlite" else source
         index = VectorIndex(d, use_gpu=False, exact=exact)
-        chosen = index.optimize(force=True, queries=q["text_tune"], memory_budget=args.memory_budget)
+        chosen = index.optimize(force=True, structure="ivfpq", queries=q["text_tune"], memory_budget=args.memory_budget)
         result["build_seconds"] = round(time.perf_counter() - started, 1)
         result["build_peak_rss_bytes"] = memory()["peak_rss_bytes"]
         faiss.omp_set_num_threads(1)
@@ -245,35 +247,18 @@ def child(args: argparse.Namespace, paths: dict) -> dict:
         result["build_peak_rss_bytes"] = memory()["peak_rss_bytes"]
         faiss.omp_set_num_threads(1)
         result["tuned_on_text_queries"] = {"chosen": chosen, **measure(lambda x: index.search(x, 10)[1], q)}
-    elif args.child == "hnsw":
-        index = faiss.IndexHNSWFlat(d, args.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = args.hnsw_ef_construction
-        for _, rows in source.chunks():
-            index.add(rows)
+    elif args.child == "hnsw":  # searchlite's own graph (optimize(structure="hnsw")), tuned as ivf is
+        index = VectorIndex(d, use_gpu=False, exact=source)
+        chosen = index.optimize(force=True, structure="hnsw", memory_budget=10**15)  # no queries: noisy indexed vectors
         result["build_seconds"] = round(time.perf_counter() - started, 1)
         faiss.omp_set_num_threads(1)
-        noisy = unit(read_rows(data, 0, 200, d) + np.random.default_rng(5).normal(0, 0.3 / np.sqrt(d), (200, d)))
-        for name, tune in (("tuned_on_image_queries", noisy), ("tuned_on_text_queries", q["text_tune"])):
-            truth = exact_top10(data, n, d, tune)
-            for ef in (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024):
-                index.hnsw.efSearch = ef
-                if recall(truth, index.search(tune, 10)[1]) >= 0.97:
-                    break
-            result[name] = {"chosen": {"efSearch": ef, "M": args.hnsw_m}, **measure(lambda x: index.search(x, 10)[1], q)}
+        result["tuned_on_image_queries"] = {"chosen": chosen, **measure(lambda x: index.search(x, 10)[1], q)}
+        faiss.omp_set_num_threads(os.cpu_count() or 1)
+        checked = index.retune(q["text_tune"])  # the same graph, efSearch re-tuned on text-like queries
+        faiss.omp_set_num_threads(1)
+        result["tuned_on_text_queries"] = {"chosen": checked, **measure(lambda x: index.search(x, 10)[1], q)}
     result["memory"] = memory()
     return result
-
-
-def exact_top10(data: Path, n: int, d: int, queries: np.ndarray) -> np.ndarray:
-    best_s = np.full((len(queries), 10), -np.inf, np.float32)
-    best_i = np.full((len(queries), 10), -1, np.int64)
-    for start in range(0, n, CHUNK):
-        s = queries @ read_rows(data, start, min(CHUNK, n - start), d).T
-        all_s = np.concatenate([best_s, s], 1)
-        all_i = np.concatenate([best_i, np.broadcast_to(np.arange(start, start + s.shape[1]), s.shape)], 1)
-        top = np.argsort(-all_s, 1)[:, :10]
-        best_s, best_i = np.take_along_axis(all_s, top, 1), np.take_along_axis(all_i, top, 1)
-    return best_i
 
 
 def main() -> None:
@@ -283,12 +268,10 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=300, help="evaluation queries of each kind")
     parser.add_argument("--flat-queries", type=int, default=40, help="of them, timed on the flat index")
     parser.add_argument("--structures", default="flat,ivf,hnsw,auto",
-                        help="flat, ivf (tuned on images, then on texts), hnsw (faiss, tuned the same two ways), "
+                        help="flat, ivf (tuned on images, then on texts), hnsw (searchlite's graph, tuned the same two ways), "
                         "ivfpq (compressed, re-ranked), auto (what optimize(queries=texts) picks)")
     parser.add_argument("--memory-budget", type=int, default=None, help="bytes, for ivfpq (default: the library's)")
     parser.add_argument("--rerank-from", choices=["sqlite", "file"], default="sqlite")
-    parser.add_argument("--hnsw-m", type=int, default=32)
-    parser.add_argument("--hnsw-ef-construction", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", default="/tmp/searchlite-bench-ann")
     parser.add_argument("--child", help=argparse.SUPPRESS)

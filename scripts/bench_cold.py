@@ -1,15 +1,19 @@
-"""What a command-line user waits for, side by side with rclip in one run: a cold `searchlite index`
-of camera JPEGs into an empty index, adding one photo to an existing index, and a cold text query;
-wall time and peak resident memory of each whole process. Prints JSON.
+"""What a command-line user waits for, side by side with rclip, the same work on both sides: a cold
+index run of camera JPEGs into an empty index, adding one photo to an existing index, and a cold text
+query on the indexed folder; wall time and peak resident memory of each whole process. Prints every
+round, the medians and their ratios as JSON.
 
     python scripts/prefill_hf_cache.py /tmp/hf        # random ViT-B-32-256 weights where the default model's go
-    HF_HOME=/tmp/hf HF_HUB_OFFLINE=1 python scripts/bench_cold.py --rclip /tmp/rclip-venv/bin/rclip
+    HF_HOME=/tmp/hf HF_HUB_OFFLINE=1 python scripts/bench_cold.py --rclip-python /tmp/rclip-venv/bin/python
 
 rclip (pip install rclip==4.0.8, in a Python 3.12 environment) reads ONNX towers from
 $RCLIP_DATADIR/ViT-B-32-256-datacomp_s34b_b86k/; this script exports them from the same weights
-searchlite loads, so both run the same model. rclip's runs include one text query (it indexes the
-current folder before answering); searchlite's index runs do not. Without --rclip only searchlite's
-figures are printed. Rounds alternate the two tools, and medians are reported.
+searchlite loads, so both run the same model. rclip's command line always answers a query, after
+indexing the current folder unless told `-n`, so each side does one job per process:
+- index only: `searchlite index FOLDER` against rclip's own `init_rclip(folder)`, the function its
+  main() calls to bring the index up to date, without the search main() runs after it;
+- query only: `searchlite query TEXT` against `rclip -n TEXT` (no indexing), on the folder indexed.
+Without --rclip-python only searchlite's figures are printed. Rounds alternate the two tools.
 """
 
 from __future__ import annotations
@@ -26,6 +30,14 @@ import time
 from pathlib import Path
 
 RCLIP_MODEL = "ViT-B-32-256-datacomp_s34b_b86k"
+QUERY = "a photo of a cat"
+# rclip's main() without its search: init_rclip indexes the working folder (batch size 8, its default)
+RCLIP_INDEX_ONLY = (
+    "import os\n"
+    "from rclip.main import init_rclip\n"
+    "rclip, model, db = init_rclip(os.getcwd(), 8)\n"
+    "rclip.close(); model.close(); db.close()\n"
+)
 
 
 def timed(args: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> tuple[float, float]:
@@ -93,7 +105,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/searchlite-bench-cold"),
                         help="kept between runs: the photos take a minute to write")
-    parser.add_argument("--rclip", help="the rclip executable (rclip 4.0.8)")
+    parser.add_argument("--rclip-python", help="the Python of the environment rclip 4.0.8 is installed in")
     parser.add_argument("--prepare", choices=["photos", "rclip"], help=argparse.SUPPRESS)  # in a child process
     args = parser.parse_args()
     if args.prepare == "photos":
@@ -137,7 +149,7 @@ def main() -> None:
     export_seconds, _ = timed([*cli, "index", str(first), "--index", str(runs / "first-index")], env=env)
 
     rclip_models = work / "rclip-models"
-    if args.rclip and not (rclip_models / RCLIP_MODEL / "visual.onnx").exists():
+    if args.rclip_python and not (rclip_models / RCLIP_MODEL / "visual.onnx").exists():
         subprocess.run([*this, "--prepare", "rclip", "--workdir", str(rclip_models)], check=True)
 
     figures: dict[str, dict[str, list[float]]] = {"searchlite": {}, "rclip": {}}
@@ -148,24 +160,27 @@ def main() -> None:
 
     for r in range(args.rounds):
         for tool in (("searchlite", "rclip") if r % 2 == 0 else ("rclip", "searchlite")):
-            if tool == "rclip" and not args.rclip:
+            if tool == "rclip" and not args.rclip_python:
                 continue
             folder = runs / f"{tool}-{r}-photos"
             os.symlink(photos, folder)  # each tool indexes the same files under its own path
             extra = runs / f"{tool}-{r}-extra"
             extra.mkdir()
+            shutil.copy(extras[r % len(extras)], extra)
             if tool == "searchlite":
                 index = runs / f"{tool}-{r}-index"
                 record(tool, "index", *timed([*cli, "index", str(folder), "--index", str(index)], env=env))
-                shutil.copy(extras[r % len(extras)], extra)
                 record(tool, "add_one", *timed([*cli, "index", str(extra), "--index", str(index)], env=env))
-                record(tool, "query", *timed([*cli, "query", "a photo of a cat", "--index", str(index), "-k", "10"], env=env))
+                record(tool, "query", *timed([*cli, "query", QUERY, "--index", str(index), "-k", "10"], env=env))
             else:
                 renv = dict(base, RCLIP_DATADIR=str(fresh_rclip_datadir(rclip_models, runs / f"{tool}-{r}-data")))
-                record(tool, "index", *timed([args.rclip, "-t", "10", "a photo of a cat"], cwd=folder, env=renv))
-                shutil.copy(extras[r % len(extras)], extra)
-                record(tool, "add_one", *timed([args.rclip, "-t", "10", "a photo of a cat"], cwd=extra, env=renv))
-                record(tool, "query", *timed([args.rclip, "-n", "-t", "10", "a photo of a cat"], cwd=folder, env=renv))
+                index_only = [args.rclip_python, "-c", RCLIP_INDEX_ONLY]
+                record(tool, "index", *timed(index_only, cwd=folder, env=renv))
+                record(tool, "add_one", *timed(index_only, cwd=extra, env=renv))
+                record(tool, "query", *timed([args.rclip_python, "-m", "rclip", "-n", "-t", "10", QUERY], cwd=folder, env=renv))
+            for what in ("index", "add_one", "query"):
+                print(f"round {r} {tool} {what}: {figures[tool][what + '_s'][-1]:.2f} s, "
+                      f"{figures[tool][what + '_peak_rss_mb'][-1]:.0f} MB", file=sys.stderr, flush=True)
 
     def median(values: list[float]) -> float:
         return round(statistics.median(values), 3)
@@ -177,7 +192,7 @@ def main() -> None:
             result[f"{tool}_{what}_rounds"] = [round(v, 3) for v in values]
         if "index_s" in measured:
             result[f"{tool}_index_img_per_s"] = round(args.images / statistics.median(measured["index_s"]), 2)
-    if args.rclip:
+    if args.rclip_python:
         for what in ("index_s", "add_one_s", "query_s"):
             result[f"ratio_{what}"] = round(statistics.median(figures["searchlite"][what]) / statistics.median(figures["rclip"][what]), 3)
     json.dump(result, sys.stdout, indent=1)
