@@ -8,16 +8,22 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..classify import zeroshot
 from ..classify.classifier import LinearClassifier
+from ..classify.labeller import Labeller
 from ..errors import InvalidInputError
 from ..storage.store import Store
 from . import datasets, metrics, plot
 from .report import ClassificationReport, EvalReport
-from .vectors import EmbedFiles, image_vectors
+from .vectors import image_vectors
+
+if TYPE_CHECKING:
+    from ..media.named_files import NamedFiles
+    from ..models.hub import ModelHub
 
 log = logging.getLogger(__name__)
 
@@ -25,29 +31,25 @@ EvalProgress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
 @dataclass(frozen=True)
-class Collaborators:
-    """What the protocol needs from an open engine."""
+class EvalSettings:
+    """What to evaluate and how (see SearchEngine.evaluate)."""
 
-    store: Store  # stored embeddings, looked up by content hash
-    embed_files: EmbedFiles  # paths -> (vectors, errors), through the isolated decoder
-    zero_shot: Callable[[zeroshot.LabelSet], LinearClassifier]
-    embed_text: Callable[[list[str]], np.ndarray]
-    model: str  # the model's description, for the report
+    folder: str | os.PathLike[str] | None = None
+    captions: str | os.PathLike[str] | None = None
+    templates: str | Sequence[str] = "single,imagenet"
+    shots: str | Sequence[int] | None = None
+    draws: int = 5
+    seed: int = 0
+    plot: str | os.PathLike[str] | None = None
 
 
 def evaluate(
-    parts: Collaborators,
-    folder: str | os.PathLike[str] | None = None,
-    *,
-    captions: str | os.PathLike[str] | None = None,
-    templates: str | Sequence[str] = "single,imagenet",
-    shots: str | Sequence[int] | None = None,
-    draws: int = 5,
-    seed: int = 0,
-    plot_path: str | os.PathLike[str] | None = None,
-    progress: EvalProgress | None = None,
+    store: Store, models: ModelHub, files: NamedFiles, labeller: Labeller, settings: EvalSettings, progress: EvalProgress | None = None,
 ) -> EvalReport:
-    """See SearchEngine.evaluate. Every input is checked before any image is encoded."""
+    """See SearchEngine.evaluate: images the store holds (same content) reuse their stored
+    embeddings, others are read through files; zero-shot classifiers come from labeller, text
+    embeddings from models. Every input is checked before any image is encoded."""
+    folder, captions, draws, seed, plot_path = settings.folder, settings.captions, settings.draws, settings.seed, settings.plot
     if folder is None and captions is None:
         raise InvalidInputError("nothing to evaluate: give a labelled folder (one subfolder per class), a caption CSV, or both")
     if draws < 1:
@@ -61,8 +63,8 @@ def evaluate(
             raise InvalidInputError(f"plot {plot_path}: folder {parent} not found: create it first or write the plot elsewhere")
     labelled = template_sets = asked_shots = None
     if folder is not None:
-        template_sets = [(name, tuple(zeroshot.resolve_templates(name))) for name in datasets.parse_template_sets(templates)]
-        asked_shots = datasets.parse_shots(shots)
+        template_sets = [(name, tuple(zeroshot.resolve_templates(name))) for name in datasets.parse_template_sets(settings.templates)]
+        asked_shots = datasets.parse_shots(settings.shots)
         labelled = datasets.read_labelled_folder(folder)
         _fit_shots(labelled, _counts(labelled.labels, labelled.classes), asked_shots)  # fail before encoding
         prompts = [datasets.prompt_label(c) for c in labelled.classes]
@@ -72,7 +74,7 @@ def evaluate(
 
     paths = list(dict.fromkeys((labelled.paths if labelled else ()) + (pairs.images if pairs else ())))
     stage = (lambda name: (lambda done, total: progress(name, done, total))) if progress else (lambda name: None)
-    vectors, errors, reused = image_vectors(paths, parts.store, parts.embed_files, stage("encoding images"))
+    vectors, errors, reused = image_vectors(paths, store, files.embed, stage("encoding images"))
     for path, error in errors.items():
         log.warning("left out %s: %s", path, error)
 
@@ -92,7 +94,7 @@ def evaluate(
         label_texts = tuple(datasets.prompt_label(c) for c in classes)
         scores = []
         for name, texts in template_sets or ():
-            classifier = parts.zero_shot(zeroshot.LabelSet(label_texts, texts))
+            classifier = labeller.zero_shot(zeroshot.LabelSet(label_texts, texts))
             named = LinearClassifier(classes, classifier.weights, classifier.bias)
             scores.append(metrics.zero_shot_scores(name, len(texts), named, x, truth))
         curve = metrics.probe_curve(x, truth, classes, shot_counts, draws, seed, stage("fitting probes"))
@@ -107,13 +109,13 @@ def evaluate(
         rows = [(caption, new_index[pairs.images[o]]) for caption, o in zip(pairs.captions, pairs.owner) if pairs.images[o] in new_index]
         # a caption repeated word for word is embedded once
         unique = {caption: i for i, caption in enumerate(dict.fromkeys(caption for caption, _ in rows))}
-        text_vectors = parts.embed_text(list(unique))[[unique[caption] for caption, _ in rows]]
+        text_vectors = models.embed_text(list(unique))[[unique[caption] for caption, _ in rows]]
         retrieval = metrics.retrieval_scores(
             np.stack([vectors[p] for p in kept_images]).astype(np.float32), text_vectors, np.array([o for _, o in rows])
         )
 
     report = EvalReport(
-        parts.model,
+        models.spec.describe(),
         seed,
         classification,
         retrieval,
@@ -122,7 +124,7 @@ def evaluate(
         unreadable=tuple((p, str(e)) for p, e in errors.items()),
     )
     if plot_path is not None and classification is not None:
-        plot.write_png(classification, parts.model, plot_path)
+        plot.write_png(classification, models.spec.describe(), plot_path)
     return report
 
 

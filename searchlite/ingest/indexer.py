@@ -1,10 +1,10 @@
 """The indexing flow: scan -> diff against the store -> read and hash in parallel -> decode and
 encode in batches (an EncodeStage) -> one SQLite transaction per batch -> FAISS.
 
-Where images are decoded and encoded is the EncodeStage's business: LocalEncoding here (worker
-threads each drive a decoder process, decode_worker.py; on a GPU they decode the next batch while
-the model encodes one, on a CPU each batch is decoded on all cores, then encoded on all cores), or
-ray_stage.RayEncoding on a Ray cluster. Either way this module alone writes: batches are committed in
+Where images are decoded and encoded is the EncodeStage's business (encoding.py): LocalEncoding here
+(worker threads each drive a decoder process, decode_worker.py; on a GPU they decode the next batch
+while the model encodes one, on a CPU each batch is decoded on all cores, then encoded on all
+cores), or ray_stage.RayEncoding on a Ray cluster. Either way this module alone writes: batches are committed in
 the order they were formed, one transaction each.
 """
 
@@ -18,24 +18,25 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from ..config import IndexSettings
+from ..errors import ImageDecodeError
 from ..media import images, video
 from ..media.decode_worker import DecodeCancelled, DecodePool
-from ..media.embed_files import decode_options
 from ..media.metadata import HEADER_READ_BYTES, METADATA_VERSION, ImageMetadata
-from ..errors import ImageDecodeError
 from ..storage.hashing import content_hash
-from ..storage.store import FAILED, INDEXED, METADATA_COLUMNS, SKIPPED, FileRow, Store, Transaction, VectorPart
+from ..storage.store import FAILED, INDEXED, METADATA_COLUMNS, SKIPPED, FileRow, Store, Transaction
+from ..storage.vector_cache import VectorCache
 from ..storage.vector_index import VectorIndex
 from . import scanner
+from .encoding import EncodeStage, LocalEncoding, Prepared
 from .scanner import FileInfo
 
 if TYPE_CHECKING:
-    from ..models.encoder import ImageEncoder
+    from ..models.hub import ModelHub
 
 log = logging.getLogger(__name__)
 
@@ -98,183 +99,6 @@ class IndexReport:
         return f"{', '.join(parts)} in {self.seconds:.1f}s{loading} ({self.encoded} encoded{rate})"
 
 
-@dataclass
-class _Prepared:
-    """A worker's verdict on one file."""
-
-    file: FileInfo
-    content_hash: str | None = None
-    tensor: Any = None  # when the file needs encoding: the model input, or what the stage makes it from
-    width: int | None = None
-    height: int | None = None
-    reuse: bool = False  # content already has a vector
-    skipped: str | None = None  # why it is not indexed (not an image, a link out of the collection)
-    error: str | None = None  # why it failed
-    metadata: ImageMetadata | None = None  # the header's facts
-    by_settings: bool = False  # the failure came from decoding, under decode_settings()
-    needs: str | None = None  # the optional extra whose absence failed it (images.missing_extra)
-    vanished: bool = False  # deleted while the run went on
-    changing: bool = False  # written to while it was read: left for the next run
-    kind: str = "image"  # of the file's own vector: "image" or "video"
-    frame_times: list[float] = field(default_factory=list)  # a video's sampled frames
-    frame_tensors: list[Any] = field(default_factory=list)
-    duration: float = 0.0
-    region_image: Any = None  # the picture regions are cut from (with settings.regions)
-    parts: list[VectorPart] = field(default_factory=list)  # its other vectors (regions, shots), set by the encoding stage
-    vector: np.ndarray | None = None  # its own vector, set by the encoding stage
-
-    @property
-    def n_inputs(self) -> int:
-        """Model inputs waiting to be encoded."""
-        return len(self.frame_tensors) if self.frame_tensors else int(self.tensor is not None)
-
-
-class EncodeStage(Protocol):
-    """Where files that need encoding are decoded and encoded. prepare() runs in reading threads on
-    each such file (p.kind says whether it is a video); submit() starts encoding a batch and
-    returns a function that waits for it and sets, on each item, vector (with width, height, and
-    parts: a video's shots, an image's regions), or error (by_settings), or changing.
-    batches_in_flight() batches are encoded while the writer commits earlier ones. A stage whose
-    videos is False gets no videos: the run decodes and encodes them on this machine."""
-
-    videos: bool
-
-    def batch_size(self) -> int: ...
-
-    def chunks_ahead(self) -> int: ...
-
-    def batches_in_flight(self) -> int: ...
-
-    def prepare(self, p: _Prepared, data: bytes) -> _Prepared: ...
-
-    def submit(self, batch: list[_Prepared]) -> Callable[[], None]: ...
-
-    def cancel(self) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class LocalEncoding:
-    """Decoding in this machine's decoder processes (threads drive them), encoding with the model
-    here: images (with their regions, under settings.regions) and videos (sampled frames, split
-    into shots)."""
-
-    videos = True
-
-    def __init__(
-        self, get_encoder: Callable[[], ImageEncoder], settings: IndexSettings, decoders: DecodePool, *, start: bool = True
-    ) -> None:
-        self.get_encoder = get_encoder
-        self.settings = settings
-        self.device: str | None = None  # the model's, once it is loaded
-        self.decoders = decoders
-        if start:
-            decoders.start()  # their start-up overlaps the model's loading
-
-    def batch_size(self) -> int:
-        return self.settings.batch_size_on(self.device or "cpu")
-
-    def chunks_ahead(self) -> int:
-        """Batches decoded while the model encodes one. On a GPU, one: the CPU is free to decode.
-        On a CPU, one when the decoders run in the background, else none: the model's threads fill
-        every core, and a decoder taking one of them stalls the others at each step's barrier (on
-        two cores the model lost a quarter of its speed to decoders using a tenth of the CPU);
-        background decoders only take the cycles the model leaves idle (160 camera JPEGs: 8%
-        faster end to end)."""
-        return 1 if (self.device or "cpu").startswith("cuda") or self.decoders.background else 0
-
-    def batches_in_flight(self) -> int:
-        return 0  # encoded when submitted
-
-    def prepare(self, p: _Prepared, data: bytes) -> _Prepared:
-        """Decode (in a child process) and preprocess; raises only when the model cannot be loaded."""
-        encoder = self.get_encoder()  # the model loads on first need; its errors stop the run
-        self.device = encoder.device
-        if self.device.startswith("cuda"):  # the CPU is the GPU's feeder: decoders in the foreground
-            self.decoders.to_foreground()
-        settings = self.settings
-        try:
-            if p.kind == "video":
-                return self._prepare_video(p, data, encoder)
-            options = decode_options(settings, encoder)
-            if settings.regions:  # a larger picture, uncropped, for the regions' pass
-                options |= {"min_side": int(settings.region_scale * encoder.image_size), "center_crop": False, "resize_shortest": None}
-            with self.decoders.worker() as decoder:
-                decoded, meta = decoder.decode_with_metadata(data, **options, name=p.file.path)
-            p.tensor = encoder.preprocess(decoded.image)
-            if settings.regions and min(decoded.width, decoded.height) >= 2 * encoder.image_size:
-                p.region_image = decoded.image
-        except ImageDecodeError as e:
-            p.tensor, p.error, p.by_settings = None, str(e), True
-            return p
-        except DecodeCancelled:
-            p.tensor, p.changing = None, True  # not judged: the run is stopping
-            return p
-        except Exception as e:  # noqa: BLE001 - one bad file must never stop the run
-            log.debug("unexpected failure on %s", p.file.path, exc_info=True)
-            p.tensor, p.frame_tensors, p.region_image = None, [], None
-            p.error, p.by_settings = f"cannot decode {p.kind}: {type(e).__name__}: {e}", True
-            return p
-        p.width, p.height, p.metadata = decoded.width, decoded.height, meta.with_mtime(p.file.mtime_ns)
-        return p
-
-    def _prepare_video(self, p: _Prepared, data: bytes, encoder: ImageEncoder) -> _Prepared:
-        """Sample a video's frames in a decoder process and preprocess them."""
-        settings = self.settings
-        with self.decoders.worker() as decoder:
-            frames = decoder.decode_video(
-                data, settings.video_timeout_s, interval_s=settings.video_interval_s, max_frames=settings.video_max_frames,
-                min_side=settings.draft_factor * encoder.image_size,
-            )
-        p.frame_tensors = [encoder.preprocess(image) for image in frames.images]
-        p.width, p.height, p.frame_times, p.duration = frames.width, frames.height, frames.times, frames.duration
-        return p
-
-    def submit(self, batch: list[_Prepared]) -> Callable[[], None]:
-        """Own vectors of the files to encode; a video's shots and an image's regions go to its parts."""
-        inputs = [t for p in batch for t in (p.frame_tensors or [p.tensor])]
-        encoder = self.get_encoder()
-        step = self.batch_size()
-        encoded = np.concatenate([encoder.encode_images(inputs[i : i + step]) for i in range(0, len(inputs), step)])
-        offset = 0
-        for p in batch:
-            if p.frame_tensors:
-                frames = encoded[offset : offset + len(p.frame_tensors)]
-                offset += len(p.frame_tensors)
-                shots = video.split_shots(p.frame_times, frames, p.duration)
-                p.parts = [VectorPart("shot", s.vector, time=s.time, span=s.span) for s in shots]
-                p.vector = video.whole_video_vector(shots)
-                p.frame_tensors = []  # encoded: free the frames
-            else:
-                p.vector = encoded[offset]
-                offset += 1
-                if p.region_image is not None:
-                    p.parts = self._regions(encoder, p.region_image, p.width or 0, p.height or 0)
-                    p.region_image = None
-        return lambda: None
-
-    def _regions(self, encoder: Any, image: Any, width: int, height: int) -> list[VectorPart]:
-        """Region vectors of a picture, boxes in pixels of the oriented original (width x height)."""
-        from ..models import dense
-
-        settings = self.settings
-        regions = dense.region_features(encoder.model, image, scale=settings.region_scale, stride=settings.region_stride, device=encoder.device)
-        vectors = regions.vectors
-        if settings.region_mode == "crops":  # each window through the model on its own
-            crops = [encoder.preprocess(image.crop(tuple(int(v) for v in box))) for box in regions.boxes]
-            step = self.batch_size()
-            vectors = np.concatenate([encoder.encode_images(crops[i : i + step]) for i in range(0, len(crops), step)])
-        sx, sy = width / image.size[0], height / image.size[1]
-        boxes = np.round(regions.boxes * np.array([sx, sy, sx, sy])).astype(np.int64)
-        return [VectorPart("region", v, box=tuple(int(b) for b in box)) for box, v in zip(boxes, vectors)]
-
-    def cancel(self) -> None:
-        pass  # the run cancels its decoders
-
-    def close(self) -> None:
-        pass
-
-
 class Indexer:
     """Brings the store and the vector index in line with one folder."""
 
@@ -282,21 +106,22 @@ class Indexer:
         self,
         store: Store,
         vectors: VectorIndex,
-        get_encoder: Callable[[], ImageEncoder],
+        cache: VectorCache,
+        models: ModelHub,
         settings: IndexSettings,
-        on_snapshot: Callable[[], None],
         exclude: Sequence[str] = (),
         stage: Callable[[DecodePool], EncodeStage] | None = None,
     ) -> None:
-        """stage: makes the EncodeStage of a run that has files to read, given the run's decoder
-        processes (LocalEncoding by default)."""
+        """vectors: the index's FAISS vectors, kept in line with the store and saved to cache now
+        and then (settings.snapshot_interval_s). stage: makes the EncodeStage of a run that has
+        files to read, given the run's decoder processes (LocalEncoding by default)."""
         self.exclude = exclude
-        self.make_stage = stage or (lambda decoders: LocalEncoding(get_encoder, settings, decoders))
+        self.make_stage = stage or (lambda decoders: LocalEncoding(models, settings, decoders))
         self.store = store
         self.vectors = vectors
-        self.get_encoder = get_encoder
+        self.cache = cache
+        self.models = models
         self.settings = settings
-        self.on_snapshot = on_snapshot
 
     def run(self, root: str, progress: ProgressFn | None = None) -> IndexReport:
         started = time.monotonic()
@@ -380,7 +205,6 @@ class Indexer:
             decoders.close()
 
 
-
 def _formats_version(row: FileRow) -> int:
     """The images.FORMATS_VERSION a "not an image" verdict was given under (1: before it was kept)."""
     return int((row.failed_under or {}).get("formats", 1))
@@ -416,10 +240,10 @@ class _Run:
         self.missing_by_hash = missing_by_hash
         self.last_snapshot = started
         self.known_hashes = indexer.store.indexed_hashes()
-        self.pending: list[_Prepared] = []  # waiting to be sent to the stage
+        self.pending: list[Prepared] = []  # waiting to be sent to the stage
         # batches sent to the stage, not yet committed:
         # (files, those of them to encode, the copy encoded per content, wait)
-        self.in_flight: deque[tuple[list[_Prepared], list[_Prepared], dict[str | None, _Prepared], Callable[[], Any]]] = deque()
+        self.in_flight: deque[tuple[list[Prepared], list[Prepared], dict[str | None, Prepared], Callable[[], Any]]] = deque()
         self.stage: EncodeStage
         self.local: EncodeStage  # for the videos of a stage that takes none
 
@@ -430,7 +254,7 @@ class _Run:
         background = len(work) > settings.batch_size_on("cpu")
         decoders = self.decoders = DecodePool(settings.workers, settings.decode_timeout_s, settings.decoder_memory_limit, background=background)
         stage = self.stage = self.ix.make_stage(decoders)
-        self.local = stage if stage.videos else LocalEncoding(self.ix.get_encoder, settings, decoders, start=False)
+        self.local = stage if stage.videos else LocalEncoding(self.ix.models, settings, decoders, start=False)
         pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="searchlite-decode")
         try:
             done = 0
@@ -454,41 +278,41 @@ class _Run:
             stage.close()
             decoders.close()
 
-    def _prepare(self, f: FileInfo) -> _Prepared:
+    def _prepare(self, f: FileInfo) -> Prepared:
         """Runs in a worker thread: read, hash, sniff, then the stage's part (decoding, here or
         later). Returns a verdict for every file; raises only when the model cannot be loaded."""
         if f.error is not None or f.skip is not None:
-            return _Prepared(f, error=f.error, skipped=f.skip)
+            return Prepared(f, error=f.error, skipped=f.skip)
         try:
             with open(f.path, "rb") as fh:
                 data = fh.read()
                 st = os.fstat(fh.fileno())
         except FileNotFoundError:
-            return _Prepared(f, vanished=True)
+            return Prepared(f, vanished=True)
         except OSError as e:
-            return _Prepared(f, error=f"cannot read file: {e.strerror or e}")
+            return Prepared(f, error=f"cannot read file: {e.strerror or e}")
         if (st.st_size, st.st_mtime_ns) != (f.size, f.mtime_ns) or len(data) != st.st_size:
-            return _Prepared(f, changing=True)
+            return Prepared(f, changing=True)
         digest = content_hash(data)
         if digest in self.known_hashes:
             try:  # a copy or a move of known content: its header only
                 meta = self.decoders.read_metadata(data).with_mtime(f.mtime_ns)
             except (ImageDecodeError, DecodeCancelled):
                 meta = None
-            return _Prepared(f, digest, reuse=True, metadata=meta)
+            return Prepared(f, digest, reuse=True, metadata=meta)
         is_video = False
         fmt = images.detect_format(data[: images.HEADER_BYTES], f.path)
         if fmt is None:
             if video.detect_video(data[: images.HEADER_BYTES]) is None:
-                return _Prepared(f, digest, skipped=NOT_AN_IMAGE)
+                return Prepared(f, digest, skipped=NOT_AN_IMAGE)
             if not video.available():
-                return _Prepared(f, digest, error=video.NEEDS_PYAV, by_settings=True, kind="video")
+                return Prepared(f, digest, error=video.NEEDS_PYAV, by_settings=True, kind="video")
             is_video = True
         elif (needs := images.missing_extra(fmt)) is not None:  # known without a decoder; judged again once the extra is installed
-            return _Prepared(f, digest, error=images.missing_extra_reason(needs), by_settings=True, needs=needs)
+            return Prepared(f, digest, error=images.missing_extra_reason(needs), by_settings=True, needs=needs)
         if is_video:  # a stage that takes no videos leaves them to this machine
-            return self.local.prepare(_Prepared(f, digest, kind="video"), data)
-        return self.stage.prepare(_Prepared(f, digest), data)
+            return self.local.prepare(Prepared(f, digest, kind="video"), data)
+        return self.stage.prepare(Prepared(f, digest), data)
 
     def _flush(self) -> None:
         """Send what waits to the stage for encoding; commit batches past the stage's window."""
@@ -498,7 +322,7 @@ class _Run:
         # Copies of one content met in this run are encoded once: the first copy in the batch is
         # encoded, later ones take its vector, and content committed by an earlier batch of this
         # run takes the stored vector (a move or a copy, as for content known before the run).
-        first_of: dict[str | None, _Prepared] = {}
+        first_of: dict[str | None, Prepared] = {}
         for p in batch:
             if p.content_hash in self.known_hashes:
                 p.tensor, p.frame_tensors, p.reuse = None, [], True
@@ -521,7 +345,7 @@ class _Run:
         while len(self.in_flight) > self.stage.batches_in_flight():
             self._commit(*self.in_flight.popleft())
 
-    def _commit(self, pending: list[_Prepared], batch: list[_Prepared], first_of: dict[str | None, _Prepared], wait: Callable[[], Any]) -> None:
+    def _commit(self, pending: list[Prepared], batch: list[Prepared], first_of: dict[str | None, Prepared], wait: Callable[[], Any]) -> None:
         """Wait for a batch's vectors, then write everything in it in one transaction (batch: its
         files that were to be encoded)."""
         wait()
@@ -618,10 +442,10 @@ class _Run:
             self.ix.vectors.add(np.array([i for i, _ in added], dtype=np.int64), np.stack([v for _, v in added]))
         self.known_hashes.update(h for h in encoded_hashes if h is not None)
         if time.monotonic() - self.last_snapshot >= self.ix.settings.snapshot_interval_s:
-            self.ix.on_snapshot()
+            self.ix.cache.save(self.ix.vectors)
             self.last_snapshot = time.monotonic()
 
-    def _reuse(self, tx: Transaction, p: _Prepared, old: FileRow | None) -> bool:
+    def _reuse(self, tx: Transaction, p: Prepared, old: FileRow | None) -> bool:
         """Handle known content without a new vector row: a touched file or a move. True if done."""
         f = p.file
         if old is not None and old.state == INDEXED and old.content_hash == p.content_hash:
@@ -638,7 +462,7 @@ class _Run:
             return True
         return False
 
-    def _copy_of(self, p: _Prepared, metadata: dict[str, Any] | None, version: int | None) -> tuple[dict[str, Any] | None, int | None]:
+    def _copy_of(self, p: Prepared, metadata: dict[str, Any] | None, version: int | None) -> tuple[dict[str, Any] | None, int | None]:
         """An exact copy of stored content shows the same picture: its size (p.width, p.height) and
         perceptual hash are the stored file's, and so is the rest of its metadata when its own
         header was not read (a video's, or a header the reader could not parse). Returns
@@ -652,7 +476,7 @@ class _Run:
         return metadata | {"phash": metadata.get("phash") or same["phash"]}, version
 
     @staticmethod
-    def _keep_metadata(tx: Transaction, row_id: int, p: _Prepared) -> None:
+    def _keep_metadata(tx: Transaction, row_id: int, p: Prepared) -> None:
         """A touched or moved file's header, read again (its mtime may stand in for a capture
         time); the perceptual hash of its unchanged pixels stays."""
         if p.metadata is not None:

@@ -34,8 +34,8 @@ from ..models.image_tower import ImageTower
 from ..storage.hashing import content_hash
 
 if TYPE_CHECKING:
-    from ..models.encoder import ImageEncoder
-    from .indexer import _Prepared
+    from ..models.hub import ModelHub
+    from .encoding import Prepared
 
 log = logging.getLogger(__name__)
 
@@ -142,25 +142,23 @@ def _probe(host: str, port: int, address: str) -> None:
 class RayEncoding:
     """The EncodeStage that sends batches to model actors on a Ray cluster (see the module's doc).
 
-    model(gpu) gives the recipe of the actors' model; get_encoder() the driver's own encoder, whose
-    image size and preprocessing set the decoding options. shared_fs: True reads files by path on
+    models: the index's model hub, whose ray_recipe(gpu) the actors load and whose image encoder
+    (the driver's own) sets the decoding options by its image size and preprocessing. shared_fs: True reads files by path on
     the workers, False sends their bytes, None probes each actor.
 
     Images only, each with its own vector (kind "image", no parts): the run decodes and encodes
-    videos on the driver (indexer.LocalEncoding), and the engine refuses regions on Ray."""
+    videos on the driver (encoding.LocalEncoding), and the engine refuses regions on Ray."""
 
     videos = False  # videos stay on the driver
 
     def __init__(
         self,
         settings: IndexSettings,
-        get_encoder: Callable[[], ImageEncoder],
-        model: Callable[[bool], ModelRecipe],
+        models: ModelHub,
         shared_fs: bool | None = None,
     ) -> None:
         self.settings = settings
-        self.get_encoder = get_encoder
-        self.model = model
+        self.models = models
         self.shared_fs = shared_fs
         self.device: str | None = None
         self.actors: list[Any] = []  # alive
@@ -182,19 +180,19 @@ class RayEncoding:
     def batches_in_flight(self) -> int:
         return TASKS_PER_ACTOR * max(1, len(self.actors))
 
-    def prepare(self, p: _Prepared, data: bytes) -> _Prepared:
+    def prepare(self, p: Prepared, data: bytes) -> Prepared:
         p.tensor = data  # decoded on the cluster
         return p
 
-    def _start(self, probe: _Prepared) -> None:
+    def _start(self, probe: Prepared) -> None:
         """Create the actors (the first time a batch is sent); probe probes the shared filesystem."""
         ray = _import_ray()
         resources = ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
         gpu = gpus > 0
         self.device = "cuda" if gpu else "cpu"
-        self.options = decode_options(self.settings, self.get_encoder())
-        recipe = self.model(gpu)
+        self.options = decode_options(self.settings, self.models.image_encoder())
+        recipe = self.models.ray_recipe(gpu)
         if gpu:
             count, threads = gpus, max(1, min(8, cpus // gpus - 1))
             actor_options = {"num_gpus": 1, "num_cpus": 1, "max_concurrency": 2}  # decode one batch while encoding another
@@ -253,7 +251,7 @@ class RayEncoding:
         self.load.pop(actor, None)
         self.by_path.pop(actor, None)
 
-    def _send(self, batch: list[_Prepared]) -> tuple[Any, Any]:
+    def _send(self, batch: list[Prepared]) -> tuple[Any, Any]:
         if not self.actors:
             raise ClusterError(f"every Ray actor was lost (last: {self._last_error}); run the same command again to resume")
         actor = min(self.actors, key=lambda a: self.load[a])
@@ -261,7 +259,7 @@ class RayEncoding:
         items = [(p.file.path, None if self.by_path[actor] else p.tensor, p.content_hash) for p in batch]
         return actor, actor.encode.remote(items)
 
-    def submit(self, batch: list[_Prepared]) -> Callable[[], None]:
+    def submit(self, batch: list[Prepared]) -> Callable[[], None]:
         if not self._started:
             self._start(batch[0])
         ray = _import_ray()
@@ -381,7 +379,7 @@ class EncodeActor:
             return ("ok", self.encoder.preprocess(image.image), image.width, image.height, meta)
         except ImageDecodeError as e:
             return ("error", None, str(e))
-        except Exception as e:  # noqa: BLE001 - one bad file must never stop the run (as indexer.LocalEncoding)
+        except Exception as e:  # noqa: BLE001 - one bad file must never stop the run (as encoding.LocalEncoding)
             return ("error", None, f"cannot decode image: {type(e).__name__}: {e}")
 
 

@@ -14,12 +14,23 @@ candidate is then checked exactly); groups are the connected components of the c
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from ..errors import InvalidInputError, SearchliteError
+from ..media.metadata import perceptual_hash
+from .filters import Filters
+
+if TYPE_CHECKING:
+    from ..storage.store import Store
+
+log = logging.getLogger(__name__)
 
 EXACT, NEAR, SIMILAR = "exact", "near", "similar"
 TIERS = (EXACT, NEAR, SIMILAR)
@@ -127,6 +138,38 @@ def components(n: int, left: np.ndarray, right: np.ndarray) -> list[list[int]]:
 
 def phash_distance(a: str, b: str) -> int:
     return bin(int(a, 16) ^ int(b, 16)).count("1")
+
+
+def in_index(store: Store, tier: str, decode: Callable[[str], Any], path: str | os.PathLike[str] | None = None) -> list[DuplicateGroup]:
+    """Groups of tier among the indexed files that still exist (path: under this folder or
+    matching this glob), largest first. decode(path) gives the picture of a file indexed before
+    perceptual hashes were kept."""
+    if tier not in TIERS:
+        raise InvalidInputError(f"unknown duplicate tier {tier!r}: give exact, near or similar")
+    among = Filters(path=path).matching_ids(store) if path is not None else None
+    rows = {
+        r.id: {"path": os.fsdecode(r.path), "width": r.width, "height": r.height, "size": r.size, "taken_at": r.taken_at,
+               "content_hash": r.content_hash, "phash": r.phash}
+        for r in store.select_where(("path", "width", "height", "size", "taken_at", "content_hash", "phash"))
+    }
+    wanted = set(rows) if among is None else set(among.tolist()) & set(rows)
+    wanted = {i for i in wanted if os.path.exists(rows[i]["path"])}  # files deleted since the last index run
+    ids_parts, vector_parts = [], []
+    for chunk_ids, chunk_vectors in store.iter_vectors():
+        keep = np.fromiter((int(i) in wanted for i in chunk_ids), dtype=bool, count=len(chunk_ids))
+        ids_parts.append(chunk_ids[keep])
+        vector_parts.append(chunk_vectors[keep])
+    if not ids_parts:
+        return []
+
+    def phash_of(image_id: int) -> str | None:
+        try:
+            return perceptual_hash(decode(rows[image_id]["path"]))
+        except SearchliteError as e:
+            log.info("no perceptual hash for %s: %s", rows[image_id]["path"], e)
+            return None
+
+    return find_groups(tier, np.concatenate(ids_parts), np.concatenate(vector_parts), rows, phash_of)
 
 
 def find_groups(

@@ -3,15 +3,23 @@ dense features (models/dense.py), its peak, and the picture overlaid with the he
 
 from __future__ import annotations
 
+import io
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import file_error
 from ..models.dense import Grid
 
 if TYPE_CHECKING:
     from PIL import Image
+
+    from ..media.named_files import NamedFiles
+    from ..media.safe_read import ReadPolicy
+    from ..models.hub import ModelHub
 
 
 # the softmax temperature that turns cell scores into the peak's weights (chosen on scenes of the
@@ -44,6 +52,36 @@ class Explanation:
             "peak": [round(self.peak[0], 1), round(self.peak[1], 1)],
             "scores": np.round(self.scores, 5).tolist(),
         }
+
+
+def explain_file(
+    path: str, text: str, models: ModelHub, files: NamedFiles, *, output: str | os.PathLike[str] | None = None,
+    scale: float | None = None, read: ReadPolicy | None = None,
+) -> Explanation:
+    """Where text matches in the picture of a file (see SearchEngine.explain), with the torch
+    model's grid features; output: also write the picture overlaid with the heat map there (PNG)."""
+    from ..media.embed_files import check_named, decode_named
+    from ..models import dense
+    from ..storage.atomic_file import write_atomic
+
+    read = read or files.read_policy
+    check_named(path, read=read)  # a missing file is reported before any model loads
+    empty, query = models.embed_text(["", text])
+    encoder = models.load_model()
+    scale = scale or dense.DEFAULT_SCALE
+    decoded = decode_named(path, files.settings, files.decoders(), read=read, min_side=int(scale * encoder.image_size), max_pixels=files.settings.max_pixels)
+    grid = dense.grid_features(encoder.model, decoded.image, scale=scale, device=encoder.device)
+    rows, cols = grid.vectors.shape[:2]
+    grid = Grid(grid.vectors, decoded.width / cols, decoded.height / rows)  # cells in the original's pixels
+    result = explain(grid, query, empty, decoded.width, decoded.height)
+    if output is not None:
+        buf = io.BytesIO()
+        overlay(decoded.image, result).save(buf, "PNG")
+        try:
+            write_atomic(Path(output), buf.getvalue())
+        except OSError as e:
+            raise file_error(Path(output), e, writing=True) from None
+    return result
 
 
 def explain(grid: Grid, query: np.ndarray, empty: np.ndarray, width: int, height: int) -> Explanation:
