@@ -1,5 +1,6 @@
-"""Schema history: each migration from the schema before it, every old fixture index opened and
-answering like a fresh one, newer schemas refused, and missing tables never called damage."""
+"""Schema history: each migration from the schema before it, every old fixture index brought to
+exactly the tables of storage/tables.py and answering like a fresh one, newer schemas refused, and
+missing tables never called damage."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import pytest
 
 from searchlite import IndexVersionError, SearchEngine
 from searchlite.config import DB_FILENAME
-from searchlite.storage import migrations
+from searchlite.storage import database, migrations
+from searchlite.storage.tables import metadata
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 OLD_INDEXES = ["2e598f4", "9e1518f", "52856a0"]  # before the tag tables; v1 with them and a tag set; schema 3
@@ -46,38 +48,85 @@ def old_index(commit: str, root: Path) -> tuple[Path, Path, dict[str, str]]:
     return index, photos, {"model": str(config), "pretrained": str(checkpoint)}
 
 
-def schema_of(db: Path) -> dict[str, list[tuple]]:
+def schema_of(db: Path) -> dict[str, dict[str, object]]:
+    """Every table of db: its columns (name, type, NOT NULL, default, primary key), whether its ids
+    are AUTOINCREMENT, its foreign keys and its indexes (name, or how SQLite made it; unique;
+    columns): what two databases of one schema share, whatever statements made them."""
     with sqlite3.connect(db) as conn:
-        names = [n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'index') AND name NOT LIKE 'sqlite_%' ORDER BY name")]
-        return {n: conn.execute(f"PRAGMA index_xinfo('{n}')" if n.startswith("ix_") else f"PRAGMA table_info('{n}')").fetchall() for n in names}
+        tables = conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'").fetchall()
+        out = {}
+        for name, sql in tables:
+            indexes = sorted(
+                (index if origin == "c" else origin, unique, partial, conn.execute(f"PRAGMA index_xinfo('{index}')").fetchall())
+                for _, index, unique, origin, partial in conn.execute(f"PRAGMA index_list('{name}')")
+            )
+            out[name] = {
+                "columns": conn.execute(f"PRAGMA table_info('{name}')").fetchall(),
+                "autoincrement": "AUTOINCREMENT" in sql.upper(),
+                "foreign_keys": conn.execute(f"PRAGMA foreign_key_list('{name}')").fetchall(),
+                "indexes": indexes,
+            }
+        return out
+
+
+def declared_schema(tmp_path: Path) -> dict[str, dict[str, object]]:
+    """The schema of storage/tables.py, as metadata.create_all makes it."""
+    from sqlalchemy import create_engine
+
+    db = tmp_path / "declared.db"
+    engine = create_engine(f"sqlite:///{db}")
+    metadata.create_all(engine)
+    engine.dispose()
+    return schema_of(db)
+
+
+def migrate(db: Path, upto: int = migrations.SCHEMA_VERSION) -> tuple[int, int]:
+    """migrations.migrate on the database at db, through the engine an index opens with."""
+    engine = database.file_engine(db, read_only=False)
+    try:
+        with engine.connect() as conn:
+            return migrations.migrate(conn.execution_options(**{database.WRITES: True}), upto)
+    finally:
+        engine.dispose()
 
 
 def test_each_migration_builds_on_the_schema_before_it(tmp_path: Path) -> None:
-    conn = sqlite3.connect(tmp_path / "db", isolation_level=None)
-    assert migrations.migrate(conn, upto=1) == (0, 1)
-    assert migrations.table_names(conn) == {"images", "index_info", "sqlite_sequence"}
+    db = tmp_path / "db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    assert migrate(db, upto=1) == (0, 1)
+    assert {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")} == {"images", "index_info", "sqlite_sequence"}
     conn.execute("INSERT INTO images (path, size, mtime_ns, state, vector) VALUES (x'2f61', 1, 2, 'indexed', x'0000803f')")
-    assert migrations.migrate(conn, upto=2) == (1, 2)
-    assert {"tag_sets", "tags", "class_weights"} <= migrations.table_names(conn)
-    assert migrations.migrate(conn, upto=3) == (2, 3)
+    assert migrate(db, upto=2) == (1, 2)
+    assert {"tag_sets", "tags", "class_weights"} <= {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert migrate(db, upto=3) == (2, 3)
     assert conn.execute("SELECT path, failed_under FROM images").fetchall() == [(b"/a", None)]
-    assert migrations.migrate(conn, upto=4) == (3, 4)
+    assert migrate(db, upto=4) == (3, 4)
     assert conn.execute("SELECT path, taken_at, make, phash, metadata_version FROM images").fetchall() == [(b"/a", None, None, None, None)]
     conn.execute("INSERT INTO images (path, size, mtime_ns, state) VALUES (x'2f62', 1, 2, 'failed')")
-    assert migrations.migrate(conn, upto=5) == (4, 5)
+    assert migrate(db, upto=5) == (4, 5)
     # the indexed file's own vector keeps its FAISS id; new vectors come after every file id
     assert conn.execute("SELECT id, image_id, kind, vector FROM vectors").fetchall() == [(1, 1, "image", None)]
     conn.execute("INSERT INTO vectors (image_id, kind) VALUES (1, 'region')")
     assert conn.execute("SELECT MAX(id) FROM vectors").fetchone() == (3,)
-    assert migrations.migrate(conn) == (5, migrations.SCHEMA_VERSION)
-    assert migrations.migrate(conn) == (migrations.SCHEMA_VERSION,) * 2  # nothing left to do
+    assert migrate(db) == (5, migrations.SCHEMA_VERSION)
+    assert migrate(db) == (migrations.SCHEMA_VERSION,) * 2  # nothing left to do
     conn.close()
+    assert schema_of(db) == declared_schema(tmp_path)  # the whole history leads to the declared tables
+
+
+@pytest.mark.parametrize("commit", OLD_INDEXES)
+def test_an_old_index_is_migrated_to_exactly_the_declared_tables(commit: str, tmp_path: Path) -> None:
+    db = tmp_path / DB_FILENAME
+    fixtures.load(FIXTURES / f"schema-{commit}.sql", db, tmp_path)
+    assert migrate(db)[1] == migrations.SCHEMA_VERSION
+    assert schema_of(db) == declared_schema(tmp_path)
 
 
 def test_m006_gives_exact_copies_the_size_and_hash_of_their_content(tmp_path: Path) -> None:
     # schema 5 stored a copy indexed after its content (a reused vector) without width, height or phash
-    conn = sqlite3.connect(tmp_path / "db", isolation_level=None)
-    migrations.migrate(conn, upto=5)
+    db = tmp_path / "db"
+    migrate(db, upto=5)
+    conn = sqlite3.connect(db, isolation_level=None)
     rows = [
         (b"/photo.jpg", "h1", 512, 384, "ab12", "indexed"),
         (b"/photo copy.jpg", "h1", None, None, None, "indexed"),
@@ -87,7 +136,7 @@ def test_m006_gives_exact_copies_the_size_and_hash_of_their_content(tmp_path: Pa
         (b"/broken.jpg", "h1", None, None, None, "failed"),
     ]
     conn.executemany("INSERT INTO images (path, size, mtime_ns, content_hash, width, height, phash, state) VALUES (?, 1, 2, ?, ?, ?, ?, ?)", rows)
-    assert migrations.migrate(conn, upto=6) == (5, 6)
+    assert migrate(db, upto=6) == (5, 6)
     got = {os.fsdecode(p): (w, h, ph) for p, w, h, ph in conn.execute("SELECT path, width, height, phash FROM images")}
     assert got == {
         "/photo.jpg": (512, 384, "ab12"), "/photo copy.jpg": (512, 384, "ab12"), "/clip.mp4": (640, 480, None),
@@ -101,7 +150,7 @@ def test_m002_keeps_tag_tables_a_version_1_file_already_has(tmp_path: Path) -> N
     fixtures.load(FIXTURES / "schema-9e1518f.sql", db, tmp_path)
     conn = sqlite3.connect(db, isolation_level=None)
     tags = conn.execute("SELECT * FROM tags ORDER BY image_id, label").fetchall()
-    assert tags and migrations.migrate(conn, upto=2) == (1, 2)
+    assert tags and migrate(db, upto=2) == (1, 2)
     assert conn.execute("SELECT * FROM tags ORDER BY image_id, label").fetchall() == tags
     conn.close()
 
@@ -140,7 +189,7 @@ def test_an_index_written_by_old_code_answers_like_a_fresh_one(commit: str, tmp_
         assert [h.path for h in old.search("a red square", k=10)] == [h.path for h in want]
     with sqlite3.connect(index / DB_FILENAME) as conn:
         assert conn.execute("SELECT value FROM index_info WHERE key = 'schema_version'").fetchone() == (str(migrations.SCHEMA_VERSION),)
-    assert schema_of(index / DB_FILENAME) == schema_of(tmp_path / "fresh" / DB_FILENAME)  # the migrations lead to one schema
+    assert schema_of(index / DB_FILENAME) == schema_of(tmp_path / "fresh" / DB_FILENAME) == declared_schema(tmp_path)
 
 
 def test_a_newer_schema_is_refused_naming_both_versions(tmp_path: Path) -> None:
@@ -150,9 +199,9 @@ def test_a_newer_schema_is_refused_naming_both_versions(tmp_path: Path) -> None:
 
     index = tmp_path / "index"
     index.mkdir()
-    conn = sqlite3.connect(index / DB_FILENAME, isolation_level=None)
-    migrations.migrate(conn)
-    conn.execute("UPDATE index_info SET value = '99' WHERE key = 'schema_version'")
+    migrate(index / DB_FILENAME)
+    with sqlite3.connect(index / DB_FILENAME) as conn:
+        conn.execute("UPDATE index_info SET value = '99' WHERE key = 'schema_version'")
     conn.close()
     before = (index / DB_FILENAME).read_bytes()
     with pytest.raises(IndexVersionError):
@@ -188,4 +237,4 @@ def test_a_sqlite_file_of_another_program_is_not_migrated(tmp_path: Path) -> Non
     with pytest.raises(CorruptIndexError, match="is not a searchlite database"):
         SearchEngine.open(index)
     with sqlite3.connect(index / DB_FILENAME) as conn:
-        assert migrations.table_names(conn) == {"recipes"}
+        assert conn.execute("SELECT name FROM sqlite_master").fetchall() == [("recipes",)]

@@ -125,16 +125,20 @@ def test_the_vectors_of_indexed_files_are_read_by_id(engine_factory, photos: Pat
     # only "indexed": re-ranking 80 vectors of 2M then took 45 s (scripts/bench_ann.py)
     import sqlite3
 
-    from searchlite.storage import store
+    from sqlalchemy.dialects import sqlite
+
+    from searchlite.storage.store import indexed_vectors
+    from searchlite.storage.tables import vectors as table
 
     with engine_factory() as engine:
         engine.index(photos)
         ids = engine._store.vector_ids()[:3]
         found, vectors = engine._store.vectors_by_id(ids[::-1])
         assert sorted(found.tolist()) == sorted(ids.tolist()) and vectors.shape == (3, engine.vectors.dim)
-    indexed_vectors = store._INDEXED_VECTORS
     with sqlite3.connect(index_dir / DB_FILENAME) as conn:
-        for sql, args in ((f"SELECT v.id {indexed_vectors} AND v.id IN ({','.join('?' * 80)})", range(80)),  # a shortlist
-                          (f"SELECT v.id {indexed_vectors} ORDER BY v.id", ())):  # a rebuild's stream
-            plan = [row[-1] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", (INDEXED, *args))]
-            assert plan[0].startswith(("SCAN v", "SEARCH v USING INTEGER PRIMARY KEY")) and "TEMP B-TREE" not in str(plan), plan
+        for statement in (indexed_vectors(table.c.id).where(table.c.id.in_(range(80))),  # a shortlist
+                          indexed_vectors(table.c.id).order_by(table.c.id)):  # a rebuild's stream
+            compiled = statement.compile(dialect=sqlite.dialect(), compile_kwargs={"render_postcompile": True})
+            args = [compiled.params[name] for name in compiled.positiontup]
+            plan = [row[-1] for row in conn.execute(f"EXPLAIN QUERY PLAN {compiled}", args)]
+            assert plan[0].startswith(("SCAN vectors", "SEARCH vectors USING INTEGER PRIMARY KEY")) and "TEMP B-TREE" not in str(plan), plan

@@ -17,11 +17,15 @@ import math
 import os
 import re
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
+from sqlalchemy import ColumnElement, and_, func, or_
+
 from ..errors import InvalidInputError
-from ..storage.store import Store, Where, path_under
+from ..storage.store import Store, path_under
+from ..storage.tables import images
 from .places import Place, distance_km, resolve_place
 
 DEFAULT_NEAR_KM = 5.0
@@ -93,16 +97,15 @@ class Filters:
     def matching_ids(self, store: Store) -> np.ndarray:
         """Ids of the indexed images these filters keep, int64 ascending."""
         f = self.checked()
-        conditions: list[Where] = []
+        conditions: list[ColumnElement[bool]] = []
         if f.after is not None:
             conditions.append(_time_condition(parse_time(f.after), after=True))
         if f.before is not None:
             conditions.append(_time_condition(parse_time(f.before), after=False))
         if f.camera is not None:
             needle = " ".join(str(f.camera).split()).casefold()
-            make, model = "lower(coalesce(make, ''))", "lower(coalesce(model, ''))"
-            camera = f"instr({make}, ?) > 0 OR instr({model}, ?) > 0 OR instr({make} || ' ' || {model}, ?) > 0"
-            conditions.append(Where(camera, (needle,) * 3))
+            make, model = (func.lower(func.coalesce(column, "")) for column in (images.c.make, images.c.model))
+            conditions.append(or_(*(func.instr(text, needle) > 0 for text in (make, model, make + " " + model))))
         circles = [parse_near(f.near)] if f.near is not None else []
         if f._resolved is not None:
             circles.append(Near(f._resolved.latitude, f._resolved.longitude, f._resolved.radius_km))
@@ -177,24 +180,29 @@ def parse_near(value: str | tuple[float, ...] | list[float]) -> Near:
     return Near(lat, lon, km)
 
 
-def _time_condition(bound: TimeBound, *, after: bool) -> Where:
-    op = ">=" if after else "<"
+def _time_condition(bound: TimeBound, *, after: bool) -> ColumnElement[bool]:
+    def holds(column: ColumnElement[Any], value: Any) -> ColumnElement[bool]:
+        return column >= value if after else column < value
+
     if bound.utc is None:
-        return Where(f"taken_at {op} ?", (bound.local,))
+        return holds(images.c.taken_at, bound.local)
     # an instant: compared as instants where the photo's offset is known, else by wall clock
-    return Where(f"(taken_utc IS NOT NULL AND taken_utc {op} ?) OR (taken_utc IS NULL AND taken_at {op} ?)", (bound.utc, bound.local))
+    return or_(
+        and_(images.c.taken_utc.is_not(None), holds(images.c.taken_utc, bound.utc)),
+        and_(images.c.taken_utc.is_(None), holds(images.c.taken_at, bound.local)),
+    )
 
 
-def _box(circle: Near) -> Where:
+def _box(circle: Near) -> ColumnElement[bool]:
     """A latitude/longitude box around the circle, for SQLite to narrow by (the circle is exact)."""
     dlat = circle.km / 110.574
-    conditions = [Where("latitude BETWEEN ? AND ?", (circle.latitude - dlat, circle.latitude + dlat)), Where("longitude IS NOT NULL")]
+    conditions = [images.c.latitude.between(circle.latitude - dlat, circle.latitude + dlat), images.c.longitude.is_not(None)]
     cos = math.cos(math.radians(circle.latitude))
     if cos > 1e-6:
         dlon = circle.km / (111.320 * cos)
         if circle.longitude - dlon >= -180 and circle.longitude + dlon <= 180:  # no wrap at the antimeridian
-            conditions.append(Where("longitude BETWEEN ? AND ?", (circle.longitude - dlon, circle.longitude + dlon)))
-    return Where.all_of(*conditions)
+            conditions.append(images.c.longitude.between(circle.longitude - dlon, circle.longitude + dlon))
+    return and_(*conditions)
 
 
 def _path_parts(value: str) -> tuple[str, str | None]:

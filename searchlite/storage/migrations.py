@@ -1,23 +1,28 @@
 """Schema history as code: numbered migrations, applied in order when an index is opened.
 
-Each migration is plain SQL that brings a database from the schema before it to the schema after
-it; it describes history, so it never changes once released. Together they are the schema:
-store.py holds the SQL that reads and writes it, and a test checks that every old index they
-upgrade ends with the schema of a new one.
-To change the schema, write `m00N_what_it_does(conn)` and append it to MIGRATIONS. The number of
-migrations applied is recorded in index_info as "schema_version".
+storage/tables.py describes the schema as it is now, and a new index is made from it. Each migration
+is plain SQL that brought a database from the schema before it to the schema after it: it describes
+history (the tables of its time, not today's), so it never changes once released, and together they
+bring an index written by any earlier searchlite to exactly the tables of tables.py (a test checks
+every old fixture index against metadata.create_all).
+To change the schema, change tables.py, write `m00N_what_it_does(conn)` and append it to MIGRATIONS.
+The number of migrations applied is recorded in index_info as "schema_version".
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable
 
-Migration = Callable[[sqlite3.Connection], None]
+from sqlalchemy import Connection, select
+from sqlalchemy.dialects.sqlite import insert
+
+from .tables import index_info, metadata
+
+Migration = Callable[[Connection], None]
 
 
-def m001_images_and_index_info(conn: sqlite3.Connection) -> None:
+def m001_images_and_index_info(conn: Connection) -> None:
     """The first schema (commit ac4cc81): one row per file, and facts about the index."""
     _run(
         conn,
@@ -46,7 +51,7 @@ def m001_images_and_index_info(conn: sqlite3.Connection) -> None:
     )
 
 
-def m002_tag_tables(conn: sqlite3.Connection) -> None:
+def m002_tag_tables(conn: Connection) -> None:
     """Tag sets, tags and cached zero-shot class weights (commit d6d5ac6). That commit added them
     without a version bump, so some version-1 files already have them: create only what is missing."""
     _run(
@@ -80,13 +85,13 @@ def m002_tag_tables(conn: sqlite3.Connection) -> None:
     )
 
 
-def m003_failed_under(conn: sqlite3.Connection) -> None:
+def m003_failed_under(conn: Connection) -> None:
     """images.failed_under: for a file that failed to decode, the limits it failed under (JSON), so
     that a run with other limits tries it again though the file has not changed."""
     _run(conn, "ALTER TABLE images ADD COLUMN failed_under VARCHAR")
 
 
-def m004_image_metadata(conn: sqlite3.Connection) -> None:
+def m004_image_metadata(conn: Connection) -> None:
     """What a photo's header says (media/metadata.py): capture time (the photo's wall clock, its UTC
     offset and instant when known, and whether it came from EXIF or the file's mtime), camera, lens,
     GPS position, media type, a perceptual hash of the pixels; metadata_version records which
@@ -113,7 +118,7 @@ def m004_image_metadata(conn: sqlite3.Connection) -> None:
     )
 
 
-def m005_vectors(conn: sqlite3.Connection) -> None:
+def m005_vectors(conn: Connection) -> None:
     """The vectors table: a file may own several vectors (its own, regions, shots of a video).
     Each indexed file's vector keeps its FAISS id (vectors.id = images.id) and its numbers in
     images.vector (vectors.vector NULL), so nothing is re-encoded and the FAISS cache stays valid;
@@ -144,7 +149,7 @@ def m005_vectors(conn: sqlite3.Connection) -> None:
     )
 
 
-def m006_exact_copies_share_size(conn: sqlite3.Connection) -> None:
+def m006_exact_copies_share_size(conn: Connection) -> None:
     """Exact copies indexed after their content (which reused its vector) were stored without a
     width, a height and a perceptual hash: each takes those of an indexed file with the same
     content hash. Data only; the schema is unchanged."""
@@ -170,45 +175,43 @@ MIGRATIONS: list[Migration] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def _run(conn: sqlite3.Connection, script: str) -> None:
-    """Each statement of script in the open transaction (executescript would commit it first)."""
+def _run(conn: Connection, script: str) -> None:
+    """Each statement of script in the open transaction."""
     for statement in script.split(";"):
         if statement.strip():
-            conn.execute(statement)
+            conn.exec_driver_sql(statement)
 
 
-def table_names(conn: sqlite3.Connection) -> set[str]:
-    return {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+def table_names(conn: Connection) -> set[str]:
+    return set(conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'table'").scalars())
 
 
-def schema_version(conn: sqlite3.Connection) -> int:
+def schema_version(conn: Connection) -> int:
     """The migrations a database has had: 0 for an empty file. A file with the first tables but no
     recorded version (its first open was cut short) has had m001."""
     tables = table_names(conn)
-    if "index_info" not in tables:
+    value = None
+    if "index_info" in tables:
+        value = conn.execute(select(index_info.c.value).where(index_info.c.key == "schema_version")).scalar()
+    if value is None:
         return 1 if "images" in tables else 0
-    row = conn.execute("SELECT value FROM index_info WHERE key = 'schema_version'").fetchone()
-    if row is None:
-        return 1 if "images" in tables else 0
-    return int(json.loads(row[0]))
+    return int(json.loads(value))
 
 
-def migrate(conn: sqlite3.Connection, upto: int = SCHEMA_VERSION) -> tuple[int, int]:
-    """Apply the migrations a database lacks (up to `upto`), all in one transaction that waits for
-    any other writer; returns (version before, version after). conn must be in autocommit mode."""
-    conn.execute("BEGIN IMMEDIATE")  # the version is read under the write lock: two openers migrate once
-    try:
+def migrate(conn: Connection, upto: int = SCHEMA_VERSION) -> tuple[int, int]:
+    """Bring a database to schema `upto` in one transaction: an empty one is made from tables.py
+    (when upto is the latest), an older one takes the migrations it lacks. Returns (version before,
+    version after). conn must not be in a transaction; its begin should take the write lock
+    (storage/database.py: BEGIN IMMEDIATE), so that the version is read under it and two openers
+    migrate once."""
+    with conn.begin():
         before = schema_version(conn)
-        for migration in MIGRATIONS[before:upto]:
-            migration(conn)
+        if before == 0 and upto == SCHEMA_VERSION:
+            metadata.create_all(conn)
+        else:
+            for migration in MIGRATIONS[before:upto]:
+                migration(conn)
         if upto > before:
-            conn.execute(
-                "INSERT INTO index_info (key, value) VALUES ('schema_version', ?) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (json.dumps(upto),),
-            )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+            version = insert(index_info).values(key="schema_version", value=json.dumps(upto))
+            conn.execute(version.on_conflict_do_update(index_elements=[index_info.c.key], set_={"value": version.excluded.value}))
     return before, max(before, upto)
