@@ -1,8 +1,10 @@
 """The store's connections: readers in other threads (the web server's) while a run writes, a store
-closed while a read is under way, and the in-memory store of an engine without an index."""
+closed while a read is under way, writers that wait for each other, the pool's bound, and the
+in-memory store of an engine without an index."""
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -85,3 +87,65 @@ def test_the_in_memory_store_writes_while_a_read_is_under_way() -> None:
         assert store.cached_weights("zero-shot").tolist() == [1, 1, 1] and store.indexed_count() == 4
     finally:
         store.close()
+
+
+def _open_files(path: Path) -> int:
+    """How many file descriptors of this process are open on path."""
+    fds = Path("/proc/self/fd")
+    return sum(1 for fd in fds.iterdir() if os.path.realpath(fd) == str(path.resolve())) if fds.exists() else 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="counts open files in /proc")
+def test_a_closed_store_closes_a_connection_lent_out_once_it_comes_back(store: Store) -> None:
+    chunks = store.iter_faiss_vectors(chunk=1)
+    next(chunks)
+    store.close()
+    assert _open_files(store.path) == 1  # the idle connections are closed; the reading one is not
+    assert len(list(chunks)) == 2
+    assert _open_files(store.path) == 0
+
+
+def test_a_writer_waits_for_another_writer_instead_of_failing(store: Store) -> None:
+    # BEGIN IMMEDIATE: a transaction that reads before it writes (the generation) takes the write lock
+    # first; begun as a read, it would hold a stale snapshot once the other commits, and fail
+    other = Store.open(store.path)
+    errors: list[BaseException] = []
+
+    def bump() -> None:
+        try:
+            with other.transaction():
+                pass
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    try:
+        generation = store.generation
+        with store.transaction() as tx:
+            tx.put("/photos/d", size=1, mtime_ns=1, content_hash="d", state=INDEXED, vector=np.ones(4, np.float32))
+            waiting = threading.Thread(target=bump)
+            waiting.start()
+            waiting.join(timeout=0.3)
+            assert waiting.is_alive()  # waits for the write lock
+        waiting.join(timeout=10)
+        assert errors == [] and store.generation == generation + 2
+    finally:
+        other.close()
+
+
+def test_readers_beyond_the_pools_bound_wait_and_then_are_told(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    from searchlite.errors import IndexReadError
+    from searchlite.storage import database
+
+    monkeypatch.setattr(database, "BUSY_SECONDS", 0.2)
+    bounded = Store.open(store.path)
+    try:
+        reads = [bounded.iter_faiss_vectors(chunk=1) for _ in range(database.POOL_SIZE + database.POOL_OVERFLOW)]
+        for read in reads:
+            next(read)  # each holds a connection
+        with pytest.raises(IndexReadError, match="is busy: 32 connections stayed in use"):
+            bounded.indexed_count()
+        for read in reads:
+            read.close()
+        assert bounded.indexed_count() == 3
+    finally:
+        bounded.close()
