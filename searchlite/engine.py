@@ -304,6 +304,8 @@ class SearchEngine:
         self._folder()
         return self._vectors.get()
 
+    sql_engine = property(lambda self: self._store.engine, doc="The SQLAlchemy engine of the index's database: select from searchlite.storage.tables (docs/library.md).")
+
     # --- files and the model -------------------------------------------------------------------
 
     def decode_image(self, path: str | os.PathLike[str], *, min_side: int | None = None, at: float = 0.0, read: ReadPolicy | None = None) -> Any:

@@ -149,3 +149,19 @@ def test_readers_beyond_the_pools_bound_wait_and_then_are_told(store: Store, mon
         assert bounded.indexed_count() == 3
     finally:
         bounded.close()
+
+
+def test_the_library_docs_example_joins_searchlites_tables_with_an_apps_own(
+    engine_factory, photos: Path, index_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import re
+
+    section = (Path(__file__).resolve().parent.parent / "docs" / "library.md").read_text().split("## The metadata tables")[1]
+    example = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    with engine_factory() as engine:
+        engine.index(photos)
+    monkeypatch.chdir(index_dir.parent)  # the example opens "index"
+    exec(compile(example, "docs/library.md", "exec"), {})
+    assert capsys.readouterr().out.splitlines() == [
+        f"{photos}/space/hubble deep field.jpg 1000x872 *****", f"{photos}/space/rocket.jpeg 640x427 *****"
+    ]
