@@ -5,7 +5,6 @@ searches (query/searcher.py), duplicates, explanations, classification and tags 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -19,23 +18,20 @@ from .classify.classifier import DEFAULT_TAG_THRESHOLD, LinearClassifier
 from .classify.labeller import Labeller, TagSet
 from .classify.tags import Classification
 from .config import DB_FILENAME, IndexSettings, resolve_index_dir
-from .errors import IndexNotFoundError, InvalidInputError, PathNotFoundError, file_error
-from .ingest.writer import IndexWriter, OpenVectors
+from .errors import IndexNotFoundError, InvalidInputError, PathNotFoundError
+from .ingest.writer import IndexWriter, OpenVectors, create_index
 from .media.named_files import NamedFiles
 from .models.encoder import ClipEncoder, ImageEncoder
 from .models.hub import EncoderFactory, ModelHub
 from .models.loading import load_encoder
-from .models.spec import ModelSpec, reconcile, spec_from_flags
+from .models.spec import ModelSpec, spec_from_flags
 from .query.duplicates import NEAR, DuplicateGroup
 from .query.explain import Explanation
 from .query.filters import Filters
 from .query.search import Hit
 from .query.searcher import SearchOptions, Searcher, checked_filters
-from .query.tuning import FILENAME as TUNING_FILENAME
-from .query.tuning import TuningQueries
-from .storage import transfer
-from .storage.recent_queries import FILENAME as RECENT_QUERIES_FILENAME
-from .storage.recent_queries import RecentQueries
+from .query import tuning
+from .storage import recent_queries, transfer
 from .storage.store import FAILED, SKIPPED, FileRow, Store
 from .storage.vector_cache import VectorCache
 from .storage.vector_index import VectorIndex
@@ -50,13 +46,9 @@ __all__ = ["Classification", "Filters", "Hit", "SearchEngine"]
 
 
 class SearchEngine:
-    """An open index. Use SearchEngine.open(); close it (or use `with`) when done.
-
-    search() is safe to call from many threads. SearchEngine.without_index() gives one with no index
-    folder, which embeds and classifies files but cannot index, search or tag. read_policy: how
-    files named by callers are opened and read (media/safe_read.py; a server sets one).
-    remember_queries: whether close() keeps the last query vectors beside the index.
-    """
+    """An open index: SearchEngine.open(), then close() (or `with`); search() is safe from many threads.
+    read_policy: how files named by callers are opened and read (media/safe_read.py; a server sets
+    one). remember_queries: whether close() keeps the last query vectors beside the index."""
 
     def __init__(
         self, index_dir: Path | None, store: Store, requested: ModelSpec | None, device: str | None = None,
@@ -69,12 +61,11 @@ class SearchEngine:
         self._store = store
         self._lock = threading.RLock()
         self.remember_queries = True
-        recorded = store.get_info("model")
-        if recorded is not None:
-            spec = reconcile(ModelSpec.from_record(recorded), requested, index_dir, model_given=model_given)
-        else:
-            spec = requested or spec_from_flags(None, None)
-        self._models = ModelHub(spec, store, self.settings, device=device, encoder_factory=encoder_factory, index_dir=index_dir)
+        try:
+            self._models = ModelHub.of_index(store, requested, self.settings, index_dir=index_dir, model_given=model_given, device=device, encoder_factory=encoder_factory)
+        except BaseException:  # the store this engine was to own
+            store.close()
+            raise
         self._files = NamedFiles(self.settings, self._models.image_encoder, self._models.image_batch_size)
         self._wire()
 
@@ -83,10 +74,10 @@ class SearchEngine:
         store, folder = self._store, None if self._unborn else self.index_dir
         self._models.record = store
         self._labeller = Labeller(store, self._models, self._files)
-        self._recent = RecentQueries(folder / RECENT_QUERIES_FILENAME) if folder is not None else None
+        self._recent = recent_queries.RecentQueries(folder / recent_queries.FILENAME) if folder is not None else None
         if folder is not None:
-            tuning = TuningQueries(folder / TUNING_FILENAME, self._models, self._recent)
-            self._vectors = OpenVectors(store, VectorCache(folder, store), self._models, tuning)
+            queries = tuning.TuningQueries(folder / tuning.FILENAME, self._models, self._recent)
+            self._vectors = OpenVectors(store, VectorCache(folder, store), self._models, queries)
             self._writer = IndexWriter(folder, store, self._vectors, self._models, self._recent, self.settings)
 
     @classmethod
@@ -94,14 +85,10 @@ class SearchEngine:
         cls, index_dir: str | os.PathLike[str] | None = None, *, model: str | None = None, pretrained: str | None = None,
         device: str | None = None, settings: IndexSettings | None = None, create: bool = True, encoder_factory: EncoderFactory = load_encoder,
     ) -> SearchEngine:
-        """Open the index in index_dir (default: $SEARCHLITE_INDEX, else ./index).
-
-        model/pretrained are needed only to build a new index with a non-default model; an existing
-        index remembers its model (pretrained alone gives its checkpoint's new location, once it
-        moved). A missing index is created by the first write (index(), import_embeddings()), not
-        here: until then what reads it (search(), info(), ...) raises IndexNotFoundError, and
-        nothing is on disk. With create=False a missing index raises IndexNotFoundError at once.
-        """
+        """Open the index in index_dir (default: $SEARCHLITE_INDEX, else ./index). model/pretrained
+        matter for a new index only (an existing one remembers its model; pretrained alone gives its
+        checkpoint's new location). A missing index is created by the first write (index(),
+        import_embeddings()); until then reading it raises IndexNotFoundError, at once with create=False."""
         path = resolve_index_dir(index_dir)
         exists = (path / DB_FILENAME).exists()
         if not exists and not create:
@@ -109,32 +96,20 @@ class SearchEngine:
         requested = spec_from_flags(model, pretrained) if (model or pretrained) else None
         # a mistyped folder opened to search must not become an empty index
         store = Store.open(path / DB_FILENAME) if exists else Store.in_memory()
-        try:
-            return cls(path, store, requested, device, settings, encoder_factory, model_given=model is not None, exists=exists)
-        except BaseException:
-            store.close()
-            raise
+        return cls(path, store, requested, device, settings, encoder_factory, model_given=model is not None, exists=exists)
 
     @classmethod
     def without_index(
         cls, *, model: str | None = None, pretrained: str | None = None, device: str | None = None,
         settings: IndexSettings | None = None, encoder_factory: EncoderFactory = load_encoder,
     ) -> SearchEngine:
-        """An engine with no index folder, for the model given (default: the default model): it
-        embeds texts and image files, classifies files and trains probes, and writes nothing to disk
-        (zero-shot class weights are cached in memory). index(), search(), tag() and the other
-        methods that need an index raise InvalidInputError."""
+        """An engine with no index folder, for the model given: it embeds, classifies and trains probes, and
+        writes nothing to disk. What needs an index raises InvalidInputError."""
         requested = spec_from_flags(model, pretrained) if (model or pretrained) else None
-        store = Store.in_memory()
-        try:
-            return cls(None, store, requested, device, settings, encoder_factory)
-        except BaseException:
-            store.close()
-            raise
+        return cls(None, Store.in_memory(), requested, device, settings, encoder_factory)
 
     def _folder(self) -> Path:
-        """The index folder; an engine without one refuses what needs it, and one opened on a
-        missing index what reads it."""
+        """The index folder; refuses without one, and on a missing index (created by the first write)."""
         if self.index_dir is None:
             raise InvalidInputError("this engine has no index: open one with SearchEngine.open(folder) to index, search or tag")
         if self._unborn:
@@ -142,13 +117,12 @@ class SearchEngine:
         return self.index_dir
 
     def _create(self) -> None:
-        """Create the missing index this engine was opened on (its first write): the folder and the
-        database, which takes over the model the stand-in recorded if the model loaded first."""
+        """Create the missing index opened (its first write); it takes over the model its stand-in recorded."""
         with self._lock:
             if not self._unborn:
                 return
             assert self.index_dir is not None
-            stand_in, self._store = self._store, _open_store(self.index_dir)
+            stand_in, self._store = self._store, create_index(self.index_dir)
             for key in ("model", "embed_dim"):
                 if stand_in.get_info(key) is not None and self._store.get_info(key) is None:
                     self._store.set_info(key, stand_in.get_info(key))
@@ -184,14 +158,8 @@ class SearchEngine:
     # --- changes -------------------------------------------------------------------------------
 
     def index(self, folder: str | os.PathLike[str], progress: ProgressFn | None = None, *, ray: str | None = None, shared_fs: bool | None = None) -> IndexReport:
-        """Bring the index in line with folder: add new files, re-encode changed ones, follow moves,
-        drop deleted ones. Only what changed since the last run is read.
-
-        ray: encode on the Ray cluster at this address ("auto", "ray://host:port" or "host:port";
-        ingest/ray_stage.py) instead of here; this process still scans, reads and writes. shared_fs:
-        whether the cluster's workers see folder at the same path (None: found out per worker).
-        settings.raw_siblings, when given, is remembered by the index for later runs: a camera RAW
-        file beside a same-name JPEG is skipped (the JPEG is indexed) unless it is True."""
+        """Bring the index in line with folder (new, changed, moved and deleted files), reading only what
+        changed; ray: encode on that Ray cluster, shared_fs: whether its workers see folder (IndexWriter.index)."""
         root = os.path.abspath(os.fspath(folder))
         if not os.path.exists(root):
             raise PathNotFoundError(f"folder {folder} not found")
@@ -200,28 +168,19 @@ class SearchEngine:
         return self._writer.index(root, progress, ray=ray, shared_fs=shared_fs)
 
     def export_embeddings(self, npy_path: str | os.PathLike[str]) -> int:
-        """Write every stored vector to npy_path (float32 (n, d)), what each row is to the .jsonl
-        beside it (a file's own vector with its metadata, then its shots or regions) and the tag
-        sets and settings to the .index.json beside it, for import_embeddings(). Returns n."""
+        """Write every stored vector to npy_path, and beside it what import_embeddings() reads (storage/transfer.py). Returns n."""
         return transfer.export_embeddings(self._store, Path(npy_path))
 
     def import_embeddings(self, npy_path: str | os.PathLike[str], paths_path: str | os.PathLike[str]) -> tuple[int, int]:
-        """Load embeddings computed elsewhere (by this index's model) for files that exist here:
-        npy_path holds float32 (n, d); paths_path the n paths, as .jsonl {"path": ...} lines (as
-        export_embeddings() writes them) or plain lines; the tag sets and settings of an .index.json
-        beside npy_path are taken too. Later index runs treat these files as unchanged. Returns
+        """Load embeddings made elsewhere by this index's model (IndexWriter.import_embeddings). Returns
         (embeddings imported, files not found here)."""
         self._create()
         self._folder()
         return self._writer.import_embeddings(Path(npy_path), Path(paths_path))
 
     def optimize(self, *, force: bool = True, memory_budget: int | None = None, structure: str = "auto") -> dict[str, Any]:
-        """Rebuild the vector index for its size: approximate when large or forced, exact otherwise;
-        IVF-Flat (or HNSW, when faster) while the vectors fit memory_budget bytes (default: a
-        quarter of the machine's memory), IVF-PQ re-ranked with the vectors in SQLite past it.
-        structure: "auto" (that choice) or one of exact, ivf, hnsw, ivfpq, hnswpq, built whatever
-        the size. Probes are tuned on text queries (generic photo-search phrases embedded with the
-        index's text tower) and the recent real queries. Returns what was chosen."""
+        """Rebuild the vector index for its size (structure "auto") or as one of exact, ivf, hnsw,
+        ivfpq, hnswpq, tuned on text queries (IndexWriter.optimize). Returns what was chosen."""
         self._folder()
         return self._writer.optimize(force=force, memory_budget=memory_budget, structure=structure)
 
@@ -229,61 +188,34 @@ class SearchEngine:
 
     def search(
         self, text: str | Sequence[str] | None = None, *, image: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
-        negative: str | Sequence[str] | None = None, k: int = 10, tag: str | None = None, type: str | None = None,
-        filters: Filters | None = None, sort: str | None = None, min_score: float | None = None, all_ranked: bool = False,
-        **filter_values: Any,
+        negative: str | Sequence[str] | None = None, k: int = 10, tag: str | None = None, type: str | None = None, filters: Filters | None = None,
+        sort: str | None = None, min_score: float | None = None, all_ranked: bool = False, **filter_values: Any,
     ) -> list[Hit]:
-        """Top-k files by cosine similarity to the query (a file with several vectors, such as a
-        video's shots or an image's regions, by its best one, named in the hit's time or box).
-
-        text, image and negative each take one item or a list; a term may carry a weight as
-        "2::beach" (a number and a double colon; a single colon is plain text, and an image path
-        that exists as given is never split). Texts and images add up, negatives subtract, and the
-        sum is re-normalised. tag keeps only images carrying that tag (see tag()); a tag that no
-        tag set of the index has raises TagNotFoundError listing the known ones. type: "image" or
-        "video". filters (a Filters), or its fields as keyword arguments (after, before, camera,
-        path, near, place), keep only the images whose metadata and path match; they are exact.
-        sort="date" (oldest first) or "-date" (newest first) returns every image the query is
-        relevant to in date order instead of a top-k: relevance is decided from the query's scores
-        against all the images searched (query/relevance.py), or is score >= min_score when given;
-        with no query at all it lists the matching images by date. all_ranked returns every image
-        searched, each with Hit.relevant set. Without sort, min_score drops top-k hits below it.
-        """
-        options = SearchOptions.checked(
-            k=k, tag=tag, type=type, filters=filters, sort=sort, min_score=min_score, all_ranked=all_ranked, filter_values=filter_values
-        )
+        """Top-k files by cosine similarity to the query: texts and images (one or a list, each may
+        carry a weight as "2::beach") less the negatives. The options (a tag, a type, filters or
+        their fields, sort by date, min_score, all_ranked) are SearchOptions' (query/searcher.py)."""
+        options = SearchOptions.checked(k=k, tag=tag, type=type, filters=filters, sort=sort, min_score=min_score, all_ranked=all_ranked, filter_values=filter_values)
         return self._searcher().search(_as_list(text), _as_list(image), _as_list(negative), options)
 
     def search_vector(
-        self, vector: np.ndarray | Sequence[float], *, k: int = 10, tag: str | None = None, type: str | None = None,
-        filters: Filters | None = None, sort: str | None = None, min_score: float | None = None, all_ranked: bool = False,
-        **filter_values: Any,
+        self, vector: np.ndarray | Sequence[float], *, k: int = 10, tag: str | None = None, type: str | None = None, filters: Filters | None = None,
+        sort: str | None = None, min_score: float | None = None, all_ranked: bool = False, **filter_values: Any,
     ) -> list[Hit]:
-        """search() for a query embedding made elsewhere (d,) or (1, d), e.g. a stored one
-        (stored_vector) or a client's; it is normalised here."""
-        options = SearchOptions.checked(
-            k=k, tag=tag, type=type, filters=filters, sort=sort, min_score=min_score, all_ranked=all_ranked, filter_values=filter_values
-        )
+        """search() for a query embedding made elsewhere, (d,) or (1, d) (stored_vector's, a client's); normalised here."""
+        options = SearchOptions.checked(k=k, tag=tag, type=type, filters=filters, sort=sort, min_score=min_score, all_ranked=all_ranked, filter_values=filter_values)
         return self._searcher().search_vector(vector, options)
 
     def _searcher(self) -> Searcher:
-        index_dir = self._folder()
-        if not self._vectors.loaded and self._store.get_info("model") is None:
-            raise IndexNotFoundError(
-                f"the index in {index_dir} is empty: index a folder into it first", setting="index_dir",
-                problem=f"the index in {index_dir} is empty", index_dir=index_dir,
-            )
-        return Searcher(self._store, self.vectors, self._models, self._files, self._recent)
+        self._folder()
+        return Searcher(self._store, self._vectors.searched(), self._models, self._files, self._recent)
 
     def filters(self, filters: Filters | None = None, **values: Any) -> Filters | None:
-        """Filters from a Filters and/or its fields as keyword arguments, checked (InvalidInputError
-        names a bad value) and with any place resolved (Filters.place_chosen says which city)."""
+        """Filters from a Filters and/or its fields as keyword arguments, checked, a place resolved (.place_chosen)."""
         return checked_filters(filters, **values)
 
     def duplicates(self, tier: str = NEAR, *, path: str | os.PathLike[str] | None = None) -> list[DuplicateGroup]:
-        """Groups of duplicate images, largest first, each with a suggested keeper and why (see
-        query/duplicates.py for the tiers: "exact", "near", "similar"); path: only images under
-        this folder or matching this glob. Reads the index only; never deletes anything."""
+        """Groups of duplicate images of tier "exact", "near" or "similar" (query/duplicates.py), largest first,
+        each with a suggested keeper; path: only under this folder or glob. Never deletes anything."""
         from .query import duplicates
 
         self._folder()
@@ -309,44 +241,32 @@ class SearchEngine:
     # --- files and the model -------------------------------------------------------------------
 
     def decode_image(self, path: str | os.PathLike[str], *, min_side: int | None = None, at: float = 0.0, read: ReadPolicy | None = None) -> Any:
-        """The picture in a file as a viewer shows it (RGB, EXIF orientation applied, a PIL image),
-        decoded in an isolated decoder process under the index's time and memory limits; with
-        min_side, reduced cheaply to no less than twice that on its shorter side. A video gives
-        its first frame at or after `at` seconds (PyAV). read: how the file is opened and checked
-        (default: read_policy). Raises PathNotFoundError or ImageDecodeError. Safe from many threads."""
+        """The picture in a file as a viewer shows it (a PIL image; NamedFiles.decode). Safe from many threads."""
         return self._files.decode(os.fspath(path), min_side=min_side, at=at, read=read)
 
     def explain(
         self, image: str | os.PathLike[str], text: str, *, output: str | os.PathLike[str] | None = None, scale: float | None = None,
         read: ReadPolicy | None = None,
     ) -> Explanation:
-        """Where text matches in an image file: the cosine of the text with each cell of the
-        image tower's grid features (with the training-free correction of models/dense.py), less
-        the empty text's, and its peak in pixels of the oriented image. output: also write the image
-        overlaid with the heat map there (PNG). read: as decode_image's. Raises InvalidInputError
-        for a model without grid features."""
+        """Where text matches in an image file, cell by cell, and its peak (query/explain.py); output: the heat map (PNG)."""
         from .query.explain import explain_file
 
         return explain_file(os.fspath(image), text, self._models, self._files, output=output, scale=scale, read=read)
 
     def embed_text(self, texts: str | Sequence[str]) -> np.ndarray:
-        """Unit text embeddings (n, d) from the index's model, one row per text (a single string is
-        one text); repeated texts come from a cache."""
+        """Unit text embeddings (n, d) from the index's model, one row per text (a single string is one text)."""
         return self._models.embed_text(_as_list(texts))
 
     def embed_images(self, paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> np.ndarray:
-        """Unit image embeddings (n, d), decoded as indexing decodes; a file that cannot be read
-        raises PathNotFoundError or ImageDecodeError naming it."""
+        """Unit image embeddings (n, d), decoded as indexing decodes; an unreadable file raises naming it."""
         return self._files.embed_all([os.fspath(p) for p in _as_list(paths)])
 
     def text_encoder(self) -> ClipEncoder | TextTower:
-        """What embeds text: the model's text tower exported to the user's cache (no torch); the
-        torch model where there is no usable export, which is then written."""
+        """What embeds text: the text tower exported to the user's cache (no torch), else the torch model."""
         return self._models.text_encoder()
 
     def image_encoder(self) -> ImageEncoder:
-        """What embeds images: on a CPU the model's image tower exported to the user's cache (no
-        torch, and faster); elsewhere, and for models the export does not cover, the torch model."""
+        """What embeds images: on a CPU the image tower exported to the user's cache (no torch), else the torch model."""
         return self._models.image_encoder()
 
     def load_model(self) -> ClipEncoder:
@@ -355,8 +275,7 @@ class SearchEngine:
 
     @property
     def model_loaded(self) -> bool:
-        """Whether the torch model has been loaded (text queries and index runs with nothing new
-        to encode never load it)."""
+        """Whether the torch model has been loaded (text queries and runs with nothing to encode never load it)."""
         return self._models.loaded
 
     @property
@@ -381,26 +300,22 @@ class SearchEngine:
         return self._store.rows_in_state(FAILED)
 
     def skipped(self) -> list[FileRow]:
-        """Files not indexed on purpose, with the reason in .error: not images, and links to files
-        out of the collection (followed with follow_links)."""
+        """Files not indexed on purpose (not images, links out of the collection), with the reason in .error."""
         return self._store.rows_in_state(SKIPPED)
 
     # --- CLIP beyond search: zero-shot classification, tags, linear probes ----------------------
 
     def zero_shot(self, labels: str | Sequence[str], templates: str | None = None) -> LinearClassifier:
-        """The zero-shot classifier for labels; templates: None/"single", "imagenet" (the CLIP
-        paper's 80-template ensemble) or a file. Its class weights are cached in the index."""
+        """The zero-shot classifier for labels; templates: None/"single", "imagenet" (the CLIP paper's 80) or a file."""
         return self._labeller.zero_shot(zeroshot.LabelSet.parse(labels, templates))
 
     def classify(self, paths: Sequence[str | os.PathLike[str]], labels: str | Sequence[str], templates: str | None = None) -> list[Classification]:
-        """Zero-shot classify image files (indexed or not); a file that cannot be read gets an error
-        ("file … not found" for a missing one). Missing files are found before any model is loaded."""
+        """Zero-shot verdicts on image files (indexed or not); a file that cannot be read gets an error."""
         return self._labeller.classify(paths, zeroshot.LabelSet.parse(labels, templates))
 
     def tag(self, labels: str | Sequence[str], templates: str | None = None, *, name: str = "tags", threshold: float = DEFAULT_TAG_THRESHOLD) -> int:
-        """Tag every indexed image with the zero-shot labels (kept up to date by later index runs).
-        An image carries its best label, and any other label whose probability reaches threshold.
-        A new label set under the same name replaces the old one. Returns images newly tagged."""
+        """Tag every indexed image (and later runs' new ones) with its best zero-shot label and others reaching
+        threshold, replacing the tag set `name`. Returns images newly tagged."""
         self._store.check_writable()  # before any model is loaded
         return self._keep(self._labeller.zero_shot_tags(name, zeroshot.LabelSet.parse(labels, templates), templates, threshold))
 
@@ -431,15 +346,7 @@ class SearchEngine:
         templates: str | Sequence[str] = "single,imagenet", shots: str | Sequence[int] | None = None, draws: int = 5, seed: int = 0,
         plot: str | os.PathLike[str] | None = None, progress: Callable[[str, int, int], None] | None = None,
     ) -> EvalReport:
-        """The CLIP paper's protocol on your data; returns an EvalReport (.tables(), .to_json()).
-
-        folder: one subfolder of images per class (its name is the label; _ reads as a space).
-        Zero-shot top-1/top-5, per-class accuracy and confusion for each template set
-        ("single", "imagenet" or a file); a linear probe at each shot count (default 1,2,4,8,16,
-        those that fit) on `draws` random draws, tested on the images not drawn. captions: a CSV
-        of image,caption rows for text<->image recall@1/5/10. Images the index holds (same
-        content) reuse their stored embeddings. plot: a PNG of the probe curve and the confusion
-        matrix (needs matplotlib). Deterministic given seed. progress(stage, done, total)."""
+        """The CLIP paper's protocol on your data (protocol.EvalSettings); an EvalReport. progress(stage, done, total)."""
         from .evaluation import protocol
 
         settings = protocol.EvalSettings(folder, captions, templates, shots, draws, seed, plot)
@@ -449,30 +356,6 @@ class SearchEngine:
 def _no_index(path: Path) -> IndexNotFoundError:
     path = Path(os.path.abspath(path))  # "no index in index" would say little
     return IndexNotFoundError(f"no index in {path}: index a folder into it first", setting="index_dir", problem=f"no index in {path}", index_dir=path)
-
-
-def _open_store(path: Path) -> Store:
-    """The database in the index folder path, made (with the folder) when missing; a folder made
-    here is removed again when the database cannot be opened."""
-    created = not path.exists()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise file_error(path, e, writing=True, what="index folder") from None
-    try:
-        return Store.open(path / DB_FILENAME)
-    except BaseException:
-        if created:  # leave no empty index behind
-            _remove_new_index(path)
-        raise
-
-
-def _remove_new_index(path: Path) -> None:
-    """Remove an index folder this process has just created (only its database files)."""
-    for name in (DB_FILENAME, DB_FILENAME + "-wal", DB_FILENAME + "-shm"):
-        (path / name).unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        path.rmdir()
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -222,6 +222,29 @@ def test_engine_optimize_tunes_on_text_queries_and_the_recent_ones(engine_factor
         assert saved.info()["vector_index"] == "ivf" and saved.vectors.tuning == tuned
 
 
+def test_a_reader_rebuilding_an_approximate_index_loads_no_model(engine_factory, photos: Path, index_dir: Path, monkeypatch, faster_structure) -> None:
+    """The tuning phrases are embedded once, by the writer that built the approximate index, and
+    kept beside it: a reader that rebuilds a damaged FAISS file tunes on them without CLIP."""
+    from searchlite.query.phrases import tuning_phrases
+
+    faster_structure("ivf")
+    monkeypatch.setattr("searchlite.storage.vector_index.ANN_MIN_VECTORS", 20)
+    rotated_copies(photos)
+    writer = engine_factory()
+    writer.index(photos)
+    assert writer.vectors.kind == "ivf" and (index_dir / "tuning_queries.npz").exists()
+    writer.close()
+    (index_dir / "vectors.faiss").write_bytes(b"damaged")
+
+    def no_model(*_args):
+        raise AssertionError("a reader's rebuild must not run CLIP")
+
+    with SearchEngine.open(index_dir, encoder_factory=no_model) as reader:
+        tuning = reader.vectors.tuning
+        assert reader.vectors.kind == "ivf" and tuning["tuned_on"] == "queries" and tuning["queries"] == len(tuning_phrases())
+        assert not reader.model_loaded
+
+
 def test_engine_compresses_under_a_small_budget_and_reopens_it(engine_factory, photos: Path, index_dir: Path) -> None:
     rotated_copies(photos)
     engine = engine_factory()

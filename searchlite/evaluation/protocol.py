@@ -32,7 +32,12 @@ EvalProgress = Callable[[str, int, int], None]  # (stage, done, total)
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """What to evaluate and how (see SearchEngine.evaluate)."""
+    """What to evaluate and how. folder: one subfolder of images per class (its name is the
+    label; _ reads as a space): zero-shot top-1/top-5, per-class accuracy and confusion for each
+    template set ("single", "imagenet" or a file); a linear probe at each shot count (default
+    1,2,4,8,16, those that fit) on `draws` random draws, tested on the images not drawn.
+    captions: a CSV of image,caption rows for text<->image recall@1/5/10. plot: a PNG of the probe
+    curve and the confusion matrix (needs matplotlib). Deterministic given seed."""
 
     folder: str | os.PathLike[str] | None = None
     captions: str | os.PathLike[str] | None = None
@@ -46,7 +51,7 @@ class EvalSettings:
 def evaluate(
     store: Store, models: ModelHub, files: NamedFiles, labeller: Labeller, settings: EvalSettings, progress: EvalProgress | None = None,
 ) -> EvalReport:
-    """See SearchEngine.evaluate: images the store holds (same content) reuse their stored
+    """The protocol of settings: images the store holds (same content) reuse their stored
     embeddings, others are read through files; zero-shot classifiers come from labeller, text
     embeddings from models. Every input is checked before any image is encoded."""
     folder, captions, draws, seed, plot_path = settings.folder, settings.captions, settings.draws, settings.seed, settings.plot

@@ -1,9 +1,10 @@
-"""What changes an open index's vectors, one writer at a time (the index's write lock): index runs
+"""What changes an index, one writer at a time (the index's write lock): creating it, index runs
 (encoding here or on a Ray cluster), imports of embeddings made elsewhere, and optimize(); and the
 vectors in memory that readers and the writer share (OpenVectors)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -16,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..classify.tags import refresh_tags
-from ..config import LOCK_FILENAME, IndexSettings
-from ..errors import InvalidInputError
+from ..config import DB_FILENAME, LOCK_FILENAME, IndexSettings
+from ..errors import IndexNotFoundError, InvalidInputError, file_error
 from ..storage import transfer
 from ..storage.store import Store
 from ..storage.vector_cache import VectorCache
@@ -34,6 +35,30 @@ log = logging.getLogger(__name__)
 
 MIN_RECENT_QUERIES = 20  # recent queries needed to re-check approximate search on them
 RECHECK_GROWTH = 0.1  # re-checked after an index run that grew the index by this fraction
+
+
+def create_index(path: Path) -> Store:
+    """The database of a new index in the folder path (a first write), made with the folder when
+    missing; a folder made here is removed again when the database cannot be made."""
+    created = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise file_error(path, e, writing=True, what="index folder") from None
+    try:
+        return Store.open(path / DB_FILENAME)
+    except BaseException:
+        if created:  # leave no empty index behind
+            _remove_new_index(path)
+        raise
+
+
+def _remove_new_index(path: Path) -> None:
+    """Remove an index folder this process has just created (only its database files)."""
+    for name in (DB_FILENAME, DB_FILENAME + "-wal", DB_FILENAME + "-shm"):
+        (path / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        path.rmdir()
 
 
 class OpenVectors:
@@ -60,6 +85,16 @@ class OpenVectors:
                 queries = self.tuning.embedded if writer else self.tuning.stored
                 self._vectors = self.cache.load(dim, writer=writer, queries=queries)
             return self._vectors
+
+    def searched(self) -> VectorIndex:
+        """A reader's vectors to search; an index that has no model yet (nothing indexed) is empty."""
+        if self._vectors is None and self.store.get_info("model") is None:
+            folder = self.cache.path.parent
+            raise IndexNotFoundError(
+                f"the index in {folder} is empty: index a folder into it first", setting="index_dir",
+                problem=f"the index in {folder} is empty", index_dir=folder,
+            )
+        return self.get()
 
     def save(self) -> None:
         if self._vectors is not None:
@@ -88,7 +123,13 @@ class IndexWriter:
         return writer_lock(self.index_dir / LOCK_FILENAME)
 
     def index(self, root: str, progress: ProgressFn | None = None, *, ray: str | None = None, shared_fs: bool | None = None) -> IndexReport:
-        """See SearchEngine.index: root is the folder's absolute path."""
+        """Bring the index in line with the folder at root (an absolute path); see SearchEngine.index.
+
+        ray: encode on the Ray cluster at this address ("auto", "ray://host:port" or "host:port";
+        ray_stage.py) instead of here; this process still scans, reads and writes. shared_fs:
+        whether the cluster's workers see the folder at the same path (None: found out per worker).
+        settings.raw_siblings, when given, is remembered by the index for later runs: a camera RAW
+        file beside a same-name JPEG is skipped (the JPEG is indexed) unless it is True."""
         self.store.check_writable()
         if ray is None:
             return self._run(root, progress, None)
@@ -162,7 +203,11 @@ class IndexWriter:
         return settings
 
     def import_embeddings(self, npy_path: Path, paths_path: Path) -> tuple[int, int]:
-        """See SearchEngine.import_embeddings."""
+        """Load embeddings computed elsewhere (by this index's model) for files that exist here:
+        npy_path holds float32 (n, d); paths_path the n paths, as .jsonl {"path": ...} lines (as
+        export_embeddings writes them, with shots, regions and metadata) or plain lines; the tag
+        sets and settings of an .index.json beside npy_path are taken too. Later index runs treat
+        these files as unchanged. Returns (embeddings imported, files not found here)."""
         self.store.check_writable()
         dim = self.store.get_info("embed_dim") or self.models.image_encoder().embed_dim
         files = transfer.read_embeddings(npy_path, paths_path, dim, self.models.spec.describe())
@@ -176,7 +221,12 @@ class IndexWriter:
         return counts
 
     def optimize(self, *, force: bool = True, memory_budget: int | None = None, structure: str = "auto") -> dict[str, Any]:
-        """See SearchEngine.optimize."""
+        """Rebuild the vector index for its size: approximate when large or forced, exact otherwise;
+        IVF-Flat (or HNSW, when faster) while the vectors fit memory_budget bytes (default: a
+        quarter of the machine's memory), IVF-PQ re-ranked with the vectors in SQLite past it.
+        structure: "auto" (that choice) or one of exact, ivf, hnsw, ivfpq, hnswpq, built whatever
+        the size. Its probes are tuned on text queries (TuningQueries) and the recent real queries.
+        Returns what was chosen."""
         if structure not in STRUCTURES:
             raise InvalidInputError(f"unknown index structure {structure!r}: choose one of {', '.join(STRUCTURES)}")
         self.store.check_writable()

@@ -55,7 +55,11 @@ class NamedFiles:
         return np.stack([vectors[p] for p in paths])
 
     def decode(self, path: str, *, min_side: int | None = None, at: float = 0.0, read: ReadPolicy | None = None) -> Any:
-        """The picture in a file as a viewer shows it (a PIL image); see SearchEngine.decode_image."""
+        """The picture in a file as a viewer shows it (RGB, EXIF orientation applied, a PIL image),
+        decoded in a decoder process under the settings' time and memory limits; with min_side,
+        reduced cheaply to no less than twice that on its shorter side. A video gives its first
+        frame at or after `at` seconds (PyAV). read: how the file is opened and checked (default:
+        read_policy). Raises PathNotFoundError or ImageDecodeError."""
         from .embed_files import decode_path
 
         options = {"min_side": min_side, "max_pixels": self.settings.max_pixels}

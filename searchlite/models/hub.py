@@ -23,7 +23,7 @@ from ..errors import InvalidInputError
 from ..text.cache import TextCache
 from .encoder import ClipEncoder, ImageEncoder
 from .loading import load_encoder, surely_cpu
-from .spec import ModelSpec
+from .spec import ModelSpec, reconcile, spec_from_flags
 
 if TYPE_CHECKING:
     from ..text.tower import TextTower
@@ -76,6 +76,21 @@ class ModelHub:
         self._tower_checked = False  # whether an exported text tower has been looked for
         self._text_cache = TextCache()
         self.load_seconds = 0.0  # spent loading the model in this process
+
+    @classmethod
+    def of_index(
+        cls, record: ModelRecord, requested: ModelSpec | None, settings: IndexSettings, *, index_dir: Path | None = None,
+        model_given: bool = True, device: str | None = None, encoder_factory: EncoderFactory = load_encoder,
+    ) -> ModelHub:
+        """The hub of the model an index recorded (requested must agree with it: spec.reconcile;
+        pretrained alone may give its checkpoint's new location), or of requested for a new index
+        (default: the default model)."""
+        recorded = record.get_info("model")
+        if recorded is not None:
+            spec = reconcile(ModelSpec.from_record(recorded), requested, index_dir, model_given=model_given)
+        else:
+            spec = requested or spec_from_flags(None, None)
+        return cls(spec, record, settings, device=device, encoder_factory=encoder_factory, index_dir=index_dir)
 
     def key(self) -> str:
         """Identifies the model's weights (not where its checkpoint lives)."""

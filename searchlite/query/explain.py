@@ -58,8 +58,11 @@ def explain_file(
     path: str, text: str, models: ModelHub, files: NamedFiles, *, output: str | os.PathLike[str] | None = None,
     scale: float | None = None, read: ReadPolicy | None = None,
 ) -> Explanation:
-    """Where text matches in the picture of a file (see SearchEngine.explain), with the torch
-    model's grid features; output: also write the picture overlaid with the heat map there (PNG)."""
+    """Where text matches in the picture of a file: the cosine of the text with each cell of the
+    torch model's grid features (with the training-free correction of models/dense.py), less the
+    empty text's, and its peak in pixels of the oriented picture. output: also write the picture
+    overlaid with the heat map there (PNG). read: as NamedFiles.decode's. Raises
+    InvalidInputError for a model without grid features."""
     from ..media.embed_files import check_named, decode_named
     from ..models import dense
     from ..storage.atomic_file import write_atomic

@@ -52,7 +52,16 @@ def checked_filters(filters: Filters | None = None, **values: Any) -> Filters | 
 
 @dataclass(frozen=True)
 class SearchOptions:
-    """What a search keeps and returns (see SearchEngine.search); made by checked()."""
+    """What a search keeps and returns; made by checked().
+
+    tag keeps only images carrying that tag (see SearchEngine.tag); a tag that no tag set of the
+    index has raises TagNotFoundError listing the known ones. type: "image" or "video". filters
+    keep only the images whose metadata and path match; they are exact. sort="date" (oldest
+    first) or "-date" (newest first) returns every image the query is relevant to in date order
+    instead of a top-k: relevance is decided from the query's scores against all the images
+    searched (relevance.py), or is score >= min_score when given; with no query at all it lists
+    the matching images by date. all_ranked returns every image searched, each with Hit.relevant
+    set. Without sort, min_score drops top-k hits below it."""
 
     k: int = 10
     tag: str | None = None
@@ -88,8 +97,11 @@ class Searcher:
         self.recent = recent
 
     def search(self, text: list[str], image: list[str], negative: list[str], options: SearchOptions) -> list[Hit]:
-        """Hits for texts and images (each may carry a weight, "2::beach") less the negatives; with a
-        sort and no query at all, the files kept, by date."""
+        """Top-k files by cosine similarity to the query (a file with several vectors, such as a
+        video's shots or an image's regions, by its best one, named in the hit's time or box).
+        A term may carry a weight as "2::beach" (a number and a double colon; a single colon is
+        plain text, and an image path that exists as given is never split). Texts and images add
+        up, negatives subtract, and the sum is re-normalised (terms.py)."""
         if options.sort is not None and not (text or image or negative):
             files = self._files_among(options.tag, options.filters)
             files = self.store.indexed_ids() if files is None else files
