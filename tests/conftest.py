@@ -3,14 +3,21 @@ scikit-image, and an environment that can never reach the network or a user's ca
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
-import importlib.util
-import pytest
+# huggingface_hub reads these once, when it is first imported (by open_clip, by a test module as it
+# is collected): set before anything can import it, or the per-test settings below come too late and
+# a test could reach the hub or a user's cache
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="searchlite-tests-hf-")
+
+import pytest  # noqa: E402
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 

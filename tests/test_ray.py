@@ -6,11 +6,13 @@ worker node runs last."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -84,6 +86,11 @@ def counts(report) -> tuple[int, ...]:
 
 def cluster_pids() -> set[int]:
     """This test process's descendants: the cluster's processes and their workers."""
+    return descendants(os.getpid())
+
+
+def descendants(*roots: int) -> set[int]:
+    """Every process below the roots (from /proc)."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -91,7 +98,7 @@ def cluster_pids() -> set[int]:
         except OSError:
             continue
         children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = set(), [os.getpid()]
+    found, todo = set(), list(roots)
     while todo:
         pid = todo.pop()
         for child in children.get(pid, []):
@@ -231,9 +238,11 @@ def test_an_interrupted_run_on_ray_keeps_its_committed_batches_and_resumes(clust
 
 
 def test_a_worker_node_lost_mid_run_costs_its_batches_not_the_run(cluster, engine_factory, photos: Path, tmp_path: Path, caplog) -> None:
-    """The killed node's actor may hold no batch at that moment (it may have finished them): with
-    many batches still to send after the kill, one goes to it (the least loaded actor gets the next
-    batch), so the loss is met and that batch encoded elsewhere, whatever the timing."""
+    """The node goes as a machine does, its actor's process with it (a raylet killed alone leaves
+    its workers answering for a while, long enough to finish a small run). The actor may hold no
+    batch at that moment (it may have finished them): with many batches still to send after the
+    kill, one goes to it (the least loaded actor gets the next batch), so the loss is met and that
+    batch encoded elsewhere, whatever the timing."""
     c, workers = cluster
     from PIL import Image
 
@@ -247,7 +256,12 @@ def test_a_worker_node_lost_mid_run_costs_its_batches_not_the_run(cluster, engin
 
     def progress(done: int, total: int) -> None:
         if not killed and done >= 2:  # batches are out on the actors; 30 and more are still to send
+            node = [p.pid for _, p in workers[0].live_processes()]
+            doomed = set(node) | descendants(*node)
             c.remove_node(workers[0], allow_graceful=False)
+            for pid in doomed:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             killed.append(total - done)
 
     with caplog.at_level(logging.WARNING, logger="searchlite.ingest.ray_stage"):
