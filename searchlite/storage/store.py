@@ -13,6 +13,7 @@ Paths are stored as the exact bytes the OS gave (os.fsencode), so any file name 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -31,6 +32,7 @@ from sqlalchemy import (
     Join,
     Select,
     and_,
+    bindparam,
     delete,
     distinct,
     func,
@@ -662,18 +664,20 @@ class Transaction:
         return np.array([i for i, _ in self.added], dtype=np.int64), np.stack([v for _, v in self.added])
 
     def _drop_vectors(self, image_ids: list[int]) -> None:
-        owned = vectors.c.image_id.in_(image_ids)
-        self.removed_ids.extend(self._conn.execute(select(vectors.c.id).where(owned)).scalars())
-        self._conn.execute(delete(vectors).where(owned))
+        """Drop the files' vectors and tags."""
+        ids_of, drop, untag = _file_statements()
+        self.removed_ids.extend(self._conn.execute(ids_of, {"ids": image_ids}).scalars())
+        self._conn.execute(drop, {"ids": image_ids})
+        self._conn.execute(untag, {"ids": image_ids})
 
     def _add_vectors(self, row_id: int, kind: str, vector: np.ndarray, parts: Iterable[VectorPart]) -> None:
-        own = self._conn.execute(insert(vectors).values(image_id=row_id, kind=kind)).inserted_primary_key[0]
+        own = self._conn.execute(insert(vectors), {"image_id": row_id, "kind": kind}).inserted_primary_key[0]
         self.added.append((own, np.ascontiguousarray(vector, np.float32)))
         for part in parts:
             x0, y0, x1, y1 = part.box or (None, None, None, None)
             data = np.ascontiguousarray(part.vector, np.float32)
             values = dict(image_id=row_id, kind=part.kind, x0=x0, y0=y0, x1=x1, y1=y1, time=part.time, span=part.span, vector=data.tobytes())
-            self.added.append((self._conn.execute(insert(vectors).values(values)).inserted_primary_key[0], data))
+            self.added.append((self._conn.execute(insert(vectors), values).inserted_primary_key[0], data))
 
     def put(
         self,
@@ -709,11 +713,8 @@ class Transaction:
             failed_under=None if failed_under is None else json.dumps(failed_under, sort_keys=True),
             **_metadata_values(metadata, metadata_version),
         )
-        statement = upsert(images).values(path=os.fsencode(path), **values)
-        statement = statement.on_conflict_do_update(index_elements=[images.c.path], set_={name: statement.excluded[name] for name in values})
-        row_id = self._conn.execute(statement.returning(images.c.id)).scalar_one()
-        self._conn.execute(delete(tags).where(tags.c.image_id == row_id))  # recomputed for the new content
-        self._drop_vectors([row_id])
+        row_id = self._conn.execute(_put_statement(), {"path": os.fsencode(path), **values}).scalar_one()
+        self._drop_vectors([row_id])  # and its tags, recomputed for the new content
         if state == INDEXED and vector is not None:
             self._add_vectors(row_id, kind, vector, parts)
         return row_id
@@ -744,7 +745,6 @@ class Transaction:
         for part in _parts(row_ids):
             self._drop_vectors(part)
             self._conn.execute(delete(images).where(images.c.id.in_(part)))
-            self._conn.execute(delete(tags).where(tags.c.image_id.in_(part)))
 
     def set_tag_set(self, row: TagSetRow) -> None:
         """Create or replace a tag set; tags of a replaced classifier are dropped."""
@@ -762,6 +762,29 @@ class Transaction:
         if rows:
             values = [{"image_id": int(i), "tag_set": tag_set, "label": label, "score": float(score), "best": bool(best)} for i, label, score, best in rows]
             self._conn.execute(insert(tags), values)
+
+
+# The statements of every put, built once: building one (an upsert's `excluded` columns above all)
+# costs more than running it.
+_IDS = bindparam("ids", expanding=True)
+
+
+# what a put replaces in the row of its path
+_PUT_COLUMNS = ("size", "mtime_ns", "content_hash", "state", "vector", "width", "height", "error", "failed_under", *METADATA_COLUMNS, "metadata_version")
+
+
+@functools.cache
+def _put_statement() -> Any:
+    statement = upsert(images)
+    replaced = {name: statement.excluded[name] for name in _PUT_COLUMNS}
+    return statement.on_conflict_do_update(index_elements=[images.c.path], set_=replaced).returning(images.c.id)
+
+
+@functools.cache
+def _file_statements() -> tuple[Any, Any, Any]:
+    """(FAISS ids of the files' vectors, delete those, delete the files' tags), for ids=[file ids]."""
+    owned = vectors.c.image_id.in_(_IDS)
+    return select(vectors.c.id).where(owned), delete(vectors).where(owned), delete(tags).where(tags.c.image_id.in_(_IDS))
 
 
 def _metadata_values(metadata: dict[str, Any] | None, version: int | None) -> dict[str, Any]:
