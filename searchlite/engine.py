@@ -25,7 +25,7 @@ from .models.encoder import ClipEncoder, ImageEncoder
 from .models.hub import EncoderFactory, ModelHub
 from .models.loading import load_encoder
 from .models.spec import ModelSpec, spec_from_flags
-from .query.duplicates import NEAR, DuplicateGroup
+from .query.duplicates import NEAR, DuplicateGroup, groups_in_index
 from .query.explain import Explanation
 from .query.filters import Filters
 from .query.search import Hit
@@ -103,8 +103,7 @@ class SearchEngine:
         cls, *, model: str | None = None, pretrained: str | None = None, device: str | None = None,
         settings: IndexSettings | None = None, encoder_factory: EncoderFactory = load_encoder,
     ) -> SearchEngine:
-        """An engine with no index folder, for the model given: it embeds, classifies and trains probes, and
-        writes nothing to disk. What needs an index raises InvalidInputError."""
+        """An engine without an index that embeds, classifies and trains probes; writes nothing to disk."""
         requested = spec_from_flags(model, pretrained) if (model or pretrained) else None
         return cls(None, Store.in_memory(), requested, device, settings, encoder_factory)
 
@@ -122,10 +121,7 @@ class SearchEngine:
             if not self._unborn:
                 return
             assert self.index_dir is not None
-            stand_in, self._store = self._store, create_index(self.index_dir)
-            for key in ("model", "embed_dim"):
-                if stand_in.get_info(key) is not None and self._store.get_info(key) is None:
-                    self._store.set_info(key, stand_in.get_info(key))
+            stand_in, self._store = self._store, create_index(self.index_dir, self._store)
             stand_in.close()
             self._unborn = False
             self._wire()
@@ -216,10 +212,8 @@ class SearchEngine:
     def duplicates(self, tier: str = NEAR, *, path: str | os.PathLike[str] | None = None) -> list[DuplicateGroup]:
         """Groups of duplicate images of tier "exact", "near" or "similar" (query/duplicates.py), largest first,
         each with a suggested keeper; path: only under this folder or glob. Never deletes anything."""
-        from .query import duplicates
-
         self._folder()
-        return duplicates.in_index(self._store, tier, lambda file: self.decode_image(file, min_side=64), path)
+        return groups_in_index(self._store, tier, lambda file: self.decode_image(file, min_side=64), path)
 
     def files(self, ids: Iterable[int]) -> dict[int, FileRow]:
         """Indexed files by id; ids that are not indexed are absent."""
@@ -314,8 +308,7 @@ class SearchEngine:
         return self._labeller.classify(paths, zeroshot.LabelSet.parse(labels, templates))
 
     def tag(self, labels: str | Sequence[str], templates: str | None = None, *, name: str = "tags", threshold: float = DEFAULT_TAG_THRESHOLD) -> int:
-        """Tag every indexed image (and later runs' new ones) with its best zero-shot label and others reaching
-        threshold, replacing the tag set `name`. Returns images newly tagged."""
+        """Tag indexed images (later runs' too) with their best zero-shot label and others reaching threshold."""
         self._store.check_writable()  # before any model is loaded
         return self._keep(self._labeller.zero_shot_tags(name, zeroshot.LabelSet.parse(labels, templates), templates, threshold))
 

@@ -14,7 +14,7 @@ from .opening import open_index
 from .options import Choice, DeviceOpt, IndexOpt, JsonOpt, PathFilterOpt
 from .user_errors import fail, user_errors
 
-# the values the engine takes (query/search.py SORTS, engine FILE_TYPES, query/duplicates.py TIERS),
+# the values the engine takes (query/search.py SORTS, query/searcher.py FILE_TYPES, query/duplicates.py TIERS),
 # refused here before the index is opened
 SORT = Choice(("date", "-date"), "give {flag} date (oldest first) or {flag} -date (newest first)")
 FILE_TYPE = Choice(("video", "image"), "give {flag} video or image")

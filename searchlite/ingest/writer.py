@@ -37,20 +37,25 @@ MIN_RECENT_QUERIES = 20  # recent queries needed to re-check approximate search 
 RECHECK_GROWTH = 0.1  # re-checked after an index run that grew the index by this fraction
 
 
-def create_index(path: Path) -> Store:
+def create_index(path: Path, stand_in: Store) -> Store:
     """The database of a new index in the folder path (a first write), made with the folder when
-    missing; a folder made here is removed again when the database cannot be made."""
+    missing (and removed again when the database cannot be made). It takes over the model that
+    stand_in, the store in memory that stood for it, recorded if the model loaded first."""
     created = not path.exists()
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise file_error(path, e, writing=True, what="index folder") from None
     try:
-        return Store.open(path / DB_FILENAME)
+        store = Store.open(path / DB_FILENAME)
     except BaseException:
         if created:  # leave no empty index behind
             _remove_new_index(path)
         raise
+    for key in ("model", "embed_dim"):
+        if stand_in.get_info(key) is not None and store.get_info(key) is None:
+            store.set_info(key, stand_in.get_info(key))
+    return store
 
 
 def _remove_new_index(path: Path) -> None:

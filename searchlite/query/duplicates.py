@@ -140,7 +140,7 @@ def phash_distance(a: str, b: str) -> int:
     return bin(int(a, 16) ^ int(b, 16)).count("1")
 
 
-def in_index(store: Store, tier: str, decode: Callable[[str], Any], path: str | os.PathLike[str] | None = None) -> list[DuplicateGroup]:
+def groups_in_index(store: Store, tier: str, decode: Callable[[str], Any], path: str | os.PathLike[str] | None = None) -> list[DuplicateGroup]:
     """Groups of tier among the indexed files that still exist (path: under this folder or
     matching this glob), largest first. decode(path) gives the picture of a file indexed before
     perceptual hashes were kept."""
@@ -162,7 +162,7 @@ def in_index(store: Store, tier: str, decode: Callable[[str], Any], path: str | 
     if not ids_parts:
         return []
 
-    def phash_of(image_id: int) -> str | None:
+    def phash_of(image_id: int) -> str | None:  # rows indexed before perceptual hashes were kept
         try:
             return perceptual_hash(decode(rows[image_id]["path"]))
         except SearchliteError as e:
