@@ -13,14 +13,11 @@ Paths are stored as the exact bytes the OS gave (os.fsencode), so any file name 
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
-import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +29,11 @@ from sqlalchemy import (
     Join,
     Select,
     and_,
-    bindparam,
-    delete,
     distinct,
     func,
-    insert,
     null,
     or_,
     select,
-    update,
 )
 from sqlalchemy.dialects.sqlite import insert as upsert
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -49,26 +42,16 @@ from sqlalchemy.sql.expression import UnaryExpression
 from sqlalchemy.sql.operators import custom_op
 
 from . import database, migrations
+from .rows import FAILED, INDEXED, METADATA_COLUMNS, OWN_KINDS, SKIPPED, FileRow, TagSetRow, VectorPart, VectorRow, id_parts, value_parts
 from .tables import class_weights, images, index_info, tag_sets, tags, vectors
+from .transaction import Transaction
 from .writelock import read_only_error
 
-log = logging.getLogger(__name__)
-
-INDEXED = "indexed"
-FAILED = "failed"
-SKIPPED = "skipped"  # not an image
-
-# the columns a metadata dict (ImageMetadata.to_dict() plus taken_utc) fills; width/height are the
-# images' own columns
-METADATA_COLUMNS = (
-    "taken_at", "taken_offset", "taken_utc", "taken_source", "make", "model", "lens",
-    "latitude", "longitude", "altitude", "media_type", "phash",
-)
-
-OWN_KINDS = ("image", "video")  # the kinds of a file's own vector
-
-# SQLite binds at most 32,766 values per statement: long id lists go in parts
-_IDS_PER_STATEMENT = 10_000
+# the store, and the rows and states it reads and writes (storage/rows.py), for its users to import
+__all__ = [
+    "FAILED", "INDEXED", "METADATA_COLUMNS", "OWN_KINDS", "SKIPPED", "FileRow", "Store", "TagSetRow", "Transaction", "VectorPart",
+    "VectorRow", "indexed_vectors", "path_under",
+]
 
 _INDEXED_ROW = images.c.state == INDEXED
 
@@ -103,67 +86,12 @@ def path_under(folder: str) -> ColumnElement[bool]:
     return or_(images.c.path == raw, and_(images.c.path >= prefix, images.c.path < prefix[:-1] + b"0"))
 
 
-@dataclass(frozen=True)
-class VectorPart:
-    """A vector a file owns besides its own: a region (box) or a shot of a video (time, span)."""
-
-    kind: str
-    vector: Any  # float32 (d,)
-    box: tuple[int, int, int, int] | None = None
-    time: float | None = None
-    span: float | None = None
-
-
-@dataclass(frozen=True)
-class VectorRow:
-    """What one FAISS id stands for."""
-
-    id: int
-    image_id: int
-    kind: str
-    box: tuple[int, int, int, int] | None = None
-    time: float | None = None
-    span: float | None = None
-
-
 _VECTOR_ROW = (vectors.c.id, vectors.c.image_id, vectors.c.kind, vectors.c.x0, vectors.c.y0, vectors.c.x1, vectors.c.y1, vectors.c.time, vectors.c.span)
 
 
 def _vector_row(r: Sequence[Any]) -> VectorRow:
     row_id, image_id, kind, x0, y0, x1, y1, time, span = r[:9]
     return VectorRow(row_id, image_id, kind, None if x0 is None else (x0, y0, x1, y1), time, span)
-
-
-@dataclass(frozen=True)
-class TagSetRow:
-    """A stored tag set: its classifier and how it was made (a linear classifier, zero-shot or a
-    probe, whose verdicts are stored as tags)."""
-
-    name: str
-    key: str
-    labels: tuple[str, ...]
-    weights: Any  # float32 (n_labels, d)
-    bias: Any  # float32 (n_labels,)
-    threshold: float
-    source: str
-
-
-@dataclass(frozen=True)
-class FileRow:
-    """What the store knows about one file, without its vector."""
-
-    id: int
-    path: str
-    size: int
-    mtime_ns: int
-    content_hash: str | None
-    state: str
-    width: int | None = None
-    height: int | None = None
-    error: str | None = None
-    failed_under: dict[str, Any] | None = None  # see tables.images
-    taken_at: str | None = None  # see tables.images
-    metadata_version: int | None = None  # None: the header has not been read yet
 
 
 _ROW_COLUMNS = (
@@ -188,19 +116,6 @@ def _row(r: Sequence[Any]) -> FileRow:
         taken_at=taken_at,
         metadata_version=version,
     )
-
-
-def _parts(ids: Iterable[Any], size: int = _IDS_PER_STATEMENT) -> Iterator[list[int]]:
-    """ids as Python ints (SQLite binds no numpy ones), in lists of at most size."""
-    ids = [int(i) for i in ids]
-    for start in range(0, len(ids), size):
-        yield ids[start : start + size]
-
-
-def _parts_of(values: list[Any], size: int = _IDS_PER_STATEMENT) -> Iterator[list[Any]]:
-    """values in lists of at most size (SQLite's limit on bound values)."""
-    for start in range(0, len(values), size):
-        yield values[start : start + size]
 
 
 def _vectors_of(rows: list[Any], column: int = 1) -> np.ndarray:
@@ -344,7 +259,7 @@ class Store:
         # of the one on content_hash (2.3 s instead of 7 ms for 500 hashes among 1M rows)
         indexed_row = UnaryExpression(images.c.state, operator=custom_op("+")) == INDEXED
         shared: list[str] = []
-        for part in _parts_of(sorted(set(hashes))):
+        for part in value_parts(sorted(set(hashes))):
             statement = (
                 select(images.c.content_hash)
                 .where(indexed_row, images.c.content_hash.in_(part))
@@ -353,7 +268,7 @@ class Store:
             )
             shared += [h for (h,) in self._all(statement)]
         out: dict[str, list[str]] = {}
-        for part in _parts_of(shared):
+        for part in value_parts(shared):
             statement = select(images.c.content_hash, images.c.path).where(indexed_row, images.c.content_hash.in_(part)).order_by(images.c.path)
             for digest, path in self._all(statement):
                 out.setdefault(digest, []).append(os.fsdecode(path))
@@ -362,7 +277,7 @@ class Store:
     def fetch(self, ids: Iterable[int]) -> dict[int, FileRow]:
         """Indexed rows by id; ids that are gone are simply absent."""
         out: dict[int, FileRow] = {}
-        for part in _parts(ids):
+        for part in id_parts(ids):
             rows = self._all(select(*self._row_columns).where(images.c.id.in_(part), _INDEXED_ROW))
             out.update((r.id, r) for r in map(_row, rows))
         return out
@@ -378,7 +293,7 @@ class Store:
         """(ids found int64 (m,), vectors float32 (m, d)) of the vectors among FAISS ids (of indexed
         files), in any order: what a compressed vector index re-ranks its candidates with."""
         rows: list[Any] = []
-        for part in _parts(np.asarray(ids, dtype=np.int64).reshape(-1), 900):
+        for part in id_parts(np.asarray(ids, dtype=np.int64).reshape(-1), 900):
             if self._has_vectors:  # FAISS ids: a file's own vector lives in images.vector
                 rows += self._all(indexed_vectors(vectors.c.id, func.coalesce(vectors.c.vector, images.c.vector)).where(vectors.c.id.in_(part)))
             else:
@@ -446,7 +361,7 @@ class Store:
     def vector_rows(self, ids: Iterable[int]) -> dict[int, VectorRow]:
         """What each FAISS id stands for; unknown ids are absent."""
         out: dict[int, VectorRow] = {}
-        for part in _parts(ids):
+        for part in id_parts(ids):
             if not self._has_vectors:
                 out.update((i, VectorRow(i, i, "image")) for i in part)
                 continue
@@ -467,7 +382,7 @@ class Store:
         if image_ids is None:
             return self._ids(statement)
         found = [np.zeros(0, np.int64)]
-        for part in _parts(image_ids):
+        for part in id_parts(image_ids):
             found.append(self._ids(statement.where(vectors.c.image_id.in_(part))))
         return np.concatenate(found)
 
@@ -484,7 +399,7 @@ class Store:
     def file_kinds(self, image_ids: Iterable[int]) -> dict[int, str]:
         """"image" or "video" by file id, from the kind of each file's own vector."""
         out: dict[int, str] = {}
-        for part in _parts(image_ids):
+        for part in id_parts(image_ids):
             if not self._has_vectors:
                 out.update((i, "image") for i in part)
                 continue
@@ -555,7 +470,7 @@ class Store:
     def tags_of(self, image_ids: Iterable[int]) -> dict[int, list[str]]:
         """Labels by file id, the likeliest first."""
         out: dict[int, list[str]] = {}
-        for part in _parts(image_ids):
+        for part in id_parts(image_ids):
             out.update((i, []) for i in part)
             if self._has_tags:
                 statement = select(tags.c.image_id, tags.c.label).where(tags.c.image_id.in_(part)).order_by(tags.c.score.desc())
@@ -576,7 +491,7 @@ class Store:
         """The header metadata of indexed rows by id (see METADATA_COLUMNS), width and height included."""
         out: dict[int, dict[str, Any]] = {}
         names = ("width", "height") + METADATA_COLUMNS
-        for part in _parts(ids):
+        for part in id_parts(ids):
             for row in self.select_where(names, images.c.id.in_(part)):
                 out[row.id] = {name: getattr(row, name) for name in names}
         return out
@@ -646,152 +561,6 @@ class Store:
             yield Transaction(conn)
             if vectors_changed:
                 _set_info(conn, "generation", (_get_info(conn, "generation") or 0) + 1)
-
-
-class Transaction:
-    """Changes inside Store.transaction(). The FAISS ids it drops and the vectors it adds are
-    collected in removed_ids and added, for the vector index to follow once it has committed."""
-
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
-        self.removed_ids: list[int] = []
-        self.added: list[tuple[int, np.ndarray]] = []
-
-    def added_arrays(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """(FAISS ids (n,), vectors (n, d)) added, or (empty, None)."""
-        if not self.added:
-            return np.zeros(0, np.int64), None
-        return np.array([i for i, _ in self.added], dtype=np.int64), np.stack([v for _, v in self.added])
-
-    def _drop_vectors(self, image_ids: list[int]) -> None:
-        """Drop the files' vectors and tags."""
-        ids_of, drop, untag = _file_statements()
-        self.removed_ids.extend(self._conn.execute(ids_of, {"ids": image_ids}).scalars())
-        self._conn.execute(drop, {"ids": image_ids})
-        self._conn.execute(untag, {"ids": image_ids})
-
-    def _add_vectors(self, row_id: int, kind: str, vector: np.ndarray, parts: Iterable[VectorPart]) -> None:
-        own = self._conn.execute(insert(vectors), {"image_id": row_id, "kind": kind}).inserted_primary_key[0]
-        self.added.append((own, np.ascontiguousarray(vector, np.float32)))
-        for part in parts:
-            x0, y0, x1, y1 = part.box or (None, None, None, None)
-            data = np.ascontiguousarray(part.vector, np.float32)
-            values = dict(image_id=row_id, kind=part.kind, x0=x0, y0=y0, x1=x1, y1=y1, time=part.time, span=part.span, vector=data.tobytes())
-            self.added.append((self._conn.execute(insert(vectors), values).inserted_primary_key[0], data))
-
-    def put(
-        self,
-        path: str,
-        *,
-        size: int,
-        mtime_ns: int,
-        content_hash: str | None,
-        state: str,
-        vector: np.ndarray | None = None,
-        width: int | None = None,
-        height: int | None = None,
-        error: str | None = None,
-        failed_under: dict[str, Any] | None = None,
-        metadata: dict[str, Any] | None = None,
-        metadata_version: int | None = None,
-        kind: str = "image",
-        parts: Iterable[VectorPart] = (),
-    ) -> int:
-        """Insert or replace the row for path; returns its id (kept when the path existed). Its
-        vectors are replaced: with vector (the file's own, of kind "image" or "video") and parts,
-        when it is indexed. metadata: header facts by METADATA_COLUMNS name (absent ones are NULL),
-        read by the reader of metadata_version."""
-        values = dict(
-            size=size,
-            mtime_ns=mtime_ns,
-            content_hash=content_hash,
-            state=state,
-            vector=None if vector is None else np.ascontiguousarray(vector, np.float32).tobytes(),
-            width=width,
-            height=height,
-            error=error,
-            failed_under=None if failed_under is None else json.dumps(failed_under, sort_keys=True),
-            **_metadata_values(metadata, metadata_version),
-        )
-        row_id = self._conn.execute(_put_statement(), {"path": os.fsencode(path), **values}).scalar_one()
-        self._drop_vectors([row_id])  # and its tags, recomputed for the new content
-        if state == INDEXED and vector is not None:
-            self._add_vectors(row_id, kind, vector, parts)
-        return row_id
-
-    def _update(self, row_id: int, **values: Any) -> None:
-        self._conn.execute(update(images).where(images.c.id == int(row_id)).values(**values))
-
-    def set_metadata(self, row_id: int, metadata: dict[str, Any] | None, metadata_version: int | None, *,
-                     width: int | None = None, height: int | None = None) -> None:
-        """Replace a row's header metadata (its vector and state stay; so does its perceptual hash
-        when metadata has none, as a header read alone gives)."""
-        values = _metadata_values(metadata, metadata_version)
-        if values["phash"] is None:
-            del values["phash"]
-        if width is not None and height is not None:
-            values.update(width=width, height=height)
-        self._update(row_id, **values)
-
-    def move(self, row_id: int, path: str, *, size: int, mtime_ns: int) -> None:
-        """The file of row_id now lives at path (same content: the vector stays)."""
-        self._update(row_id, path=os.fsencode(path), size=size, mtime_ns=mtime_ns)
-
-    def touch(self, row_id: int, *, size: int, mtime_ns: int) -> None:
-        """Same content, new stat (e.g. the file was copied over itself)."""
-        self._update(row_id, size=size, mtime_ns=mtime_ns)
-
-    def delete(self, row_ids: Iterable[int]) -> None:
-        for part in _parts(row_ids):
-            self._drop_vectors(part)
-            self._conn.execute(delete(images).where(images.c.id.in_(part)))
-
-    def set_tag_set(self, row: TagSetRow) -> None:
-        """Create or replace a tag set; tags of a replaced classifier are dropped."""
-        old_key = self._conn.execute(select(tag_sets.c.key).where(tag_sets.c.name == row.name)).scalar()
-        if old_key is not None and old_key != row.key:
-            self._conn.execute(delete(tags).where(tags.c.tag_set == row.name))
-        values = dict(
-            name=row.name, key=row.key, labels=json.dumps(list(row.labels)), weights=np.ascontiguousarray(row.weights, np.float32).tobytes(),
-            bias=np.ascontiguousarray(row.bias, np.float32).tobytes(), threshold=float(row.threshold), source=row.source,
-        )
-        statement = upsert(tag_sets).values(values)
-        self._conn.execute(statement.on_conflict_do_update(index_elements=[tag_sets.c.name], set_={n: statement.excluded[n] for n in values if n != "name"}))
-
-    def add_tags(self, tag_set: str, rows: list[tuple[int, str, float, bool]]) -> None:
-        if rows:
-            values = [{"image_id": int(i), "tag_set": tag_set, "label": label, "score": float(score), "best": bool(best)} for i, label, score, best in rows]
-            self._conn.execute(insert(tags), values)
-
-
-# The statements of every put, built once: building one (an upsert's `excluded` columns above all)
-# costs more than running it.
-_IDS = bindparam("ids", expanding=True)
-
-
-# what a put replaces in the row of its path
-_PUT_COLUMNS = ("size", "mtime_ns", "content_hash", "state", "vector", "width", "height", "error", "failed_under", *METADATA_COLUMNS, "metadata_version")
-
-
-@functools.cache
-def _put_statement() -> Any:
-    statement = upsert(images)
-    replaced = {name: statement.excluded[name] for name in _PUT_COLUMNS}
-    return statement.on_conflict_do_update(index_elements=[images.c.path], set_=replaced).returning(images.c.id)
-
-
-@functools.cache
-def _file_statements() -> tuple[Any, Any, Any]:
-    """(FAISS ids of the files' vectors, delete those, delete the files' tags), for ids=[file ids]."""
-    owned = vectors.c.image_id.in_(_IDS)
-    return select(vectors.c.id).where(owned), delete(vectors).where(owned), delete(tags).where(tags.c.image_id.in_(_IDS))
-
-
-def _metadata_values(metadata: dict[str, Any] | None, version: int | None) -> dict[str, Any]:
-    metadata = metadata or {}
-    values = {name: metadata.get(name) for name in METADATA_COLUMNS}
-    values["metadata_version"] = version
-    return values
 
 
 def _get_info(conn: Connection, key: str) -> Any:
