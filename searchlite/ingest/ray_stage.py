@@ -147,7 +147,7 @@ class RayEncoding:
     the workers, False sends their bytes, None probes each actor.
 
     Images only, each with its own vector (kind "image", no parts): the run decodes and encodes
-    videos on the driver (encoding.LocalEncoding), and the engine refuses regions on Ray."""
+    videos on the driver (encoding.LocalEncoding), and writer.IndexWriter refuses regions on Ray."""
 
     videos = False  # videos stay on the driver
 
