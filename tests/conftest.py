@@ -53,10 +53,10 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Temp
 def faster_structure(monkeypatch: pytest.MonkeyPatch):
     """optimize() keeps whichever of IVF and HNSW answers faster on this machine at this moment;
     a test that needs one of them says which measures faster."""
-    from searchlite import VectorIndex
+    from searchlite.storage.ann_build import Tuner
 
     def prefer(kind: str) -> None:
-        monkeypatch.setattr(VectorIndex, "_median_seconds", lambda self, queries: 0.001 if self.kind == kind else 1.0)
+        monkeypatch.setattr(Tuner, "median_seconds", lambda self, queries: 0.001 if self.kind == kind else 1.0)
 
     return prefer
 

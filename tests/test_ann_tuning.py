@@ -41,9 +41,9 @@ def gapped() -> dict:
 
 
 def test_tuning_on_text_like_queries_reaches_the_recall_that_tuning_on_images_misses(gapped: dict, monkeypatch) -> None:
-    import searchlite.storage.vector_index as vector_index
+    import searchlite.storage.ann_build as ann_build
 
-    monkeypatch.setattr(vector_index, "HNSW_TRY_FRACTION", 1.0)  # IVF alone here; HNSW has its own test
+    monkeypatch.setattr(ann_build, "HNSW_TRY_FRACTION", 1.0)  # IVF alone here; HNSW has its own test
     index = VectorIndex(D, use_gpu=False)
     index.add(gapped["ids"], gapped["vectors"])
     on_images = index.optimize(force=True)
@@ -57,9 +57,9 @@ def test_tuning_on_text_like_queries_reaches_the_recall_that_tuning_on_images_mi
 
 
 def test_retune_on_recent_queries_probes_more_only_when_recall_is_short(gapped: dict, monkeypatch) -> None:
-    import searchlite.storage.vector_index as vector_index
+    import searchlite.storage.ann_build as ann_build
 
-    monkeypatch.setattr(vector_index, "HNSW_TRY_FRACTION", 1.0)  # IVF alone
+    monkeypatch.setattr(ann_build, "HNSW_TRY_FRACTION", 1.0)  # IVF alone
     index = VectorIndex(D, use_gpu=False)
     index.add(gapped["ids"], gapped["vectors"])
     before = index.optimize(force=True)["nprobe"]
@@ -125,11 +125,11 @@ class DictVectors:
 @pytest.mark.parametrize("kind", ["ivfpq", "hnswpq"])
 def test_a_small_memory_budget_gives_a_compressed_index_re_ranked_exactly(kind: str, gapped: dict, tmp_path: Path, monkeypatch, faster_structure) -> None:
     # inverted lists or a graph over the codes: whichever measures faster is kept; here, `kind`
-    import searchlite.storage.vector_index as vector_index
+    import searchlite.storage.ann_build as ann_build
 
     faster_structure(kind)
     if kind == "ivfpq":
-        monkeypatch.setattr(vector_index, "HNSW_TRY_FRACTION", 1.0)  # no graph built beside it: faster
+        monkeypatch.setattr(ann_build, "HNSW_TRY_FRACTION", 1.0)  # no graph built beside it: faster
     ids, vectors, queries = gapped["ids"][:12_000], gapped["vectors"][:12_000], gapped["text_eval"]
     source = DictVectors(ids, vectors)
     index = VectorIndex(D, use_gpu=False, exact=source)
