@@ -38,6 +38,7 @@ IMPORT_CHUNK = 100_000  # rows per bulk insert
 MODES = {
     "sort_date": {"sort": "date"},
     "all": {"all_ranked": True},
+    "all_k100": {"all_ranked": True, "limit": 100},  # --all -k 100
     "sort_date_min_score": {"sort": "date", "min_score": 0.15},
 }
 

@@ -185,20 +185,22 @@ class SearchEngine:
     def search(
         self, text: str | Sequence[str] | None = None, *, image: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
         negative: str | Sequence[str] | None = None, k: int = 10, tag: str | None = None, type: str | None = None, filters: Filters | None = None,
-        sort: str | None = None, min_score: float | None = None, all_ranked: bool = False, **filter_values: Any,
+        sort: str | None = None, min_score: float | None = None, all_ranked: bool = False, limit: int | None = None, **filter_values: Any,
     ) -> list[Hit]:
         """Top-k files by cosine similarity to the query: texts and images (one or a list, each may
         carry a weight as "2::beach") less the negatives. The options (a tag, a type, filters or
-        their fields, sort by date, min_score, all_ranked) are SearchOptions' (query/searcher.py)."""
-        options = SearchOptions.checked(k=k, tag=tag, type=type, filters=filters, sort=sort, min_score=min_score, all_ranked=all_ranked, filter_values=filter_values)
+        their fields, sort by date, min_score, all_ranked and its limit) are SearchOptions' (query/searcher.py)."""
+        options = SearchOptions.checked(k=k, tag=tag, type=type, filters=filters, sort=sort, min_score=min_score, all_ranked=all_ranked, limit=limit,
+                                        filter_values=filter_values)
         return self._searcher().search(_as_list(text), _as_list(image), _as_list(negative), options)
 
     def search_vector(
         self, vector: np.ndarray | Sequence[float], *, k: int = 10, tag: str | None = None, type: str | None = None, filters: Filters | None = None,
-        sort: str | None = None, min_score: float | None = None, all_ranked: bool = False, **filter_values: Any,
+        sort: str | None = None, min_score: float | None = None, all_ranked: bool = False, limit: int | None = None, **filter_values: Any,
     ) -> list[Hit]:
         """search() for a query embedding made elsewhere, (d,) or (1, d) (stored_vector's, a client's); normalised here."""
-        options = SearchOptions.checked(k=k, tag=tag, type=type, filters=filters, sort=sort, min_score=min_score, all_ranked=all_ranked, filter_values=filter_values)
+        options = SearchOptions.checked(k=k, tag=tag, type=type, filters=filters, sort=sort, min_score=min_score, all_ranked=all_ranked, limit=limit,
+                                        filter_values=filter_values)
         return self._searcher().search_vector(vector, options)
 
     def _searcher(self) -> Searcher:

@@ -243,6 +243,14 @@ def test_every_all_mode_is_exact_on_every_structure(engine: SearchEngine, oracle
     among = engine.search(TEXT, sort="date", min_score=middle, tag="red")  # and among a filter's files
     assert set(contents(oracle, among)) == {c for c, s in oracle.ranked(text, oracle.tagged["red"]) if s >= middle}
 
+    # limit (-k with --sort or --all): the limit most relevant, still in their order
+    capped = engine.search(TEXT, sort="date", min_score=middle, limit=5)
+    assert set(contents(oracle, capped)) == {c for c, _ in want[:5]}
+    assert [h.taken_at for h in capped] == sorted(h.taken_at for h in capped)
+    assert contents(oracle, engine.search(TEXT, all_ranked=True, limit=7)) == [c for c, _ in want[:7]]
+    listed = engine.search(sort="-date", limit=3)  # no query: the newest three
+    assert [h.taken_at for h in listed] == [h.taken_at for h in engine.search(sort="-date")][:3]
+
 
 def test_duplicates_are_found_whatever_the_structure(engine: SearchEngine, oracle: Oracle) -> None:
     exact = engine.duplicates("exact")
@@ -291,6 +299,8 @@ def test_the_cli_answers_every_mode_for_k_and_in_time(engine: SearchEngine, orac
         assert result.exit_code == 0, result.output
         if "-k" in args or "--all" in args:
             assert len(result.stdout.splitlines()) == everything
+    capped = run_within(60, runner.invoke, app, ["query", TEXT, "--all", "-k", "4", "--index", index])
+    assert capped.exit_code == 0 and len(capped.stdout.splitlines()) == 4, capped.output
 
 
 def test_an_unknown_structure_is_one_line_naming_the_choices(library) -> None:

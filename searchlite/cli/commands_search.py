@@ -72,13 +72,10 @@ def query(
             typer.echo(f"searchlite: place {place!r} is {chosen.describe()}{others}", err=True)
         hits = engine.search(
             texts_from_words(text or []), image=image or [], negative=negative or [], tag=tag, type=type_, filters=filters, sort=sort,
-            min_score=min_score, all_ranked=all_ranked, **({} if k is None else {"k": k}),
+            min_score=min_score, all_ranked=all_ranked,
+            # -k caps what is otherwise every match: its k most relevant (the first k with no query), in the order shown
+            **({} if k is None else {"limit": k} if sort is not None or all_ranked else {"k": k}),
         )
-    if k is not None and (sort is not None or all_ranked):
-        # -k caps what is otherwise every match: its k most relevant (the first k with no query), in the order shown
-        best = hits[:k] if listing else sorted(hits, key=lambda h: -h.score)[:k]
-        kept = {id(h) for h in best}
-        hits = [h for h in hits if id(h) in kept]
 
     def record(h: Any) -> dict[str, Any]:
         out = hit_json(h)

@@ -136,10 +136,11 @@ def _hits(
 
 def rank_all(
     store: Store, vectors: VectorIndex, query: np.ndarray, decide: Callable[[np.ndarray], Cutoff],
-    among: np.ndarray | None = None, *, keep_irrelevant: bool = False, sort: str | None = None,
+    among: np.ndarray | None = None, *, keep_irrelevant: bool = False, sort: str | None = None, limit: int | None = None,
 ) -> tuple[list[Hit], Cutoff]:
     """Every file the query is relevant to (decide() judges the best score of every file searched),
-    or with keep_irrelevant every file, each marked; best first, or by capture time with sort."""
+    or with keep_irrelevant every file, each marked; best first, or by capture time with sort.
+    limit: only the limit best of them (then in that order); their rows alone are read."""
     scores, ids = vectors.scores(query, among=among)  # exact, best first
     file_ids = _owners(store, ids)
     known = file_ids >= 0
@@ -152,15 +153,22 @@ def rank_all(
     file_ids, file_scores, best_vectors = file_ids[at_best], scores[at_best], ids[at_best]
     verdict = decide(file_scores)
     relevant = verdict.relevant(file_scores)
-    kept = np.ones(len(file_ids), bool) if keep_irrelevant else relevant
-    rows = _existing(store, file_ids[kept])  # only the files returned are read and checked
-    parts = store.vector_rows(best_vectors[kept])
-    found = [
-        (float(s), parts.get(int(v)), rows[int(f)], bool(r))
-        for f, s, v, r in zip(file_ids[kept], file_scores[kept], best_vectors[kept], relevant[kept])
-        if int(f) in rows
-    ]
-    found = _one_per_content(found, lambda item: item[2])
+    kept = np.flatnonzero(np.ones(len(file_ids), bool) if keep_irrelevant else relevant)  # best first
+    wanted = len(kept) if limit is None else limit
+    while True:  # only the files returned are read and checked (more when some are gone or copies)
+        taken = kept[:wanted]
+        rows = _existing(store, file_ids[taken])
+        parts = store.vector_rows(best_vectors[taken])
+        found = [
+            (float(s), parts.get(int(v)), rows[int(f)], bool(r))
+            for f, s, v, r in zip(file_ids[taken], file_scores[taken], best_vectors[taken], relevant[taken])
+            if int(f) in rows
+        ]
+        found = _one_per_content(found, lambda item: item[2])
+        if limit is None or len(found) >= limit or wanted >= len(kept):
+            break
+        wanted *= 2
+    found = found[:limit]
     if sort is not None:
         found = _by_date(found, sort, key=lambda item: item[2])
     return _hits(store, [(s, p, r) for s, p, r, _ in found], query, [r for *_, r in found]), verdict
@@ -181,11 +189,17 @@ def _owners(store: Store, ids: np.ndarray) -> np.ndarray:
     return np.where(vector_ids[pos] == ids, owners[pos], -1)
 
 
-def list_by_date(store: Store, ids: np.ndarray, sort: str) -> list[Hit]:
-    """The files among ids (file ids) by capture time, with no query."""
-    rows = _existing(store, ids)
+def list_by_date(store: Store, ids: np.ndarray, sort: str, limit: int | None = None) -> list[Hit]:
+    """The files among ids (file ids) by capture time, with no query; limit: the first limit."""
+    rows = _rows(store, ids)
     dated = _one_per_content(_by_date(list(rows.values()), sort, key=lambda r: r), lambda r: r)
-    return _hits(store, [(0.0, None, r) for r in dated])
+    found = []
+    for row in dated:  # existence is checked for the files returned only
+        if limit is not None and len(found) >= limit:
+            break
+        if os.path.exists(row.path):
+            found.append(row)
+    return _hits(store, [(0.0, None, r) for r in found])
 
 
 def _one_per_content(items: list[T], row: Callable[[T], FileRow]) -> list[T]:
@@ -203,12 +217,17 @@ def _one_per_content(items: list[T], row: Callable[[T], FileRow]) -> list[T]:
 
 
 def _existing(store: Store, ids: np.ndarray) -> dict[int, FileRow]:
-    """Indexed rows of ids whose files still exist, in chunks (SQLite's parameter limit)."""
+    """Indexed rows of ids whose files still exist."""
+    return {i: r for i, r in _rows(store, ids).items() if os.path.exists(r.path)}
+
+
+def _rows(store: Store, ids: np.ndarray) -> dict[int, FileRow]:
+    """Indexed rows of ids, in chunks (SQLite's parameter limit)."""
     ids = [int(i) for i in ids]
     rows: dict[int, FileRow] = {}
     for start in range(0, len(ids), 10_000):
         rows.update(store.fetch(ids[start : start + 10_000]))
-    return {i: r for i, r in rows.items() if os.path.exists(r.path)}
+    return rows
 
 
 def _by_date(items: list, sort: str, key: Callable) -> list:

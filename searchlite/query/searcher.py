@@ -61,7 +61,9 @@ class SearchOptions:
     instead of a top-k: relevance is decided from the query's scores against all the images
     searched (relevance.py), or is score >= min_score when given; with no query at all it lists
     the matching images by date. all_ranked returns every image searched, each with Hit.relevant
-    set. Without sort, min_score drops top-k hits below it."""
+    set. Without sort, min_score drops top-k hits below it. limit caps sort and all_ranked to
+    their limit most relevant files (with no query, the first limit by date), still in their
+    order; their rows alone are read."""
 
     k: int = 10
     tag: str | None = None
@@ -70,6 +72,7 @@ class SearchOptions:
     sort: str | None = None
     min_score: float | None = None
     all_ranked: bool = False
+    limit: int | None = None
 
     @classmethod
     def checked(cls, *, filters: Filters | None = None, filter_values: dict[str, Any] | None = None, **options: Any) -> SearchOptions:
@@ -78,6 +81,8 @@ class SearchOptions:
         made = cls(filters=checked_filters(filters, **(filter_values or {})), **options)
         if made.k < 1:
             raise InvalidQueryError(f"k must be at least 1, got {made.k}")
+        if made.limit is not None and made.limit < 1:
+            raise InvalidQueryError(f"limit must be at least 1, got {made.limit}")
         if made.sort is not None and made.sort not in SORTS:
             raise InvalidQueryError(f"unknown sort {made.sort!r}: give date (oldest first) or -date (newest first)")
         if made.type is not None and made.type not in FILE_TYPES:
@@ -108,7 +113,7 @@ class Searcher:
             if options.type is not None:
                 kinds = self.store.file_kinds(int(i) for i in files)
                 files = np.array([i for i in files if kinds.get(int(i), "image") == options.type], dtype=np.int64)
-            return list_by_date(self.store, files, options.sort)
+            return list_by_date(self.store, files, options.sort, options.limit)
         among = self._among(options)
         terms = parse_terms(text, image, negative)
         if among is not None and not len(among):
@@ -137,7 +142,8 @@ class Searcher:
             return hits if options.min_score is None else [h for h in hits if h.score >= options.min_score]
         min_score = options.min_score
         decide = (lambda _: fixed_cutoff(min_score)) if min_score is not None else relevance.cutoff
-        hits, verdict = rank_all(self.store, self.vectors, query, decide, among, keep_irrelevant=options.all_ranked, sort=options.sort)
+        hits, verdict = rank_all(self.store, self.vectors, query, decide, among, keep_irrelevant=options.all_ranked, sort=options.sort,
+                                 limit=options.limit)
         log.info("relevance: %s", verdict.describe())
         return hits
 
