@@ -151,6 +151,47 @@ def test_readers_beyond_the_pools_bound_wait_and_then_are_told(store: Store, mon
         bounded.close()
 
 
+def test_a_write_that_waits_too_long_for_another_writers_lock_says_so(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    from searchlite.errors import IndexLockedError
+    from searchlite.storage import database
+
+    monkeypatch.setattr(database, "BUSY_SECONDS", 0.1)
+    waiting = Store.open(store.path)
+    other = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another process's writer, which never commits
+        with pytest.raises(IndexLockedError, match="held the write lock .* for 0.1 s"):
+            with waiting.transaction():
+                pass
+        other.execute("ROLLBACK")
+        with waiting.transaction():
+            pass
+    finally:
+        other.close()
+        waiting.close()
+
+
+def test_a_write_beyond_the_pools_bound_is_told_the_change_was_not_made(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    from searchlite.errors import IndexWriteError
+    from searchlite.storage import database
+
+    monkeypatch.setattr(database, "BUSY_SECONDS", 0.2)
+    bounded = Store.open(store.path)
+    try:
+        reads = [bounded.iter_faiss_vectors(chunk=1) for _ in range(database.POOL_SIZE + database.POOL_OVERFLOW)]
+        for read in reads:
+            next(read)
+        with pytest.raises(IndexWriteError, match="the change was not made"):
+            with bounded.transaction():
+                pass
+        for read in reads:
+            read.close()
+    finally:
+        bounded.close()
+
+
 def test_the_library_docs_example_joins_searchlites_tables_with_an_apps_own(
     engine_factory, photos: Path, index_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

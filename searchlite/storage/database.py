@@ -25,7 +25,14 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import ConnectionPoolEntry, QueuePool, StaticPool
 
-from ..errors import CorruptIndexError, IndexReadError, IndexVersionError, IndexWriteError, SearchliteError
+from ..errors import (
+    CorruptIndexError,
+    IndexLockedError,
+    IndexReadError,
+    IndexVersionError,
+    IndexWriteError,
+    SearchliteError,
+)
 from . import migrations
 from .writelock import read_only_error
 
@@ -213,6 +220,13 @@ def write_error(path: Path, e: sqlite3.DatabaseError) -> SearchliteError:
         return damaged(path, e)
     if isinstance(e, sqlite3.OperationalError) and "readonly" in str(e):
         return read_only_error(path.parent)
+    if getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY or "locked" in str(e):
+        # BEGIN IMMEDIATE waited BUSY_SECONDS for another process's write lock: not the disk's fault
+        return IndexLockedError(
+            f"another process held the write lock of the index database {path} for {BUSY_SECONDS} s "
+            f"({e}); nothing committed before is lost: wait for it to finish, or stop it, then run the "
+            "same command again"
+        )
     return IndexWriteError(
         f"cannot write to the index database {path} ({e}); nothing committed "
         "before is lost: free disk space or fix the disk, then run the same command again"
@@ -227,8 +241,17 @@ def damaged(path: Path, e: sqlite3.DatabaseError) -> CorruptIndexError:
 
 
 def busy_error(path: Path) -> IndexReadError:
-    """Every connection of the pool stayed lent for BUSY_SECONDS."""
+    """A read found every connection of the pool lent for BUSY_SECONDS."""
     return IndexReadError(
         f"the index database {path} is busy: {POOL_SIZE + POOL_OVERFLOW} connections stayed in use for "
         f"{BUSY_SECONDS} s; try again when fewer searches run at once"
+    )
+
+
+def write_busy_error(path: Path) -> IndexWriteError:
+    """A write found every connection of the pool lent for BUSY_SECONDS: it never began."""
+    return IndexWriteError(
+        f"the index database {path} is busy: {POOL_SIZE + POOL_OVERFLOW} connections stayed in use for "
+        f"{BUSY_SECONDS} s, so the change was not made (nothing committed before is lost); run the same "
+        "command again when fewer searches and changes run at once"
     )

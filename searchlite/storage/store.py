@@ -16,7 +16,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import UnaryExpression
 from sqlalchemy.sql.operators import custom_op
 
+from ..errors import SearchliteError
 from . import database, migrations
 from .rows import FAILED, INDEXED, METADATA_COLUMNS, OWN_KINDS, SKIPPED, FileRow, TagSetRow, VectorPart, VectorRow, id_parts, value_parts
 from .tables import class_weights, images, index_info, tag_sets, tags, vectors
@@ -185,18 +187,25 @@ class Store:
     # --- index_info ----------------------------------------------------------------------------
 
     @contextmanager
-    def _reading(self) -> Iterator[Connection]:
-        """A connection for reads; a damaged file becomes one clear error (and is never touched)."""
+    def _errors(
+        self, mapper: Callable[[Path, sqlite3.DatabaseError], SearchliteError], busy: Callable[[Path], SearchliteError]
+    ) -> Iterator[None]:
+        """SQLite's errors inside become one clear error (mapper's), a pool timeout busy's."""
         try:
-            with self._pool.connection() as conn:
-                yield conn
+            yield
         except PoolTimeout:
-            raise database.busy_error(self.path) from None
+            raise busy(self.path) from None
         except Exception as e:
             error = database.sqlite_error(e)
             if error is None:
                 raise
-            raise database.read_error(self.path, error) from None
+            raise mapper(self.path, error) from None
+
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        """A connection for reads; a damaged file becomes one clear error (and is never touched)."""
+        with self._errors(database.read_error, database.busy_error), self._pool.connection() as conn:
+            yield conn
 
     def _all(self, statement: Any) -> list[Any]:
         with self._reading() as conn:
@@ -532,24 +541,12 @@ class Store:
             raise read_only_error(self.path.parent)
 
     @contextmanager
-    def _write_errors(self) -> Iterator[None]:
-        """A failed write (disk full, I/O error) rolls back and becomes one clear error."""
-        try:
-            yield
-        except PoolTimeout:
-            raise database.busy_error(self.path) from None
-        except Exception as e:
-            error = database.sqlite_error(e)
-            if error is None:
-                raise
-            raise database.write_error(self.path, error) from None
-
-    @contextmanager
     def _writing(self) -> Iterator[Connection]:
         """A connection in a write transaction, committed at the end unless an exception cuts it
-        short. It takes SQLite's write lock at once (waiting up to 30 s for another writer's commit)."""
+        short. It takes SQLite's write lock at once (waiting up to 30 s for another writer's commit); a
+        failed write (disk full, I/O error, the lock never freed) rolls back and becomes one clear error."""
         self.check_writable()
-        with self._write_errors(), self._pool.connection(writes=True) as conn:
+        with self._errors(database.write_error, database.write_busy_error), self._pool.connection(writes=True) as conn:
             # only the in-memory store's one connection can be inside a read (of this thread) already
             with conn.begin_nested() if conn.in_transaction() else conn.begin():
                 yield conn
