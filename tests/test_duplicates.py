@@ -160,3 +160,17 @@ def test_results_show_exact_copies_once_and_list_the_other_paths(engine_factory,
     assert all("copies" not in r for r in records[1:])
     os.remove(copy)  # deleted since the last index run: not listed
     assert engine.search(image=original, k=1)[0].copies == ()
+
+
+def test_a_date_listing_keeps_content_whose_first_copy_was_deleted(engine_factory, library: Path) -> None:
+    # copies were merged before existence was checked: with the first copy gone, the content fell out
+    engine = engine_factory()
+    engine.index(library)
+    original, copy = str(library / "astronaut.jpg"), str(library / "astronaut copy.jpg")
+    assert sorted([original, copy])[0] == copy  # no capture times: the copy comes first by path
+    os.remove(copy)
+    for limit in (None, 7, 1):
+        paths = [h.path for h in engine.search(sort="date", limit=limit)]
+        assert original in paths or limit == 1 and len(paths) == 1, limit
+        assert copy not in paths
+    assert len(engine.search(sort="date")) == 7

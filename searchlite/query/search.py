@@ -192,13 +192,17 @@ def _owners(store: Store, ids: np.ndarray) -> np.ndarray:
 def list_by_date(store: Store, ids: np.ndarray, sort: str, limit: int | None = None) -> list[Hit]:
     """The files among ids (file ids) by capture time, with no query; limit: the first limit."""
     rows = _rows(store, ids)
-    dated = _one_per_content(_by_date(list(rows.values()), sort, key=lambda r: r), lambda r: r)
-    found = []
-    for row in dated:  # existence is checked for the files returned only
+    found: list[FileRow] = []
+    seen: set[str] = set()
+    # existence first (a deleted copy must not stand for its content), then each content once; with
+    # a limit, existence is checked only as far as the files returned
+    for row in _by_date(list(rows.values()), sort, key=lambda r: r):
         if limit is not None and len(found) >= limit:
             break
-        if os.path.exists(row.path):
+        if (row.content_hash is None or row.content_hash not in seen) and os.path.exists(row.path):
             found.append(row)
+            if row.content_hash is not None:
+                seen.add(row.content_hash)
     return _hits(store, [(0.0, None, r) for r in found])
 
 
