@@ -503,3 +503,29 @@ def test_11_an_uploaded_image_still_searches(client) -> None:
     """Uploads are files the server writes itself: read under the same policy, they still work."""
     response = client.post("/knn-service", content=clip_client_body(image=base64.b64encode(png_bytes()).decode(), num_images=1))
     assert response.status_code == 200 and len(response.json()) == 1
+
+
+def test_picture_locks_are_dropped_once_no_request_holds_or_waits_for_them(tmp_path) -> None:
+    from searchlite.server.thumbs import PictureCache
+
+    started = threading.Barrier(8)
+
+    class Slow(PictureCache):
+        suffix = ".webp"
+
+        def render(self, engine, path, at, dims, read) -> bytes:
+            time.sleep(0.05)  # the other requests wait on its lock meanwhile
+            return b"picture"
+
+    picture = tmp_path / "a.png"
+    picture.write_bytes(b"x")
+    cache = Slow(None, tmp_path / "thumbs", 64)
+
+    def get(image_id: int):
+        started.wait()
+        return cache.get(image_id, str(picture))
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(get, [1, 1, 1, 1, 2, 2, 3, 3]))
+    assert {Path(found).name.split("-")[0] for found, _ in results} == {"1", "2", "3"}
+    assert cache._locks == {}

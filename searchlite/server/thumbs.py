@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +39,7 @@ class PictureCache:
         self.engine = engine
         self.folder = folder
         self.size = size
-        self._locks: dict[str, threading.Lock] = {}
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}  # name -> (its lock, requests holding or waiting)
         self._locks_lock = threading.Lock()
 
     def cached(self, image_id: int, path: str, at: float | None = None) -> tuple[Path | None, Path, str]:
@@ -63,14 +64,28 @@ class PictureCache:
         found, target, key = self.cached(image_id, path, at)
         if found is not None:
             return found, key
-        with self._lock_for(target.name):  # one request makes it; the others wait and read it
+        with self._locked(target.name):  # one request makes it; the others wait and read it
             if not target.exists():
                 return self._make(image_id, path, at, dims, target, f"{image_id}-{key.split('-')[0]}", read), key
         return target, key
 
-    def _lock_for(self, name: str) -> threading.Lock:
+    @contextlib.contextmanager
+    def _locked(self, name: str) -> Iterator[None]:
+        """Hold name's lock. Its entry goes when the last request that held or waited for it is
+        done, so a long-running server does not keep one lock per picture ever made."""
         with self._locks_lock:
-            return self._locks.setdefault(name, threading.Lock())
+            lock, users = self._locks.get(name, (threading.Lock(), 0))
+            self._locks[name] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._locks_lock:
+                users = self._locks[name][1] - 1
+                if users:
+                    self._locks[name] = (lock, users)
+                else:
+                    del self._locks[name]
 
     def render(self, engine: Any, path: str, at: float, dims: tuple[int | None, int | None], read: ReadPolicy | None) -> bytes:
         """The picture's bytes, decoded by engine.decode_image (read: as its)."""
