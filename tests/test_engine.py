@@ -702,3 +702,18 @@ def test_embed_text_takes_a_string_as_one_text_and_embed_images_names_the_bad_fi
         engine.embed_images([photos / "astronaut.jpg", tmp_path / "broken.jpg"])
     with pytest.raises(PathNotFoundError, match=r"file .*gone.jpg not found"):
         engine.embed_images([tmp_path / "gone.jpg"])
+
+
+def test_optimize_exact_works_on_one_image_and_approximate_needs_two(engine_factory, tmp_path: Path) -> None:
+    # an exact index of one image was refused as if it were an approximate one
+    folder = tmp_path / "one"
+    folder.mkdir()
+    Image.new("RGB", (32, 32), "red").save(folder / "red.png")
+    engine = engine_factory()
+    engine.index(folder)
+    assert engine.optimize(structure="exact")["kind"] == "exact"
+    with pytest.raises(InvalidInputError, match="an ivf index needs at least 2"):
+        engine.optimize(structure="ivf")
+    assert [Path(h.path).name for h in engine.search(image=str(folder / "red.png"), k=1)] == ["red.png"]
+    with pytest.raises(InvalidInputError, match="unknown index structure 'flat'"):
+        engine.optimize(structure="flat")

@@ -22,7 +22,7 @@ from ..errors import IndexNotFoundError, InvalidInputError, file_error
 from ..storage import transfer
 from ..storage.store import Store
 from ..storage.vector_cache import VectorCache
-from ..storage.vector_index import STRUCTURES, VectorIndex
+from ..storage.vector_index import VectorIndex
 from ..storage.writelock import writer_lock
 
 if TYPE_CHECKING:  # imported where used: a cold text query needs no decoders
@@ -232,17 +232,15 @@ class IndexWriter:
         structure: "auto" (that choice) or one of exact, ivf, hnsw, ivfpq, hnswpq, built whatever
         the size. Its probes are tuned on text queries (TuningQueries) and the recent real queries.
         Returns what was chosen."""
-        if structure not in STRUCTURES:
-            raise InvalidInputError(f"unknown index structure {structure!r}: choose one of {', '.join(STRUCTURES)}")
         self.store.check_writable()
         with self.lock():
             vectors = self.vectors.get(writer=True)
-            if structure != "auto" and len(vectors) < 2:
-                raise InvalidInputError(f"an {structure} index needs at least 2 images; this index holds {len(vectors)}: index more first")
             try:
                 chosen = vectors.optimize(queries=self.vectors.tuning.embedded(), force=force, memory_budget=memory_budget, structure=structure)
-            except BaseException:
+            except BaseException as e:
                 self.vectors.drop()  # half rebuilt
+                if isinstance(e, ValueError):  # ann_build.resolve (the one check): unknown, or not buildable here
+                    raise InvalidInputError(str(e)) from e
                 raise
             self.vectors.save()
             return chosen
