@@ -291,3 +291,24 @@ def test_an_unknown_or_impossible_structure_is_refused() -> None:
     with pytest.raises(ValueError, match="exact="):
         index.optimize(structure="ivfpq")
     assert index.kind == "exact" and len(index) == 50
+
+
+def test_a_build_that_fails_leaves_the_old_index_and_its_tuning(monkeypatch: pytest.MonkeyPatch) -> None:
+    # with an exact source the old structure was dropped before the build: a failure left it empty
+    from searchlite.storage import ann_build
+    from searchlite.storage.vector_index import ArrayVectors
+
+    ids, vectors = np.arange(60, dtype=np.int64), unit(60, 8)
+    index = VectorIndex(8, use_gpu=False, exact=ArrayVectors(ids, vectors))
+    index.add(ids, vectors)
+    index.optimize(structure="ivf")
+    tuning, before = dict(index.tuning), index.search(vectors[:3], 5)
+
+    def broken(*args, **kwargs):
+        raise MemoryError("out of memory")
+
+    monkeypatch.setattr(ann_build, "build", broken)
+    with pytest.raises(MemoryError):
+        index.optimize(structure="hnsw")
+    assert index.kind == "ivf" and len(index) == 60 and index.tuning == tuning
+    assert all((a == b).all() for a, b in zip(index.search(vectors[:3], 5), before))

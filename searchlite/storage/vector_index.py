@@ -164,8 +164,8 @@ class VectorIndex:
         ann_min_vectors (unless force); else IVF-Flat (or HNSW, when it answers faster) while the
         vectors fit memory_budget bytes (default: MEMORY_FRACTION of the machine's memory), IVF-PQ
         (or HNSW-PQ) re-ranked with the exact vectors past it. A structure named is built whatever
-        the size (a compressed one needs `exact`). Trained on a sample and filled in chunks: beyond
-        the index being built, memory holds one chunk and the sample. The probes (and shortlist)
+        the size (a compressed one needs `exact`). Trained on a sample and filled in chunks: beyond the old
+        index (kept until the new one is built) and the new one, memory holds one chunk and the sample. The probes (and shortlist)
         are the cheapest that reach target_recall@10 against exact search on `queries` — give ones
         like those the index will get (text embeddings for a text-to-image search); without them,
         indexed vectors with noise added. Built from `exact` when there is one, else from what the
@@ -179,10 +179,8 @@ class VectorIndex:
             if chosen == "exact":
                 self._index, self.tuning = ann_build.build_exact(self.dim, self._source), {"vectors": n}
                 return {"kind": "exact", "vectors": n}
-            if self.exact is not None:  # rebuilt from the source: the old structure can go first
-                faiss = load_faiss()
-                self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
             queries = unit(queries, self.dim) if queries is not None else None
+            # assigned only once built: a failed build leaves the old structure and its tuning answering
             self._index, self.tuning, report = ann_build.build(
                 chosen, n=n, dim=self.dim, source=self._source, exact=self.exact, budget=budget, queries=queries,
                 target_recall=target_recall, seed=seed, compare=structure == AUTO)  # auto also tries HNSW beside the inverted file
