@@ -529,3 +529,74 @@ def test_picture_locks_are_dropped_once_no_request_holds_or_waits_for_them(tmp_p
         results = list(pool.map(get, [1, 1, 1, 1, 2, 2, 3, 3]))
     assert {Path(found).name.split("-")[0] for found, _ in results} == {"1", "2", "3"}
     assert cache._locks == {}
+
+
+# --- descriptors are closed on every failure; a link swapped in after the check is caught ---------
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+def test_a_failure_after_opening_a_file_closes_it(tmp_path, monkeypatch) -> None:
+    from searchlite.errors import ImageDecodeError
+    from searchlite.media import embed_files, safe_read
+    from searchlite.server import files
+
+    picture = tmp_path / "a.png"
+    picture.write_bytes(png_bytes())
+
+    def fail(*args, **kwargs):
+        raise OSError(5, "Input/output error")
+
+    before = open_fds()
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "fstat", fail)
+        with pytest.raises(ImageDecodeError, match="Input/output error"):
+            safe_read.open_checked(str(picture), safe_read.ReadPolicy())
+    assert open_fds() == before
+    with monkeypatch.context() as patch:
+        patch.setattr(safe_read.OpenedFile, "header", fail)
+        with pytest.raises(OSError):
+            embed_files.decode_path(str(picture), None, None, read=safe_read.ReadPolicy())
+    assert open_fds() == before
+    opened = safe_read.open_checked(str(picture), safe_read.ReadPolicy())
+    with monkeypatch.context() as patch:
+        patch.setattr(files, "formatdate", fail)
+        with pytest.raises(OSError):
+            files.OpenedFileResponse(opened, "image/png")
+    assert opened.fd == -1 and open_fds() == before
+
+
+@pytest.mark.parametrize("proc", [True, False], ids=["proc", "no-proc"])
+def test_a_link_swapped_in_between_the_check_and_the_open_is_refused(tmp_path, monkeypatch, proc) -> None:
+    from searchlite.errors import InvalidInputError
+    from searchlite.media import safe_read
+
+    root, secret = tmp_path / "photos", tmp_path / "secret.png"
+    root.mkdir()
+    picture = root / "a.png"
+    picture.write_bytes(png_bytes())
+    secret.write_bytes(b"secret")
+    real_open, swaps = os.open, [1]
+
+    def swapped_open(path, *args, **kwargs):  # the race, once: after the check, before the open
+        if path == str(picture) and swaps:
+            swaps.pop()
+            picture.unlink()
+            picture.symlink_to(secret)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", swapped_open)
+    if not proc:
+        monkeypatch.setattr(safe_read, "PROC_FD", str(tmp_path / "no-proc"))  # a system without /proc
+    before = open_fds() if os.path.isdir("/proc/self/fd") else set()
+    with pytest.raises(InvalidInputError, match="outside the folders this server reads"):
+        safe_read.open_checked(str(picture), safe_read.ReadPolicy(roots=(str(root),)))
+    if before:
+        assert open_fds() == before
+    picture.unlink()
+    picture.write_bytes(png_bytes())
+    with safe_read.open_checked(str(picture), safe_read.ReadPolicy(roots=(str(root),))) as opened:
+        assert opened.header(4) == b"\x89PNG"

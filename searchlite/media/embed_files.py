@@ -18,7 +18,7 @@ from ..errors import ImageDecodeError, InvalidInputError, PathNotFoundError, Sea
 from . import video
 from .decode_worker import DecodePool, DecodeWorker
 from .images import HEADER_BYTES, Decoded
-from .safe_read import OpenedFile, ReadPolicy, open_checked
+from .safe_read import OpenedFile, ReadPolicy, open_checked, read_error
 
 FRAME_SEPARATOR = "@"
 
@@ -41,12 +41,8 @@ def read_image_file(path: str, what: str = "file") -> bytes:
     try:
         with open(path, "rb") as f:
             return f.read()
-    except FileNotFoundError:
-        raise PathNotFoundError(f"{what} {path} not found") from None
-    except IsADirectoryError:
-        raise ImageDecodeError(f"{what} {path} is a folder, not an image") from None
     except OSError as e:
-        raise ImageDecodeError(f"cannot read {what} {path}: {e.strerror or e}") from None
+        raise read_error(e, path, what) from None
 
 
 def split_frame_time(name: str) -> tuple[str, float | None]:
@@ -104,12 +100,11 @@ def decode_path(
     opened = None
     if read is None:
         source: bytes | OpenedFile = read_image_file(path, what)
-        header = source[:HEADER_BYTES]
     else:
         source = opened = open_checked(path, read, what)
-        header = opened.header(HEADER_BYTES)
         options["max_bytes"] = read.max_bytes
     try:
+        header = source[:HEADER_BYTES] if opened is None else opened.header(HEADER_BYTES)
         if video.detect_video(header) is not None:
             if not video.available():
                 raise ImageDecodeError(f"it is a video, and reading its frames needs PyAV ({video.INSTALL_HINT})")

@@ -19,12 +19,13 @@ import stat
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..errors import ImageDecodeError, InvalidInputError, PathNotFoundError
+from ..errors import ImageDecodeError, InvalidInputError, PathNotFoundError, SearchliteError
 
 # indexed files up to this size are checked against their content hash on every read (a few ms)
 HASH_CHECK_BYTES = 16 << 20
 # never read, whatever they hold: the kernel's and devices' views, which a path may lead into
 SYSTEM_FOLDERS = ("/proc", "/sys", "/dev")
+PROC_FD = "/proc/self/fd"  # where Linux names each open descriptor's file
 _CHUNK = 1 << 20
 
 
@@ -87,14 +88,9 @@ def open_checked(path: str, policy: ReadPolicy, what: str = "file") -> OpenedFil
     or one that is no longer the indexed one, InvalidInputError for a path outside policy.roots or
     in a system folder, ImageDecodeError for anything else that cannot be read."""
     path = os.path.abspath(path)
-    real = os.path.realpath(path)
-    if policy.roots and not inside(path, policy.roots):
-        # the same answer whether it exists or not: a caller learns nothing about other folders
-        raise InvalidInputError(f"{what} {path} is outside the folders this server reads (the indexed folders)")
-    if policy.regular_only and any(_inside(real, folder) for folder in SYSTEM_FOLDERS):
-        if policy.indexed:  # an indexed file swapped for a link into one
-            raise PathNotFoundError(f"{what} {path} has changed since it was indexed: index its folder again")
-        raise InvalidInputError(f"{what} {path} is in a system folder ({', '.join(SYSTEM_FOLDERS)}): only image files are read")
+    refused = _refusal(path, os.path.realpath(path), policy, what)
+    if refused is not None:
+        raise refused
     flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     link = False
     try:
@@ -105,19 +101,61 @@ def open_checked(path: str, policy: ReadPolicy, what: str = "file") -> OpenedFil
                 raise
             link = True  # indexed as a link inside the collection, or swapped for one: the hash decides
             fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise PathNotFoundError(f"{what} {path} not found") from None
-    except NotADirectoryError:
-        raise PathNotFoundError(f"{what} {path} not found") from None
     except OSError as e:
-        raise ImageDecodeError(f"cannot read {what} {path}: {e.strerror or e}") from None
-    opened = OpenedFile(fd, os.fstat(fd), path)
+        raise read_error(e, path, what) from None
     try:
+        opened = OpenedFile(fd, os.fstat(fd), path)
+    except OSError as e:
+        os.close(fd)
+        raise read_error(e, path, what) from None
+    try:
+        # a link swapped in between the check above and the open: where the open file really is
+        refused = _refusal(path, _opened_real(opened), policy, what)
+        if refused is not None:
+            raise refused
         _check(opened, policy, what, link)
     except BaseException:
         opened.close()
         raise
     return opened
+
+
+def read_error(e: OSError, path: str, what: str = "file") -> SearchliteError:
+    """What an OSError opening or reading a file the user named means to them; what names the file
+    in the message ("file", "query image")."""
+    if isinstance(e, (FileNotFoundError, NotADirectoryError)):
+        return PathNotFoundError(f"{what} {path} not found")
+    if isinstance(e, IsADirectoryError):
+        return ImageDecodeError(f"{what} {path} is a folder, not an image")
+    return ImageDecodeError(f"cannot read {what} {path}: {e.strerror or e}")
+
+
+def _refusal(path: str, real: str | None, policy: ReadPolicy, what: str) -> SearchliteError | None:
+    """Why the file at path, which really is at real (None: not known), may not be read under
+    policy; None when it may."""
+    if policy.roots and (real is None or not any(_inside(real, folder) for folder in policy.roots)):
+        # the same answer whether it exists or not: a caller learns nothing about other folders
+        return InvalidInputError(f"{what} {path} is outside the folders this server reads (the indexed folders)")
+    if policy.regular_only and real is not None and any(_inside(real, folder) for folder in SYSTEM_FOLDERS):
+        if policy.indexed:  # an indexed file swapped for a link into one
+            return PathNotFoundError(f"{what} {path} has changed since it was indexed: index its folder again")
+        return InvalidInputError(f"{what} {path} is in a system folder ({', '.join(SYSTEM_FOLDERS)}): only image files are read")
+    return None
+
+
+def _opened_real(opened: OpenedFile) -> str | None:
+    """Where the open file really is: /proc's name for its descriptor where there is /proc; else
+    its path's real path if that still leads to the same file (device and inode), else None."""
+    try:
+        return os.readlink(f"{PROC_FD}/{opened.fd}")
+    except OSError:
+        pass
+    real = os.path.realpath(opened.path)
+    try:
+        st = os.stat(real)
+    except OSError:
+        return None
+    return real if (st.st_dev, st.st_ino) == (opened.stat.st_dev, opened.stat.st_ino) else None
 
 
 def _check(opened: OpenedFile, policy: ReadPolicy, what: str, link: bool) -> None:

@@ -26,17 +26,21 @@ class OpenedFileResponse(Response):
 
     def __init__(self, opened: OpenedFile, media_type: str, headers: dict[str, str] | None = None) -> None:
         self.opened = opened
-        self.status_code = 200
-        self.media_type = media_type
-        self.background = None
-        self.init_headers(headers)  # no body: the length is set per request (whole or a range)
-        st = opened.stat
-        self.etag = '"' + hashlib.sha1(f"{st.st_size}-{st.st_mtime_ns}".encode()).hexdigest()[:16] + '"'
-        self.raw_headers += [
-            (b"accept-ranges", b"bytes"),
-            (b"etag", self.etag.encode()),
-            (b"last-modified", formatdate(st.st_mtime, usegmt=True).encode()),
-        ]
+        try:  # the response owns the file from here: a failure before it exists must not leak it
+            self.status_code = 200
+            self.media_type = media_type
+            self.background = None
+            self.init_headers(headers)  # no body: the length is set per request (whole or a range)
+            st = opened.stat
+            self.etag = '"' + hashlib.sha1(f"{st.st_size}-{st.st_mtime_ns}".encode()).hexdigest()[:16] + '"'
+            self.raw_headers += [
+                (b"accept-ranges", b"bytes"),
+                (b"etag", self.etag.encode()),
+                (b"last-modified", formatdate(st.st_mtime, usegmt=True).encode()),
+            ]
+        except BaseException:
+            opened.close()
+            raise
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
