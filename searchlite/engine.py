@@ -165,6 +165,7 @@ class SearchEngine:
 
     def export_embeddings(self, npy_path: str | os.PathLike[str]) -> int:
         """Write every stored vector to npy_path, and beside it what import_embeddings() reads (storage/transfer.py). Returns n."""
+        self._folder()
         return transfer.export_embeddings(self._store, Path(npy_path))
 
     def import_embeddings(self, npy_path: str | os.PathLike[str], paths_path: str | os.PathLike[str]) -> tuple[int, int]:
@@ -219,10 +220,12 @@ class SearchEngine:
 
     def files(self, ids: Iterable[int]) -> dict[int, FileRow]:
         """Indexed files by id; ids that are not indexed are absent."""
+        self._folder()
         return self._store.fetch(int(i) for i in ids)
 
     def stored_vector(self, image_id: int) -> np.ndarray | None:
         """The stored unit embedding (d,) of an indexed file, or None when the id is not indexed."""
+        self._folder()
         row = self._store.fetch([int(image_id)]).get(int(image_id))
         return None if row is None or row.content_hash is None else self._store.vector_for_hash(row.content_hash)
 
@@ -232,7 +235,11 @@ class SearchEngine:
         self._folder()
         return self._vectors.get()
 
-    sql_engine = property(lambda self: self._store.engine, doc="The SQLAlchemy engine of the index's database: select from searchlite.storage.tables (docs/library.md).")
+    @property
+    def sql_engine(self) -> Any:
+        """The SQLAlchemy engine of the index's database: select from searchlite.storage.tables (docs/library.md)."""
+        self._folder()
+        return self._store.engine
 
     # --- files and the model -------------------------------------------------------------------
 
@@ -311,6 +318,7 @@ class SearchEngine:
 
     def tag(self, labels: str | Sequence[str], templates: str | None = None, *, name: str = "tags", threshold: float = DEFAULT_TAG_THRESHOLD) -> int:
         """Tag indexed images (later runs' too) with their best zero-shot label and others reaching threshold."""
+        self._folder()
         self._store.check_writable()  # before any model is loaded
         return self._keep(self._labeller.zero_shot_tags(name, zeroshot.LabelSet.parse(labels, templates), templates, threshold))
 
@@ -324,6 +332,7 @@ class SearchEngine:
 
     def apply_probe(self, path: str | os.PathLike[str], *, name: str | None = None, threshold: float = DEFAULT_TAG_THRESHOLD) -> int:
         """Tag the index with a saved probe (its name defaults to the file's stem)."""
+        self._folder()
         self._store.check_writable()
         return self._keep(self._labeller.probe_tags(path, name, threshold))
 

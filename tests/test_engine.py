@@ -717,3 +717,21 @@ def test_optimize_exact_works_on_one_image_and_approximate_needs_two(engine_fact
     assert [Path(h.path).name for h in engine.search(image=str(folder / "red.png"), k=1)] == ["red.png"]
     with pytest.raises(InvalidInputError, match="unknown index structure 'flat'"):
         engine.optimize(structure="flat")
+
+
+def test_every_read_and_tagging_of_a_missing_index_says_so_before_loading_a_model(engine_factory, tmp_path: Path) -> None:
+    # export wrote an empty export of a missing index; tag and apply_probe loaded CLIP before refusing
+    engine = engine_factory()
+    calls = {
+        "export": lambda: engine.export_embeddings(tmp_path / "emb.npy"),
+        "files": lambda: engine.files([1]),
+        "stored_vector": lambda: engine.stored_vector(1),
+        "sql_engine": lambda: engine.sql_engine,
+        "tag": lambda: engine.tag("cat,dog"),
+        "apply_probe": lambda: engine.apply_probe(tmp_path / "probe.npz"),
+    }
+    for name, call in calls.items():
+        with pytest.raises(IndexNotFoundError, match="no index in"):
+            call()
+        assert not engine.model_loaded, name
+    assert not (tmp_path / "emb.npy").exists() and not (tmp_path / "emb.jsonl").exists()
