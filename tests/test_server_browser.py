@@ -33,8 +33,10 @@ def server(shapes_index, tmp_path_factory):
         settings = ServerSettings(port=0, thumb_dir=tmp_path_factory.mktemp("browser_thumbs"))
         server = Server(create_app(engine, settings), bind("127.0.0.1", 0))
         server.start()
-        yield f"http://127.0.0.1:{server.port}", engine
-        server.stop()
+        try:
+            yield f"http://127.0.0.1:{server.port}", engine
+        finally:
+            server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -225,9 +227,11 @@ def media_server(media_index, tmp_path_factory):
         settings = ServerSettings(port=0, thumb_dir=tmp_path_factory.mktemp("browser_media_thumbs"))
         server = Server(create_app(engine, settings), bind("127.0.0.1", 0))
         server.start()
-        ids = {kind: next(h.id for h in engine.search("a red circle", k=20) if h.path == str(path)) for kind, path in paths.items()}
-        yield f"http://127.0.0.1:{server.port}", ids
-        server.stop()
+        try:
+            ids = {kind: next(h.id for h in engine.search("a red circle", k=20) if h.path == str(path)) for kind, path in paths.items()}
+            yield f"http://127.0.0.1:{server.port}", ids
+        finally:
+            server.stop()
 
 
 # the centre pixel of what an <img> or <video> shows, drawn on a canvas: [r, g, b]
