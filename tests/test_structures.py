@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import threading
 from dataclasses import dataclass, replace
@@ -309,3 +310,11 @@ def test_an_unknown_structure_is_one_line_naming_the_choices(library) -> None:
     assert result.stderr.strip().splitlines() == [
         "searchlite: error: unknown index structure 'flat': choose one of auto, exact, ivf, hnsw, ivfpq, hnswpq"
     ]
+
+
+def test_info_says_in_words_how_every_structure_searches(engine: SearchEngine, library) -> None:
+    # only exact and ivf had words; the others showed their bare name
+    result = CliRunner().invoke(app, ["info", "--index", str(library[0])])
+    assert result.exit_code == 0, result.output
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("vectors:")]
+    assert re.search(r", (exact search|approximate search \(.+\))$", line), line

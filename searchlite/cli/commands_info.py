@@ -13,7 +13,10 @@ from .opening import open_index
 from .options import IndexOpt, JsonOpt
 from .user_errors import printable, user_errors
 
-_SEARCH_KINDS = {"exact": "exact search", "ivf": "approximate search (IVF)"}
+_SEARCH_KINDS = {
+    "exact": "exact search", "ivf": "approximate search (IVF)", "hnsw": "approximate search (HNSW)",
+    "ivfpq": "approximate search (IVF-PQ, re-ranked exactly)", "hnswpq": "approximate search (HNSW-PQ, re-ranked exactly)",
+}
 
 
 def info(
