@@ -206,7 +206,8 @@ class SearchEngine:
 
     def _searcher(self) -> Searcher:
         self._folder()
-        return Searcher(self._store, self._vectors.searched(), self._models, self._files, self._recent)
+        save = self.remember_queries and not self._store.read_only  # as close() does
+        return Searcher(self._store, self._vectors.searched(), self._models, self._files, self._recent, save_recent=save)
 
     def filters(self, filters: Filters | None = None, **values: Any) -> Filters | None:
         """Filters from a Filters and/or its fields as keyword arguments, checked, a place resolved (.place_chosen)."""

@@ -735,3 +735,20 @@ def test_every_read_and_tagging_of_a_missing_index_says_so_before_loading_a_mode
             call()
         assert not engine.model_loaded, name
     assert not (tmp_path / "emb.npy").exists() and not (tmp_path / "emb.jsonl").exists()
+
+
+def test_a_long_lived_engine_saves_its_recent_queries_now_and_then(engine_factory, photos: Path, index_dir: Path, monkeypatch) -> None:
+    # RecentQueries.add() said a save was due and nobody listened: only close() saved
+    from searchlite.storage import recent_queries
+
+    monkeypatch.setattr(recent_queries, "SAVE_EVERY", 2)
+    engine = engine_factory()
+    engine.index(photos)
+    saved = index_dir / recent_queries.FILENAME
+    engine.remember_queries = False
+    for _ in range(3):
+        engine.search(image=str(photos / "astronaut.jpg"), k=1)
+    assert not saved.exists()
+    engine.remember_queries = True
+    engine.search(image=str(photos / "astronaut.jpg"), k=1)
+    assert saved.exists() and np.load(saved).shape[0] == 4

@@ -92,14 +92,18 @@ class SearchOptions:
 
 class Searcher:
     """Searches the vectors of an index (store, vectors) with its model (models, files: query
-    texts and images), remembering each query vector in recent (for tuning approximate search)."""
+    texts and images), remembering each query vector in recent (for tuning approximate search)
+    and saving them now and then when save_recent (a long-lived engine's close() may be far off)."""
 
-    def __init__(self, store: Store, vectors: VectorIndex, models: ModelHub, files: NamedFiles, recent: RecentQueries | None) -> None:
+    def __init__(
+        self, store: Store, vectors: VectorIndex, models: ModelHub, files: NamedFiles, recent: RecentQueries | None, *, save_recent: bool = False,
+    ) -> None:
         self.store = store
         self.vectors = vectors
         self.models = models
         self.files = files
         self.recent = recent
+        self.save_recent = save_recent
 
     def search(self, text: list[str], image: list[str], negative: list[str], options: SearchOptions) -> list[Hit]:
         """Top-k files by cosine similarity to the query (a file with several vectors, such as a
@@ -135,8 +139,8 @@ class Searcher:
         return self._ranked(np.ascontiguousarray(query / norm), among, options)
 
     def _ranked(self, query: np.ndarray, among: np.ndarray | None, options: SearchOptions) -> list[Hit]:
-        if self.recent is not None:
-            self.recent.add(query)
+        if self.recent is not None and self.recent.add(query) and self.save_recent:
+            self.recent.save()
         if options.sort is None and not options.all_ranked:
             hits = search(self.store, self.vectors, query, options.k, among)
             return hits if options.min_score is None else [h for h in hits if h.score >= options.min_score]
