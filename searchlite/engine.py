@@ -282,11 +282,6 @@ class SearchEngine:
         """Whether the torch model has been loaded (text queries and runs with nothing to encode never load it)."""
         return self._models.loaded
 
-    @property
-    def model_load_seconds(self) -> float:
-        """Spent loading the model in this process."""
-        return self._models.load_seconds
-
     def model_key(self) -> str:
         """Identifies the model's weights (not where its checkpoint lives)."""
         return self._models.key()
@@ -336,10 +331,6 @@ class SearchEngine:
         self._folder()
         self._store.check_writable()
         return self._keep(self._labeller.probe_tags(path, name, threshold))
-
-    def apply_classifier(self, name: str, classifier: LinearClassifier, *, key: str, threshold: float, source: str) -> int:
-        """Store a classifier as the tag set `name` and tag the images it has not seen yet."""
-        return self._keep(TagSet(name, classifier, key, threshold, source))
 
     def _keep(self, tags: TagSet) -> int:
         self._folder()
