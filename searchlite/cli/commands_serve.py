@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..server.settings import TOKEN_ENV
 from .opening import open_index
 from .options import DeviceOpt, IndexOpt
 from .user_errors import fail, printable, user_errors
@@ -19,7 +20,7 @@ def serve(
     token: Annotated[
         Optional[str],
         typer.Option(
-            envvar="SEARCHLITE_TOKEN", metavar="SECRET",
+            envvar=TOKEN_ENV, metavar="SECRET",
             help="Require this token, 16 characters or more (Bearer header, or open the printed URL once); auto: make one and print it in the URL.",
         ),
     ] = None,
@@ -47,7 +48,7 @@ def serve(
         from ..server.settings import is_loopback
 
         if not is_loopback(host) and not settings.token:
-            raise fail(f"--host {host} makes the server reachable from other machines: add --token SECRET (or set SEARCHLITE_TOKEN)", 2)
+            raise fail(f"--host {host} makes the server reachable from other machines: add --token SECRET (or set {TOKEN_ENV})", 2)
         check_settings(settings)  # the library's own checks; the host one is answered above with its flag
         for warning in setting_warnings(settings):
             typer.echo(f"searchlite: warning: {warning}", err=True)

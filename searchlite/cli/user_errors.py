@@ -16,6 +16,8 @@ from typing import Any
 
 import typer
 
+from ..server.settings import TOKEN_ENV
+
 
 def _click() -> Any:
     """The click that runs our commands: typer 0.2x carries its own copy (typer._click)."""
@@ -40,7 +42,7 @@ _HINTS = {
     "model": "drop --model/--pretrained to use the index's model, or pass --index NEW_DIR to build a separate index with this one",
     "device": "pass --device cpu",
     "precision": "use --precision auto|fp32|bf16|fp16",
-    "token": "pass --token SECRET (or set SEARCHLITE_TOKEN)",
+    "token": f"pass --token SECRET (or set {TOKEN_ENV})",
     "labels": "e.g. --labels cat,dog,car",
     "probe": "make one with `searchlite probe train`",
     "query": 'e.g. searchlite query "a dog on grass", or --image PHOTO',
