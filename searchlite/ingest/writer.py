@@ -102,12 +102,14 @@ class OpenVectors:
         return self.get()
 
     def save(self) -> None:
-        if self._vectors is not None:
-            self.cache.save(self._vectors)
+        vectors = self._vectors  # read once: drop() may clear it meanwhile
+        if vectors is not None:
+            self.cache.save(vectors)
 
     def drop(self) -> None:
         """Forget the vectors in memory (half changed): the saved cache (or SQLite) is read again."""
-        self._vectors = None
+        with self._lock:  # not while get() loads them
+            self._vectors = None
 
 
 class IndexWriter:

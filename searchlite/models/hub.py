@@ -156,14 +156,16 @@ class ModelHub:
     def export_text_tower(self) -> None:
         """Once the torch model is loaded here (an index run that encoded), its text tower is
         exported, so later text queries skip torch."""
-        if self._encoder is not None:
-            self._export_text_tower(self._encoder)
+        with self._lock:
+            if self._encoder is not None:
+                self._export_text_tower(self._encoder)
 
     def _export_text_tower(self, encoder: ClipEncoder) -> None:
-        if self._text_tower is None and self.own_model:  # once in use (its onnxruntime session too), it stays
-            from ..text.export import export_text_tower
+        with self._lock:  # an RLock: text_encoder() calls this holding it
+            if self._text_tower is None and self.own_model:  # once in use (its onnxruntime session too), it stays
+                from ..text.export import export_text_tower
 
-            self._text_tower = export_text_tower(encoder, self._tower_path(), self.key())
+                self._text_tower = export_text_tower(encoder, self._tower_path(), self.key())
 
     def _tower_path(self) -> Path:
         from ..text.tower import FILENAME
