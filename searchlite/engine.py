@@ -9,7 +9,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -17,9 +17,9 @@ from .classify import probe, zeroshot
 from .classify.classifier import DEFAULT_TAG_THRESHOLD, LinearClassifier
 from .classify.labeller import Labeller, TagSet
 from .classify.tags import Classification
-from .config import DB_FILENAME, IndexSettings, resolve_index_dir
+from .config import DB_FILENAME, LOCK_FILENAME, IndexSettings, resolve_index_dir
 from .errors import IndexNotFoundError, InvalidInputError, PathNotFoundError
-from .ingest.writer import IndexWriter, OpenVectors, create_index
+from .ingest.writer import IndexWriter, OpenVectors, create_index, unmake_index
 from .media.named_files import NamedFiles
 from .models.encoder import ClipEncoder, ImageEncoder
 from .models.hub import EncoderFactory, ModelHub
@@ -44,6 +44,8 @@ if TYPE_CHECKING:  # imported where used: a cold text query needs no decoders, a
 
 __all__ = ["Classification", "Filters", "Hit", "SearchEngine"]
 
+T = TypeVar("T")
+
 
 class SearchEngine:
     """An open index: SearchEngine.open(), then close() (or `with`); search() is safe from many threads.
@@ -57,6 +59,7 @@ class SearchEngine:
         self.index_dir = index_dir
         # opened on a missing index: store is a stand-in in memory until the first write creates it
         self._unborn = index_dir is not None and not exists
+        self._lock_created = False  # the write lock's file, by this engine's first write
         self.settings = settings or IndexSettings()
         self._store = store
         self._lock = threading.RLock()
@@ -121,10 +124,28 @@ class SearchEngine:
             if not self._unborn:
                 return
             assert self.index_dir is not None
+            self._lock_created = not (self.index_dir / LOCK_FILENAME).exists()
             stand_in, self._store = self._store, create_index(self.index_dir, self._store)
             stand_in.close()
             self._unborn = False
             self._wire()
+
+    def _first_write(self, write: Callable[[], T]) -> T:
+        """write() on the index, created first when missing; when that first write fails before
+        recording anything, the new index is removed again (the engine is back to a missing index)."""
+        born_here = self._unborn
+        self._create()
+        self._folder()
+        try:
+            return write()
+        except BaseException:
+            if born_here:
+                with self._lock:
+                    assert self.index_dir is not None
+                    if unmake_index(self.index_dir, self._store, lock_created=self._lock_created):
+                        self._store, self._unborn = Store.in_memory(), True
+                        self._wire()
+            raise
 
     def close(self) -> None:
         if self._recent is not None and self.remember_queries and not self._store.read_only:
@@ -159,9 +180,7 @@ class SearchEngine:
         root = os.path.abspath(os.fspath(folder))
         if not os.path.exists(root):
             raise PathNotFoundError(f"folder {folder} not found")
-        self._create()
-        self._folder()
-        return self._writer.index(root, progress, ray=ray, shared_fs=shared_fs)
+        return self._first_write(lambda: self._writer.index(root, progress, ray=ray, shared_fs=shared_fs))
 
     def export_embeddings(self, npy_path: str | os.PathLike[str]) -> int:
         """Write every stored vector to npy_path, and beside it what import_embeddings() reads (storage/transfer.py). Returns n."""
@@ -171,9 +190,7 @@ class SearchEngine:
     def import_embeddings(self, npy_path: str | os.PathLike[str], paths_path: str | os.PathLike[str]) -> tuple[int, int]:
         """Load embeddings made elsewhere by this index's model (IndexWriter.import_embeddings). Returns
         (embeddings imported, files not found here)."""
-        self._create()
-        self._folder()
-        return self._writer.import_embeddings(Path(npy_path), Path(paths_path))
+        return self._first_write(lambda: self._writer.import_embeddings(Path(npy_path), Path(paths_path)))
 
     def optimize(self, *, force: bool = True, memory_budget: int | None = None, structure: str = "auto") -> dict[str, Any]:
         """Rebuild the vector index for its size (structure "auto") or as one of exact, ivf, hnsw,

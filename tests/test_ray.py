@@ -195,7 +195,7 @@ def test_unreachable_cluster_is_one_line_at_once(engine_factory, photos: Path, i
     engine = engine_factory()
     with pytest.raises(ClusterError, match="give auto"):
         engine.index(photos, ray="not an address")
-    assert engine.info()["images"] == 0  # nothing was indexed
+    assert not (index_dir / "searchlite.db").exists()  # nothing was indexed, and no empty index is left
 
 
 def test_ray_refuses_regions_in_one_line_before_connecting(engine_factory, photos: Path, index_dir: Path, tiny_model) -> None:
@@ -215,7 +215,7 @@ def test_ray_refuses_regions_in_one_line_before_connecting(engine_factory, photo
     engine = engine_factory(settings=_settings(regions=True))
     with pytest.raises(InvalidInputError, match="index without --ray"):
         engine.index(photos, ray="127.0.0.1:1")
-    assert engine.info()["images"] == 0  # nothing was indexed
+    assert not (index_dir / "searchlite.db").exists()  # nothing was indexed, and no empty index is left
 
 
 def test_an_interrupted_run_on_ray_keeps_its_committed_batches_and_resumes(cluster, engine_factory, photos: Path, tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ def test_missing_weights_offline_fail_at_once_with_what_to_do(photos: Path, tmp_
     with SearchEngine.open(tmp_path / "index") as engine:  # the default model
         with pytest.raises(WeightsUnavailableError) as e:
             engine.index(photos)
-        assert engine.info()["images"] == 0  # it failed before indexing anything, not file by file
+    assert not (tmp_path / "index").exists()  # it failed before indexing anything (not file by file), leaving no index
     msg = str(e.value)
     assert "ViT-B-32-256 / datacomp_s34b_b86k" in msg
     assert "HF_HOME" in msg and "local checkpoint" in msg and "--" not in msg
@@ -40,9 +40,28 @@ def test_an_offline_first_run_names_the_model_that_works_offline(photos: Path, t
         "with --pretrained CHECKPOINT, or try searchlite offline with --model searchlite-shapes (a demo model that knows "
         "four colours and three shapes)\n"
     )
+    assert not (tmp_path / "index").exists()  # the failed first run leaves no empty index behind
     offline = runner.invoke(app, ["index", str(photos), "--index", str(tmp_path / "index"), "--model", "searchlite-shapes"])
     assert offline.exit_code == 0, offline.output
     assert "10 added" in offline.stderr
+
+
+def test_a_failed_first_run_in_an_existing_folder_keeps_the_folder_and_the_engine_can_try_again(photos: Path, tmp_path: Path) -> None:
+    """Only what the run made goes: a folder that was there stays (with whatever it held)."""
+    from searchlite import SearchEngine
+    from searchlite.errors import IndexNotFoundError, WeightsUnavailableError
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    with SearchEngine.open(folder) as engine:
+        with pytest.raises(WeightsUnavailableError):
+            engine.index(photos)
+        assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+        with pytest.raises(IndexNotFoundError):
+            engine.info()
+    with SearchEngine.open(folder, model="searchlite-shapes") as engine:
+        assert engine.index(photos).added == 10
 
 
 @pytest.mark.slow

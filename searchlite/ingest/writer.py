@@ -66,6 +66,19 @@ def _remove_new_index(path: Path) -> None:
         path.rmdir()
 
 
+def unmake_index(path: Path, store: Store, *, lock_created: bool) -> bool:
+    """Remove the index just created in path when its first write recorded nothing (no model, e.g.
+    its weights could not be had): a failed first run leaves no empty index behind, and a folder
+    that was there keeps only what it held. Closes store when it does; returns whether it did."""
+    if store.get_info("model") is not None:
+        return False
+    store.close()
+    if lock_created:  # the lock file this first write made (released by now)
+        (path / LOCK_FILENAME).unlink(missing_ok=True)
+    _remove_new_index(path)
+    return True
+
+
 class OpenVectors:
     """The FAISS index of an open index folder in memory: read from its cache file (or rebuilt
     from SQLite) on first use, saved after changes, dropped when it may lag the database (then
