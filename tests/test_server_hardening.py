@@ -387,6 +387,27 @@ def real_server(engine, tmp_path):
         server.stop()
 
 
+def _wait_until(done, seconds: float, what: str) -> None:
+    """Poll done() until it holds, failing after seconds."""
+    deadline, pause = time.monotonic() + seconds, threading.Event()
+    while not done():
+        assert time.monotonic() < deadline, what
+        pause.wait(0.005)
+
+
+def _first_response(sock: socket.socket, seconds: float) -> bytes:
+    """One whole HTTP response with a Content-Length, read from sock."""
+    sock.settimeout(seconds)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(4096)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        body += sock.recv(4096)
+    return head + b"\r\n\r\n" + body
+
+
 def _closed_within(sock: socket.socket, seconds: float) -> bytes | None:
     """What the server sent before closing the connection, or None if it kept it open that long."""
     sock.settimeout(seconds)
@@ -415,10 +436,12 @@ def test_9_idle_and_trickling_connections_are_closed_and_stalled_bodies_get_408(
     # after a response, a connection that starts another request and stalls is closed too
     again = socket.create_connection(("127.0.0.1", port))
     again.sendall(f"GET /api/tags HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode())
-    time.sleep(0.2)
+    first = _first_response(again, 5)  # answered: the next request starts after a response
     again.sendall(b"GET /api/tags HTTP/1.1\r\n")
-    answer = _closed_within(again, 5)
-    assert answer is not None and answer.startswith(b"HTTP/1.1 200")
+    rest = _closed_within(again, 5)
+    assert rest is not None
+    answer = first + rest
+    assert answer.startswith(b"HTTP/1.1 200")
     for sock in (idle, partial, body, again):
         sock.close()
 
@@ -429,9 +452,11 @@ def test_9_connections_past_the_cap_get_503(real_server) -> None:
     port = real_server(max_connections=2, header_timeout_s=10)
     held = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
     try:
-        time.sleep(0.2)
-        response = httpx.get(f"http://127.0.0.1:{port}/api/tags", timeout=10)
-        assert response.status_code == 503
+        # the held connections count once the server has accepted them
+        def refused() -> bool:
+            return httpx.get(f"http://127.0.0.1:{port}/api/tags", timeout=10).status_code == 503
+
+        _wait_until(refused, 10, "a request past the cap was never refused with 503")
     finally:
         for sock in held:
             sock.close()
