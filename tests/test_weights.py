@@ -49,7 +49,7 @@ def test_an_offline_first_run_names_the_model_that_works_offline(photos: Path, t
 def test_a_failed_first_run_in_an_existing_folder_keeps_the_folder_and_the_engine_can_try_again(photos: Path, tmp_path: Path) -> None:
     """Only what the run made goes: a folder that was there stays (with whatever it held)."""
     from searchlite import SearchEngine
-    from searchlite.errors import IndexNotFoundError, WeightsUnavailableError
+    from searchlite.errors import IndexNotFoundError, PathNotFoundError, WeightsUnavailableError
 
     folder = tmp_path / "mine"
     folder.mkdir()
@@ -60,6 +60,10 @@ def test_a_failed_first_run_in_an_existing_folder_keeps_the_folder_and_the_engin
         assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
         with pytest.raises(IndexNotFoundError):
             engine.info()
+    with SearchEngine.open(tmp_path / "imported", model="searchlite-shapes") as engine:  # import alike
+        with pytest.raises(PathNotFoundError):
+            engine.import_embeddings(tmp_path / "missing.npy", tmp_path / "missing.jsonl")
+    assert not (tmp_path / "imported").exists()
     with SearchEngine.open(folder, model="searchlite-shapes") as engine:
         assert engine.index(photos).added == 10
 

@@ -67,10 +67,10 @@ def _remove_new_index(path: Path) -> None:
 
 
 def unmake_index(path: Path, store: Store, *, lock_created: bool) -> bool:
-    """Remove the index just created in path when its first write recorded nothing (no model, e.g.
-    its weights could not be had): a failed first run leaves no empty index behind, and a folder
+    """Remove the index just created in path when its first write recorded no file (e.g. the
+    model's weights could not be had): a failed first run leaves no empty index behind, and a folder
     that was there keeps only what it held. Closes store when it does; returns whether it did."""
-    if store.get_info("model") is not None:
+    if store.counts():
         return False
     store.close()
     if lock_created:  # the lock file this first write made (released by now)
