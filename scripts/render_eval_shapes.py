@@ -107,8 +107,9 @@ def _mask(shape: str, cx: float, cy: float, half: float, angle: float, n: int) -
     return inside.reshape(n, SUPERSAMPLE, n, SUPERSAMPLE).mean(axis=(1, 3))
 
 
-def render(rng: np.random.Generator, shapes: int = 1, distinct: bool = False) -> tuple[bytes, Scene]:
-    """One scene as JPEG bytes, and what it holds; distinct: no two shapes of one kind."""
+def render(rng: np.random.Generator, shapes: int = 1, distinct: bool = False, first: tuple[str, str] | None = None) -> tuple[bytes, Scene]:
+    """One scene as JPEG bytes, and what it holds; distinct: no two shapes of one kind; first: the
+    (colour, shape) of the first shape (drawn at random when None)."""
     n = int(rng.choice(SIZES))
     img = _background(rng, n)
     placed: list[tuple[float, float, float]] = []
@@ -120,6 +121,8 @@ def render(rng: np.random.Generator, shapes: int = 1, distinct: bool = False) ->
         if any(math.hypot(cx - x, cy - y) < 1.1 * (half + r) for x, y, r in placed):
             continue
         color, shape = str(rng.choice(COLORS)), str(rng.choice(SHAPES))
+        if first is not None and not objects:
+            color, shape = first
         if (color, shape) in objects or distinct and shape in (o[1] for o in objects):
             continue
         coverage = _mask(shape, cx, cy, half, float(rng.uniform(0, 2 * math.pi)), n)[..., None]

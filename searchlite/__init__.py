@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from .models.encoder import ClipEncoder
     from .models.spec import ModelSpec
     from .query.filters import Filters
-    from .query.search import Hit
+    from .query.search import Hit, Hits
     from .storage.store import FileRow
     from .storage.vector_index import VectorIndex
     from .text.tower import TextTower
@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "SearchEngine": "engine",
     "Hit": "query.search",
+    "Hits": "query.search",
     "Filters": "query.filters",
     "Classification": "classify.tags",
     "IndexReport": "ingest.indexer",

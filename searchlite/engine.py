@@ -28,7 +28,7 @@ from .models.spec import ModelSpec, spec_from_flags
 from .query.duplicates import NEAR, DuplicateGroup, groups_in_index
 from .query.explain import Explanation
 from .query.filters import Filters
-from .query.search import Hit
+from .query.search import Hit, Hits
 from .query.searcher import SearchOptions, Searcher, checked_filters
 from .query import tuning
 from .storage import recent_queries, transfer
@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # imported where used: a cold text query needs no decoders, a
     from .media.safe_read import ReadPolicy
     from .text.tower import TextTower
 
-__all__ = ["Classification", "Filters", "Hit", "SearchEngine"]
+__all__ = ["Classification", "Filters", "Hit", "Hits", "SearchEngine"]
 
 T = TypeVar("T")
 
@@ -204,7 +204,7 @@ class SearchEngine:
         self, text: str | Sequence[str] | None = None, *, image: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
         negative: str | Sequence[str] | None = None, k: int = 10, tag: str | None = None, type: str | None = None, filters: Filters | None = None,
         sort: str | None = None, min_score: float | None = None, all_ranked: bool = False, limit: int | None = None, **filter_values: Any,
-    ) -> list[Hit]:
+    ) -> Hits:
         """Top-k files by cosine similarity to the query: texts and images (one or a list, each may
         carry a weight as "2::beach") less the negatives. The options (a tag, a type, filters or
         their fields, sort by date, min_score, all_ranked and its limit) are SearchOptions' (query/searcher.py)."""
@@ -215,7 +215,7 @@ class SearchEngine:
     def search_vector(
         self, vector: np.ndarray | Sequence[float], *, k: int = 10, tag: str | None = None, type: str | None = None, filters: Filters | None = None,
         sort: str | None = None, min_score: float | None = None, all_ranked: bool = False, limit: int | None = None, **filter_values: Any,
-    ) -> list[Hit]:
+    ) -> Hits:
         """search() for a query embedding made elsewhere, (d,) or (1, d) (stored_vector's, a client's); normalised here."""
         options = SearchOptions.checked(k=k, tag=tag, type=type, filters=filters, sort=sort, min_score=min_score, all_ranked=all_ranked, limit=limit,
                                         filter_values=filter_values)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -30,31 +31,65 @@ _MIN_SD_BINS = 0.5  # a component is at least half a bin wide (identical scores 
 
 @dataclass(frozen=True)
 class Cutoff:
-    """The verdict on one query's scores: images scoring at least `threshold` are relevant.
-    threshold is +inf when nothing stands out, -inf when there were too few scores to judge;
-    components: the (weight, mean, sd) of the chosen mixture, lowest mean first."""
+    """The verdict on one query's scores: files scoring at least `threshold` are relevant.
+
+    threshold is +inf when nothing stands out, -inf when there were too few scores to judge.
+    judged: how many files' scores were judged; kept: how many pass; best: the highest score;
+    bulk: (median, spread) of the scores judged irrelevant (the spread a robust standard
+    deviation); method: "scores" (judged from the scores), "min-score" or "too few scores";
+    reason: one line on how the threshold was chosen."""
 
     threshold: float
-    components: tuple[tuple[float, float, float], ...]
-    method: str  # "mixture", "too few scores" or "min-score"
+    method: str
+    judged: int = 0
+    kept: int = 0
+    best: float = math.nan
+    bulk: tuple[float, float] = (math.nan, math.nan)
+    reason: str = ""
 
     def relevant(self, scores: np.ndarray) -> np.ndarray:
         return np.asarray(scores) >= self.threshold
 
-    def describe(self) -> str:
+    def summary(self) -> str:
+        """What was kept, in words: "42 of 18,234 stand out (score >= 0.712)", or why nothing was,
+        with the figures that decided it and what to try."""
+        if self.method == "too few scores":
+            return f"all {self.judged:,} kept: too few to judge which stand out"
         if self.method == "min-score":
-            return f"score >= {self.threshold:.4f} (--min-score)"
-        if self.threshold == -math.inf:
-            return "too few images to model the scores: all are kept"
-        if self.threshold == math.inf:
-            return f"nothing stands out from the {len(self.components)}-group mixture of scores"
-        w, m, sd = self.components[-1]
-        return f"score >= {self.threshold:.4f}: the top group of {len(self.components)} (mean {m:.3f}, sd {sd:.3f}, {w:.1%} of images)"
+            return f"{self.kept:,} of {self.judged:,} score >= {self.threshold:.3f} (--min-score)"
+        if self.kept:
+            return f"{self.kept:,} of {self.judged:,} stand out (score >= {self.threshold:.3f})"
+        median, spread = self.bulk
+        others = f"the other {self.judged - 1:,} around {median:.2f} ± {spread:.2f}" if self.judged > 1 else "no others"
+        return f"nothing stands out: best {self.best:.2f}, {others}; use --min-score {math.floor(self.best * 100) / 100:.2f} or -k"
+
+    def describe(self) -> str:
+        """summary() and how the threshold was chosen (--explain-cutoff, the log)."""
+        return f"{self.summary()}; {self.reason}" if self.reason else self.summary()
+
+    def as_dict(self) -> dict[str, Any]:
+        """The verdict for JSON (the HTTP API's "cutoff" object); an infinite threshold is null."""
+        return {
+            "method": self.method, "threshold": self.threshold if math.isfinite(self.threshold) else None,
+            "judged": self.judged, "kept": self.kept, "best": None if math.isnan(self.best) else round(self.best, 4),
+            "bulk_median": None if math.isnan(self.bulk[0]) else round(self.bulk[0], 4),
+            "bulk_spread": None if math.isnan(self.bulk[1]) else round(self.bulk[1], 4),
+            "summary": self.summary(), "reason": self.reason,
+        }
 
 
-def fixed_cutoff(min_score: float) -> Cutoff:
-    """A user's own threshold (--min-score)."""
-    return Cutoff(float(min_score), (), "min-score")
+def fixed_cutoff(min_score: float, scores: np.ndarray | None = None) -> Cutoff:
+    """A user's own threshold (--min-score), with what it keeps of scores when given."""
+    s = np.asarray([] if scores is None else scores, dtype=np.float64)
+    return Cutoff(float(min_score), "min-score", len(s), int((s >= min_score).sum()), float(s.max()) if len(s) else math.nan, _bulk(s[s < min_score]))
+
+
+def _bulk(s: np.ndarray) -> tuple[float, float]:
+    """(median, robust standard deviation from the interquartile range) of s."""
+    if not len(s):
+        return (math.nan, math.nan)
+    q1, median, q3 = np.quantile(s, (0.25, 0.5, 0.75))
+    return (float(median), float(q3 - q1) / 1.349)
 
 
 def cutoff(scores: np.ndarray, *, seed: int = 0) -> Cutoff:
@@ -62,10 +97,16 @@ def cutoff(scores: np.ndarray, *, seed: int = 0) -> Cutoff:
     s = np.asarray(scores, dtype=np.float64).ravel()
     s = s[np.isfinite(s)]
     if len(s) < MIN_SCORES:
-        return Cutoff(-math.inf, (), "too few scores")
+        return Cutoff(-math.inf, "too few scores", len(s), len(s), float(s.max()) if len(s) else math.nan)
+    threshold = _mixture_threshold(s, seed)
+    kept = s >= threshold
+    return Cutoff(threshold, "scores", len(s), int(kept.sum()), float(s.max()), _bulk(s[~kept]), "")
+
+
+def _mixture_threshold(s: np.ndarray, seed: int) -> float:
     lo, hi = float(s.min()), float(s.max())
     if hi - lo < 1e-9:
-        return Cutoff(math.inf, ((1.0, lo, 0.0),), "mixture")
+        return math.inf
     counts, edges = np.histogram(s, bins=BINS, range=(lo, hi))
     keep = counts > 0
     x, c = ((edges[:-1] + edges[1:]) / 2)[keep], counts[keep].astype(np.float64)
@@ -89,12 +130,12 @@ def cutoff(scores: np.ndarray, *, seed: int = 0) -> Cutoff:
     weights, means, variances = weights[order], means[order], variances[order]
     components = tuple((float(w), float(m), float(math.sqrt(v))) for w, m, v in zip(weights, means, variances))
     if len(means) == 1:
-        return Cutoff(math.inf, components, "mixture")
+        return math.inf
     top = len(means) - 1
     separation = (means[top] - means[top - 1]) / math.sqrt(variances[top] + variances[top - 1])
     if weights[top] > MAX_SHARE or separation < MIN_SEPARATION:
-        return Cutoff(math.inf, components, "mixture")
-    return Cutoff(_crossing(weights, means, variances, top), components, "mixture")
+        return math.inf
+    return _crossing(weights, means, variances, top)
 
 
 def _crossing(weights: np.ndarray, means: np.ndarray, variances: np.ndarray, top: int) -> float:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -54,6 +54,15 @@ class Hit:
         if self.box is not None:
             return "box=" + ",".join(str(int(v)) for v in self.box)
         return None
+
+
+class Hits(list):
+    """A search's hits (a list of Hit), with the relevance cut-off's verdict when one judged them
+    (sort or all_ranked with a query): cutoff.summary() says in words what it kept and why."""
+
+    def __init__(self, hits: Iterable[Hit] = (), cutoff: Cutoff | None = None) -> None:
+        super().__init__(hits)
+        self.cutoff = cutoff
 
 
 def query_vector(

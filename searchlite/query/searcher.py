@@ -18,7 +18,7 @@ from ..storage.vector_index import VectorIndex
 from . import relevance
 from .filters import Filters
 from .relevance import fixed_cutoff
-from .search import SORTS, Hit, list_by_date, query_vector, rank_all, search
+from .search import SORTS, Hit, Hits, list_by_date, query_vector, rank_all, search
 from .terms import parse_terms
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ class Searcher:
         self.recent = recent
         self.save_recent = save_recent
 
-    def search(self, text: list[str], image: list[str], negative: list[str], options: SearchOptions) -> list[Hit]:
+    def search(self, text: list[str], image: list[str], negative: list[str], options: SearchOptions) -> Hits:
         """Top-k files by cosine similarity to the query (a file with several vectors, such as a
         video's shots or an image's regions, by its best one, named in the hit's time or box).
         A term may carry a weight as "2::beach" (a number and a double colon; a single colon is
@@ -117,15 +117,15 @@ class Searcher:
             if options.type is not None:
                 kinds = self.store.file_kinds(int(i) for i in files)
                 files = np.array([i for i in files if kinds.get(int(i), "image") == options.type], dtype=np.int64)
-            return list_by_date(self.store, files, options.sort, options.limit)
+            return Hits(list_by_date(self.store, files, options.sort, options.limit))
         among = self._among(options)
         terms = parse_terms(text, image, negative)
         if among is not None and not len(among):
-            return []
+            return Hits()
         query = query_vector(terms, self.models.embed_text, lambda paths: self.files.embed_all(paths, "query image"))
         return self._ranked(query, among, options)
 
-    def search_vector(self, vector: np.ndarray | Sequence[float], options: SearchOptions) -> list[Hit]:
+    def search_vector(self, vector: np.ndarray | Sequence[float], options: SearchOptions) -> Hits:
         """Hits for a query embedding made elsewhere, (d,) or (1, d); normalised here."""
         query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
         if query.shape[1] != self.vectors.dim or not np.all(np.isfinite(query)):
@@ -135,21 +135,21 @@ class Searcher:
             raise InvalidQueryError("a query embedding must not be all zeros")
         among = self._among(options)
         if among is not None and not len(among):
-            return []
+            return Hits()
         return self._ranked(np.ascontiguousarray(query / norm), among, options)
 
-    def _ranked(self, query: np.ndarray, among: np.ndarray | None, options: SearchOptions) -> list[Hit]:
+    def _ranked(self, query: np.ndarray, among: np.ndarray | None, options: SearchOptions) -> Hits:
         if self.recent is not None and self.recent.add(query) and self.save_recent:
             self.recent.save()
         if options.sort is None and not options.all_ranked:
             hits = search(self.store, self.vectors, query, options.k, among)
-            return hits if options.min_score is None else [h for h in hits if h.score >= options.min_score]
+            return Hits(hits if options.min_score is None else [h for h in hits if h.score >= options.min_score])
         min_score = options.min_score
-        decide = (lambda _: fixed_cutoff(min_score)) if min_score is not None else relevance.cutoff
+        decide = (lambda scores: fixed_cutoff(min_score, scores)) if min_score is not None else relevance.cutoff
         hits, verdict = rank_all(self.store, self.vectors, query, decide, among, keep_irrelevant=options.all_ranked, sort=options.sort,
                                  limit=options.limit)
         log.info("relevance: %s", verdict.describe())
-        return hits
+        return Hits(hits, verdict)
 
     def _among(self, options: SearchOptions) -> np.ndarray | None:
         """The FAISS ids to search among: the vectors of the files carrying the tag, matching the
