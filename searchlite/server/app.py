@@ -24,7 +24,7 @@ from ..media.safe_read import OpenedFile, open_checked
 from ..output import hit_json
 from .files import OpenedFileResponse
 from .knn import knn_router
-from .queries import Query, UploadedImages, run_query
+from .queries import Answer, Query, UploadedImages, run_query
 from .responses import JSON, error
 from .security import Guard
 from .settings import ServerSettings, thumbnail_dir
@@ -48,6 +48,10 @@ _TYPES = {
 BROWSER_IMAGES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp", "image/avif"})
 HEADER_BYTES = 65536  # as indexing reads them: a TIFF-based RAW is told by its first directory
 EXPLAIN_WAIT_S = 10.0  # an explain request waits this long for one running to finish, then gets 503
+SORT_HELP = ("date (oldest first) or -date (newest first): every image the query is relevant to, by capture time, a page of k at a time; "
+             "the answer then holds total (every page together) and, with a query, cutoff: the relevance cut-off's verdict")
+MIN_SCORE_HELP = ("relevant means a score of at least this (-1..1): with sort, instead of the cut-off's own verdict; "
+                  "without, top-k hits scoring less are dropped")
 
 
 def media_type(header: bytes, name: str | None = None) -> str:
@@ -152,6 +156,15 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
             record["view"] += f"#t={hit.time:.2f}"
         return record
 
+    def answer_record(request: Request, answer: Answer) -> dict[str, Any]:
+        """A page of hits; with sort, how many there are in all, and the cut-off's verdict in cutoff."""
+        record: dict[str, Any] = {"hits": [hit_record(request, h) for h in answer.hits]}
+        if answer.total is not None:
+            record["total"] = answer.total
+        if answer.cutoff is not None:
+            record["cutoff"] = answer.cutoff.as_dict()
+        return record
+
     @app.get("/api/search", summary="Search by text, an uploaded image's key, or an indexed image (like)")
     def search_get(
         request: Request,
@@ -168,13 +181,14 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
         path: Annotated[Optional[str], Q(max_length=4096, description="under this folder, or matching this glob")] = None,
         near: Annotated[Optional[str], Q(max_length=100, description="LAT,LON[,KM]")] = None,
         place: Annotated[Optional[str], Q(max_length=200, description="a city's name, resolved offline")] = None,
-        sort: Annotated[Optional[Literal["date", "-date"]], Q(description="every relevant image by capture time")] = None,
-        type_: Annotated[Optional[str], Q(alias="type", max_length=10, description="only image or video files")] = None,
+        sort: Annotated[Optional[Literal["date", "-date"]], Q(description=SORT_HELP)] = None,
+        type_: Annotated[Optional[str], Q(alias="type", max_length=10, description="image or video: only files of that kind")] = None,
+        min_score: Annotated[Optional[float], Q(ge=-1, le=1, description=MIN_SCORE_HELP)] = None,
     ) -> JSON:
         filters = {"after": after, "before": before, "camera": camera, "path": path, "near": near, "place": place}
-        query = Query(text=q, negatives=not_, tag=tag or None, like=like, image=image, k=k, offset=offset, filters=filters, sort=sort, type=type_ or None)
-        hits = run_query(engine, uploads, query)
-        return JSON({"hits": [hit_record(request, h) for h in hits]})
+        query = Query(text=q, negatives=not_, tag=tag or None, like=like, image=image, k=k, offset=offset, filters=filters, sort=sort, type=type_ or None,
+                      min_score=min_score)
+        return JSON(answer_record(request, run_query(engine, uploads, query)))
 
     @app.post("/api/search", summary="Search by an uploaded image (multipart), with the same fields")
     async def search_post(
@@ -194,15 +208,17 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
         place: Annotated[Optional[str], Form(max_length=200)] = None,
         sort: Annotated[Optional[Literal["date", "-date"]], Form()] = None,
         type_: Annotated[Optional[str], Form(alias="type", max_length=10)] = None,
+        min_score: Annotated[Optional[float], Form(ge=-1, le=1)] = None,
     ) -> JSON:
         key = None
         if image is not None:
             data = await image.read()
             key = await run_in_threadpool(uploads.add, data)
         filters = {"after": after, "before": before, "camera": camera, "path": path, "near": near, "place": place}
-        query = Query(text=q, negatives=not_, tag=tag or None, like=like, image=key, k=k, offset=offset, filters=filters, sort=sort, type=type_ or None)
-        hits = await run_in_threadpool(run_query, engine, uploads, query)
-        return JSON({"hits": [hit_record(request, h) for h in hits], "image_key": key})
+        query = Query(text=q, negatives=not_, tag=tag or None, like=like, image=key, k=k, offset=offset, filters=filters, sort=sort, type=type_ or None,
+                      min_score=min_score)
+        answer = await run_in_threadpool(run_query, engine, uploads, query)
+        return JSON(answer_record(request, answer) | {"image_key": key})
 
     # --- files, by indexed id only ----------------------------------------------------------------
 

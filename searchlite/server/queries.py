@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import ImageDecodeError, InvalidQueryError, NotFoundError, PathNotFoundError
+from .. import ImageDecodeError, InvalidInputError, InvalidQueryError, NotFoundError, PathNotFoundError
 from ..query.terms import combine
 
 MAX_K = 500
@@ -38,6 +38,16 @@ class Query:
     filters: dict[str, str] = field(default_factory=dict)
     sort: str | None = None  # "date" / "-date": every relevant image by capture time
     type: str | None = None  # "image" or "video": only such files
+    min_score: float | None = None  # relevant means score >= this (instead of the cut-off's verdict)
+
+
+@dataclass
+class Answer:
+    """One page of a query's hits, and what judged them."""
+
+    hits: list[Any]  # ranks offset .. offset+k (by capture time with sort)
+    cutoff: Any = None  # the relevance cut-off's verdict (query.relevance.Cutoff) where one judged the hits
+    total: int | None = None  # with sort: how many hits every page together holds
 
 
 class UploadedImages:
@@ -78,8 +88,8 @@ class UploadedImages:
             return vector
 
 
-def run_query(engine: Any, uploads: UploadedImages, query: Query) -> list[Any]:
-    """The hits of query, best first: ranks offset .. offset+k."""
+def run_query(engine: Any, uploads: UploadedImages, query: Query) -> Answer:
+    """The hits of query, best first (by capture time with sort): ranks offset .. offset+k."""
     if not 1 <= query.k <= MAX_K:
         raise InvalidQueryError(f"k must be between 1 and {MAX_K}, got {query.k}")
     if not 0 <= query.offset <= MAX_OFFSET:
@@ -88,13 +98,15 @@ def run_query(engine: Any, uploads: UploadedImages, query: Query) -> list[Any]:
     for value in (query.text, query.tag, query.image, *query.negatives, *filters.values()):
         if value is not None and "\0" in value:
             raise InvalidQueryError("the query contains a NUL character")
+    _check_each(engine, filters)
     text = (query.text or "").strip() or None
     negatives = [n.strip() for n in query.negatives if n and n.strip()]
     wanted = query.offset + query.k
+    options = {"k": wanted, "tag": query.tag, "type": query.type, "sort": query.sort, "min_score": query.min_score, **filters}
     if query.like is None and query.image is None:
         if text is None and query.sort is None:
             raise InvalidQueryError("the query is empty: give a text, an image or an image to find more like")
-        hits = engine.search(text, negative=negatives, k=wanted, tag=query.tag, type=query.type, sort=query.sort, **filters)
+        hits = engine.search(text, negative=negatives, **options)
     else:
         # the library's own rule (query/terms.combine): unit vectors summed, negatives subtracted, re-normalised
         parts: list[np.ndarray] = []
@@ -114,5 +126,15 @@ def run_query(engine: Any, uploads: UploadedImages, query: Query) -> list[Any]:
         if negatives:
             parts.extend(engine.embed_text(negatives))
         total = combine(np.vstack(parts), weights)
-        hits = engine.search_vector(total, k=wanted, tag=query.tag, type=query.type, sort=query.sort, **filters)
-    return hits[query.offset :]
+        hits = engine.search_vector(total, **options)
+    # a by-date listing holds every relevant file, not a top-k: each request is one page of it
+    return Answer(hits[query.offset : wanted], getattr(hits, "cutoff", None), len(hits) if query.sort else None)
+
+
+def _check_each(engine: Any, filters: dict[str, str]) -> None:
+    """Each filter checked alone first, so that a bad value's message names its parameter."""
+    for name, value in filters.items():
+        try:
+            engine.filters(**{name: value})
+        except InvalidInputError as e:
+            raise InvalidInputError(f"{name}: {e}") from None
