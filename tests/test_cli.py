@@ -353,4 +353,4 @@ def test_an_unknown_precision_is_bad_input_with_the_flag_hint(cli, photos: Path,
     config, checkpoint = tiny_model
     result = cli("index", photos, "--model", config, "--pretrained", checkpoint, "--precision", "fp8")
     assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
-    assert result.stderr == "searchlite: error: precision fp8: use one of auto, fp32, bf16, fp16; use --precision auto|fp32|bf16|fp16\n"
+    assert result.stderr == "searchlite: error: precision fp8: use one of auto, fp32, int8, bf16, fp16; use --precision auto|fp32|int8|bf16|fp16\n"

@@ -34,7 +34,12 @@ def index(
     ] = False,
     # checked by the library (its message carries the --precision hint), as library users get it
     precision: Annotated[
-        Optional[str], typer.Option(metavar="auto|fp32|bf16|fp16", help="Image tower precision; auto keeps fp32 unless the hardware has fast fp16/bf16 that matches it. [default: auto]")
+        Optional[str],
+        typer.Option(
+            metavar="auto|fp32|int8|bf16|fp16",
+            help="Image tower precision; auto: on a CPU int8 once it has matched fp32 on a sample of your photos (an index keeps "
+            "its precision), on a GPU fp16/bf16 where it matches fp32. [default: auto]",
+        ),
     ] = None,
     ray: Annotated[
         Optional[str],

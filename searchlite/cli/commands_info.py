@@ -54,6 +54,7 @@ def describe_info(facts: dict[str, Any]) -> str:
         *_raw_sibling_row(facts),
         ("model", facts["model"] or "none yet (the first index run records it)"),
         ("dimensions", str(facts["dim"] or "none yet")),
+        *_tower_row(facts.get("image_tower")),
         ("database", human_size(facts["database_bytes"])),
         ("vectors", f"{human_size(facts['vectors_bytes'])}, " + _SEARCH_KINDS.get(facts["vector_index"], facts["vector_index"])),
         ("tags", tags),
@@ -62,6 +63,14 @@ def describe_info(facts: dict[str, Any]) -> str:
     ]
     width = max(len(key) for key, _ in rows) + 2
     return "".join(f"{key + ':':<{width}}{value}\n" for key, value in rows)
+
+
+def _tower_row(tower: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """info's line on the image tower that encoded the vectors, and a mix of precisions."""
+    if not tower:
+        return []
+    mixed = f"; mixed: vectors from the {' and '.join(tower['precisions'])} towers (index into a new index for one)" if tower["mixed"] else ""
+    return [("image tower", tower["description"] + mixed)]
 
 
 def _raw_sibling_row(facts: dict[str, Any]) -> list[tuple[str, str]]:

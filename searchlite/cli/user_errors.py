@@ -41,7 +41,7 @@ _HINTS = {
     "offline with --model searchlite-shapes (a demo model that knows four colours and three shapes)",
     "model": "drop --model/--pretrained to use the index's model, or pass --index NEW_DIR to build a separate index with this one",
     "device": "pass --device cpu",
-    "precision": "use --precision auto|fp32|bf16|fp16",
+    "precision": "use --precision auto|fp32|int8|bf16|fp16",
     "token": f"pass --token SECRET (or set {TOKEN_ENV})",
     "labels": "e.g. --labels cat,dog,car",
     "probe": "make one with `searchlite probe train`",

@@ -17,12 +17,14 @@ from ..media import video
 from ..media.decode_worker import DecodeCancelled, DecodePool
 from ..media.embed_files import decode_options
 from ..media.metadata import ImageMetadata
+from ..models import int8
 from ..storage.store import VectorPart
 from .scanner import FileInfo
 
 if TYPE_CHECKING:
     from ..models.encoder import ImageEncoder
     from ..models.hub import ModelHub
+    from .tower_choice import TowerChoice
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +92,16 @@ class LocalEncoding:
 
     videos = True
 
-    def __init__(self, models: ModelHub, settings: IndexSettings, decoders: DecodePool, *, start: bool = True) -> None:
+    def __init__(
+        self, models: ModelHub, settings: IndexSettings, decoders: DecodePool, *, start: bool = True, choice: TowerChoice | None = None,
+    ) -> None:
+        """choice: the run's image tower; while it is judging int8, the first batches are held
+        until int8.SAMPLE inputs are in (or the run ends), then judged and encoded together."""
         # region vectors come from the torch model's grid features (models/dense.py)
         self.get_encoder: Callable[[], ImageEncoder] = models.load_model if settings.regions else models.image_encoder
         self.settings = settings
+        self.choice = choice
+        self._held: list[list[Prepared]] = []  # batches waiting for the choice
         self.device: str | None = None  # the model's, once it is loaded
         self.decoders = decoders
         if start:
@@ -112,7 +120,7 @@ class LocalEncoding:
         return 1 if (self.device or "cpu").startswith("cuda") or self.decoders.background else 0
 
     def batches_in_flight(self) -> int:
-        return 0  # encoded when submitted
+        return len(self._held)  # encoded when submitted, but while the tower is judged
 
     def prepare(self, p: Prepared, data: bytes) -> Prepared:
         """Decode (in a child process) and preprocess; raises only when the model cannot be loaded."""
@@ -160,10 +168,38 @@ class LocalEncoding:
 
     def submit(self, batch: list[Prepared]) -> Callable[[], None]:
         """Own vectors of the files to encode; a video's shots and an image's regions go to its parts."""
-        inputs = [t for p in batch for t in (p.frame_tensors or [p.tensor])]
+        if self.choice is not None and self.choice.judging:
+            self._held.append(batch)
+            if sum(p.n_inputs for held in self._held for p in held) >= int8.SAMPLE:
+                self._judge()
+            return self._judge  # the run ends before the sample is full: judged on what came
         encoder = self.get_encoder()
+        if self.choice is not None:
+            self.choice.record(encoder.precision)
+        self._assign(batch, self._encode(encoder, [t for p in batch for t in (p.frame_tensors or [p.tensor])]))
+        return lambda: None
+
+    def _judge(self) -> None:
+        """Judge int8 on the held batches' inputs (TowerChoice.judge) and set their vectors."""
+        if not self._held:
+            return
+        held, self._held = [p for batch in self._held for p in batch], []
+        assert self.choice is not None
+        inputs = [t for p in held for t in (p.frame_tensors or [p.tensor])]
+        judged, verdict = self.choice.judge(inputs)
+        self.choice.record(verdict.precision)
+        done = 0 if judged is None else len(judged)
+        rest = self._encode(self.get_encoder(), inputs[done:]) if done < len(inputs) else None
+        parts = [v for v in (judged, rest) if v is not None]
+        self._assign(held, np.concatenate(parts))
+
+    def _encode(self, encoder: ImageEncoder, inputs: list[Any]) -> np.ndarray:
         step = self.batch_size()
-        encoded = np.concatenate([encoder.encode_images(inputs[i : i + step]) for i in range(0, len(inputs), step)])
+        return np.concatenate([encoder.encode_images(inputs[i : i + step]) for i in range(0, len(inputs), step)])
+
+    def _assign(self, batch: list[Prepared], encoded: np.ndarray) -> None:
+        """Set each file's vectors from encoded, the vectors of its inputs in order."""
+        encoder = self.get_encoder()
         offset = 0
         for p in batch:
             if p.frame_tensors:
@@ -179,7 +215,6 @@ class LocalEncoding:
                 if p.region_image is not None:
                     p.parts = self._regions(encoder, p.region_image, p.width or 0, p.height or 0)
                     p.region_image = None
-        return lambda: None
 
     def _regions(self, encoder: Any, image: Any, width: int, height: int) -> list[VectorPart]:
         """Region vectors of a picture, boxes in pixels of the oriented original (width x height)."""

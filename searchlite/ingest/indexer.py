@@ -34,6 +34,7 @@ from ..storage.vector_index import VectorIndex
 from . import scanner
 from .encoding import EncodeStage, LocalEncoding, Prepared
 from .scanner import FileInfo
+from .tower_choice import TowerChoice
 
 if TYPE_CHECKING:
     from ..models.hub import ModelHub
@@ -114,8 +115,10 @@ class Indexer:
     ) -> None:
         """vectors: the index's FAISS vectors, kept in line with the store and saved to cache now
         and then (settings.snapshot_interval_s). stage: makes the EncodeStage of a run that has
-        files to read, given the run's decoder processes (LocalEncoding by default)."""
+        files to read, given the run's decoder processes (LocalEncoding by default, which may
+        judge the int8 image tower on the run's first images: tower_choice.py)."""
         self.exclude = exclude
+        self.own_stage = stage is None
         self.make_stage = stage or (lambda decoders: LocalEncoding(models, settings, decoders))
         self.store = store
         self.vectors = vectors
@@ -253,8 +256,14 @@ class _Run:
         # a run of several batches decodes the next while the model encodes one (see chunks_ahead)
         background = len(work) > settings.batch_size_on("cpu")
         decoders = self.decoders = DecodePool(settings.workers, settings.decode_timeout_s, settings.decoder_memory_limit, background=background)
+        choice = TowerChoice.start(self.ix.models, self.ix.store, settings, len(work), can_judge=self.ix.own_stage)
+        choice.apply()
         stage = self.stage = self.ix.make_stage(decoders)
-        self.local = stage if stage.videos else LocalEncoding(self.ix.models, settings, decoders, start=False)
+        if isinstance(stage, LocalEncoding):
+            stage.choice = choice
+        else:  # encoded elsewhere, by the tower the hub gives it
+            choice.record(self.ix.models.image_encoder().precision)
+        self.local = stage if stage.videos else LocalEncoding(self.ix.models, settings, decoders, start=False, choice=choice)
         pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="searchlite-decode")
         try:
             done = 0

@@ -48,7 +48,7 @@ START_TIMEOUT_S = 600.0  # for a first actor to start (a process, loading the mo
 START_GRACE_S = 60.0  # then for the others (those the cluster has no room for now are dropped)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
-# A model for the actors: {"kind": "tower", "key", "folder", "files": [ObjectRef]} or
+# A model for the actors: {"kind": "tower", "key", "folder", "names", "format", "files": [ObjectRef]} or
 # {"kind": "torch", "spec", "device", "precision"}
 ModelRecipe = dict[str, Any]
 
@@ -207,7 +207,7 @@ class RayEncoding:
         short = [a for a, (loaded, _) in started.items() if not loaded]
         if short:  # the tower's files, sent once through the object store to the actors that lack them
             folder = Path(recipe["folder"])
-            files = ray.put({name: (folder / name).read_bytes() for name in ImageTower.FILES})
+            files = ray.put({name: (folder / name).read_bytes() for name in recipe["names"]})
             loaded = self._each(short, lambda a: a.start_from.remote([files]))  # in a list: not resolved by Ray
             started = {a: v for a, v in started.items() if a in loaded or a not in short}
         self.actors = list(started)
@@ -324,8 +324,8 @@ class EncodeActor:
         """Load the model; (whether it is loaded, whether this worker sees the driver's file at
         path): a tower not in the driver's folder here waits for start_from."""
         if recipe["kind"] == "tower":
-            self.key = recipe["key"]
-            self.encoder = ImageTower.load(Path(recipe["folder"]), self.key, self.threads)
+            self.key, self.names, self.format = recipe["key"], recipe["names"], recipe["format"]
+            self.encoder = self._load_tower(Path(recipe["folder"]))
         else:
             self.encoder = _load_torch(recipe, self.threads)
         return self.encoder is not None, self.can_read(path, digest)
@@ -338,12 +338,16 @@ class EncodeActor:
         try:
             for name, data in ray.get(files[0]).items():
                 (folder / name).write_bytes(data)
-            self.encoder = ImageTower.load(folder, self.key, self.threads)
+            self.encoder = self._load_tower(folder)
         finally:
             shutil.rmtree(folder, ignore_errors=True)  # onnxruntime has read or mapped it
         if self.encoder is None:
             raise RuntimeError("the exported image tower sent by the driver cannot be loaded")
         return True
+
+    def _load_tower(self, folder: Path) -> ImageTower | None:
+        """The driver's exported tower (float32 or int8: the recipe's names and format) in folder."""
+        return ImageTower.load(folder, self.key, self.threads, filename=self.names[0], fmt=self.format)
 
     def can_read(self, path: str, digest: str) -> bool:
         """Whether this worker sees the driver's file at path (same content)."""

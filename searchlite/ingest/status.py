@@ -9,6 +9,8 @@ from typing import Any
 
 from ..config import DB_FILENAME, FAISS_FILENAME
 from ..errors import IndexVersionError
+from ..models.hub import TOWER_RECORD
+from ..models.int8 import Verdict
 from ..models.spec import ModelSpec
 from ..storage.store import FAILED, INDEXED, SKIPPED, Store
 from . import scanner
@@ -41,7 +43,22 @@ def index_info(store: Store, index_dir: Path) -> dict[str, Any]:
         "vector_index": (store.get_info("faiss") or {}).get("kind", "exact"),
         "tags": store.tag_counts(),
         "regions": bool(store.get_info("regions")),
+        "image_tower": _tower_facts(store.get_info(TOWER_RECORD)),
         **_metadata_summary(store),
+    }
+
+
+def _tower_facts(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The image tower the index's vectors come from (ingest/tower_choice.py): its precision, every
+    precision they have come from ("mixed" when more than one), why, and the check's figures."""
+    if not record:
+        return None  # nothing encoded yet, or by a searchlite before the record
+    verdict = record.get("verdict") or {}
+    precisions = record.get("precisions") or [record["precision"]]
+    return {
+        "precision": record["precision"], "precisions": precisions, "mixed": len(precisions) > 1,
+        "reason": verdict.get("reason"), "description": Verdict.from_record(verdict).describe() if verdict else record["precision"],
+        **{k: verdict.get(k) for k in ("images", "from_collection", "min_cosine", "mean_overlap", "seconds") if verdict.get(k) is not None},
     }
 
 

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "int8", "bf16", "fp16")  # int8: the exported tower on a CPU (int8.py)
 
 
 class ImageEncoder(Protocol):
@@ -105,13 +105,14 @@ class ClipEncoder:
 
     def choose_precision(self, requested: str = "auto") -> str:
         """Set the image tower's precision: "fp32", "bf16", "fp16", or "auto" — fp16 on CUDA, bf16
-        on CPUs with native bf16 (AMX, AVX512-BF16), else fp32. A lower precision is kept only if
+        on CPUs with native bf16 (AMX, AVX512-BF16), else fp32 ("int8" is the exported tower's,
+        models/int8.py: this model stays fp32). A lower precision is kept only if
         its embeddings stay at cosine >= 0.999 with fp32 on a test batch. Returns the choice."""
         import torch
 
         if requested not in PRECISIONS:
             raise InvalidInputError(f"precision {requested}: use one of {', '.join(PRECISIONS)}", setting="precision")
-        candidate = requested
+        candidate = "fp32" if requested == "int8" else requested  # int8 is the exported tower's; torch stays the fp32 reference
         if requested == "auto":
             capability = torch.backends.cpu.get_cpu_capability()
             native_bf16 = "AMX" in capability or "BF16" in capability

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+TOWER_RECORD = "image_tower"  # index_info: the image tower of the index's vectors (ingest/tower_choice.py)
+
 EncoderFactory = Callable[[ModelSpec, "str | None"], ClipEncoder]
 
 
@@ -76,6 +78,7 @@ class ModelHub:
         self._tower_checked = False  # whether an exported text tower has been looked for
         self._text_cache = TextCache()
         self.load_seconds = 0.0  # spent loading the model in this process
+        self._precision: str | None = None  # of the image tower, once an index run chose it (use_precision)
 
     @classmethod
     def of_index(
@@ -128,6 +131,51 @@ class ModelHub:
             if self._image_encoder is None:
                 self._image_encoder = self._image_tower() or self.load_model()
             return self._image_encoder
+
+    def image_precision(self) -> str:
+        """The image tower this hub encodes with on a CPU: "int8" when asked for (--precision int8),
+        or when the index's vectors are int8 (auto keeps an index's precision, so that its vectors
+        never mix silently) or an index run chose it (use_precision); else "fp32"."""
+        if self._precision is not None:
+            return self._precision
+        if self.settings.precision == "int8":
+            return "int8"
+        recorded = self.record.get_info(TOWER_RECORD) or {}
+        return "int8" if self.settings.precision == "auto" and recorded.get("precision") == "int8" else "fp32"
+
+    def use_precision(self, precision: str) -> None:
+        """Encode images with the "int8" or "fp32" exported tower from now on (an index run's
+        choice, ingest/tower_choice.py); loaded when next needed."""
+        with self._lock:
+            self._precision = precision
+            if getattr(self._image_encoder, "precision", precision) != precision:
+                self._image_encoder = None
+
+    def exports_image_tower(self) -> bool:
+        """Whether images are encoded by a tower exported to the cache (so int8 is possible):
+        a model the hub loads itself, on a CPU, not asked for bf16 or fp16."""
+        return self.own_model and surely_cpu(self.device) and self.settings.precision in ("auto", "fp32", "int8")
+
+    def int8_towers(self) -> tuple[ImageTower, ImageTower] | None:
+        """(the fp32 tower, the int8 one) to judge against each other, the int8 one quantized the
+        first time; None where either cannot be had."""
+        from . import int8
+        from .image_tower import ImageTower
+
+        with self._lock:
+            fp32 = self._image_encoder if getattr(self._image_encoder, "precision", None) == "fp32" else self._fp32_tower()
+            if not isinstance(fp32, ImageTower):
+                return None
+            started = time.monotonic()
+            quantized = int8.tower(model_cache_dir(self.key()), self.key())
+            self.load_seconds += time.monotonic() - started
+            return None if quantized is None else (fp32, quantized)
+
+    def int8_verdict(self) -> Any:
+        """The verdict kept in the cache on this model's int8 tower (int8.Verdict), if judged."""
+        from . import int8
+
+        return int8.cached_verdict(model_cache_dir(self.key())) if self.exports_image_tower() else None
 
     def image_batch_size(self) -> int:
         """Images per batch on the image encoder's device (a CPU's until it is loaded)."""
@@ -198,10 +246,33 @@ class ModelHub:
             log.info("cannot move %s to %s: %s", legacy, target.parent, e.strerror or e)
 
     def _image_tower(self) -> ImageTower | None:
+        """The exported tower of image_precision(); None where images are encoded by torch."""
+        from . import int8
+
+        if not self.exports_image_tower():
+            if self.settings.precision == "int8":
+                raise InvalidInputError("precision int8 runs on a CPU, with a model searchlite loads itself: pass --device cpu", setting="precision")
+            return None
+        key = self.key()
+        if self.image_precision() == "int8":
+            started = time.monotonic()
+            tower = int8.load(model_cache_dir(key), key)
+            if tower is not None:
+                self.load_seconds += time.monotonic() - started
+                self.record_model(tower.embed_dim)
+                return tower
+            if (towers := self.int8_towers()) is not None:
+                return towers[1]
+            if self.settings.precision == "int8":
+                raise InvalidInputError("precision int8 needs the model's exported image tower, which this model does not allow", setting="precision")
+            log.warning("the int8 image tower cannot be made: encoding in fp32")
+        return self._fp32_tower()
+
+    def _fp32_tower(self) -> ImageTower | None:
+        """The float32 tower exported to the cache (exported the first time); None for models the
+        export does not cover."""
         from .image_tower import ImageTower, export_image_tower
 
-        if not (self.own_model and surely_cpu(self.device) and self.settings.precision in ("auto", "fp32")):
-            return None
         key = self.key()
         folder = model_cache_dir(key)
         started = time.monotonic()
@@ -228,10 +299,13 @@ class ModelHub:
         torch_model = {"kind": "torch", "spec": self.spec, "precision": self.settings.precision}
         if gpu:
             return {**torch_model, "device": "cuda"}
+        from . import image_tower, int8
+
         encoder = self.image_encoder()
         folder = model_cache_dir(self.key())
-        if isinstance(encoder, ImageTower) and all((folder / name).exists() for name in ImageTower.FILES):
-            return {"kind": "tower", "key": self.key(), "folder": str(folder)}
+        export = (int8.FILES, int8.FORMAT) if encoder.precision == "int8" else (ImageTower.FILES, image_tower.FORMAT)
+        if isinstance(encoder, ImageTower) and all((folder / name).exists() for name in export[0]):
+            return {"kind": "tower", "key": self.key(), "folder": str(folder), "names": list(export[0]), "format": export[1]}
         return {**torch_model, "device": "cpu"}
 
     def record_model(self, dim: int) -> None:

@@ -50,7 +50,6 @@ class ImageTower:
     ClipEncoder: what indexing and query images need from a model. Safe to call from many threads."""
 
     device = "cpu"
-    precision = "fp32"
     FILES = (FILENAME, WEIGHTS)  # what an export is made of
     # the preprocessing is always open_clip's usual one (export_image_tower refuses others)
     crops_center = True
@@ -70,13 +69,20 @@ class ImageTower:
         self.logit_scale: float = float(meta["logit_scale"])
         self._mean = np.asarray(meta["mean"], dtype=np.float32).reshape(1, 3, 1, 1)
         self._std = np.asarray(meta["std"], dtype=np.float32).reshape(1, 3, 1, 1)
+        self.precision: str = meta.get("precision", "fp32")  # of its matrix products: "fp32", or "int8" (int8.py)
+        self.meta = meta
 
     @classmethod
-    def load(cls, folder: Path, model_key: str, threads: int | None = None) -> ImageTower | None:
+    def load(
+        cls, folder: Path, model_key: str, threads: int | None = None, *, filename: str = FILENAME, fmt: str = FORMAT,
+        source: str | None = None,
+    ) -> ImageTower | None:
         """The exported tower of model_key in folder; None when there is none. A file that belongs to
         another model or cannot be loaded is reported (once, here) and also gives None: the caller
-        exports it again. threads: onnxruntime's, when not one per core (a Ray actor's share)."""
-        path = folder / FILENAME
+        exports it again. threads: onnxruntime's, when not one per core (a Ray actor's share).
+        filename, fmt: another export of the tower (int8.py's), whose metadata must name source,
+        the float32 export it was made from."""
+        path = folder / filename
         if not path.exists():
             return None
         try:
@@ -85,8 +91,11 @@ class ImageTower:
             # the prepacked one, which encodes 10-25% faster, is built when a run has many images
             session = _session(path, threads, prepack=False)
             meta = json.loads(session.get_modelmeta().custom_metadata_map.get("searchlite", "{}"))
-            if meta.get("format") != FORMAT or meta.get("model") != model_key:
+            if meta.get("format") != fmt or meta.get("model") != model_key:
                 raise ValueError("it was exported for another model")
+            if source is not None and meta.get("source") != source:  # the float32 tower was exported again
+                log.info("%s was made from another export of the float32 tower: making it again", path)
+                return None
             return cls(session, meta, faster=lambda: _session(path, threads))
         except Exception as e:  # noqa: BLE001 - damaged or foreign: exporting it again mends it
             log.warning("the exported image tower %s is unusable (%s); exporting it again from the weights", path, _first_line(e))

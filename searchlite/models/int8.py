@@ -1,0 +1,281 @@
+"""The image tower with int8 matrix products, and the check that decides whether an index may use it.
+
+The float32 tower exported to the user's cache (image_tower.py) is quantized once per export with
+onnxruntime's dynamic quantization: the weights of the transformer's matrix products (attention
+in/out projections, MLP) as int8 per output channel, activations quantized per batch as it runs.
+The patch embedding (a convolution), the layer norms, the attention's products of activations and
+the final projection stay float32. The int8 files sit beside the float32 ones and name the float32
+export they were made from (source_id): exporting the float32 tower again makes them again.
+
+Quantization error depends on the weights (real CLIP towers have outlier activations that random or
+toy weights lack), and no machine this is built on has real weights. So int8 is used only once it
+has proven itself where the weights are, on the user's own photos: validate() encodes a sample of
+a collection with both towers and accepts int8 only if every image keeps cosine >= MIN_COSINE to
+float32 and its NEIGHBOURS nearest neighbours in the sample agree (mean overlap >= MIN_OVERLAP).
+The verdict is kept beside the export (one per int8 export: the first index run large enough
+judges, later runs and indexes read it) and recorded in each index that uses it (ingest/tower_choice.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..storage.atomic_file import fsync_folder
+from . import image_tower
+from .image_tower import ImageTower
+
+log = logging.getLogger(__name__)
+
+FILENAME = "image_tower.int8.onnx"  # the graph with its small tensors (scales, biases, norms)
+WEIGHTS = "image_tower.int8.weights"  # its large tensors, raw
+VERDICT = "image_tower.int8.json"  # the verdict on the export, once judged
+FILES = (FILENAME, WEIGHTS)
+FORMAT = "searchlite-image-tower-int8-1"  # the recipe; a new one makes the files again
+SAMPLE = 64  # images of the collection encoded by both towers
+NEIGHBOURS = 10
+MIN_COSINE = 0.995  # every sample image's, to float32
+MIN_OVERLAP = 0.9  # mean share of the top-NEIGHBOURS that float32 and int8 agree on
+# index runs with fewer files to encode keep float32 without judging int8: the check's own cost
+# (the sample through the float32 tower, and the first quantization) exceeds what int8 saves them
+MIN_IMAGES = 100
+_EXTERNAL_BYTES = 64 * 1024  # tensors past this go to WEIGHTS; scales and biases stay in the graph
+# scikit-image's photos that ship inside its package (no download): the sample's complement
+_SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat", "camera", "coins", "moon", "horse", "hubble_deep_field",
+                  "immunohistochemistry", "brick", "grass", "gravel")
+
+
+def source_id(folder: Path) -> str | None:
+    """Identifies the float32 export in folder (its graph, which names its weights, and their size);
+    None when there is none."""
+    try:
+        graph = (folder / image_tower.FILENAME).read_bytes()
+        weights = (folder / image_tower.WEIGHTS).stat().st_size
+    except OSError:
+        return None
+    return hashlib.sha256(graph + str(weights).encode()).hexdigest()[:16]
+
+
+def export_id(folder: Path) -> str | None:
+    """Identifies the int8 export in folder: its graph, scales and zero points included."""
+    try:
+        return hashlib.sha256((folder / FILENAME).read_bytes()).hexdigest()[:16]
+    except OSError:
+        return None
+
+
+def load(folder: Path, model_key: str, threads: int | None = None) -> ImageTower | None:
+    """The int8 tower of model_key in folder, made from the float32 export there now; None when
+    there is none (or it was made from an earlier export)."""
+    source = source_id(folder)
+    loaded = None if source is None else ImageTower.load(folder, model_key, threads, filename=FILENAME, fmt=FORMAT, source=source)
+    if loaded is not None:
+        loaded.meta["export_id"] = export_id(folder)
+    return loaded
+
+
+def tower(folder: Path, model_key: str) -> ImageTower | None:
+    """The int8 tower in folder, quantized from the float32 one the first time; None when there is
+    no float32 tower or quantizing it fails."""
+    return load(folder, model_key) or quantize(folder, model_key)
+
+
+def quantize(folder: Path, model_key: str) -> ImageTower | None:
+    """Quantize the float32 tower in folder and keep the result beside it (a folder that cannot be
+    written: used from a temporary one, made again next time). None when it cannot be made."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    source = source_id(folder)
+    if source is None:
+        return None
+    started = time.monotonic()
+    try:
+        staging = Path(tempfile.mkdtemp(dir=folder, prefix=".int8-"))
+    except OSError as e:  # an unwritable cache: the float32 tower serves
+        log.info("cannot keep an int8 image tower in %s (%s)", folder, e.strerror or e)
+        return None
+    try:
+        exported = onnx.load(folder / image_tower.FILENAME, load_external_data=False)
+        meta = json.loads({p.key: p.value for p in exported.metadata_props}["searchlite"])
+        graph = exported.graph
+        initializers = {t.name for t in graph.initializer}
+        # only products with a weight: the attention's products of two activations lose more
+        # than they gain; the patch embedding and the final projection are cheap and sensitive
+        keep = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and not set(n.input) & initializers]
+        keep += [n.name for n in graph.node if n.op_type == "Conv"]
+        keep += [n.name for n in graph.node if n.op_type == "MatMul"][-1:]  # the final projection
+        with _quiet_root_logger():
+            quantize_dynamic(
+                folder / image_tower.FILENAME, staging / "quantized.onnx", per_channel=True, weight_type=QuantType.QInt8,
+                op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=keep, use_external_data_format=True,
+                # the optimized export has contrib operators (BiasGelu) whose outputs shape inference cannot type
+                extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
+            )
+        model = onnx.load(staging / "quantized.onnx")
+        onnx.helper.set_model_props(model, {"searchlite": json.dumps({**meta, "format": FORMAT, "precision": "int8", "source": source})})
+        onnx.save_model(model, staging / FILENAME, save_as_external_data=True, all_tensors_to_one_file=True, location=WEIGHTS,
+                        size_threshold=_EXTERNAL_BYTES)
+        for name in FILES:
+            with open(staging / name, "rb+") as f:
+                os.fsync(f.fileno())
+        for name in (WEIGHTS, FILENAME):  # the weights first: a graph is never there without its weights
+            os.replace(staging / name, folder / name)
+        (folder / VERDICT).unlink(missing_ok=True)  # it judged another export
+        fsync_folder(folder)
+    except Exception as e:  # noqa: BLE001 - without int8 the float32 tower serves
+        log.info("cannot quantize the image tower to int8: %s", _first_line(e))
+        return None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("quantized the image tower to int8 in %.1fs", time.monotonic() - started)
+    return load(folder, model_key)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Which image tower an index's vectors come from, and why: int8 when it passed validate() (or
+    was asked for), else fp32 with the reason."""
+
+    precision: str  # "int8" or "fp32"
+    reason: str
+    images: int = 0  # in the sample judged
+    from_collection: int = 0  # of them, the collection's own (the rest: sample photos)
+    min_cosine: float | None = None  # int8 to float32, the sample's lowest
+    mean_overlap: float | None = None  # of the top-NEIGHBOURS
+    seconds: float = 0.0  # the check's own time
+    export: str | None = None  # the int8 export judged (export_id)
+
+    def to_record(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Verdict:
+        fields = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in record.items() if k in fields})
+
+    @property
+    def judged(self) -> bool:
+        return self.min_cosine is not None
+
+    def describe(self) -> str:
+        """One line: the precision, and why."""
+        figures = ""
+        if self.judged:
+            own = f", {self.from_collection} of them the collection's" if self.from_collection != self.images else ""
+            figures = (f" (checked on {self.images} images{own}: lowest cosine to fp32 {self.min_cosine:.4f}, "
+                       f"top-{NEIGHBOURS} agreement {self.mean_overlap:.2f})")
+        return f"{self.precision}: {self.reason}{figures}"
+
+
+def validate(reference: ImageTower, candidate: ImageTower, inputs: list[np.ndarray], from_collection: int, batch: int = 32) -> tuple[Verdict, np.ndarray, np.ndarray]:
+    """Judge candidate (int8) against reference (float32) on preprocessed inputs. Returns (the
+    verdict, reference's vectors, candidate's vectors), so that the sample is not encoded again."""
+    started = time.monotonic()
+
+    def encode(tower: ImageTower) -> np.ndarray:
+        return np.concatenate([tower.encode_images(inputs[i : i + batch]) for i in range(0, len(inputs), batch)])
+
+    expected, got = encode(reference), encode(candidate)  # (n, d) each
+    cosine = float((expected * got).sum(axis=1).min())
+    overlap = neighbour_overlap(expected, got, NEIGHBOURS)
+    passed = cosine >= MIN_COSINE and overlap >= MIN_OVERLAP
+    if passed:
+        reason = "validated on this collection"
+    elif cosine < MIN_COSINE:
+        reason = f"int8 drifts from fp32 on this collection (cosine {cosine:.4f} < {MIN_COSINE})"
+    else:
+        reason = f"int8 reorders neighbours on this collection (top-{NEIGHBOURS} agreement {overlap:.2f} < {MIN_OVERLAP})"
+    verdict = Verdict(
+        "int8" if passed else "fp32", reason, images=len(inputs), from_collection=from_collection, min_cosine=round(cosine, 5),
+        mean_overlap=round(overlap, 4), seconds=round(time.monotonic() - started, 2), export=candidate.meta.get("export_id"),
+    )
+    log.info("image tower: %s (%.1fs)", verdict.describe(), verdict.seconds)
+    return verdict, expected, got
+
+
+def neighbour_overlap(expected: np.ndarray, got: np.ndarray, k: int) -> float:
+    """The mean share of each vector's k nearest others (by expected) that got's k nearest keep."""
+    n = len(expected)
+    k = min(k, n - 1)
+    if k < 1:
+        return 1.0
+    shares = []
+    for vectors in (expected, got):
+        similarity = vectors @ vectors.T  # (n, n)
+        np.fill_diagonal(similarity, -np.inf)
+        shares.append(np.argsort(-similarity, axis=1, kind="stable")[:, :k])
+    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(*shares)]))
+
+
+def sample_pictures(n: int) -> list[Image.Image]:
+    """Up to n real photos to complete a small collection's sample: scikit-image's (the samples
+    extra), else the test pictures of image_tower."""
+    pictures: list[Image.Image] = []
+    try:
+        import skimage.data
+    except ImportError:
+        return image_tower.check_pictures()[:n]
+    for name in _SAMPLE_PHOTOS:
+        if len(pictures) >= n:
+            break
+        try:
+            pixels = np.asarray(getattr(skimage.data, name)())
+        except Exception:  # noqa: BLE001 - a photo this scikit-image lacks, or would download
+            continue
+        if pixels.dtype != np.uint8:
+            pixels = (np.clip(pixels, 0, 1) * 255).astype(np.uint8)
+        pictures.append(Image.fromarray(pixels).convert("RGB"))
+    return pictures
+
+
+def cached_verdict(folder: Path) -> Verdict | None:
+    """The verdict kept on the int8 export in folder, if that export was judged (and was made
+    from the float32 export there now)."""
+    try:
+        record = json.loads((folder / VERDICT).read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("export") != export_id(folder) or record.get("source") != source_id(folder):
+        return None
+    return Verdict.from_record(record)
+
+
+def keep_verdict(folder: Path, verdict: Verdict) -> None:
+    """Keep a verdict beside the export it judged (a cache that cannot be written: judged again next time)."""
+    temporary = folder / f".{VERDICT}.{os.getpid()}.tmp"
+    try:
+        temporary.write_text(json.dumps({**verdict.to_record(), "source": source_id(folder)}))
+        os.replace(temporary, folder / VERDICT)
+    except OSError as e:
+        log.info("cannot keep the int8 verdict in %s: %s", folder, e.strerror or e)
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """onnxruntime's quantizer logs its progress and advice on the root logger: not for our users."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
