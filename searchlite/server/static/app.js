@@ -11,10 +11,18 @@ const els = {
   detail: $("detail"), detailImg: $("detail-img"), detailVideo: $("detail-video"), dAt: $("d-at"), dAtLabel: $("d-at-label"), dPath: $("d-path"), dScore: $("d-score"), dDims: $("d-dims"),
   dBytes: $("d-bytes"), dTags: $("d-tags"), copy: $("copy"), more: $("more"), original: $("original"),
   prev: $("prev"), next: $("next"), close: $("close"),
+  sort: $("sort"), filters: $("filters"), filtersToggle: $("filters-toggle"), filtersClear: $("filters-clear"), cameras: $("cameras"),
+  after: $("after"), before: $("before"), camera: $("camera"), place: $("place"), path: $("path"), type: $("type"),
+  timeline: $("timeline"), verdict: $("verdict"), verdictText: $("verdict-text"), minScore: $("min-score"),
+  minScoreValue: $("min-score-value"), widen: $("widen"), auto: $("auto"),
 };
+// the filters, as the URL and the API name them (near comes from the place box: LAT,LON[,KM])
+const FILTERS = ["after", "before", "camera", "place", "near", "path", "type"];
+const POINT = /^\s*-?\d+(\.\d+)?\s*,\s*-?\d+(\.\d+)?\s*(,\s*\d+(\.\d+)?\s*)?$/;
 
-let state = {};        // what the URL says: q, not[], tag, like, image, view
-let hits = [];         // results shown so far, best first
+let state = {};        // what the URL says: q, not[], tag, like, image, view, sort, min_score and the FILTERS
+let hits = [];         // results shown so far, best first (by date with sort)
+let slider = { key: "", min: 0, max: 1 };  // the min-score slider's range, kept while one query is refined
 let exhausted = false; // the last page came back short
 let loading = false;
 let generation = 0;    // bumps on every new query, so late answers of an old one are dropped
@@ -25,10 +33,13 @@ let queryImageUrl = null;
 
 function readState() {
   const p = new URLSearchParams(location.search);
-  return {
+  const s = {
     q: p.get("q") || "", not: p.getAll("not").filter(Boolean), tag: p.get("tag") || "",
     like: p.get("like") || "", image: p.get("image") || "", view: p.get("view") || "",
+    sort: ["date", "-date"].includes(p.get("sort")) ? p.get("sort") : "", min_score: p.get("min_score") || "",
   };
+  for (const f of FILTERS) s[f] = p.get(f) || "";
+  return s;
 }
 
 function toQuery(s) {
@@ -39,21 +50,29 @@ function toQuery(s) {
   if (s.tag) p.set("tag", s.tag);
   if (s.like) p.set("like", s.like);
   if (s.image) p.set("image", s.image);
+  if (s.sort) p.set("sort", s.sort);
+  for (const f of FILTERS) if (s[f]) p.set(f, s[f]);
+  if (s.min_score) p.set("min_score", s.min_score);
   return p;
 }
 
 function navigate(next, replace = false) {
   const url = "/" + (toQuery(next).toString() ? "?" + toQuery(next) : "");
-  if (replace) history.replaceState(null, "", url); else history.pushState(null, "", url);
+  // the same URL again (a search repeated) refreshes the results without a second history entry
+  if (replace || url === location.pathname + location.search) history.replaceState(null, "", url);
+  else history.pushState(null, "", url);
   apply(readState());
 }
 
-function hasQuery(s) { return Boolean(s.q || s.like || s.image); }
+// with sort, no query is needed: every photo the filters keep, by date
+function hasQuery(s) { return Boolean(s.q || s.like || s.image || s.sort); }
+function hasFilters(s) { return FILTERS.some((f) => s[f]); }
 
 function apply(s) {
   state = s;
   els.q.value = s.q;
   els.not.value = s.not.join(", ");
+  showControls(s);
   renderChipsState();
   renderQueryChip();
   els.infoLink.classList.toggle("active", s.view === "info");
@@ -77,6 +96,10 @@ function resetResults() {
   generation += 1;
   hits = []; exhausted = false; loading = false;
   els.grid.replaceChildren();
+  els.timeline.replaceChildren();
+  els.verdict.hidden = true;
+  els.timeline.hidden = !state.sort;
+  els.grid.hidden = Boolean(state.sort);
 }
 
 function searchParams(offset) {
@@ -95,7 +118,7 @@ async function search(fresh) {
   try {
     const data = await getJSON("/api/search?" + searchParams(hits.length));
     if (mine !== generation) return;
-    showHits(data.hits, performance.now() - started);
+    showHits(data, performance.now() - started);
   } catch (err) {
     if (mine === generation) { setStatus(err.message, true); exhausted = true; }
   } finally {
@@ -111,8 +134,11 @@ async function searchByFile(file) {
   form.append("image", file, file.name || "pasted image");
   if (els.q.value.trim()) form.append("q", els.q.value.trim());
   for (const n of splitNot(els.not.value)) form.append("not", n);
+  const controls = controlState();
   if (state.tag) form.append("tag", state.tag);
+  for (const f of ["sort", ...FILTERS]) if (controls[f]) form.append(f, controls[f]);
   form.append("k", String(PAGE));
+  state = { ...state, sort: controls.sort };  // the view the answer goes to
   resetResults();
   els.welcome.hidden = true; els.info.hidden = true;
   setStatus("searching by " + (file.name || "the pasted image") + "…");
@@ -126,11 +152,11 @@ async function searchByFile(file) {
     if (mine !== generation) return;
     if (queryImageUrl) URL.revokeObjectURL(queryImageUrl);
     queryImageUrl = URL.createObjectURL(file);
-    const next = { q: els.q.value.trim(), not: splitNot(els.not.value), tag: state.tag, like: "", image: data.image_key, view: "" };
+    const next = { ...controls, q: els.q.value.trim(), not: splitNot(els.not.value), tag: state.tag, like: "", image: data.image_key, view: "", min_score: "" };
     history.pushState(null, "", "/?" + toQuery(next));
     state = next;
     renderQueryChip();
-    showHits(data.hits, performance.now() - started);
+    showHits(data, performance.now() - started);
   } catch (err) {
     setStatus(err.message, true);
   } finally {
@@ -138,10 +164,19 @@ async function searchByFile(file) {
   }
 }
 
-function showHits(page, ms) {
+function showHits(data, ms) {
+  const page = data.hits;
   if (page.length < PAGE) exhausted = true;
   const first = hits.length;
   hits.push(...page);
+  if (state.sort) {
+    addToTimeline(page, first);
+    if (first === 0) showVerdict(data.cutoff);
+    const total = data.total ?? hits.length;
+    const order = state.sort === "date" ? "by date, oldest first" : "by date, newest first";
+    setStatus([describe(), order, total.toLocaleString() + (total === 1 ? " photo" : " photos")].filter(Boolean).join(" · "));
+    return;
+  }
   const fragment = document.createDocumentFragment();
   page.forEach((hit, i) => fragment.append(tile(hit, first + i)));
   els.grid.append(fragment);
@@ -156,8 +191,83 @@ function describe() {
   if (state.q) parts.push("“" + state.q + "”");
   if (state.not.length) parts.push("not " + state.not.join(", "));
   if (state.tag) parts.push("tagged " + state.tag);
+  if (state.after) parts.push("from " + state.after);
+  if (state.before) parts.push("before " + state.before);
+  if (state.camera) parts.push("camera " + state.camera);
+  if (state.place) parts.push("in " + state.place);
+  if (state.near) parts.push("near " + state.near);
+  if (state.path) parts.push("in " + state.path);
+  if (state.type) parts.push(state.type + "s only");
   return parts.join(" · ");
 }
+
+// --- the timeline: every relevant photo by date, under month headings ----------------------------
+
+// the month headings stick just below the bar, whose height changes with the window's width
+const bar = document.querySelector(".bar");
+new ResizeObserver(() => document.documentElement.style.setProperty("--bar-height", bar.offsetHeight + "px")).observe(bar);
+
+function monthOf(hit) { return hit.taken_at ? hit.taken_at.slice(0, 7) : ""; }
+
+function monthTitle(key) {
+  if (!key) return "No date";
+  const [year, month] = key.split("-").map(Number);
+  return new Date(Date.UTC(year, month - 1, 1)).toLocaleDateString(undefined, { month: "long", year: "numeric", timeZone: "UTC" });
+}
+
+function addToTimeline(page, first) {
+  page.forEach((hit, i) => {
+    const key = monthOf(hit);
+    let group = els.timeline.lastElementChild;
+    if (!group || group.dataset.month !== key) {  // a page may go on with the last month of the one before
+      group = document.createElement("section");
+      group.className = "month";
+      group.dataset.month = key;
+      const head = document.createElement("h2");
+      head.className = "month-head";
+      const title = document.createElement("span"); title.textContent = monthTitle(key);
+      const count = document.createElement("span"); count.className = "count";
+      head.append(title, count);
+      const grid = document.createElement("div"); grid.className = "grid";
+      group.append(head, grid);
+      els.timeline.append(group);
+    }
+    const grid = group.querySelector(".grid");
+    grid.append(tile(hit, first + i));
+    group.querySelector(".count").textContent = String(grid.children.length);
+  });
+}
+
+// the cut-off's verdict in words, and the min-score slider that overrides it
+function showVerdict(cutoff) {
+  if (!cutoff) { els.verdict.hidden = true; return; }
+  els.verdictText.textContent = cutoff.summary;
+  els.verdict.classList.toggle("nothing", cutoff.kept === 0);
+  const key = toQuery({ ...state, view: "", min_score: "", sort: "" }).toString();
+  if (slider.key !== key) {  // a new query: a range around its scores, kept while the slider moves
+    const best = cutoff.best ?? 1;
+    const low = Math.min(cutoff.bulk_median ?? best - 0.2, cutoff.threshold ?? best);
+    slider = { key, min: Math.max(-1, Math.floor(low * 100) / 100 - 0.05), max: Math.min(1, Math.ceil(best * 100) / 100) };
+  }
+  const value = state.min_score !== "" ? Number(state.min_score) : cutoff.threshold ?? (cutoff.method === "scores" ? slider.max : slider.min);
+  els.minScore.min = String(Math.min(slider.min, value));
+  els.minScore.max = String(Math.max(slider.max, value));
+  els.minScore.value = String(value);
+  els.minScoreValue.textContent = value.toFixed(3);
+  els.auto.hidden = state.min_score === "";
+  // nothing passed: offer the best ones, as the summary suggests
+  const suggested = cutoff.best != null ? Math.floor(cutoff.best * 100) / 100 : null;
+  els.widen.hidden = !(cutoff.kept === 0 && suggested != null && (state.min_score === "" || suggested < Number(state.min_score)));
+  if (suggested != null) {
+    els.widen.textContent = "Show the best (score ≥ " + suggested.toFixed(2) + ")";
+    els.widen.dataset.score = suggested.toFixed(2);
+  }
+  els.verdict.hidden = false;
+}
+els.minScore.addEventListener("input", () => { els.minScoreValue.textContent = Number(els.minScore.value).toFixed(3); });
+els.minScore.addEventListener("change", () => navigate({ ...state, min_score: Number(els.minScore.value).toFixed(3) }));
+els.widen.addEventListener("click", () => navigate({ ...state, min_score: els.widen.dataset.score }));
+els.auto.addEventListener("click", () => navigate({ ...state, min_score: "" }));
 
 function tile(hit, index) {
   const a = document.createElement("a");
@@ -233,12 +343,46 @@ els.queryClear.addEventListener("click", () => navigate({ ...state, like: "", im
 
 function splitNot(text) { return text.split(",").map((s) => s.trim()).filter(Boolean); }
 
-els.form.addEventListener("submit", (e) => {
-  e.preventDefault();
+// what the filter controls and the order say (the place box holds a city or LAT,LON[,KM])
+function controlState() {
+  const place = els.place.value.trim();
+  const point = POINT.test(place);
+  return {
+    sort: els.sort.value, after: els.after.value.trim(), before: els.before.value.trim(), camera: els.camera.value.trim(),
+    place: point ? "" : place, near: point ? place.replace(/\s+/g, "") : "", path: els.path.value.trim(), type: els.type.value,
+  };
+}
+
+function showControls(s) {
+  els.sort.value = s.sort;
+  for (const f of ["after", "before", "camera", "path", "type"]) els[f].value = s[f];
+  els.place.value = s.near || s.place;
+  if (hasFilters(s)) openFilters(true);
+}
+
+function openFilters(open) {
+  els.filters.hidden = !open;
+  els.filtersToggle.setAttribute("aria-expanded", String(open));
+}
+els.filtersToggle.addEventListener("click", () => openFilters(els.filters.hidden));
+
+function submitControls() {
   const q = els.q.value.trim();
-  const next = { ...state, q, not: splitNot(els.not.value), view: "" };
+  const not = splitNot(els.not.value);
+  const next = { ...state, ...controlState(), q, not, view: "" };
+  if (q !== state.q || not.join() !== state.not.join()) next.min_score = "";  // a new query: its own cut-off
+  // filters and no query: every photo they keep, by date
+  if (!next.q && !next.like && !next.image && !next.sort && hasFilters(next)) next.sort = "date";
   if (!hasQuery(next)) { els.q.focus(); return; }
   navigate(next);
+}
+
+els.form.addEventListener("submit", (e) => { e.preventDefault(); submitControls(); });
+for (const select of [els.sort, els.type]) select.addEventListener("change", submitControls);
+els.filtersClear.addEventListener("click", () => {
+  const cleared = { ...state, view: "" };
+  for (const f of FILTERS) cleared[f] = "";
+  if (hasQuery(cleared)) navigate(cleared); else showControls(cleared);
 });
 
 let tagCounts = [];
@@ -308,7 +452,7 @@ function openDetail(index) {
   els.prev.disabled = index === 0;
   els.next.disabled = index === hits.length - 1 && exhausted;
   if (!els.detail.open) els.detail.showModal();
-  els.grid.querySelector(`[data-index="${index}"]`)?.scrollIntoView({ block: "nearest" });
+  tileAt(index)?.scrollIntoView({ block: "nearest" });
 }
 
 async function step(delta) {
@@ -339,11 +483,12 @@ function stopVideo() {
   els.detailVideo.load();  // lets go of the file
 }
 els.detail.addEventListener("click", (e) => { if (e.target === els.detail) els.detail.close(); });
-els.detail.addEventListener("close", () => els.grid.querySelector(`[data-index="${current}"]`)?.focus({ preventScroll: true }));
+els.detail.addEventListener("close", () => tileAt(current)?.focus({ preventScroll: true }));
+function tileAt(index) { return (state.sort ? els.timeline : els.grid).querySelector(`.tile[data-index="${index}"]`); }
 els.more.addEventListener("click", () => {
   const hit = hits[current];
   els.detail.close();
-  navigate({ q: "", not: [], tag: state.tag, like: String(hit.id), image: "", view: "" });
+  navigate({ ...state, q: "", not: [], like: String(hit.id), image: "", view: "", min_score: "" });
 });
 els.copy.addEventListener("click", async () => {
   const text = els.dPath.textContent;
@@ -480,12 +625,16 @@ window.addEventListener("popstate", () => { if (els.detail.open) els.detail.clos
 async function start() {
   loadTags();
   apply(readState());
-  if (!hasQuery(state) && state.view !== "info") {
-    try {
-      const info = await getJSON("/api/info");
-      els.welcomeFacts.textContent = info.images.toLocaleString() + " images indexed · " + (info.model_name || "");
-    } catch { /* the status line says what is wrong once the user searches */ }
-  }
   if (!hasQuery(state)) els.q.focus();
+  try {
+    const info = await getJSON("/api/info");
+    els.welcomeFacts.textContent = info.images.toLocaleString() + " images indexed · " + (info.model_name || "");
+    els.cameras.replaceChildren(...(info.cameras || []).map((c) => {
+      const option = document.createElement("option");
+      option.value = c.model || c.make;
+      option.label = c.images + " photos";
+      return option;
+    }));
+  } catch { /* the status line says what is wrong once the user searches */ }
 }
 start();

@@ -1,0 +1,240 @@
+"""The web page's timeline and filters in a real browser (headless Chromium driven by Playwright,
+as tests/test_server_browser.py does): every relevant photo by date under month headings that
+stay in view, more loaded on scrolling, the cut-off's verdict in words with a min-score slider,
+each filter control, and the URL round trip (a shared link, back and forward)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.test_server_browser import CHROMIUM, browser, sync_api  # noqa: F401  (its skip logic too)
+from tests.timeline_photos import MONTHS, SCENES, timeline_index  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def server(timeline_index, tmp_path_factory):
+    from searchlite import SearchEngine
+    from searchlite.server.app import create_app
+    from searchlite.server.run import Server, bind
+    from searchlite.server.settings import ServerSettings
+
+    photos, video, index = timeline_index
+    with SearchEngine.open(index, create=False) as engine:
+        settings = ServerSettings(port=0, thumb_dir=tmp_path_factory.mktemp("timeline_thumbs"))
+        server = Server(create_app(engine, settings), bind("127.0.0.1", 0))
+        server.start()
+        try:
+            yield f"http://127.0.0.1:{server.port}", engine, photos, video
+        finally:
+            server.stop()
+
+
+@pytest.fixture
+def page(browser, server):  # noqa: F811
+    context = browser.new_context(viewport={"width": 1200, "height": 800}, locale="en-US")
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.csp_violations = []
+    page.on("console", lambda m: "Content Security Policy" in m.text and page.csp_violations.append(m.text))
+    yield page
+    assert page.csp_violations == [], page.csp_violations
+    context.close()
+
+
+IDS = "(where) => [...document.querySelectorAll(where + ' .tile')].map((t) => Number(t.dataset.id))"
+
+
+def shown(page, where: str = "#timeline") -> list[int]:
+    return page.evaluate(IDS, where)
+
+
+def wait_for_ids(page, ids: list[int], where: str = "#timeline") -> None:
+    """Until the page shows exactly these tiles, in this order."""
+    page.wait_for_function(f"([where, ids]) => ({IDS})(where).join() === ids.join()", arg=[where, ids])
+
+
+def first_page(hits) -> list[int]:
+    return [h.id for h in hits][:60]
+
+
+def test_the_timeline_is_in_date_order_under_month_headings_and_loads_more_on_scrolling(page, server) -> None:
+    base, engine, photos, video = server
+    expected = engine.search("a shape", sort="date", min_score=-1)
+    assert len(expected) == SCENES + (video is not None)
+    page.goto(base + "/?q=a+shape&sort=date&min_score=-1")
+    page.locator("#timeline .tile").nth(59).wait_for()
+    assert len(shown(page)) < len(expected)  # one page of 60 first
+    while len(shown(page)) < len(expected):  # scrolling loads the rest
+        page.mouse.wheel(0, 4000)
+        page.wait_for_timeout(100)
+    wait_for_ids(page, [h.id for h in expected])
+    groups = page.locator("#timeline .month")
+    months = [groups.nth(i).get_attribute("data-month") for i in range(groups.count())]
+    assert months == list(MONTHS) + ([""] if video is not None else [])  # each month once, in order; the undated last
+    heads = page.locator("#timeline .month-head > span:first-child").all_inner_texts()
+    assert heads[:3] == ["January 2023", "February 2023", "March 2023"] and heads[-1] == ("No date" if video else "June 2023")
+    taken = {h.id: (h.taken_at or "")[:7] for h in expected}
+    for i, month in enumerate(months):
+        ids = [int(t) for t in groups.nth(i).locator(".tile").evaluate_all("(ts) => ts.map((t) => t.dataset.id)")]
+        assert ids and all(taken[t] == month for t in ids), month
+        assert groups.nth(i).locator(".count").inner_text() == str(len(ids))
+    # a heading stays in view below the bar while its month scrolls by
+    march = page.locator('#timeline .month[data-month="2023-03"]')
+    march.evaluate("(m) => window.scrollTo(0, m.getBoundingClientRect().top + window.scrollY + 300)")
+    page.wait_for_timeout(100)
+    bar = page.evaluate("document.querySelector('.bar').getBoundingClientRect().bottom")
+    head = march.locator(".month-head").bounding_box()
+    assert abs(head["y"] - bar) <= 2, (head, bar)
+    assert march.bounding_box()["y"] < bar - 200  # its photos went on under it
+    # newest first: the same photos, the months the other way round
+    page.locator("#sort").select_option("-date")
+    page.wait_for_url("**sort=-date**")
+    page.locator('#timeline .month[data-month="2023-06"]').first.wait_for()
+    assert page.locator("#timeline .month").first.get_attribute("data-month") == "2023-06"
+
+
+def test_the_verdict_in_words_and_the_min_score_slider(page, server) -> None:
+    base, engine, _, _ = server
+    auto = engine.search("a red circle", sort="date")
+    page.goto(base + "/?q=a+red+circle&sort=date")
+    wait_for_ids(page, first_page(auto))
+    assert page.locator("#verdict-text").inner_text() == auto.cutoff.summary()
+    assert page.locator("#auto").is_hidden()
+    slider = page.locator("#min-score")
+    if auto.cutoff.threshold not in (float("inf"), float("-inf")):
+        assert abs(float(slider.input_value()) - auto.cutoff.threshold) < 0.003
+    # widen: a lower min score keeps more, in the URL
+    slider.evaluate("(s) => { s.value = '0.5'; s.dispatchEvent(new Event('input')); s.dispatchEvent(new Event('change')); }")
+    page.wait_for_url("**min_score=0.500**")
+    wider = engine.search("a red circle", sort="date", min_score=0.5)
+    wait_for_ids(page, first_page(wider))
+    assert page.locator("#verdict-text").inner_text() == wider.cutoff.summary()
+    assert page.locator("#min-score-value").inner_text() == "0.500" and page.locator("#auto").is_visible()
+    # back: the cut-off's own verdict again; forward: the slider's
+    page.go_back()
+    wait_for_ids(page, first_page(auto))
+    assert page.locator("#auto").is_hidden()
+    page.go_forward()
+    wait_for_ids(page, first_page(wider))
+    assert slider.input_value() == "0.5"
+    page.locator("#auto").click()
+    wait_for_ids(page, first_page(auto))
+    assert "min_score" not in page.url
+
+
+def test_when_nothing_passes_the_page_says_so(page, server) -> None:
+    base, engine, _, _ = server
+    page.goto(base + "/?q=a+red+circle&sort=date&min_score=0.99")
+    nothing = engine.search("a red circle", sort="date", min_score=0.99)
+    assert len(nothing) == 0
+    page.locator("#verdict").wait_for()
+    assert page.locator("#verdict-text").inner_text() == nothing.cutoff.summary()
+    assert page.locator("#status").inner_text().endswith("0 photos") and shown(page) == []
+    widen = page.locator("#widen")
+    best = f"{int(nothing.cutoff.best * 100) / 100:.2f}"
+    assert widen.inner_text() == f"Show the best (score ≥ {best})"
+    widen.click()
+    page.wait_for_url(f"**min_score={best}**")
+    wait_for_ids(page, first_page(engine.search("a red circle", sort="date", min_score=float(best))))
+    assert shown(page)
+    # a query for something absent among what is searched: the verdict's words, never a blank page
+    page.goto(base + "/?q=a+red+circle&sort=date&tag=blue")
+    absent = engine.search("a red circle", sort="date", tag="blue")
+    page.locator("#verdict").wait_for()
+    assert page.locator("#verdict-text").inner_text() == absent.cutoff.summary()
+    wait_for_ids(page, first_page(absent))
+
+
+def test_each_filter_control_narrows_the_results_and_goes_into_the_url(page, server) -> None:
+    base, engine, photos, video = server
+    page.goto(base + "/?q=a+shape&sort=date&min_score=-1")
+    wait_for_ids(page, first_page(engine.search("a shape", sort="date", min_score=-1)))
+    assert page.locator("#filters").is_hidden()
+    page.locator("#filters-toggle").click()
+    trip = str(photos[0].path.parent.parent / "trip")
+    cases = [
+        ("#after", "2023-03", {"after": "2023-03"}),
+        ("#before", "2023-02", {"before": "2023-02"}),
+        ("#camera", "iphone", {"camera": "iphone"}),
+        ("#place", "Lisbon", {"place": "Lisbon"}),
+        ("#place", "41.15, -8.61, 10", {"near": "41.15,-8.61,10"}),
+        ("#path", trip, {"path": trip}),
+    ]
+    for control, value, params in cases:
+        page.locator(control).fill(value)
+        page.locator(control).press("Enter")
+        (name, sent), = params.items()
+        page.wait_for_url(lambda url: f"{name}=" in url)
+        expected = engine.search("a shape", sort="date", min_score=-1, **params)
+        wait_for_ids(page, first_page(expected))
+        assert expected and len(expected) < SCENES, params
+        page.locator(control).fill("")
+        page.locator(control).press("Enter")
+        page.wait_for_url(lambda url: f"{name}=" not in url)
+    page.locator("#type").select_option("video")  # a select applies at once
+    page.wait_for_url("**type=video**")
+    wait_for_ids(page, first_page(engine.search("a shape", sort="date", min_score=-1, type="video")))
+    assert len(shown(page)) == (video is not None)
+    page.locator("#filters-clear").click()
+    page.wait_for_url(lambda url: "type=" not in url)
+    page.locator('.chip[data-tag="yellow"]').click()
+    page.wait_for_url("**tag=yellow**")
+    wait_for_ids(page, first_page(engine.search("a shape", sort="date", min_score=-1, tag="yellow")))
+    # best matches: the grid again, the filters kept
+    page.locator("#sort").select_option("")
+    page.wait_for_url(lambda url: "sort=" not in url and "tag=yellow" in url)
+    wait_for_ids(page, [h.id for h in engine.search("a shape", k=60, tag="yellow", min_score=-1)], "#grid")
+    assert page.locator("#timeline").is_hidden()
+    # filters with no query: every photo they keep, by date
+    page.goto(base + "/")
+    page.locator("#filters-toggle").click()
+    page.locator("#after").fill("2023-06")
+    page.locator("#after").press("Enter")
+    page.wait_for_url("**sort=date**")
+    wait_for_ids(page, first_page(engine.search(sort="date", after="2023-06")))
+    assert "after=2023-06" in page.url and len(shown(page)) == 24
+
+
+def test_a_shared_url_shows_its_filters_and_results_and_back_and_forward_restore_them(page, server) -> None:
+    base, engine, _, _ = server
+    query = {"camera": "iPhone", "after": "2023-02", "type": "image"}
+    page.goto(base + "/?q=a+red+circle&sort=-date&after=2023-02&camera=iPhone&type=image&near=41.15,-8.61,30&min_score=0.3")
+    newest = engine.search("a red circle", sort="-date", near="41.15,-8.61,30", min_score=0.3, **query)
+    wait_for_ids(page, first_page(newest))
+    assert len(newest) >= 3
+    assert page.locator("#filters").is_visible()
+    controls = {c: page.locator(c).input_value() for c in ("#q", "#sort", "#after", "#before", "#camera", "#place", "#type")}
+    assert controls == {"#q": "a red circle", "#sort": "-date", "#after": "2023-02", "#before": "", "#camera": "iPhone",
+                        "#place": "41.15,-8.61,30", "#type": "image"}
+    assert page.locator("#min-score-value").inner_text() == "0.300"
+    page.locator("#sort").select_option("date")
+    page.wait_for_url("**sort=date&**")
+    wait_for_ids(page, first_page(engine.search("a red circle", sort="date", near="41.15,-8.61,30", min_score=0.3, **query)))
+    page.locator("#after").fill("2023-05")
+    page.locator("#after").press("Enter")
+    page.wait_for_url("**after=2023-05**")
+    latest = engine.search("a red circle", sort="date", near="41.15,-8.61,30", min_score=0.3, **(query | {"after": "2023-05"}))
+    wait_for_ids(page, first_page(latest))
+    page.go_back()
+    page.wait_for_url("**after=2023-02**")
+    assert page.locator("#after").input_value() == "2023-02" and page.locator("#sort").input_value() == "date"
+    page.go_back()
+    wait_for_ids(page, first_page(newest))
+    assert page.locator("#sort").input_value() == "-date"
+    page.go_forward()
+    page.go_forward()
+    wait_for_ids(page, first_page(latest))
+    assert page.locator("#after").input_value() == "2023-05"
+    page.reload()
+    wait_for_ids(page, first_page(latest))
+
+
+def test_a_phone_width_timeline_has_no_sideways_scrolling(browser, server) -> None:  # noqa: F811
+    base, _, _, _ = server
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True, locale="en-US")
+    page = context.new_page()
+    page.goto(base + "/?q=a+shape&sort=date&min_score=-1&camera=canon")
+    page.locator("#timeline .tile img.loaded").nth(5).wait_for()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    assert page.locator("#filters").is_visible() and page.locator("#verdict").is_visible()
+    context.close()
