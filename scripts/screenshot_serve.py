@@ -3,6 +3,10 @@
 
     python scripts/screenshot_serve.py docs/serve.png            # fresh scenes, a fresh index
     python scripts/screenshot_serve.py docs/serve.png --dark     # the dark theme
+    python scripts/screenshot_serve.py docs/timeline.png --timeline   # every red circle by date
+
+--timeline dates the scenes (by their files' times: --count of them spread over a year, 2023) and
+shows the query's by-date view: month headings, the relevance cut-off's verdict and its slider.
 
 Uses only the public API (and the server package). The PNG is quantised to stay small.
 """
@@ -10,7 +14,9 @@ Uses only the public API (and the server package). The PNG is quantised to stay 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import importlib.util
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -27,8 +33,10 @@ def _make_shapes():
     return module
 
 
-def build_demo(root: Path, count: int = 120, seed: int = 5, size: int = 160) -> Path:
-    """count scenes (rendered at size pixels) indexed with searchlite-shapes, colours as tags."""
+def build_demo(root: Path, count: int = 120, seed: int = 5, size: int = 160, dated: bool = False) -> Path:
+    """count scenes (rendered at size pixels) indexed with searchlite-shapes, colours as tags;
+    dated: scene i taken (its file's time, which stands in for a capture time) i/count of the way
+    through 2023."""
     import numpy as np
 
     from searchlite import SearchEngine
@@ -37,9 +45,14 @@ def build_demo(root: Path, count: int = 120, seed: int = 5, size: int = 160) -> 
     photos = root / "shapes"
     photos.mkdir(parents=True)
     rng = np.random.default_rng(seed)
+    start = dt.datetime(2023, 1, 1, 9, tzinfo=dt.timezone.utc).timestamp()
     for i in range(count):
         scene = shapes.render(rng, size=size)
-        scene.image.save(photos / f"scene-{i:03d}-{scene.color}-{scene.shape}.png")
+        path = photos / f"scene-{i:04d}-{scene.color}-{scene.shape}.png"
+        scene.image.save(path)
+        if dated:
+            taken = start + 365 * 86400 * i / count
+            os.utime(path, (taken, taken))
     index = root / "index"
     with SearchEngine.open(index, model="searchlite-shapes") as engine:
         engine.index(photos)
@@ -52,6 +65,8 @@ def main() -> None:
     parser.add_argument("output", type=Path)
     parser.add_argument("--query", default="a red circle")
     parser.add_argument("--dark", action="store_true")
+    parser.add_argument("--timeline", action="store_true", help="the by-date view of the query, on dated scenes")
+    parser.add_argument("--count", type=int, help="scenes in the demo (120; 1,500 with --timeline)")
     parser.add_argument("--width", type=int, default=1200)
     parser.add_argument("--height", type=int, default=720)
     args = parser.parse_args()
@@ -65,7 +80,7 @@ def main() -> None:
     from searchlite.server.settings import ServerSettings
 
     with tempfile.TemporaryDirectory() as tmp:
-        index = build_demo(Path(tmp))
+        index = build_demo(Path(tmp), count=args.count or (1500 if args.timeline else 120), dated=args.timeline)
         with SearchEngine.open(index, create=False) as engine:
             server = Server(create_app(engine, ServerSettings(port=0)), bind("127.0.0.1", 0))
             server.start()
@@ -77,9 +92,16 @@ def main() -> None:
                     )
                     page.goto(f"http://127.0.0.1:{server.port}/")
                     page.fill("#q", args.query)
-                    page.press("#q", "Enter")
-                    page.locator("#grid img.loaded").nth(23).wait_for()  # locators: no eval, the CSP stays on
-                    page.hover("#grid .tile:nth-child(3)")
+                    if args.timeline:
+                        page.select_option("#sort", "date")  # searches at once
+                        page.locator("#timeline img.loaded").nth(23).wait_for()
+                        page.locator("#verdict").wait_for()
+                        page.click("#filters-toggle")  # the filter controls, open
+                        page.locator("#q").blur()
+                    else:
+                        page.press("#q", "Enter")
+                        page.locator("#grid img.loaded").nth(23).wait_for()  # locators: no eval, the CSP stays on
+                        page.hover("#grid .tile:nth-child(3)")
                     page.wait_for_timeout(400)
                     shot = Path(tmp) / "shot.png"
                     page.screenshot(path=str(shot))
