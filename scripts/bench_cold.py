@@ -14,6 +14,9 @@ indexing the current folder unless told `-n`, so each side does one job per proc
   main() calls to bring the index up to date, without the search main() runs after it;
 - query only: `searchlite query TEXT` against `rclip -n TEXT` (no indexing), on the folder indexed.
 Without --rclip-python only searchlite's figures are printed. Rounds alternate the two tools.
+searchlite's first run (one photo) exports the model's towers; its first round into a new index of
+enough photos also quantizes the image tower to int8 and judges it on 64 of the photos (models/int8.py),
+later rounds read that verdict: each round's image tower is printed (--precision fp32 measures without int8).
 """
 
 from __future__ import annotations
@@ -106,6 +109,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/searchlite-bench-cold"),
                         help="kept between runs: the photos take a minute to write")
     parser.add_argument("--rclip-python", help="the Python of the environment rclip 4.0.8 is installed in")
+    parser.add_argument("--precision", help="searchlite index's --precision (default: its own, auto)")
     parser.add_argument("--prepare", choices=["photos", "rclip"], help=argparse.SUPPRESS)  # in a child process
     args = parser.parse_args()
     if args.prepare == "photos":
@@ -141,18 +145,20 @@ def main() -> None:
     base = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env = dict(base, SEARCHLITE_CACHE=str(work / "searchlite-cache"))
     cli = [sys.executable, "-m", "searchlite"]
+    precision = ["--precision", args.precision] if args.precision else []
     # searchlite's one-time export of the model's towers, on the first index run of a model
     shutil.rmtree(work / "searchlite-cache", ignore_errors=True)
     first = runs / "first"
     first.mkdir()
     shutil.copy(extras[0], first)
-    export_seconds, _ = timed([*cli, "index", str(first), "--index", str(runs / "first-index")], env=env)
+    export_seconds, _ = timed([*cli, "index", str(first), "--index", str(runs / "first-index"), *precision], env=env)
 
     rclip_models = work / "rclip-models"
     if args.rclip_python and not (rclip_models / RCLIP_MODEL / "visual.onnx").exists():
         subprocess.run([*this, "--prepare", "rclip", "--workdir", str(rclip_models)], check=True)
 
     figures: dict[str, dict[str, list[float]]] = {"searchlite": {}, "rclip": {}}
+    towers: list[str] = []  # searchlite's image tower in each round (info's description)
 
     def record(tool: str, what: str, seconds: float, rss: float) -> None:
         figures[tool].setdefault(what + "_s", []).append(seconds)
@@ -169,8 +175,11 @@ def main() -> None:
             shutil.copy(extras[r % len(extras)], extra)
             if tool == "searchlite":
                 index = runs / f"{tool}-{r}-index"
-                record(tool, "index", *timed([*cli, "index", str(folder), "--index", str(index)], env=env))
-                record(tool, "add_one", *timed([*cli, "index", str(extra), "--index", str(index)], env=env))
+                record(tool, "index", *timed([*cli, "index", str(folder), "--index", str(index), *precision], env=env))
+                record(tool, "add_one", *timed([*cli, "index", str(extra), "--index", str(index), *precision], env=env))
+                tower = json.loads(subprocess.run([*cli, "info", "--json", "--index", str(index)], env=env, capture_output=True,
+                                                  text=True, check=True).stdout).get("image_tower") or {}
+                towers.append(tower.get("description", "none recorded"))
                 record(tool, "query", *timed([*cli, "query", QUERY, "--index", str(index), "-k", "10"], env=env))
             else:
                 renv = dict(base, RCLIP_DATADIR=str(fresh_rclip_datadir(rclip_models, runs / f"{tool}-{r}-data")))
@@ -185,7 +194,8 @@ def main() -> None:
     def median(values: list[float]) -> float:
         return round(statistics.median(values), 3)
 
-    result: dict[str, object] = {"images": args.images, "rounds": args.rounds, "searchlite_first_run_export_s": round(export_seconds, 2)}
+    result: dict[str, object] = {"images": args.images, "rounds": args.rounds, "searchlite_first_run_export_s": round(export_seconds, 2),
+                                 "searchlite_image_tower_rounds": towers}
     for tool, measured in figures.items():
         for what, values in measured.items():
             result[f"{tool}_{what}"] = median(values)

@@ -88,8 +88,8 @@ class TowerChoice:
         verdict, expected, got = int8.validate(fp32, quantized, sample + [fp32.preprocess(p) for p in extra], from_collection=len(sample))
         self.verdict = verdict
         int8.keep_verdict(model_cache_dir(self.models.key()), verdict)
-        if verdict.precision == "fp32":
-            log.warning("image tower: %s", verdict.describe())
+        # once per model (and export): the user learns which tower their index got, and why
+        log.warning("image tower: %s, in %.1fs", verdict.describe(), verdict.seconds)
         self.models.use_precision(verdict.precision)
         kept = got if verdict.precision == "int8" else expected
         return kept[: len(sample)], verdict

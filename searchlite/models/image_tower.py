@@ -131,7 +131,12 @@ class ImageTower:
             if self._faster is not None and self._faster.done():
                 self._session, self._faster = self._faster.result() or self._session, None
             session = self._session
-        (out,) = session.run(None, {"pixels": x})
+        if self.precision == "int8":
+            # dynamic quantization scales activations by their range over the whole input: one image
+            # per run keeps an image's vector independent of the batch it came in (as fast here)
+            out = np.concatenate([session.run(None, {"pixels": x[i : i + 1]})[0] for i in range(len(x))])
+        else:
+            (out,) = session.run(None, {"pixels": x})
         return np.ascontiguousarray(out, dtype=np.float32)
 
     def _build_faster(self, images: int) -> None:
