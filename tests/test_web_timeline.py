@@ -238,3 +238,16 @@ def test_a_phone_width_timeline_has_no_sideways_scrolling(browser, server) -> No
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     assert page.locator("#filters").is_visible() and page.locator("#verdict").is_visible()
     context.close()
+
+
+def test_an_image_dropped_in_the_by_date_view_keeps_its_order_and_filters(page, server) -> None:
+    base, engine, photos, _ = server
+    red_circle = next(p.path for p in photos if (p.colour, p.shape) == ("red", "circle") and p.camera == "Canon EOS R5")
+    page.goto(base + "/?sort=date&camera=canon")
+    page.locator("#timeline .tile").first.wait_for()
+    page.set_input_files("#file", str(red_circle))
+    page.wait_for_url("**image=**")
+    assert "sort=date" in page.url and "camera=canon" in page.url
+    expected = engine.search(image=str(red_circle), sort="date", camera="canon")
+    wait_for_ids(page, first_page(expected))
+    assert page.locator("#verdict-text").inner_text() == expected.cutoff.summary()
