@@ -227,6 +227,13 @@ def test_a_shared_url_shows_its_filters_and_results_and_back_and_forward_restore
     assert page.locator("#after").input_value() == "2023-05"
     page.reload()
     wait_for_ids(page, first_page(latest))
+    # every photo by date, then best matches with no query: the welcome page
+    page.goto(base + "/?sort=-date")
+    wait_for_ids(page, first_page(engine.search(sort="-date")))
+    page.locator("#sort").select_option("")
+    page.wait_for_url(base + "/")
+    page.locator("#welcome").wait_for()
+    assert shown(page) == []
 
 
 def test_a_phone_width_timeline_has_no_sideways_scrolling(browser, server) -> None:  # noqa: F811

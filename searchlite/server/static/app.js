@@ -366,19 +366,22 @@ function openFilters(open) {
 }
 els.filtersToggle.addEventListener("click", () => openFilters(els.filters.hidden));
 
-function submitControls() {
+function submitControls(leaving = false) {
   const q = els.q.value.trim();
   const not = splitNot(els.not.value);
   const next = { ...state, ...controlState(), q, not, view: "" };
   if (q !== state.q || not.join() !== state.not.join()) next.min_score = "";  // a new query: its own cut-off
   // filters and no query: every photo they keep, by date
   if (!next.q && !next.like && !next.image && !next.sort && hasFilters(next)) next.sort = "date";
-  if (!hasQuery(next)) { els.q.focus(); return; }
+  if (!hasQuery(next)) {  // "Best matches" with no query left: the welcome page
+    if (leaving && hasQuery(state)) navigate(next); else els.q.focus();
+    return;
+  }
   navigate(next);
 }
 
 els.form.addEventListener("submit", (e) => { e.preventDefault(); submitControls(); });
-for (const select of [els.sort, els.type]) select.addEventListener("change", submitControls);
+for (const select of [els.sort, els.type]) select.addEventListener("change", () => submitControls(true));
 els.filtersClear.addEventListener("click", () => {
   const cleared = { ...state, view: "" };
   for (const f of FILTERS) cleared[f] = "";
