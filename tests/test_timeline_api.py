@@ -59,7 +59,8 @@ def test_min_score_widens_or_narrows_what_is_relevant(served) -> None:
     assert every["cutoff"]["method"] == "min-score" and every["cutoff"]["kept"] == every["total"]
     narrow = get(client, q="a red circle", sort="date", min_score=0.7, k=500)
     assert narrow["total"] == len(narrow["hits"]) and all(h["score"] >= 0.7 for h in narrow["hits"])
-    assert narrow["cutoff"]["threshold"] == 0.7 and narrow["cutoff"]["summary"].startswith(f"{narrow['total']} of ")
+    assert narrow["cutoff"]["threshold"] == 0.7 and narrow["cutoff"]["kept"] == narrow["total"]
+    assert narrow["cutoff"] == engine.search("a red circle", sort="date", min_score=0.7).cutoff.as_dict()
     # without sort, a top-k: hits under min_score are dropped, and there is no verdict
     top = get(client, q="a red circle", k=40, min_score=0.7)
     assert "cutoff" not in top and "total" not in top
@@ -70,13 +71,11 @@ def test_when_nothing_passes_the_answer_says_so(served) -> None:
     client, engine, _, _ = served
     nothing = get(client, q="a red circle", sort="date", min_score=0.99)
     assert nothing["hits"] == [] and nothing["total"] == 0
-    assert nothing["cutoff"]["kept"] == 0 and nothing["cutoff"]["summary"].startswith("0 of ")
+    assert nothing["cutoff"]["kept"] == 0 and nothing["cutoff"]["summary"]  # the words say why
     # no red circle carries the tag blue: whatever the cut-off decides, the answer has its words
     absent = get(client, q="a red circle", sort="date", tag="blue")
     verdict = engine.search("a red circle", sort="date", tag="blue").cutoff
     assert absent["cutoff"] == verdict.as_dict() and absent["total"] == len(absent["hits"])
-    if verdict.kept == 0:
-        assert absent["cutoff"]["summary"].startswith(("nothing stands out", "all "))
 
 
 def test_every_filter_is_a_query_parameter(served) -> None:
