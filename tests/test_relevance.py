@@ -1,5 +1,6 @@
-"""The relevance cut-off on synthetic score distributions: it keeps a group that stands out, keeps
-nothing when nothing does, and with two groups above the bulk keeps only the top one."""
+"""The relevance cut-off on synthetic score distributions, one test per regime: nothing relevant,
+one match, a few, groups from 1% to 30% of the images, two groups of matches, a middle group of
+partial matches; the verdict's words; and the CLI saying why when nothing stands out."""
 
 from __future__ import annotations
 
@@ -46,6 +47,48 @@ def test_with_two_clusters_above_the_bulk_only_the_top_one_is_kept() -> None:
         s, truth = scores((3000, 0.20, 0.04), (2500, 0.46, 0.05), (250, 0.75, 0.02), seed=seed)
         verdict = cutoff(s)
         assert f1(verdict.relevant(s), truth) >= 0.97, (seed, verdict)
+
+
+def library(relevant: int, n: int = 5000, seed: int = 0, top: tuple[float, float] = (0.75, 0.02)) -> tuple[np.ndarray, np.ndarray]:
+    """Scores shaped like the bundled model's: a bulk, partial matches (the right colour or the right
+    shape: 4 kinds of the other 11, 40% of the images), their thin tail of near misses, and the
+    matches at the top."""
+    partial, misses = int(0.4 * n), n // 100
+    return scores((n - relevant - partial - misses, 0.20, 0.05), (partial, 0.46, 0.03), (misses, 0.58, 0.04), (relevant, *top), seed=seed)
+
+
+def test_nothing_relevant_beside_partial_matches_keeps_nothing_and_says_why() -> None:
+    for seed in range(4):
+        s, _ = library(0, seed=seed)
+        verdict = cutoff(s)
+        assert verdict.kept == 0 and verdict.threshold == math.inf, (seed, verdict)
+        words = verdict.summary()
+        assert words.startswith(f"nothing stands out: best {s.max():.2f}, the other 4,999 around") and "--min-score" in words, words
+
+
+def test_one_match_and_a_few_beyond_the_bulk_are_kept() -> None:
+    for seed in range(3):
+        s, truth = scores((5000, 0.20, 0.05), (1, 0.60, 0.01), seed=seed)  # one far beyond a plain bulk
+        verdict = cutoff(s)
+        assert verdict.relevant(s).tolist() == truth.tolist(), (seed, verdict)
+        assert verdict.summary() == f"1 of 5,001 stand out (score >= {verdict.threshold:.3f})"
+        s, truth = library(10, seed=seed, top=(0.80, 0.01))  # ten beyond the near misses
+        assert f1(cutoff(s).relevant(s), truth) >= 0.9, seed
+
+
+def test_groups_from_one_to_thirty_percent_are_kept() -> None:
+    for share in (0.01, 0.05, 0.2, 0.3):
+        s, truth = library(int(share * 5000), seed=7)
+        verdict = cutoff(s)
+        assert f1(verdict.relevant(s), truth) >= 0.9, (share, verdict)
+
+
+def test_two_groups_of_matches_are_both_kept() -> None:
+    # a query matching two kinds of picture, one a little better than the other
+    s, truth = scores((4000, 0.20, 0.05), (900, 0.46, 0.03), (60, 0.71, 0.015), (60, 0.77, 0.015), seed=3)
+    truth = s >= 0.65
+    verdict = cutoff(s)
+    assert f1(verdict.relevant(s), truth) >= 0.95, verdict
 
 
 def test_the_cut_off_moves_with_the_query_where_a_constant_would_fail() -> None:

@@ -53,6 +53,9 @@ def query(
     ] = None,
     min_score: Annotated[Optional[float], typer.Option(metavar="SCORE", help="Relevant means score >= SCORE (instead of the cut-off judged from the scores).")] = None,
     all_ranked: Annotated[bool, typer.Option("--all", help='Every image searched, with "relevant": true|false in --json.')] = False,
+    explain_cutoff: Annotated[
+        bool, typer.Option("--explain-cutoff", help="With --sort or --all: say on stderr how many stand out and how the relevance cut-off was chosen.")
+    ] = False,
     type_: Annotated[Optional[str], typer.Option("--type", click_type=FILE_TYPE, metavar="video|image", help="Only videos, or only images.")] = None,
     index: IndexOpt = None,
     device: DeviceOpt = None,
@@ -76,6 +79,10 @@ def query(
             # -k caps what is otherwise every match: its k most relevant (the first k with no query), in the order shown
             **({} if k is None else {"limit": k} if sort is not None or all_ranked else {"k": k}),
         )
+
+    verdict = hits.cutoff
+    if verdict is not None and (explain_cutoff or verdict.kept == 0):  # an empty answer always says why
+        typer.echo(f"searchlite: {verdict.describe() if explain_cutoff else verdict.summary()}", err=True)
 
     def record(h: Any) -> dict[str, Any]:
         out = hit_json(h)

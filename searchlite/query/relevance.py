@@ -1,15 +1,27 @@
 """Which images a query is relevant to, decided from the query's own scores (no fixed threshold).
 
-The cosine scores of one query against every image searched form a mixture: a bulk of images the
-query has nothing to do with, often a middle group that shares part of it (the right colour but the
-wrong shape), and, when anything matches, a group that stands out above the rest. A constant
-threshold fails because where these groups sit moves with the query and the model. So the scores
-are modelled per query: one-dimensional Gaussian mixtures of 1 to MAX_COMPONENTS components are
-fitted by EM (on a fine histogram of the scores, from several deterministic starts), the number of
-components chosen by BIC. The images relevant to the query are those the highest component claims
-(its posterior over one half), provided that component holds a minority of the images and stands
-clear of the component below it. A single component (nothing stands out) means nothing is relevant.
-"""
+The cosine scores of one query against every image searched are a bulk of images the query has
+nothing to do with (often with a middle group sharing part of it: the right colour, the wrong shape,
+and a thin upper tail of near misses) and, when anything matches, the matches above it. Where these
+sit moves with the query and the model, so each query's scores are judged on their own, in two steps:
+
+1. A group (a few per cent of the images and up): one-dimensional Gaussian mixtures of 1 to
+   MAX_COMPONENTS components are fitted by EM on a fine histogram of the scores, the number chosen by
+   BIC. From the highest component down, neighbours closer than MIN_SEPARATION pooled standard
+   deviations are one group (a group of matches is skewed: two components model it); the first
+   clear gap below ends it. It is kept if it holds at most MAX_SHARE of the images and is a bump,
+   not the decaying tail of the bulk: around its top component's mean there are more scores than
+   around the threshold. The threshold is where the group's posterior reaches one half.
+2. Else, a few images beyond the bulk (peaks over threshold, extreme-value theory): for each
+   candidate count k of matches the bulk is every score below the k-th; the top TAIL_SHARE of that
+   bulk is fitted with a generalized Pareto distribution (probability-weighted moments, Hosking and
+   Wallis 1987: closed form), and the k-th score stands out when the bulk's chance of reaching it
+   anywhere among its images is below ALPHA. The bulk of the largest such k sets the threshold: the
+   score the bulk exceeds with chance ALPHA among all the images. Fitting below each candidate keeps
+   the matches from pulling the fit of the bulk (they are never part of it).
+
+Nothing in either step: nothing stands out, and nothing is relevant. Measured per prevalence with
+scripts/eval_cutoff.py (docs/search.md)."""
 
 from __future__ import annotations
 
@@ -21,10 +33,15 @@ import numpy as np
 
 MAX_COMPONENTS = 5
 MIN_SCORES = 8  # fewer cannot be modelled: then every image counts as relevant
-MAX_SHARE = 0.5  # the relevant group is a minority of the images searched
-MIN_SEPARATION = 2.0  # its mean is this many pooled standard deviations above the next group's
+MAX_SHARE = 0.35  # a group of matches holds at most this share of the images searched
+MIN_SEPARATION = 2.0  # pooled standard deviations between the group's lowest component and the next below
 BINS = 512  # EM runs on a histogram of the scores: fast for any number of scores, fine enough for the cut
 RANDOM_STARTS = 8  # per number of components, besides the quantile start
+ALPHA = 0.05  # the chance that the bulk alone reaches the threshold somewhere among the images
+TAIL_SHARE, MIN_TAIL, MAX_TAIL = 0.02, 50, 2000  # how much of the bulk's top the Pareto fit sees
+SHAPE_RANGE = (-0.5, 0.0)  # the Pareto shape, clamped: cosines are bounded, so a bulk tail is at most exponential
+SHAPE_MARGIN = 1.645  # standard errors added to the shape estimate: a one-sided 95% upper bound
+CANDIDATES = 60  # candidate counts of matches for step 2, spaced geometrically
 _EM_ITERATIONS = 200
 _MIN_SD_BINS = 0.5  # a component is at least half a bin wide (identical scores stay modelled)
 
@@ -93,20 +110,43 @@ def _bulk(s: np.ndarray) -> tuple[float, float]:
 
 
 def cutoff(scores: np.ndarray, *, seed: int = 0) -> Cutoff:
-    """The relevance threshold for one query's scores against all the images searched."""
+    """The relevance threshold for one query's scores against all the files searched."""
     s = np.asarray(scores, dtype=np.float64).ravel()
     s = s[np.isfinite(s)]
     if len(s) < MIN_SCORES:
         return Cutoff(-math.inf, "too few scores", len(s), len(s), float(s.max()) if len(s) else math.nan)
-    threshold = _mixture_threshold(s, seed)
+    found = _group(s, seed) if s.max() - s.min() > 1e-9 else None
+    if found is None:
+        found = _beyond_bulk(-np.sort(-s))
+    threshold, reason = found or (math.inf, "no group stands clear of the rest, and no score lies beyond the bulk's tail")
     kept = s >= threshold
-    return Cutoff(threshold, "scores", len(s), int(kept.sum()), float(s.max()), _bulk(s[~kept]), "")
+    return Cutoff(threshold, "scores", len(s), int(kept.sum()), float(s.max()), _bulk(s[~kept]), reason)
 
 
-def _mixture_threshold(s: np.ndarray, seed: int) -> float:
+def _group(s: np.ndarray, seed: int) -> tuple[float, str] | None:
+    """Step 1: (threshold, reason) for a group of matches standing clear of the rest, or None."""
+    weights, means, variances = _mixture(s, seed)
+    low = len(means) - 1  # the group's lowest component: walk down while neighbours are close
+    while low > 0 and (means[low] - means[low - 1]) / math.sqrt(variances[low] + variances[low - 1]) < MIN_SEPARATION:
+        low -= 1
+    share = float(weights[low:].sum())
+    if low == 0 or share > MAX_SHARE:
+        return None
+    grid = np.linspace(means[low - 1], means[low], 2001)
+    claimed = np.nonzero(_posteriors(grid, weights, means, variances)[:, low:].sum(axis=1) >= 0.5)[0]
+    threshold = float(grid[claimed[0]]) if len(claimed) else float(means[low])
+    top, half = means[-1], math.sqrt(variances[-1]) / 2
+    peak = int(np.count_nonzero(np.abs(s - top) < half))
+    valley = int(np.count_nonzero(np.abs(s - threshold) < half))
+    if peak <= valley:  # the top component models the bulk's decaying tail, not a bump of matches
+        return None
+    return threshold, (f"a group of {share:.1%} of the scores around {top:.3f} stands {MIN_SEPARATION:g}+ standard deviations "
+                       f"clear of the next group ({means[low - 1]:.3f}); the cut is where it becomes the likelier")
+
+
+def _mixture(s: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The BIC-chosen Gaussian mixture of s: (weights, means, variances), lowest mean first."""
     lo, hi = float(s.min()), float(s.max())
-    if hi - lo < 1e-9:
-        return math.inf
     counts, edges = np.histogram(s, bins=BINS, range=(lo, hi))
     keep = counts > 0
     x, c = ((edges[:-1] + edges[1:]) / 2)[keep], counts[keep].astype(np.float64)
@@ -127,24 +167,73 @@ def _mixture_threshold(s: np.ndarray, seed: int) -> float:
     assert best is not None  # k=1 always fits
     _, weights, means, variances = best
     order = np.argsort(means)
-    weights, means, variances = weights[order], means[order], variances[order]
-    components = tuple((float(w), float(m), float(math.sqrt(v))) for w, m, v in zip(weights, means, variances))
-    if len(means) == 1:
-        return math.inf
-    top = len(means) - 1
-    separation = (means[top] - means[top - 1]) / math.sqrt(variances[top] + variances[top - 1])
-    if weights[top] > MAX_SHARE or separation < MIN_SEPARATION:
-        return math.inf
-    return _crossing(weights, means, variances, top)
+    return weights[order], means[order], variances[order]
 
 
-def _crossing(weights: np.ndarray, means: np.ndarray, variances: np.ndarray, top: int) -> float:
-    """The lowest score between the next component's mean and the top's from which the top
-    component claims a point (its posterior reaches one half)."""
-    grid = np.linspace(means[top - 1], means[top], 4001)
-    post = _posteriors(grid, weights, means, variances)[:, top]
-    above = np.nonzero(post >= 0.5)[0]
-    return float(grid[above[0]]) if len(above) else float(means[top])
+def _beyond_bulk(desc: np.ndarray) -> tuple[float, str] | None:
+    """Step 2: (threshold, reason) for the scores beyond the bulk's tail, desc sorted best first; or None."""
+    n = len(desc)
+    candidates = np.unique(np.geomspace(1, max(1, int(MAX_SHARE * n)), CANDIDATES).round().astype(int))
+    level = ALPHA / math.sqrt(len(candidates))  # the candidates overlap: between none and Bonferroni's correction
+    found = None
+    for k in candidates:
+        if n - k <= MIN_TAIL:
+            break
+        tail = _pareto_tail(desc, int(k))
+        if (n - k) * tail.exceeds(desc[k - 1]) < level:
+            found = (int(k), tail)
+    if found is None:
+        return None
+    k, tail = found
+    threshold = tail.level(ALPHA / n)
+    return threshold, (f"the top {k} lie beyond the tail of the other {n - k:,} (a Pareto fit above {tail.start:.3f}, shape {tail.shape:.2f}); "
+                       f"the cut is the score the rest reach with chance {ALPHA:g} among {n:,}")
+
+
+@dataclass(frozen=True)
+class _Tail:
+    """A generalized Pareto upper tail: P(S > x) = share (1 + shape (x - start) / scale)^(-1/shape) above start."""
+
+    shape: float
+    scale: float
+    start: float
+    share: float
+
+    def exceeds(self, x: float) -> float:
+        z = max(x - self.start, 0.0) / self.scale
+        if abs(self.shape) < 1e-6:
+            return self.share * math.exp(-z)
+        base = 1 + self.shape * z
+        return self.share * base ** (-1 / self.shape) if base > 0 else 0.0
+
+    def level(self, p: float) -> float:
+        """The score exceeded with chance p."""
+        r = p / self.share
+        if abs(self.shape) < 1e-6:
+            return self.start - self.scale * math.log(r)
+        return self.start + self.scale / self.shape * (r ** -self.shape - 1)
+
+
+def _pareto_tail(desc: np.ndarray, k: int) -> _Tail:
+    """The Pareto tail of the bulk desc[k:] (best first), fitted by probability-weighted moments."""
+    bulk = len(desc) - k
+    m = int(min(max(TAIL_SHARE * bulk, MIN_TAIL), MAX_TAIL, bulk - 1))
+    start = float(desc[k + m])
+    y = desc[k : k + m][::-1] - start  # exceedances, ascending
+    a0 = float(y.mean())
+    a1 = float((y * (1 - (np.arange(1, m + 1) - 0.35) / m)).mean())
+    d = a0 - 2 * a1
+    shape = 2 - a0 / d if a0 > 0 and d > 0 else 0.0
+    # the estimate is noisy (a few hundred exceedances at most), and a bounded tail estimated too short
+    # would put the bulk's own top scores beyond it: judge with its upper confidence bound
+    shape = min(max(shape + SHAPE_MARGIN * _shape_error(shape, m), SHAPE_RANGE[0]), SHAPE_RANGE[1])
+    return _Tail(shape, max(a0 * (1 - shape), 1e-12), start, m / bulk)
+
+
+def _shape_error(shape: float, m: int) -> float:
+    """The standard error of the PWM shape estimate from m exceedances (Hosking and Wallis 1987)."""
+    k = min(max(-shape, -0.45), 0.45)  # their k is minus our shape; the formula holds for k > -1/2
+    return math.sqrt((1 + k) * (2 + k) ** 2 * (1 + k + 2 * k * k) / ((1 + 2 * k) * (3 + 2 * k) * m))
 
 
 def _log_densities(x: np.ndarray, weights: np.ndarray, means: np.ndarray, variances: np.ndarray) -> np.ndarray:
