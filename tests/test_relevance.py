@@ -139,3 +139,29 @@ def test_sort_date_returns_the_relevant_scenes_in_date_order(tmp_path) -> None:
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(rows) == 150 and {r["path"] for r in rows if r["relevant"]} == got
     assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
+
+
+def test_an_empty_answer_says_why_and_explain_cutoff_says_how(tmp_path) -> None:
+    """`query TEXT --sort date` for a kind the folder lacks prints no hit and says on stderr that
+    nothing stands out, with the figures; --explain-cutoff says how many stood out and why."""
+    from typer.testing import CliRunner
+
+    from searchlite.cli import app
+    from tests.conftest import load_script
+
+    scenes = load_script("render_eval_shapes").write(tmp_path / "scenes", 150, seed=29)
+    for i, scene in enumerate(scenes):
+        if scene.objects[0] == ("yellow", "triangle"):
+            (tmp_path / "scenes" / f"{i:05d}.jpg").unlink()
+    left = len(list((tmp_path / "scenes").iterdir()))
+    index = ["--index", str(tmp_path / "index")]
+    assert CliRunner().invoke(app, ["index", str(tmp_path / "scenes"), "--model", "searchlite-shapes", *index]).exit_code == 0
+    result = CliRunner().invoke(app, ["query", "a yellow triangle", "--sort", "date", *index])
+    assert result.exit_code == 0 and result.stdout == "", result.output
+    assert result.stderr.startswith(f"searchlite: nothing stands out: best 0.") and f"the other {left - 1} around" in result.stderr, result.stderr
+    assert "use --min-score 0." in result.stderr and result.stderr.count("\n") == 1
+    explained = CliRunner().invoke(app, ["query", "a red circle", "--sort", "date", "--explain-cutoff", *index])
+    assert explained.exit_code == 0, explained.output
+    kept = len(explained.stdout.splitlines())
+    assert kept and explained.stderr.startswith(f"searchlite: {kept} of {left} stand out (score >= 0."), explained.stderr
+    assert "; " in explained.stderr  # and how the threshold was chosen

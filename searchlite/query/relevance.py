@@ -18,7 +18,10 @@ sit moves with the query and the model, so each query's scores are judged on the
    Wallis 1987: closed form), and the k-th score stands out when the bulk's chance of reaching it
    anywhere among its images is below ALPHA. The bulk of the largest such k sets the threshold: the
    score the bulk exceeds with chance ALPHA among all the images. Fitting below each candidate keeps
-   the matches from pulling the fit of the bulk (they are never part of it).
+   the matches from pulling the fit of the bulk (they are never part of it). The shape is bounded
+   above by 0 (cosines are bounded: a bulk's tail is at most exponential) and judged at its upper
+   95% confidence bound, so that a short tail estimated from few points does not make the bulk's own
+   top scores stand out. This step needs 500 images or more.
 
 Nothing in either step: nothing stands out, and nothing is relevant. Measured per prevalence with
 scripts/eval_cutoff.py (docs/search.md)."""
@@ -39,6 +42,7 @@ BINS = 512  # EM runs on a histogram of the scores: fast for any number of score
 RANDOM_STARTS = 8  # per number of components, besides the quantile start
 ALPHA = 0.05  # the chance that the bulk alone reaches the threshold somewhere among the images
 TAIL_SHARE, MIN_TAIL, MAX_TAIL = 0.02, 50, 2000  # how much of the bulk's top the Pareto fit sees
+MAX_TAIL_SHARE = 0.1  # and at most: below 500 images, step 2 does not run
 SHAPE_RANGE = (-0.5, 0.0)  # the Pareto shape, clamped: cosines are bounded, so a bulk tail is at most exponential
 SHAPE_MARGIN = 1.645  # standard errors added to the shape estimate: a one-sided 95% upper bound
 CANDIDATES = 60  # candidate counts of matches for step 2, spaced geometrically
@@ -177,7 +181,7 @@ def _beyond_bulk(desc: np.ndarray) -> tuple[float, str] | None:
     level = ALPHA / math.sqrt(len(candidates))  # the candidates overlap: between none and Bonferroni's correction
     found = None
     for k in candidates:
-        if n - k <= MIN_TAIL:
+        if MAX_TAIL_SHARE * (n - k) < MIN_TAIL:  # a small collection: its top is no tail to fit
             break
         tail = _pareto_tail(desc, int(k))
         if (n - k) * tail.exceeds(desc[k - 1]) < level:
