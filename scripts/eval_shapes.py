@@ -29,6 +29,7 @@ import make_shapes  # noqa: E402
 import render_eval_shapes  # noqa: E402
 
 from searchlite import SearchEngine  # noqa: E402
+from searchlite.config import IndexSettings  # noqa: E402
 
 COLORS = ("red", "green", "blue", "yellow")
 SHAPES = ("circle", "square", "triangle")
@@ -51,15 +52,17 @@ def _precision(engine: SearchEngine, truth: dict[str, set[tuple[str, str]]]) -> 
     return precision
 
 
-def evaluate(model: str, pretrained: str | None, count: int = 200, seed: int = 3, renderer: str = "eval") -> dict:
+def evaluate(model: str, pretrained: str | None, count: int = 200, seed: int = 3, renderer: str = "eval", precision: str = "auto") -> dict:
+    settings = IndexSettings(precision=precision)
     with tempfile.TemporaryDirectory() as tmp:
         one = _scenes(renderer, Path(tmp) / "one", count, seed, 1)
         two = _scenes(renderer, Path(tmp) / "two", count, seed + 1000, 2)
         color_templates, shape_templates = Path(tmp) / "colors.txt", Path(tmp) / "shapes.txt"
         color_templates.write_text("".join(f"a {{}} {shape}\n" for shape in SHAPES))
         shape_templates.write_text("".join(f"a {color} {{}}\n" for color in COLORS))
-        with SearchEngine.open(Path(tmp) / "index-one", model=model, pretrained=pretrained) as engine:
+        with SearchEngine.open(Path(tmp) / "index-one", model=model, pretrained=pretrained, settings=settings) as engine:
             engine.index(Path(tmp) / "one")
+            tower = (engine.info()["image_tower"] or {}).get("description")
             precision = _precision(engine, one)
             paths = list(one)
             color, shape = {p: next(iter(one[p]))[0] for p in paths}, {p: next(iter(one[p]))[1] for p in paths}
@@ -74,11 +77,12 @@ def evaluate(model: str, pretrained: str | None, count: int = 200, seed: int = 3
                 "color_accuracy_ensemble": accuracy(COLORS, str(color_templates), color),
                 "shape_accuracy_ensemble": accuracy(SHAPES, str(shape_templates), shape),
             }
-        with SearchEngine.open(Path(tmp) / "index-two", model=model, pretrained=pretrained) as engine:
+        with SearchEngine.open(Path(tmp) / "index-two", model=model, pretrained=pretrained, settings=settings) as engine:
             engine.index(Path(tmp) / "two")
             two_precision = _precision(engine, two)
     return {
         "renderer": renderer,
+        "image_tower": tower,
         "scenes": count,
         "seed": seed,
         "precision_at_5": round(sum(precision.values()) / len(precision), 4),
@@ -98,8 +102,9 @@ def main() -> None:
     parser.add_argument("--renderer", choices=sorted(RENDERERS), default="eval")
     parser.add_argument("--count", type=int, default=200, help="scenes of each kind (one shape, two shapes)")
     parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--precision", default="auto", help="the image tower's: auto, fp32, int8 (on a CPU)")
     args = parser.parse_args()
-    print(json.dumps(evaluate(args.model, args.pretrained, args.count, args.seed, args.renderer)))
+    print(json.dumps(evaluate(args.model, args.pretrained, args.count, args.seed, args.renderer, args.precision)))
 
 
 if __name__ == "__main__":

@@ -90,7 +90,7 @@ class TowerChoice:
         int8.keep_verdict(model_cache_dir(self.models.key()), verdict)
         # once per model (and export): the user learns which tower their index got, and why
         log.warning("image tower: %s, in %.1fs", verdict.describe(), verdict.seconds)
-        self.models.use_precision(verdict.precision)
+        self.models.use_precision(verdict.precision, quantized if verdict.precision == "int8" else fp32)
         kept = got if verdict.precision == "int8" else expected
         return kept[: len(sample)], verdict
 

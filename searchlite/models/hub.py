@@ -143,12 +143,15 @@ class ModelHub:
         recorded = self.record.get_info(TOWER_RECORD) or {}
         return "int8" if self.settings.precision == "auto" and recorded.get("precision") == "int8" else "fp32"
 
-    def use_precision(self, precision: str) -> None:
+    def use_precision(self, precision: str, tower: ImageTower | None = None) -> None:
         """Encode images with the "int8" or "fp32" exported tower from now on (an index run's
-        choice, ingest/tower_choice.py); loaded when next needed."""
+        choice, ingest/tower_choice.py): tower, when given (one int8_towers() gave), else loaded
+        when next needed."""
         with self._lock:
             self._precision = precision
-            if getattr(self._image_encoder, "precision", precision) != precision:
+            if tower is not None:
+                self._image_encoder = tower
+            elif getattr(self._image_encoder, "precision", precision) != precision:
                 self._image_encoder = None
 
     def exports_image_tower(self) -> bool:

@@ -177,7 +177,7 @@ class Verdict:
         figures = ""
         if self.judged:
             own = f", {self.from_collection} of them the collection's" if self.from_collection != self.images else ""
-            figures = (f" (checked on {self.images} images{own}: lowest cosine to fp32 {self.min_cosine:.4f}, "
+            figures = (f" (checked on {self.images} images{own}: lowest cosine to fp32 {self.min_cosine:.5f}, "
                        f"top-{NEIGHBOURS} agreement {self.mean_overlap:.2f})")
         return f"{self.precision}: {self.reason}{figures}"
 
