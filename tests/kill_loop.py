@@ -178,8 +178,10 @@ for line in sys.stdin:
         try:
             if point:
                 crash_at(point)
+            # int8 pinned: the index starts small (fp32 under auto) and the reference is made in one
+            # large run (int8 under auto), and the two must hold the same vectors
             with SearchEngine.open(index, model=model_args[1], pretrained=model_args[3],
-                                   settings=IndexSettings(batch_size=2)) as engine:
+                                   settings=IndexSettings(batch_size=2, precision="int8")) as engine:
                 engine.index(corpus)
         except BaseException as e:
             print(repr(e), file=sys.stderr)
