@@ -94,8 +94,9 @@ def test_two_groups_of_matches_are_both_kept() -> None:
 def test_the_cut_off_moves_with_the_query_where_a_constant_would_fail() -> None:
     low, low_truth = scores((5000, 0.10, 0.02), (60, 0.19, 0.01), seed=1)
     high, high_truth = scores((5000, 0.25, 0.02), (60, 0.34, 0.01), seed=2)
-    assert f1(cutoff(low).relevant(low), low_truth) >= 0.95
-    assert f1(cutoff(high).relevant(high), high_truth) >= 0.95
+    low_cut, high_cut = cutoff(low), cutoff(high)
+    assert f1(low_cut.relevant(low), low_truth) >= 0.9 and f1(high_cut.relevant(high), high_truth) >= 0.9
+    assert f1(high >= low_cut.threshold, high_truth) < 0.1 and f1(low >= high_cut.threshold, low_truth) == 0  # neither cut fits the other
 
 
 def test_few_scores_keep_everything_and_min_score_overrides() -> None:

@@ -5,23 +5,26 @@ nothing to do with (often with a middle group sharing part of it: the right colo
 and a thin upper tail of near misses) and, when anything matches, the matches above it. Where these
 sit moves with the query and the model, so each query's scores are judged on their own, in two steps:
 
-1. A group (a few per cent of the images and up): one-dimensional Gaussian mixtures of 1 to
-   MAX_COMPONENTS components are fitted by EM on a fine histogram of the scores, the number chosen by
-   BIC. From the highest component down, neighbours closer than MIN_SEPARATION pooled standard
-   deviations are one group (a group of matches is skewed: two components model it); the first
-   clear gap below ends it. It is kept if it holds at most MAX_SHARE of the images and is a bump,
-   not the decaying tail of the bulk: around its top component's mean there are more scores than
-   around the threshold. The threshold is where the group's posterior reaches one half.
-2. Else, a few images beyond the bulk (peaks over threshold, extreme-value theory): for each
-   candidate count k of matches the bulk is every score below the k-th; the top TAIL_SHARE of that
-   bulk is fitted with a generalized Pareto distribution (probability-weighted moments, Hosking and
-   Wallis 1987: closed form), and the k-th score stands out when the bulk's chance of reaching it
-   anywhere among its images is below ALPHA. The bulk of the largest such k sets the threshold: the
-   score the bulk exceeds with chance ALPHA among all the images. Fitting below each candidate keeps
-   the matches from pulling the fit of the bulk (they are never part of it). The shape is bounded
-   above by 0 (cosines are bounded: a bulk's tail is at most exponential) and judged at its upper
-   95% confidence bound, so that a short tail estimated from few points does not make the bulk's own
-   top scores stand out. This step needs 500 images or more.
+1. A group of matches (about 1% of the images and up): one-dimensional Gaussian mixtures of 1 to
+   MAX_COMPONENTS components are fitted by EM on a fine histogram of the top half of the scores (the
+   matches are there; the bulk's lower modes would use up components), the number chosen by BIC.
+   A group is the top component and those just below it (a group of matches is skewed: two
+   components model it); of the candidate groups holding at most MAX_SHARE of the images, the one
+   whose cut (where it becomes likelier than the rest) falls where the mixture is thinnest. It is
+   kept if it is a bump, not the bulk's decaying tail (the mixture is VALLEY_DEPTH times as dense at
+   the top component as at the cut) and it holds the best score (else the top is a wider middle
+   group's tail, and the "group" is a middle group: partial matches).
+2. Else, a few images far beyond the bulk (peaks over threshold, extreme-value theory): for each
+   candidate count k of matches the bulk is every score below the k-th; the top TAIL_ROOTS x
+   sqrt(size) of that bulk are fitted with a generalized Pareto distribution (probability-weighted
+   moments, Hosking and Wallis 1987: closed form), whose reach is the score the bulk exceeds with
+   chance ALPHA among all the images. The k-th score stands out when it lies BEYOND times as far
+   above the fit's start as that reach. Fitting below each candidate keeps the matches from pulling
+   the fit of the bulk. The shape is bounded above by 0 (cosines are bounded: a bulk's tail is at
+   most exponential) and taken at its upper 95% confidence bound. The near misses' own top is
+   irregular (a few images of other kinds score as high as matches do), so this step is strict:
+   on the bundled model's scenes it keeps nothing when nothing matches, and finds few needles
+   (docs/search.md has the figures). It needs 500 images or more.
 
 Nothing in either step: nothing stands out, and nothing is relevant. Measured per prevalence with
 scripts/eval_cutoff.py (docs/search.md)."""
@@ -34,18 +37,20 @@ from typing import Any
 
 import numpy as np
 
-MAX_COMPONENTS = 5
+MAX_COMPONENTS = 6
 MIN_SCORES = 8  # fewer cannot be modelled: then every image counts as relevant
 MAX_SHARE = 0.35  # a group of matches holds at most this share of the images searched
-MIN_SEPARATION = 2.0  # pooled standard deviations between the group's lowest component and the next below
+FITTED_SHARE = 0.5  # the mixture models the top half of the scores
+VALLEY_DEPTH = 2.0  # the mixture density at the top component is this many times that at the cut, or more
 BINS = 512  # EM runs on a histogram of the scores: fast for any number of scores, fine enough for the cut
 RANDOM_STARTS = 8  # per number of components, besides the quantile start
 ALPHA = 0.05  # the chance that the bulk alone reaches the threshold somewhere among the images
-TAIL_SHARE, MIN_TAIL, MAX_TAIL = 0.02, 50, 2000  # how much of the bulk's top the Pareto fit sees
+TAIL_ROOTS, MIN_TAIL, MAX_TAIL = 2.0, 50, 2000  # the Pareto fit sees the bulk's top TAIL_ROOTS x sqrt(its size)
 MAX_TAIL_SHARE = 0.1  # and at most: below 500 images, step 2 does not run
 SHAPE_RANGE = (-0.5, 0.0)  # the Pareto shape, clamped: cosines are bounded, so a bulk tail is at most exponential
 SHAPE_MARGIN = 1.645  # standard errors added to the shape estimate: a one-sided 95% upper bound
 CANDIDATES = 60  # candidate counts of matches for step 2, spaced geometrically
+BEYOND = 1.5  # step 2 keeps scores this many times as far above the fit's start as the bulk reaches
 _EM_ITERATIONS = 200
 _MIN_SD_BINS = 0.5  # a component is at least half a bin wide (identical scores stay modelled)
 
@@ -129,23 +134,30 @@ def cutoff(scores: np.ndarray, *, seed: int = 0) -> Cutoff:
 
 def _group(s: np.ndarray, seed: int) -> tuple[float, str] | None:
     """Step 1: (threshold, reason) for a group of matches standing clear of the rest, or None."""
-    weights, means, variances = _mixture(s, seed)
-    low = len(means) - 1  # the group's lowest component: walk down while neighbours are close
-    while low > 0 and (means[low] - means[low - 1]) / math.sqrt(variances[low] + variances[low - 1]) < MIN_SEPARATION:
-        low -= 1
-    share = float(weights[low:].sum())
-    if low == 0 or share > MAX_SHARE:
+    upper = s[s >= np.quantile(s, 1 - FITTED_SHARE)]  # the matches are up here; the bulk's lower modes would take components
+    weights, means, variances = _mixture(upper, seed)
+    weights = weights * (len(upper) / len(s))  # as shares of all the scores (the lowest component stands for the rest)
+
+    def density(x: float) -> float:
+        return float(np.exp(_log_densities(np.array([x]), weights, means, variances)).sum())
+
+    best = None  # (the density at the cut, the group's lowest component, the cut)
+    for low in range(len(means) - 1, 0, -1):  # the group: components low .. top
+        if weights[low:].sum() > MAX_SHARE:
+            break
+        grid = np.linspace(means[low - 1], means[low], 2001)
+        claimed = np.nonzero(_posteriors(grid, weights, means, variances)[:, low:].sum(axis=1) >= 0.5)[0]
+        cut = float(grid[claimed[0]]) if len(claimed) else float(means[low])
+        if best is None or density(cut) < best[0]:
+            best = (density(cut), low, cut)
+    peak = density(means[-1])
+    if best is None or best[0] * VALLEY_DEPTH >= peak:  # no bump of matches: the bulk's tail decaying
         return None
-    grid = np.linspace(means[low - 1], means[low], 2001)
-    claimed = np.nonzero(_posteriors(grid, weights, means, variances)[:, low:].sum(axis=1) >= 0.5)[0]
-    threshold = float(grid[claimed[0]]) if len(claimed) else float(means[low])
-    top, half = means[-1], math.sqrt(variances[-1]) / 2
-    peak = int(np.count_nonzero(np.abs(s - top) < half))
-    valley = int(np.count_nonzero(np.abs(s - threshold) < half))
-    if peak <= valley:  # the top component models the bulk's decaying tail, not a bump of matches
-        return None
-    return threshold, (f"a group of {share:.1%} of the scores around {top:.3f} stands {MIN_SEPARATION:g}+ standard deviations "
-                       f"clear of the next group ({means[low - 1]:.3f}); the cut is where it becomes the likelier")
+    valley, low, cut = best
+    if _posteriors(np.array([s.max()]), weights, means, variances)[0, low:].sum() < 0.5:
+        return None  # the best scores belong to a wider component below: this is a middle group, not the top
+    return cut, (f"a group of {weights[low:].sum():.1%} of the scores, the top around {means[-1]:.3f}, whose density there is "
+                 f"{peak / valley:.1f} times that at the cut, where it becomes likelier than the rest (around {means[low - 1]:.3f})")
 
 
 def _mixture(s: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -175,23 +187,22 @@ def _mixture(s: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 
 def _beyond_bulk(desc: np.ndarray) -> tuple[float, str] | None:
-    """Step 2: (threshold, reason) for the scores beyond the bulk's tail, desc sorted best first; or None."""
+    """Step 2: (threshold, reason) for the scores far beyond the bulk's tail, desc sorted best first; or None."""
     n = len(desc)
-    candidates = np.unique(np.geomspace(1, max(1, int(MAX_SHARE * n)), CANDIDATES).round().astype(int))
-    level = ALPHA / math.sqrt(len(candidates))  # the candidates overlap: between none and Bonferroni's correction
     found = None
-    for k in candidates:
+    for k in np.unique(np.geomspace(1, max(1, int(MAX_SHARE * n)), CANDIDATES).round().astype(int)):
         if MAX_TAIL_SHARE * (n - k) < MIN_TAIL:  # a small collection: its top is no tail to fit
             break
         tail = _pareto_tail(desc, int(k))
-        if (n - k) * tail.exceeds(desc[k - 1]) < level:
-            found = (int(k), tail)
+        reach = tail.level(ALPHA / n)  # where the bulk's own top would be
+        threshold = tail.start + BEYOND * (reach - tail.start)
+        if desc[k - 1] >= threshold:
+            found = (int(k), tail, threshold)
     if found is None:
         return None
-    k, tail = found
-    threshold = tail.level(ALPHA / n)
-    return threshold, (f"the top {k} lie beyond the tail of the other {n - k:,} (a Pareto fit above {tail.start:.3f}, shape {tail.shape:.2f}); "
-                       f"the cut is the score the rest reach with chance {ALPHA:g} among {n:,}")
+    k, tail, threshold = found
+    return threshold, (f"the top {k} lie far beyond the tail of the other {n - k:,} (a Pareto fit above {tail.start:.3f}, shape {tail.shape:.2f}): "
+                       f"the cut is {BEYOND:g} times as far above its start as the rest reach with chance {ALPHA:g}")
 
 
 @dataclass(frozen=True)
@@ -221,7 +232,7 @@ class _Tail:
 def _pareto_tail(desc: np.ndarray, k: int) -> _Tail:
     """The Pareto tail of the bulk desc[k:] (best first), fitted by probability-weighted moments."""
     bulk = len(desc) - k
-    m = int(min(max(TAIL_SHARE * bulk, MIN_TAIL), MAX_TAIL, bulk - 1))
+    m = int(min(max(TAIL_ROOTS * math.sqrt(bulk), MIN_TAIL), MAX_TAIL, bulk - 1))
     start = float(desc[k + m])
     y = desc[k : k + m][::-1] - start  # exceedances, ascending
     a0 = float(y.mean())
@@ -253,14 +264,18 @@ def _posteriors(x: np.ndarray, weights: np.ndarray, means: np.ndarray, variances
 
 
 def _starts(x: np.ndarray, c: np.ndarray, k: int, floor: float, rng: np.random.Generator) -> list[tuple[np.ndarray, ...]]:
-    """Starting points for EM: equal-count groups, then means drawn from the scores."""
+    """Starting points for EM: equal-count groups, the same with a small group at the top, then
+    means drawn from the scores."""
     total = c.sum()
     mean = float((c * x).sum() / total)
     var = max(float((c * (x - mean) ** 2).sum() / total) / (k * k), floor)
     cdf = np.cumsum(c) / total
     quantiles = x[np.minimum(np.searchsorted(cdf, (np.arange(k) + 0.5) / k), len(x) - 1)]
     starts = [(np.full(k, 1.0 / k), quantiles.astype(np.float64), np.full(k, var))]
-    if k > 1:
+    if k > 1:  # a small tight group at the very top, which equal-count starts miss
+        top = np.append(quantiles[:-1], x[min(int(np.searchsorted(cdf, 0.995)), len(x) - 1)])
+        weights = np.append(np.full(k - 1, 0.99 / (k - 1)), 0.01)
+        starts.append((weights, np.sort(top).astype(np.float64), np.append(np.full(k - 1, var), floor * 16)))
         for _ in range(RANDOM_STARTS):
             means = np.sort(rng.choice(x, size=k, replace=len(x) < k))  # distinct scores, any density
             starts.append((np.full(k, 1.0 / k), means, np.full(k, var)))
