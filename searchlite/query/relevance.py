@@ -52,6 +52,7 @@ SHAPE_MARGIN = 1.645  # standard errors added to the shape estimate: a one-sided
 CANDIDATES = 60  # candidate counts of matches for step 2, spaced geometrically
 BEYOND = 1.5  # step 2 keeps scores this many times as far above the fit's start as the bulk reaches
 _EM_ITERATIONS = 200
+_EM_TOLERANCE = 1e-6  # per score: EM stops when the log-likelihood gains less
 _MIN_SD_BINS = 0.5  # a component is at least half a bin wide (identical scores stay modelled)
 
 
@@ -172,14 +173,11 @@ def _mixture(s: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     for k in range(1, MAX_COMPONENTS + 1):
         if len(s) < 4 * k:
             break
-        for start in _starts(x, c, k, floor, rng):
-            fit = _fit(x, c, *start, floor)
-            if fit is None:
-                continue
-            weights, means, variances, loglik = fit
-            bic = -2 * loglik + (3 * k - 1) * math.log(len(s))
-            if best is None or bic < best[0] - 1e-9:
-                best = (bic, weights, means, variances)
+        weights, means, variances, loglik = _fit(x, c, *_starts(x, c, k, floor, rng), floor)  # every start at once
+        bic = -2 * loglik + (3 * k - 1) * math.log(len(s))
+        i = int(np.argmin(bic))  # a start whose component emptied has bic +inf
+        if np.isfinite(bic[i]) and (best is None or bic[i] < best[0] - 1e-9):
+            best = (bic[i], weights[i], means[i], variances[i])
     assert best is not None  # k=1 always fits
     _, weights, means, variances = best
     order = np.argsort(means)
@@ -263,47 +261,55 @@ def _posteriors(x: np.ndarray, weights: np.ndarray, means: np.ndarray, variances
     return p / p.sum(axis=1, keepdims=True)
 
 
-def _starts(x: np.ndarray, c: np.ndarray, k: int, floor: float, rng: np.random.Generator) -> list[tuple[np.ndarray, ...]]:
-    """Starting points for EM: equal-count groups, the same with a small group at the top, then
-    means drawn from the scores."""
+def _starts(x: np.ndarray, c: np.ndarray, k: int, floor: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Starting points for EM, (starts, k) weights, means and variances: equal-count groups, the
+    same with a small group at the top, then means drawn from the scores."""
     total = c.sum()
     mean = float((c * x).sum() / total)
     var = max(float((c * (x - mean) ** 2).sum() / total) / (k * k), floor)
     cdf = np.cumsum(c) / total
     quantiles = x[np.minimum(np.searchsorted(cdf, (np.arange(k) + 0.5) / k), len(x) - 1)]
-    starts = [(np.full(k, 1.0 / k), quantiles.astype(np.float64), np.full(k, var))]
+    weights, means, variances = [np.full(k, 1.0 / k)], [quantiles], [np.full(k, var)]
     if k > 1:  # a small tight group at the very top, which equal-count starts miss
-        top = np.append(quantiles[:-1], x[min(int(np.searchsorted(cdf, 0.995)), len(x) - 1)])
-        weights = np.append(np.full(k - 1, 0.99 / (k - 1)), 0.01)
-        starts.append((weights, np.sort(top).astype(np.float64), np.append(np.full(k - 1, var), floor * 16)))
+        weights.append(np.append(np.full(k - 1, 0.99 / (k - 1)), 0.01))
+        means.append(np.append(quantiles[:-1], x[min(int(np.searchsorted(cdf, 0.995)), len(x) - 1)]))
+        variances.append(np.append(np.full(k - 1, var), floor * 16))
         for _ in range(RANDOM_STARTS):
-            means = np.sort(rng.choice(x, size=k, replace=len(x) < k))  # distinct scores, any density
-            starts.append((np.full(k, 1.0 / k), means, np.full(k, var)))
-    return starts
+            weights.append(np.full(k, 1.0 / k))
+            means.append(np.sort(rng.choice(x, size=k, replace=len(x) < k)))  # distinct scores, any density
+            variances.append(np.full(k, var))
+    return np.array(weights), np.array(means, dtype=np.float64), np.array(variances)
 
 
 def _fit(
     x: np.ndarray, c: np.ndarray, weights: np.ndarray, means: np.ndarray, variances: np.ndarray, floor: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, float] | None:
-    """EM for a 1-D Gaussian mixture on histogram points x with counts c, from the given start.
-    Returns (weights, means, variances, log-likelihood), or None when a component empties."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """EM for 1-D Gaussian mixtures on histogram points x with counts c, from several starts at once
+    ((starts, k) weights, means, variances). Returns the fitted (weights, means, variances) and each
+    start's log-likelihood, -inf for a start in which a component emptied."""
     total = c.sum()
-    previous = -math.inf
-    loglik = previous
+    k = weights.shape[1]
+    weights, means, variances = weights.copy(), means.copy(), variances.copy()
+    loglik = np.full(len(weights), -np.inf)
+    running = np.arange(len(weights))  # the starts still improving
     for _ in range(_EM_ITERATIONS):
-        logp = _log_densities(x, weights, means, variances)
-        top = logp.max(axis=1, keepdims=True)
+        w, m, v = weights[running], means[running], variances[running]
+        d = x[None, :, None] - m[:, None, :]  # (starts, points, k)
+        logp = np.log(w)[:, None, :] - 0.5 * (np.log(2 * math.pi * v)[:, None, :] + d * d / v[:, None, :])
+        top = logp.max(axis=2, keepdims=True)
         p = np.exp(logp - top)
-        norm = p.sum(axis=1, keepdims=True)
-        loglik = float((c * (np.log(norm[:, 0]) + top[:, 0])).sum())
-        r = c[:, None] * p / norm
-        n_k = r.sum(axis=0)
-        if len(n_k) > 1 and np.any(n_k < 2):  # a component with under two images models nothing
-            return None
-        weights = n_k / total
-        means = (r * x[:, None]).sum(axis=0) / n_k
-        variances = np.maximum((r * (x[:, None] - means[None, :]) ** 2).sum(axis=0) / n_k, floor)
-        if loglik - previous < 1e-6 * total:
+        norm = p.sum(axis=2, keepdims=True)
+        now = (c * (np.log(norm[..., 0]) + top[..., 0])).sum(axis=1)
+        r = (c[None, :, None] / norm) * p
+        n_k = r.sum(axis=1)
+        emptied = (n_k < 2).any(axis=1) if k > 1 else np.zeros(len(n_k), bool)  # a component under two images models nothing
+        n_k = np.maximum(n_k, 1e-12)
+        m = (r * x[None, :, None]).sum(axis=1) / n_k
+        v = np.maximum((r * (x[None, :, None] - m[:, None, :]) ** 2).sum(axis=1) / n_k, floor)
+        weights[running], means[running], variances[running] = n_k / total, m, v
+        converged = now - loglik[running] < _EM_TOLERANCE * total
+        loglik[running] = np.where(emptied, -np.inf, now)
+        running = running[~(converged | emptied)]
+        if not len(running):
             break
-        previous = loglik
     return weights, means, variances, loglik
