@@ -163,3 +163,28 @@ def test_an_index_from_before_the_record_stays_fp32(cli, photos, index_dir) -> N
     assert cli(index_dir, "index", photos).exit_code == 0
     tower = _tower(index_dir)
     assert tower["precision"] == "fp32" and not tower["mixed"] and "before int8 was offered" in tower["reason"]
+
+
+def test_an_int8_index_whose_int8_tower_changed_checks_it_again(cli, photos, index_dir, small_sample) -> None:
+    assert cli(index_dir, "index", photos).exit_code == 0
+    assert _tower(index_dir)["precision"] == "int8"
+    with SearchEngine.open(index_dir) as engine:
+        folder = model_cache_dir(engine.model_key())
+    _corrupt_scales(folder)  # the export the index's verdict judged is gone
+
+    # a query image is encoded by the new tower, and said: not checked yet
+    query = cli(index_dir, "query", "--image", photos / CAT)
+    assert query.exit_code == 0 and "int8 image tower changed since this index's vectors (not checked yet" in query.stderr
+
+    # the next index run checks it again: refused, fp32, and the mix is said
+    Image.new("RGB", (90, 70), (30, 200, 30)).save(photos / "green.png")
+    result = cli(index_dir, "index", photos)
+    assert result.exit_code == 0
+    assert "int8 image tower changed since this index's vectors: checking it" in result.stderr
+    assert "image tower: fp32: int8 drifts from fp32" in result.stderr
+    assert "now holds vectors from the fp32 image tower beside int8 ones" in result.stderr
+    tower = _tower(index_dir)
+    assert tower["precision"] == "fp32" and tower["mixed"] and tower["precisions"] == ["fp32", "int8"]
+    with SearchEngine.open(index_dir) as engine:
+        assert engine.image_encoder().precision == "fp32"
+        np.testing.assert_allclose(engine.embed_images([photos / "green.png"])[0], stored_vectors(index_dir)[str(photos / "green.png")], atol=1e-5)

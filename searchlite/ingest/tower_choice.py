@@ -14,6 +14,7 @@ the index's vectors have come from (`searchlite info` shows them).
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -53,7 +54,10 @@ class TowerChoice:
             reason = f"--precision {asked}" + (" (not validated)" if asked == "int8" else "")
             return cls(models, store, int8.Verdict(asked, reason))
         if recorded.get("precision") in ("fp32", "int8"):  # auto keeps the index's precision
-            return cls(models, store, int8.Verdict.from_record(recorded["verdict"]) if recorded.get("verdict") else int8.Verdict(recorded["precision"], "kept"))
+            kept = int8.Verdict.from_record(recorded["verdict"]) if recorded.get("verdict") else int8.Verdict(recorded["precision"], "kept")
+            if kept.precision == "int8" and kept.export != models.int8_export():
+                return cls._changed_export(models, store, can_judge)
+            return cls(models, store, kept)
         if recorded.get("precision"):  # the torch model's bf16 or fp16 (on a GPU): fp32 is the nearest here
             return cls(models, store, int8.Verdict("fp32", f"the index's vectors came from the {recorded['precision']} torch model"))
         if store.counts().get(INDEXED):
@@ -67,10 +71,30 @@ class TowerChoice:
             return cls(models, store, int8.Verdict("fp32", "int8 is judged in an index run on this machine, not on a cluster"))
         return cls(models, store, None, judge=True)
 
+    @classmethod
+    def _changed_export(cls, models: ModelHub, store: Store, can_judge: bool) -> TowerChoice:
+        """An int8 index whose int8 tower in the cache is not the one its vectors came from (made
+        again, replaced, damaged): the new one's verdict where the cache has it, else judged on
+        this run's first images; failing, fp32 (a mix, said by record())."""
+        cached = models.int8_verdict()
+        if cached is not None and cached.precision == "int8":
+            log.info("the model's int8 image tower changed since this index's vectors; it passed its check")
+            return cls(models, store, cached)
+        if cached is not None:
+            log.warning("the model's int8 image tower changed since this index's vectors and failed its check (%s): encoding in fp32",
+                        cached.reason)
+            return cls(models, store, replace(cached, reason=f"the int8 image tower changed and failed its check: {cached.reason}"))
+        if not can_judge:
+            return cls(models, store, int8.Verdict("fp32", "the int8 image tower changed since this index's vectors, and it is "
+                                                   "judged in an index run on this machine, not on a cluster"))
+        log.warning("the model's int8 image tower changed since this index's vectors: checking it on this run's first images")
+        return cls(models, store, None, judge=True)
+
     def apply(self) -> None:
-        """Point the model hub at the chosen tower (before the run's first image is prepared)."""
-        if self.verdict is not None:
-            self.models.use_precision(self.verdict.precision)
+        """Point the model hub at the chosen tower (before the run's first image is prepared);
+        while judging, the fp32 one (which prepares the images, and is the reference)."""
+        if self.verdict is not None or self.judging:
+            self.models.use_precision(self.verdict.precision if self.verdict is not None else "fp32")
 
     def judge(self, inputs: list[Any]) -> tuple[np.ndarray | None, int8.Verdict]:
         """Decide on the run's first inputs (preprocessed images; completed with sample photos
@@ -108,6 +132,8 @@ class TowerChoice:
             log.warning("this index now holds vectors from the %s image tower beside %s ones (searchlite info says so; "
                         "index into a new index for one precision)", precision, next(iter(before)))
         verdict = self.verdict if self.verdict is not None and self.verdict.precision == precision else None
+        if verdict is not None and precision == "int8" and verdict.export is None:  # forced: the export that encodes
+            verdict = replace(verdict, export=getattr(self.models.image_encoder(), "meta", {}).get("export_id"))
         record: dict[str, Any] = {"precision": precision, "precisions": precisions}
         if verdict is not None:
             record["verdict"] = verdict.to_record()

@@ -180,6 +180,12 @@ class ModelHub:
 
         return int8.cached_verdict(model_cache_dir(self.key())) if self.exports_image_tower() else None
 
+    def int8_export(self) -> str | None:
+        """Which int8 tower of this model the cache holds now (int8.export_id); None: none yet."""
+        from . import int8
+
+        return int8.export_id(model_cache_dir(self.key()))
+
     def image_batch_size(self) -> int:
         """Images per batch on the image encoder's device (a CPU's until it is loaded)."""
         return self.settings.batch_size_on(self._image_encoder.device if self._image_encoder else "cpu")
@@ -263,13 +269,33 @@ class ModelHub:
             if tower is not None:
                 self.load_seconds += time.monotonic() - started
                 self.record_model(tower.embed_dim)
-                return tower
-            if (towers := self.int8_towers()) is not None:
-                return towers[1]
+            elif (towers := self.int8_towers()) is not None:
+                tower = towers[1]
+            if tower is not None:
+                return self._int8_for_queries(tower)
             if self.settings.precision == "int8":
                 raise InvalidInputError("precision int8 needs the model's exported image tower, which this model does not allow", setting="precision")
             log.warning("the int8 image tower cannot be made: encoding in fp32")
         return self._fp32_tower()
+
+    def _int8_for_queries(self, tower: ImageTower) -> ImageTower | None:
+        """tower, or the fp32 one where tower failed its check. Outside index runs (query images),
+        an int8 tower other than the one that encoded the index's vectors is said: they may score
+        a little apart until an index run checks it (ingest/tower_choice.py)."""
+        from . import int8
+
+        if self._precision is not None or self.settings.precision != "auto":
+            return tower  # an index run's choice, or the user's
+        recorded = ((self.record.get_info(TOWER_RECORD) or {}).get("verdict") or {}).get("export")
+        if recorded == tower.meta.get("export_id"):
+            return tower
+        verdict = int8.cached_verdict(model_cache_dir(self.key()))
+        if verdict is not None and verdict.precision == "fp32":
+            log.warning("the model's int8 image tower changed since this index's vectors and failed its check: encoding images in fp32")
+            return self._fp32_tower()
+        log.warning("the model's int8 image tower changed since this index's vectors (not checked yet: an index run checks it); "
+                    "query images may score a little apart from them")
+        return tower
 
     def _fp32_tower(self) -> ImageTower | None:
         """The float32 tower exported to the cache (exported the first time); None for models the

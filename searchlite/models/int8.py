@@ -70,11 +70,15 @@ def source_id(folder: Path) -> str | None:
 
 
 def export_id(folder: Path) -> str | None:
-    """Identifies the int8 export in folder: its graph, scales and zero points included."""
+    """Identifies the int8 export in folder: its graph (scales and zero points included) and the
+    float32 export there now (one made from another is made again: a new export). None when
+    either is missing."""
+    source = source_id(folder)
     try:
-        return hashlib.sha256((folder / FILENAME).read_bytes()).hexdigest()[:16]
+        graph = (folder / FILENAME).read_bytes()
     except OSError:
         return None
+    return None if source is None else hashlib.sha256(graph + source.encode()).hexdigest()[:16]
 
 
 def load(folder: Path, model_key: str, threads: int | None = None) -> ImageTower | None:
