@@ -5,6 +5,7 @@ random model proves the plumbing only; docs/performance.md has the figures on ph
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -188,3 +189,25 @@ def test_an_int8_index_whose_int8_tower_changed_checks_it_again(cli, photos, ind
     with SearchEngine.open(index_dir) as engine:
         assert engine.image_encoder().precision == "fp32"
         np.testing.assert_allclose(engine.embed_images([photos / "green.png"])[0], stored_vectors(index_dir)[str(photos / "green.png")], atol=1e-5)
+
+
+def test_an_int8_tower_that_gives_nan_is_refused_for_that_reason(cli, photos, index_dir, small_sample, monkeypatch) -> None:
+    from searchlite.models.image_tower import ImageTower
+
+    encode = ImageTower.encode_images
+
+    def broken(self, batch):
+        vectors = encode(self, batch)
+        return np.full_like(vectors, np.nan) if self.precision == "int8" else vectors
+
+    monkeypatch.setattr(ImageTower, "encode_images", broken)
+    result = cli(index_dir, "index", photos)
+    assert result.exit_code == 0 and "image tower: fp32: int8 gives non-finite vectors (8 of 8 images)" in result.stderr
+    info = cli(index_dir, "info", "--json")
+
+    def no_nan(constant: str) -> None:
+        raise AssertionError(f"{constant} in info --json")
+
+    tower = json.loads(info.stdout, parse_constant=no_nan)["image_tower"]
+    assert tower["precision"] == "fp32" and tower["reason"] == "int8 gives non-finite vectors (8 of 8 images)"
+    assert "min_cosine" not in tower

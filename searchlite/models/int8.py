@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -165,7 +166,8 @@ class Verdict:
     export: str | None = None  # the int8 export judged (export_id)
 
     def to_record(self) -> dict[str, Any]:
-        return asdict(self)
+        """As JSON holds it: a non-finite figure (never valid JSON) becomes None."""
+        return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in asdict(self).items()}
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Verdict:
@@ -195,6 +197,13 @@ def validate(reference: ImageTower, candidate: ImageTower, inputs: list[np.ndarr
         return np.concatenate([tower.encode_images(inputs[i : i + batch]) for i in range(0, len(inputs), batch)])
 
     expected, got = encode(reference), encode(candidate)  # (n, d) each
+    broken = {name: int((~np.isfinite(v)).any(axis=1).sum()) for name, v in (("fp32", expected), ("int8", got))}
+    if any(broken.values()):  # NaN compares false with every threshold: refused before the figures
+        name = "int8" if broken["int8"] else "fp32"
+        reason = f"{name} gives non-finite vectors ({broken[name]} of {len(inputs)} images)"
+        verdict = Verdict("fp32", reason, images=len(inputs), from_collection=from_collection,
+                          seconds=round(time.monotonic() - started, 2), export=candidate.meta.get("export_id"))
+        return verdict, expected, got
     cosine = float((expected * got).sum(axis=1).min())
     overlap = neighbour_overlap(expected, got, NEIGHBOURS)
     passed = cosine >= MIN_COSINE and overlap >= MIN_OVERLAP
