@@ -99,6 +99,13 @@ def test_a_first_run_judges_int8_on_its_photos_and_info_shows_the_verdict(cli, p
     assert second.exit_code == 0 and "image tower" not in second.stderr
     assert _tower(index_dir.parent / "second")["precision"] == "int8"
 
+    # the verdict names the export's weights file too: rewritten, the verdict no longer holds
+    with SearchEngine.open(index_dir) as engine:
+        folder = model_cache_dir(engine.model_key())
+    assert int8.cached_verdict(folder) is not None
+    (folder / int8.WEIGHTS).write_bytes((folder / int8.WEIGHTS).read_bytes() + b"\0")
+    assert int8.cached_verdict(folder) is None
+
 
 def test_a_tower_that_fails_the_check_is_refused_and_fp32_recorded_with_the_reason(cli, photos, index_dir, tmp_path, small_sample) -> None:
     assert cli(index_dir, "index", photos).exit_code == 0  # exports and quantizes

@@ -71,15 +71,19 @@ def source_id(folder: Path) -> str | None:
 
 
 def export_id(folder: Path) -> str | None:
-    """Identifies the int8 export in folder: its graph (scales and zero points included) and the
-    float32 export there now (one made from another is made again: a new export). None when
-    either is missing."""
+    """Identifies the int8 export in folder: its graph (scales and zero points included), its
+    weights file (size and time written: hashing ~90 MB on every run would cost more than it
+    guards), and the float32 export there now (one made from another is made again: a new
+    export). None when any is missing."""
     source = source_id(folder)
     try:
         graph = (folder / FILENAME).read_bytes()
+        weights = (folder / WEIGHTS).stat()
     except OSError:
         return None
-    return None if source is None else hashlib.sha256(graph + source.encode()).hexdigest()[:16]
+    if source is None:
+        return None
+    return hashlib.sha256(graph + f"{weights.st_size}:{weights.st_mtime_ns}:{source}".encode()).hexdigest()[:16]
 
 
 def load(folder: Path, model_key: str, threads: int | None = None) -> ImageTower | None:
