@@ -52,6 +52,54 @@ def test_a_by_date_listing_comes_in_pages_with_the_cut_offs_verdict(served) -> N
     assert [h["path"] for h in newest["hits"]] == dated_paths[::-1] + [h.path for h in expected if h.taken_at is None]
 
 
+def test_a_by_date_listing_is_searched_once_and_pages_on_past_the_top_k_cap(served, monkeypatch) -> None:
+    from searchlite.server import queries
+
+    client, engine, _, video = served
+    search = engine.search
+    calls: list[dict] = []
+    monkeypatch.setattr(engine, "search", lambda *args, **options: calls.append(options) or search(*args, **options))
+    monkeypatch.setattr(queries, "MAX_OFFSET", 20)  # the top-k's cap on offset, lowered: the listing's pages go past it
+    expected = [h.path for h in search("a yellow triangle", sort="-date", min_score=-1)]
+    pages = [get(client, q="a yellow triangle", sort="-date", min_score=-1, k=7, offset=offset) for offset in range(0, len(expected) + 7, 7)]
+    assert [h["path"] for page in pages for h in page["hits"]] == expected
+    assert len(calls) == 1  # the later pages are slices of the listing made for the first
+    beyond = get(client, q="a yellow triangle", sort="-date", min_score=-1, offset=10_001)  # past the old cap of 10,000
+    assert beyond["hits"] == [] and beyond["total"] == len(expected) and len(calls) == 1
+    response = client.get("/api/search", params={"q": "a yellow triangle", "k": 7, "offset": 21})
+    assert response.status_code == 400 and response.json()["error"].startswith("offset must be between 0 and 20"), response.text
+    # a change to the index (here its tags, as another process might change them) makes the listing stale
+    engine.tag("red,green,blue,yellow", name="colour", threshold=0.9)
+    try:
+        calls.clear()
+        second = get(client, q="a yellow triangle", sort="-date", min_score=-1, k=7, offset=7)["hits"]
+        assert [h["path"] for h in second] == expected[7:14]
+        assert len(calls) == 1
+    finally:
+        engine.tag("red,green,blue,yellow", name="colour")  # the tags as the other tests know them
+
+
+def test_listings_are_kept_within_their_bounds(tmp_path) -> None:
+    from searchlite.config import DB_FILENAME
+    from searchlite.server.queries import Listings
+
+    (tmp_path / DB_FILENAME).write_bytes(b"database")
+    listings = Listings(tmp_path, keep=2, hits_kept=10)
+    made: list[str] = []
+
+    def get(name: str, size: int) -> list[int]:
+        return listings.get((name,), lambda: made.append(name) or list(range(size)))
+
+    assert get("a", 3) == get("a", 3) == [0, 1, 2] and made == ["a"]
+    (tmp_path / (DB_FILENAME + "-wal")).write_bytes(b"a commit")
+    get("a", 3)
+    assert made == ["a", "a"]  # the index changed
+    get("b", 3), get("c", 3), get("a", 3)
+    assert made == ["a", "a", "b", "c", "a"]  # two listings kept: a went first
+    get("d", 50), get("d", 50), get("c", 3)
+    assert made == ["a", "a", "b", "c", "a", "d", "c"]  # d alone is over the hits kept, yet kept while newest
+
+
 def test_min_score_widens_or_narrows_what_is_relevant(served) -> None:
     client, engine, photos, video = served
     every = get(client, q="a red circle", sort="date", min_score=-1, k=500)

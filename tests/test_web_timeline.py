@@ -5,6 +5,8 @@ each filter control, and the URL round trip (a shared link, back and forward).""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from tests.test_server_browser import CHROMIUM, browser, sync_api  # noqa: F401  (its skip logic too)
@@ -64,9 +66,9 @@ def test_the_timeline_is_in_date_order_under_month_headings_and_loads_more_on_sc
     page.goto(base + "/?q=a+shape&sort=date&min_score=-1")
     page.locator("#timeline .tile").nth(59).wait_for()
     assert len(shown(page)) < len(expected)  # one page of 60 first
-    while len(shown(page)) < len(expected):  # scrolling loads the rest
-        page.mouse.wheel(0, 4000)
-        page.wait_for_timeout(100)
+    # scrolling loads the rest: to the bottom until every photo is there (or the wait times out)
+    scroll_to_end = "(n) => { window.scrollTo(0, document.body.scrollHeight); return document.querySelectorAll('#timeline .tile').length >= n; }"
+    page.wait_for_function(scroll_to_end, arg=len(expected), polling=100, timeout=20_000)
     wait_for_ids(page, [h.id for h in expected])
     groups = page.locator("#timeline .month")
     months = [groups.nth(i).get_attribute("data-month") for i in range(groups.count())]
@@ -81,7 +83,11 @@ def test_the_timeline_is_in_date_order_under_month_headings_and_loads_more_on_sc
     # a heading stays in view below the bar while its month scrolls by
     march = page.locator('#timeline .month[data-month="2023-03"]')
     march.evaluate("(m) => window.scrollTo(0, m.getBoundingClientRect().top + window.scrollY + 300)")
-    page.wait_for_timeout(100)
+    stuck = """() => { const bar = document.querySelector('.bar').getBoundingClientRect().bottom;
+                       const march = document.querySelector('#timeline .month[data-month="2023-03"]');
+                       return Math.abs(march.querySelector('.month-head').getBoundingClientRect().top - bar) <= 2
+                              && march.getBoundingClientRect().top < bar - 200; }"""
+    page.wait_for_function(stuck, timeout=5_000)
     bar = page.evaluate("document.querySelector('.bar').getBoundingClientRect().bottom")
     head = march.locator(".month-head").bounding_box()
     assert abs(head["y"] - bar) <= 2, (head, bar)
@@ -96,13 +102,13 @@ def test_the_timeline_is_in_date_order_under_month_headings_and_loads_more_on_sc
 def test_the_verdict_in_words_and_the_min_score_slider(page, server) -> None:
     base, engine, _, _ = server
     auto = engine.search("a red circle", sort="date")
+    assert auto and math.isfinite(auto.cutoff.threshold), auto.cutoff.describe()  # the red circles stand out
     page.goto(base + "/?q=a+red+circle&sort=date")
     wait_for_ids(page, first_page(auto))
     assert page.locator("#verdict-text").inner_text() == auto.cutoff.summary()
     assert page.locator("#auto").is_hidden()
     slider = page.locator("#min-score")
-    if auto.cutoff.threshold not in (float("inf"), float("-inf")):
-        assert abs(float(slider.input_value()) - auto.cutoff.threshold) < 0.003
+    assert abs(float(slider.input_value()) - auto.cutoff.threshold) < 0.003  # the slider sits at the cut-off's threshold
     # widen: a lower min score keeps more, in the URL
     slider.evaluate("(s) => { s.value = '0.5'; s.dispatchEvent(new Event('input')); s.dispatchEvent(new Event('change')); }")
     page.wait_for_url("**min_score=0.500**")
@@ -120,6 +126,26 @@ def test_the_verdict_in_words_and_the_min_score_slider(page, server) -> None:
     page.locator("#auto").click()
     wait_for_ids(page, first_page(auto))
     assert "min_score" not in page.url
+
+
+@pytest.mark.parametrize(
+    ("url", "query", "threshold", "end"),
+    [
+        ("q=a+purple+hexagon", {"text": "a purple hexagon"}, math.inf, "max"),  # a thing the model does not know: nothing stands out
+        ("q=a+red+circle&after=2023-06-24", {"text": "a red circle", "after": "2023-06-24"}, -math.inf, "min"),  # one photo: too few to judge
+    ],
+)
+def test_a_verdict_with_no_threshold_puts_the_slider_at_an_end(page, server, url, query, threshold, end) -> None:
+    base, engine, _, _ = server
+    verdict = engine.search(sort="date", **query).cutoff
+    assert verdict.threshold == threshold, verdict.describe()
+    page.goto(base + "/?sort=date&" + url)
+    page.locator("#verdict").wait_for()
+    assert page.locator("#verdict-text").inner_text() == verdict.summary()
+    slider = page.locator("#min-score")
+    # nothing passes: the slider at the best score, to be moved down; all kept: at its lowest
+    assert float(slider.input_value()) == pytest.approx(float(slider.get_attribute(end)), abs=1e-9), (slider.input_value(), end)
+    assert page.locator("#auto").is_hidden()
 
 
 def test_when_nothing_passes_the_page_says_so(page, server) -> None:

@@ -24,7 +24,7 @@ from ..media.safe_read import OpenedFile, open_checked
 from ..output import hit_json
 from .files import OpenedFileResponse
 from .knn import knn_router
-from .queries import Answer, Query, UploadedImages, run_query
+from .queries import MAX_OFFSET, Answer, Listings, Query, UploadedImages, run_query
 from .responses import JSON, error
 from .security import Guard
 from .settings import ServerSettings, thumbnail_dir
@@ -50,6 +50,7 @@ HEADER_BYTES = 65536  # as indexing reads them: a TIFF-based RAW is told by its 
 EXPLAIN_WAIT_S = 10.0  # an explain request waits this long for one running to finish, then gets 503
 SORT_HELP = ("date (oldest first) or -date (newest first): every image the query is relevant to, by capture time, a page of k at a time; "
              "the answer then holds total (every page together) and, with a query, cutoff: the relevance cut-off's verdict")
+OFFSET_HELP = f"skip the first results (next pages): at most {MAX_OFFSET} without sort, any with sort"
 MIN_SCORE_HELP = ("relevant means a score of at least this (-1..1): with sort, instead of the cut-off's own verdict; "
                   "without, top-k hits scoring less are dropped")
 
@@ -85,6 +86,7 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
     thumbs = ThumbnailCache(engine, cache_dir, settings.thumb_size)
     displays = DisplayCache(engine, cache_dir)
     uploads = UploadedImages(engine)
+    listings = Listings(engine.index_dir)
     static = _load_static()
     # every file the server decodes (uploads included) is a regular file, read by the decoder
     # process, at most max_file_bytes; an indexed one must also still be the file indexed
@@ -170,7 +172,7 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
         request: Request,
         q: Annotated[Optional[str], Q(max_length=2000, description="text query")] = None,
         k: Annotated[int, Q(ge=1, le=500)] = 60,
-        offset: Annotated[int, Q(ge=0, le=10_000, description="skip the first results (next pages)")] = 0,
+        offset: Annotated[int, Q(ge=0, description=OFFSET_HELP)] = 0,
         tag: Annotated[Optional[str], Q(max_length=200)] = None,
         not_: Annotated[list[str], Q(alias="not", description="texts to steer away from")] = [],  # noqa: B006
         like: Annotated[Optional[int], Q(description="more like this indexed image")] = None,
@@ -188,7 +190,7 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
         filters = {"after": after, "before": before, "camera": camera, "path": path, "near": near, "place": place}
         query = Query(text=q, negatives=not_, tag=tag or None, like=like, image=image, k=k, offset=offset, filters=filters, sort=sort, type=type_ or None,
                       min_score=min_score)
-        return JSON(answer_record(request, run_query(engine, uploads, query)))
+        return JSON(answer_record(request, run_query(engine, uploads, listings, query)))
 
     @app.post("/api/search", summary="Search by an uploaded image (multipart), with the same fields")
     async def search_post(
@@ -196,7 +198,7 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
         image: Annotated[Optional[UploadFile], File(description="the query image")] = None,
         q: Annotated[Optional[str], Form(max_length=2000)] = None,
         k: Annotated[int, Form(ge=1, le=500)] = 60,
-        offset: Annotated[int, Form(ge=0, le=10_000)] = 0,
+        offset: Annotated[int, Form(ge=0)] = 0,
         tag: Annotated[Optional[str], Form(max_length=200)] = None,
         not_: Annotated[list[str], Form(alias="not")] = [],  # noqa: B006
         like: Annotated[Optional[int], Form()] = None,
@@ -217,7 +219,7 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
         filters = {"after": after, "before": before, "camera": camera, "path": path, "near": near, "place": place}
         query = Query(text=q, negatives=not_, tag=tag or None, like=like, image=key, k=k, offset=offset, filters=filters, sort=sort, type=type_ or None,
                       min_score=min_score)
-        answer = await run_in_threadpool(run_query, engine, uploads, query)
+        answer = await run_in_threadpool(run_query, engine, uploads, listings, query)
         return JSON(answer_record(request, answer) | {"image_key": key})
 
     # --- files, by indexed id only ----------------------------------------------------------------

@@ -1,6 +1,7 @@
 """From a request's terms to hits: text, negatives ("not people"), a tag, an uploaded image, and
 "more like this" (an indexed image's stored vector). Uploaded images are decoded in the engine's
-isolated decoder (embed_images) and kept, as vectors only, for later pages and the back button."""
+isolated decoder (embed_images) and kept, as vectors only, for later pages and the back button.
+A by-date listing is made once and kept (Listings): its next pages are slices of it."""
 
 from __future__ import annotations
 
@@ -9,18 +10,23 @@ import os
 import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .. import ImageDecodeError, InvalidInputError, InvalidQueryError, NotFoundError, PathNotFoundError
+from ..config import DB_FILENAME
 from ..query.terms import combine
 
 MAX_K = 500
 MAX_ID = 2**63 - 1
-MAX_OFFSET = 10_000
+MAX_OFFSET = 10_000  # of a top-k (without sort): FAISS then searches offset + k, and its k is bounded
 UPLOADS_KEPT = 64
+LISTINGS_KEPT = 8  # by-date listings held for their next pages
+LISTED_HITS_KEPT = 250_000  # hits in all of them, about 0.5 KB each (the newest listing is kept whatever its size)
 
 
 @dataclass
@@ -88,12 +94,55 @@ class UploadedImages:
             return vector
 
 
-def run_query(engine: Any, uploads: UploadedImages, query: Query) -> Answer:
-    """The hits of query, best first (by capture time with sort): ranks offset .. offset+k."""
+class Listings:
+    """By-date listings (every file a query is relevant to, in date order, with the cut-off's
+    verdict), the newest kept, by the query and the state of the index's database files: a
+    listing's next pages are slices of it, not new searches, and a change to the index (indexing,
+    tagging, by this process or another) makes them stale."""
+
+    def __init__(self, index_dir: str | os.PathLike[str], keep: int = LISTINGS_KEPT, hits_kept: int = LISTED_HITS_KEPT) -> None:
+        database = Path(index_dir) / DB_FILENAME
+        self._files = (database, database.with_name(database.name + "-wal"))  # a commit writes the WAL, a checkpoint the database
+        self.keep = keep
+        self.hits_kept = hits_kept
+        self._listings: OrderedDict[tuple[Any, ...], list[Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[Any, ...], make: Callable[[], list[Any]]) -> list[Any]:
+        """The listing of key (a query's fields), made by make() unless one of the index as it is now is held."""
+        key = (self._stamp(), *key)  # taken before make(): a change while it runs leaves the listing stale
+        with self._lock:
+            listing = self._listings.get(key)
+            if listing is not None:
+                self._listings.move_to_end(key)
+                return listing
+        listing = make()
+        with self._lock:
+            self._listings[key] = listing
+            held = sum(len(kept) for kept in self._listings.values())
+            while len(self._listings) > 1 and (len(self._listings) > self.keep or held > self.hits_kept):
+                held -= len(self._listings.popitem(last=False)[1])
+        return listing
+
+    def _stamp(self) -> tuple[Any, ...]:
+        stamp = []
+        for path in self._files:
+            try:
+                facts = path.stat()
+            except OSError:
+                stamp.append(None)
+            else:
+                stamp.append((facts.st_ino, facts.st_size, facts.st_mtime_ns))
+        return tuple(stamp)
+
+
+def run_query(engine: Any, uploads: UploadedImages, listings: Listings, query: Query) -> Answer:
+    """The hits of query, best first (by capture time with sort): ranks offset .. offset+k. A by-date
+    listing is made once (listings) and each request is one page of it, however deep."""
     if not 1 <= query.k <= MAX_K:
         raise InvalidQueryError(f"k must be between 1 and {MAX_K}, got {query.k}")
-    if not 0 <= query.offset <= MAX_OFFSET:
-        raise InvalidQueryError(f"offset must be between 0 and {MAX_OFFSET}, got {query.offset}")
+    if query.offset < 0 or (query.sort is None and query.offset > MAX_OFFSET):
+        raise InvalidQueryError(f"offset must be between 0 and {MAX_OFFSET} (any with sort), got {query.offset}")
     filters = {key: value for key, value in query.filters.items() if value not in (None, "")}
     for value in (query.text, query.tag, query.image, *query.negatives, *filters.values()):
         if value is not None and "\0" in value:
@@ -102,7 +151,16 @@ def run_query(engine: Any, uploads: UploadedImages, query: Query) -> Answer:
     text = (query.text or "").strip() or None
     negatives = [n.strip() for n in query.negatives if n and n.strip()]
     wanted = query.offset + query.k
-    options = {"k": wanted, "tag": query.tag, "type": query.type, "sort": query.sort, "min_score": query.min_score, **filters}
+    if query.sort is None:
+        return Answer(_search(engine, uploads, query, text, negatives, filters, k=wanted)[query.offset : wanted])
+    key = (text, tuple(negatives), query.tag, query.like, query.image, tuple(sorted(filters.items())), query.sort, query.type, query.min_score)
+    listing = listings.get(key, lambda: _search(engine, uploads, query, text, negatives, filters, k=1))  # sort lists every relevant file, whatever k
+    return Answer(listing[query.offset : wanted], getattr(listing, "cutoff", None), len(listing))
+
+
+def _search(engine: Any, uploads: UploadedImages, query: Query, text: str | None, negatives: list[str], filters: dict[str, str], k: int) -> list[Any]:
+    """The engine's hits for query (its k best, or with sort its whole listing)."""
+    options = {"k": k, "tag": query.tag, "type": query.type, "sort": query.sort, "min_score": query.min_score, **filters}
     if query.like is None and query.image is None:
         if text is None and query.sort is None:
             raise InvalidQueryError("the query is empty: give a text, an image or an image to find more like")
@@ -127,8 +185,7 @@ def run_query(engine: Any, uploads: UploadedImages, query: Query) -> Answer:
             parts.extend(engine.embed_text(negatives))
         total = combine(np.vstack(parts), weights)
         hits = engine.search_vector(total, **options)
-    # a by-date listing holds every relevant file, not a top-k: each request is one page of it
-    return Answer(hits[query.offset : wanted], getattr(hits, "cutoff", None), len(hits) if query.sort else None)
+    return hits
 
 
 def _check_each(engine: Any, filters: dict[str, str]) -> None:

@@ -2,6 +2,7 @@
 "use strict";
 
 const PAGE = 60;
+const TOP_OFFSET_MAX = 10000;  // the API's cap on offset for best matches (a by-date listing has none)
 const $ = (id) => document.getElementById(id);
 const els = {
   form: $("search"), q: $("q"), not: $("not"), pick: $("pick"), file: $("file"), grid: $("grid"),
@@ -166,7 +167,7 @@ async function searchByFile(file) {
 
 function showHits(data, ms) {
   const page = data.hits;
-  if (page.length < PAGE) exhausted = true;
+  if (page.length < PAGE || (!state.sort && hits.length + page.length > TOP_OFFSET_MAX)) exhausted = true;
   const first = hits.length;
   hits.push(...page);
   if (state.sort) {
