@@ -45,7 +45,7 @@ def cli(tiny_model):
     config, checkpoint = tiny_model
 
     def run(index: Path, *args: object):
-        model = ["--model", config, "--pretrained", checkpoint] if args and args[0] == "index" else []
+        model = ["--model", config, "--pretrained", checkpoint] if args and args[0] in ("index", "import") else []
         return runner.invoke(app, [str(a) for a in (*args, *model, "--index", index)])
 
     return run
@@ -218,3 +218,21 @@ def test_an_int8_tower_that_gives_nan_is_refused_for_that_reason(cli, photos, in
     tower = json.loads(info.stdout, parse_constant=no_nan)["image_tower"]
     assert tower["precision"] == "fp32" and tower["reason"] == "int8 gives non-finite vectors (8 of 8 images)"
     assert "min_cosine" not in tower
+
+
+def test_export_and_import_carry_the_image_tower_and_a_mix_is_said(cli, photos, index_dir, tmp_path) -> None:
+    assert cli(index_dir, "index", photos, "--precision", "int8").exit_code == 0
+    assert cli(index_dir, "export", tmp_path / "e.npy").exit_code == 0
+    exported = ("import", tmp_path / "e.npy", tmp_path / "e.jsonl")
+
+    fresh = tmp_path / "fresh"
+    assert cli(fresh, *exported).exit_code == 0
+    assert _tower(fresh) == {**_tower(index_dir), "mixed": False}
+    assert "image tower: int8: --precision int8 (not validated)" in " ".join(cli(fresh, "info").stdout.split())
+
+    fp32 = tmp_path / "fp32"
+    assert cli(fp32, "index", photos / "cats", "--precision", "fp32").exit_code == 0
+    result = cli(fp32, *exported)
+    assert result.exit_code == 0 and "now holds vectors from the int8 image tower beside fp32 ones" in result.stderr
+    tower = _tower(fp32)
+    assert tower["precision"] == "fp32" and tower["mixed"] and tower["precisions"] == ["fp32", "int8"]

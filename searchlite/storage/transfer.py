@@ -1,7 +1,9 @@
 """Embeddings in and out of an index: export to .npy + .jsonl (+ .index.json), import embeddings
 computed elsewhere (by the same model, e.g. on a GPU cluster) for files that exist here, without
 re-encoding. An export imported again gives the same index: every vector of every file (a video's
-shots, an image's regions), the files' header metadata, and the tag sets with the index's settings.
+shots, an image's regions), the files' header metadata, and the tag sets with the index's settings
+and the record of the image tower that encoded the vectors (an import into an index of another
+precision is a mix, said).
 
 The .jsonl has one line per row of the .npy, in the same order: a file's own vector
 {"path": ..., "type": "video" (videos only), "metadata": {...}, "metadata_version": N}, then its
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -27,6 +30,10 @@ from .atomic_file import replaceable_target, write_atomic
 from .hashing import content_hash
 from .store import INDEXED, OWN_KINDS, Store, TagSetRow, VectorPart
 from .vector_index import VectorIndex
+
+log = logging.getLogger(__name__)
+
+TOWER_RECORD = "image_tower"  # index_info's record of the image tower (models.hub.TOWER_RECORD, which sits above)
 
 CHUNK = 1000  # files per transaction on import
 PART_KINDS = ("shot", "region")
@@ -95,6 +102,7 @@ def _index_facts(store: Store) -> dict[str, Any]:
     return {
         "regions": bool(store.get_info("regions")),
         "raw_siblings": bool(store.get_info("raw_siblings")),
+        "image_tower": store.get_info(TOWER_RECORD),
         "tag_sets": [
             {"name": t.name, "key": t.key, "labels": list(t.labels), "weights": t.weights.tolist(), "bias": t.bias.tolist(),
              "threshold": t.threshold, "source": t.source}
@@ -189,10 +197,31 @@ def import_facts(store: Store, npy_path: Path, dim: int) -> None:
     for key in ("regions", "raw_siblings"):  # remembered for later index runs
         if facts.get(key) and not store.get_info(key):
             store.set_info(key, True)
+    if isinstance(facts.get("image_tower"), dict):
+        _merge_tower(store, facts["image_tower"])
     if tag_sets:
         with store.transaction(vectors_changed=False) as tx:
             for row in tag_sets:
                 tx.set_tag_set(row)
+
+
+def _merge_tower(store: Store, imported: dict[str, Any]) -> None:
+    """Record the image tower of imported vectors (ingest/tower_choice.py's record): a new index
+    takes it whole; one with vectors keeps its own and adds the imported precisions, a mix said
+    here and by `info`."""
+    recorded = store.get_info(TOWER_RECORD)
+    has_vectors = bool(store.counts().get(INDEXED))
+    if not has_vectors and not recorded:
+        store.set_info(TOWER_RECORD, imported)
+        return
+    mine = recorded or {"precision": "fp32"}  # vectors from before the record are fp32
+    before = set(mine.get("precisions") or [mine["precision"]])
+    precisions = sorted(before | set(imported.get("precisions") or [imported.get("precision", "fp32")]))
+    if len(precisions) > 1 and len(before) == 1:
+        log.warning("this index now holds vectors from the %s image tower beside %s ones (searchlite info says so)",
+                    " and ".join(p for p in precisions if p not in before), next(iter(before)))
+    if {**mine, "precisions": precisions} != recorded:
+        store.set_info(TOWER_RECORD, {**mine, "precisions": precisions})
 
 
 def import_rows(store: Store, vectors: VectorIndex, files: list[FileEntry]) -> tuple[int, int]:
