@@ -26,7 +26,7 @@ MAX_ID = 2**63 - 1
 MAX_OFFSET = 10_000  # of a top-k (without sort): FAISS then searches offset + k, and its k is bounded
 UPLOADS_KEPT = 64
 LISTINGS_KEPT = 8  # by-date listings held for their next pages
-LISTED_HITS_KEPT = 250_000  # hits in all of them, about 0.5 KB each (the newest listing is kept whatever its size)
+LISTED_HITS_KEPT = 100_000  # hits in all of them, about 0.7 KB each (the newest listing is kept whatever its size)
 
 
 @dataclass
