@@ -39,7 +39,7 @@ import numpy as np
 
 MAX_COMPONENTS = 6
 MIN_SCORES = 8  # fewer cannot be modelled: then every image counts as relevant
-MAX_SHARE = 0.35  # a group of matches holds at most this share of the images searched
+MAX_SHARE = 0.25  # a group of matches holds at most this share of the images searched (a larger clump is the bulk's structure: a query the model cannot place puts a third of a library there)
 FITTED_SHARE = 0.5  # the mixture models the top half of the scores
 VALLEY_DEPTH = 2.0  # the mixture density at the top component is this many times that at the cut, or more
 BINS = 512  # EM runs on a histogram of the scores: fast for any number of scores, fine enough for the cut
