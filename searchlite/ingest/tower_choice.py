@@ -94,7 +94,7 @@ class TowerChoice:
         """Point the model hub at the chosen tower (before the run's first image is prepared);
         while judging, the fp32 one (which prepares the images, and is the reference)."""
         if self.verdict is not None or self.judging:
-            self.models.use_precision(self.verdict.precision if self.verdict is not None else "fp32")
+            self.models.use_precision(self.verdict.precision if self.verdict is not None else "fp32", judging=self.judging)
 
     def judge(self, inputs: list[Any]) -> tuple[np.ndarray | None, int8.Verdict]:
         """Decide on the run's first inputs (preprocessed images; completed with sample photos

@@ -79,6 +79,7 @@ class ModelHub:
         self._text_cache = TextCache()
         self.load_seconds = 0.0  # spent loading the model in this process
         self._precision: str | None = None  # of the image tower, once an index run chose it (use_precision)
+        self._judging = False  # while an index run judges int8 (use_precision)
 
     @classmethod
     def of_index(
@@ -130,6 +131,8 @@ class ModelHub:
         with self._lock:
             if self._image_encoder is None:
                 self._image_encoder = self._image_tower() or self.load_model()
+                if self._judging and hasattr(self._image_encoder, "hold_faster"):
+                    self._image_encoder.hold_faster()
             return self._image_encoder
 
     def image_precision(self) -> str:
@@ -143,16 +146,20 @@ class ModelHub:
         recorded = self.record.get_info(TOWER_RECORD) or {}
         return "int8" if self.settings.precision == "auto" and recorded.get("precision") == "int8" else "fp32"
 
-    def use_precision(self, precision: str, tower: ImageTower | None = None) -> None:
+    def use_precision(self, precision: str, tower: ImageTower | None = None, *, judging: bool = False) -> None:
         """Encode images with the "int8" or "fp32" exported tower from now on (an index run's
         choice, ingest/tower_choice.py): tower, when given (one int8_towers() gave), else loaded
-        when next needed."""
+        when next needed. judging: the fp32 tower only prepares images until int8 is judged, and
+        may be dropped then: it builds no faster session meanwhile."""
         with self._lock:
             self._precision = precision
+            self._judging = judging
             if tower is not None:
                 self._image_encoder = tower
             elif getattr(self._image_encoder, "precision", precision) != precision:
                 self._image_encoder = None
+            if hasattr(self._image_encoder, "hold_faster"):
+                self._image_encoder.hold_faster(judging)
 
     def exports_image_tower(self) -> bool:
         """Whether images are encoded by a tower exported to the cache (so int8 is possible):

@@ -63,6 +63,7 @@ class ImageTower:
         self._make_faster = faster
         self._faster: Future[Any] | None = None
         self._preprocessed = 0
+        self._faster_held = False  # hold_faster()
         self._lock = threading.Lock()
         self.image_size: int = int(meta["image_size"])
         self.embed_dim: int = int(meta["embed_dim"])
@@ -139,9 +140,15 @@ class ImageTower:
             (out,) = session.run(None, {"pixels": x})
         return np.ascontiguousarray(out, dtype=np.float32)
 
+    def hold_faster(self, held: bool = True) -> None:
+        """While held, the faster session is not built: a tower that may soon be dropped (the fp32
+        one the int8 tower is judged against) would spend a core and 1.4 GB building it."""
+        with self._lock:
+            self._faster_held = held
+
     def _build_faster(self, images: int) -> None:
         """Start building the faster session when images make it worth it (under self._lock)."""
-        if self._make_faster is not None and images >= PREPACK_BATCH:
+        if self._make_faster is not None and not self._faster_held and images >= PREPACK_BATCH:
             self._faster, self._make_faster = _in_thread(self._make_faster), None
 
 

@@ -1,8 +1,9 @@
 """The image tower with int8 matrix products, and the check that decides whether an index may use it.
 
-The float32 tower exported to the user's cache (image_tower.py) is quantized once per export with
-onnxruntime's dynamic quantization: the weights of the transformer's matrix products (attention
-in/out projections, MLP) as int8 per output channel, activations quantized per batch as it runs.
+The float32 tower exported to the user's cache (image_tower.py) is quantized once per export to
+onnxruntime's dynamic quantization operator (DynamicQuantizeMatMul): the weights of the
+transformer's matrix products (attention in/out projections, MLP) as int8 per output channel,
+activations quantized per input as it runs.
 The patch embedding (a convolution), the layer norms, the attention's products of activations and
 the final projection stay float32. The int8 files sit beside the float32 ones and name the float32
 export they were made from (source_id): exporting the float32 tower again makes them again.
@@ -18,7 +19,6 @@ judges, later runs and indexes read it) and recorded in each index that uses it 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -27,7 +27,6 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,14 +44,15 @@ FILENAME = "image_tower.int8.onnx"  # the graph with its small tensors (scales, 
 WEIGHTS = "image_tower.int8.weights"  # its large tensors, raw
 VERDICT = "image_tower.int8.json"  # the verdict on the export, once judged
 FILES = (FILENAME, WEIGHTS)
-FORMAT = "searchlite-image-tower-int8-1"  # the recipe; a new one makes the files again
+FORMAT = "searchlite-image-tower-int8-2"  # the recipe; a new one makes the files again
 SAMPLE = 64  # images of the collection encoded by both towers
 NEIGHBOURS = 10
 MIN_COSINE = 0.995  # every sample image's, to float32
 MIN_OVERLAP = 0.9  # mean share of the top-NEIGHBOURS that float32 and int8 agree on
 # index runs with fewer files to encode keep float32 without judging int8: the check's own cost
-# (the sample through the float32 tower, and the first quantization) exceeds what int8 saves them
-MIN_IMAGES = 100
+# (the sample through the float32 tower, and the first quantization) exceeds what int8 saves them.
+# Measured break-even (docs/performance.md): a judged run of 128 camera photos takes as long as fp32
+MIN_IMAGES = 128
 _EXTERNAL_BYTES = 64 * 1024  # tensors past this go to WEIGHTS; scales and biases stay in the graph
 # scikit-image's photos that ship inside its package (no download): the sample's complement
 _SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat", "camera", "coins", "moon", "horse", "hubble_deep_field",
@@ -106,7 +106,6 @@ def quantize(folder: Path, model_key: str) -> ImageTower | None:
     """Quantize the float32 tower in folder and keep the result beside it (a folder that cannot be
     written: used from a temporary one, made again next time). None when it cannot be made."""
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     source = source_id(folder)
     if source is None:
@@ -118,23 +117,10 @@ def quantize(folder: Path, model_key: str) -> ImageTower | None:
         log.info("cannot keep an int8 image tower in %s (%s)", folder, e.strerror or e)
         return None
     try:
-        exported = onnx.load(folder / image_tower.FILENAME, load_external_data=False)
-        meta = json.loads({p.key: p.value for p in exported.metadata_props}["searchlite"])
-        graph = exported.graph
-        initializers = {t.name for t in graph.initializer}
-        # only products with a weight: the attention's products of two activations lose more
-        # than they gain; the patch embedding and the final projection are cheap and sensitive
-        keep = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and not set(n.input) & initializers]
-        keep += [n.name for n in graph.node if n.op_type == "Conv"]
-        keep += [n.name for n in graph.node if n.op_type == "MatMul"][-1:]  # the final projection
-        with _quiet_root_logger():
-            quantize_dynamic(
-                folder / image_tower.FILENAME, staging / "quantized.onnx", per_channel=True, weight_type=QuantType.QInt8,
-                op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=keep, use_external_data_format=True,
-                # the optimized export has contrib operators (BiasGelu) whose outputs shape inference cannot type
-                extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
-            )
-        model = onnx.load(staging / "quantized.onnx")
+        model = onnx.load(folder / image_tower.FILENAME)
+        meta = json.loads({p.key: p.value for p in model.metadata_props}["searchlite"])
+        if not _quantize_products(model):
+            raise ValueError("the tower has no matrix product with a weight to quantize")
         onnx.helper.set_model_props(model, {"searchlite": json.dumps({**meta, "format": FORMAT, "precision": "int8", "source": source})})
         onnx.save_model(model, staging / FILENAME, save_as_external_data=True, all_tensors_to_one_file=True, location=WEIGHTS,
                         size_threshold=_EXTERNAL_BYTES)
@@ -153,6 +139,69 @@ def quantize(folder: Path, model_key: str) -> ImageTower | None:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("quantized the image tower to int8 in %.1fs", time.monotonic() - started)
     return load(folder, model_key)
+
+
+def _quantize_products(model: Any) -> int:
+    """Replace, in the onnx model, each matrix product with a weight (MatMul x @ W; Gemm x @ W.T + b)
+    by onnxruntime's DynamicQuantizeMatMul: W in int8 per output column, symmetric (as onnxruntime's
+    quantize_dynamic makes it, per channel, in one numpy pass instead of its loop over 83k
+    channels: 6 s of a 9 s quantization of ViT-B-32), the input in uint8 over the whole input as it
+    runs. The attention's products of two activations lose more than they gain; the patch embedding
+    (a convolution) and the final projection are cheap and sensitive: they stay float32. Returns
+    how many products were replaced."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    weights = {t.name: t for t in graph.initializer}
+    projection = [n.name for n in graph.node if n.op_type == "MatMul"][-1:]
+    added: dict[str, list[str]] = {}  # a weight (transposed or not) -> its int8 tensors' names
+    nodes, replaced = [], 0
+    for node in graph.node:
+        operand = _weight_operand(node, weights) if node.name not in projection else None
+        if operand is None:
+            nodes.append(node)
+            continue
+        name, transposed, bias = operand
+        key = f"{name}_t" if transposed else name
+        if key not in added:
+            w = numpy_helper.to_array(weights[name]).astype(np.float32)
+            w = w.T if transposed else w  # (K, N)
+            scale = np.abs(w).max(axis=0) / np.float32(127)
+            scale[scale == 0] = 1
+            q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+            added[key] = [f"{key}_int8", f"{key}_int8_scale", f"{key}_int8_zero_point"]
+            for array, tensor_name in zip((q, scale.astype(np.float32), np.zeros(len(scale), np.int8)), added[key]):
+                graph.initializer.append(numpy_helper.from_array(array, tensor_name))
+        inputs = [node.input[0], *added[key], *([bias] if bias else [])]
+        nodes.append(helper.make_node("DynamicQuantizeMatMul", inputs, list(node.output), name=f"{node.name}_int8", domain="com.microsoft"))
+        replaced += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {i for n in graph.node for i in n.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return replaced
+
+
+def _weight_operand(node: Any, weights: dict[str, Any]) -> tuple[str, bool, str | None] | None:
+    """(the weight's name, whether it is used transposed, the bias's name) of a product with a
+    2-D weight that DynamicQuantizeMatMul computes alike; None for others."""
+    from onnx import helper
+
+    if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2 or node.input[1] not in weights or len(weights[node.input[1]].dims) != 2:
+        return None
+    if node.op_type == "MatMul":
+        return node.input[1], False, None
+    attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if attributes.get("alpha", 1.0) != 1.0 or attributes.get("beta", 1.0) != 1.0 or attributes.get("transA", 0):
+        return None
+    bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    if bias is not None and (bias not in weights or len(weights[bias].dims) != 1):
+        return None
+    return node.input[1], bool(attributes.get("transB", 0)), bias
 
 
 @dataclass(frozen=True)
@@ -279,18 +328,6 @@ def keep_verdict(folder: Path, verdict: Verdict) -> None:
         os.replace(temporary, folder / VERDICT)
     except OSError as e:
         log.info("cannot keep the int8 verdict in %s: %s", folder, e.strerror or e)
-
-
-@contextlib.contextmanager
-def _quiet_root_logger() -> Iterator[None]:
-    """onnxruntime's quantizer logs its progress and advice on the root logger: not for our users."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
 
 
 def _first_line(error: BaseException) -> str:
