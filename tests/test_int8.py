@@ -236,3 +236,28 @@ def test_export_and_import_carry_the_image_tower_and_a_mix_is_said(cli, photos, 
     assert result.exit_code == 0 and "now holds vectors from the int8 image tower beside fp32 ones" in result.stderr
     tower = _tower(fp32)
     assert tower["precision"] == "fp32" and tower["mixed"] and tower["precisions"] == ["fp32", "int8"]
+
+
+def test_an_unwritable_cache_still_gives_the_int8_tower(cli, photos, index_dir, own_cache, monkeypatch) -> None:
+    make_folder = int8.tempfile.mkdtemp
+
+    def refused_in_the_cache(*args, **kwargs):
+        if kwargs.get("dir") is not None and own_cache in Path(kwargs["dir"]).parents and kwargs.get("prefix") == ".int8-":
+            raise PermissionError(13, "Permission denied")
+        return make_folder(*args, **kwargs)
+
+    monkeypatch.setattr(int8.tempfile, "mkdtemp", refused_in_the_cache)  # the float32 tower kept, the int8 one cannot be
+    result = cli(index_dir, "index", photos / "cats", "--precision", "int8")
+    assert result.exit_code == 0, result.stderr
+    assert _tower(index_dir)["precision"] == "int8"
+    with SearchEngine.open(index_dir) as engine:
+        folder = model_cache_dir(engine.model_key())
+    assert not (folder / int8.FILENAME).exists()  # made elsewhere, for this process
+
+    # without the float32 tower in the cache, the reason is said
+    for name in ("image_tower.onnx", "image_tower.weights"):
+        (folder / name).unlink()
+    monkeypatch.setattr("searchlite.models.image_tower.export_image_tower", lambda *args: None)
+    refused = cli(index_dir.parent / "other", "index", photos / "cats", "--precision", "int8")
+    assert refused.exit_code != 0
+    assert "precision int8: the int8 image tower cannot be made: the float32 image tower it is made from is not in" in refused.stderr

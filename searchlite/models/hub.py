@@ -281,7 +281,8 @@ class ModelHub:
             if tower is not None:
                 return self._int8_for_queries(tower)
             if self.settings.precision == "int8":
-                raise InvalidInputError("precision int8 needs the model's exported image tower, which this model does not allow", setting="precision")
+                raise InvalidInputError(f"precision int8: the int8 image tower cannot be made: {int8.unavailable(model_cache_dir(key))}",
+                                        setting="precision")
             log.warning("the int8 image tower cannot be made: encoding in fp32")
         return self._fp32_tower()
 

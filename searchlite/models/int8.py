@@ -19,6 +19,7 @@ judges, later runs and indexes read it) and recorded in each index that uses it 
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
@@ -70,12 +71,12 @@ def source_id(folder: Path) -> str | None:
     return hashlib.sha256(graph + str(weights).encode()).hexdigest()[:16]
 
 
-def export_id(folder: Path) -> str | None:
+def export_id(folder: Path, source: str | None = None) -> str | None:
     """Identifies the int8 export in folder: its graph (scales and zero points included), its
     weights file (size and time written: hashing ~90 MB on every run would cost more than it
     guards), and the float32 export there now (one made from another is made again: a new
-    export). None when any is missing."""
-    source = source_id(folder)
+    export; source: its source_id, for an int8 export made elsewhere). None when any is missing."""
+    source = source or source_id(folder)
     try:
         graph = (folder / FILENAME).read_bytes()
         weights = (folder / WEIGHTS).stat()
@@ -86,13 +87,13 @@ def export_id(folder: Path) -> str | None:
     return hashlib.sha256(graph + f"{weights.st_size}:{weights.st_mtime_ns}:{source}".encode()).hexdigest()[:16]
 
 
-def load(folder: Path, model_key: str, threads: int | None = None) -> ImageTower | None:
-    """The int8 tower of model_key in folder, made from the float32 export there now; None when
-    there is none (or it was made from an earlier export)."""
-    source = source_id(folder)
+def load(folder: Path, model_key: str, threads: int | None = None, source: str | None = None) -> ImageTower | None:
+    """The int8 tower of model_key in folder, made from the float32 export there now (or the one
+    source names); None when there is none (or it was made from an earlier export)."""
+    source = source or source_id(folder)
     loaded = None if source is None else ImageTower.load(folder, model_key, threads, filename=FILENAME, fmt=FORMAT, source=source)
     if loaded is not None:
-        loaded.meta["export_id"] = export_id(folder)
+        loaded.meta["export_id"] = export_id(folder, source)
     return loaded
 
 
@@ -104,27 +105,19 @@ def tower(folder: Path, model_key: str) -> ImageTower | None:
 
 def quantize(folder: Path, model_key: str) -> ImageTower | None:
     """Quantize the float32 tower in folder and keep the result beside it (a folder that cannot be
-    written: used from a temporary one, made again next time). None when it cannot be made."""
-    import onnx
-
+    written: used from a temporary one until the process ends, made again next time). None when
+    it cannot be made."""
     source = source_id(folder)
     if source is None:
         return None
     started = time.monotonic()
     try:
         staging = Path(tempfile.mkdtemp(dir=folder, prefix=".int8-"))
-    except OSError as e:  # an unwritable cache: the float32 tower serves
-        log.info("cannot keep an int8 image tower in %s (%s)", folder, e.strerror or e)
-        return None
+    except OSError as e:
+        log.info("cannot keep an int8 image tower in %s (%s): made in a temporary folder", folder, e.strerror or e)
+        return _quantize_elsewhere(folder, model_key, source)
     try:
-        model = onnx.load(folder / image_tower.FILENAME)
-        meta = json.loads({p.key: p.value for p in model.metadata_props}["searchlite"])
-        if not _quantize_products(model):
-            raise ValueError("the tower has no matrix product with a weight to quantize")
-        onnx.helper.set_model_props(model, {"searchlite": json.dumps({**meta, "format": FORMAT, "precision": "int8", "source": source})})
-        onnx.save_model(model, staging / FILENAME, save_as_external_data=True, all_tensors_to_one_file=True, location=WEIGHTS,
-                        size_threshold=_EXTERNAL_BYTES)
-        (staging / WEIGHTS).touch()  # a small model's tensors may all fit in the graph
+        _write(folder, staging, source)
         for name in FILES:
             with open(staging / name, "rb+") as f:
                 os.fsync(f.fileno())
@@ -139,6 +132,41 @@ def quantize(folder: Path, model_key: str) -> ImageTower | None:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("quantized the image tower to int8 in %.1fs", time.monotonic() - started)
     return load(folder, model_key)
+
+
+def unavailable(folder: Path) -> str:
+    """Why the int8 tower of the float32 one in folder could not be had, in a few words."""
+    if source_id(folder) is None:
+        return (f"the float32 image tower it is made from is not in {folder} (a cache folder that cannot be written, "
+                "or a model the export does not cover)")
+    return "quantizing the float32 image tower failed (searchlite --verbose says why)"
+
+
+def _write(folder: Path, staging: Path, source: str) -> None:
+    """FILENAME and WEIGHTS in staging: the float32 tower in folder (its source_id: source), quantized."""
+    import onnx
+
+    model = onnx.load(folder / image_tower.FILENAME)
+    meta = json.loads({p.key: p.value for p in model.metadata_props}["searchlite"])
+    if not _quantize_products(model):
+        raise ValueError("the tower has no matrix product with a weight to quantize")
+    onnx.helper.set_model_props(model, {"searchlite": json.dumps({**meta, "format": FORMAT, "precision": "int8", "source": source})})
+    onnx.save_model(model, staging / FILENAME, save_as_external_data=True, all_tensors_to_one_file=True, location=WEIGHTS,
+                    size_threshold=_EXTERNAL_BYTES)
+    (staging / WEIGHTS).touch()  # a small model's tensors may all fit in the graph
+
+
+def _quantize_elsewhere(folder: Path, model_key: str, source: str) -> ImageTower | None:
+    """The int8 tower of the float32 one in folder, made in a temporary folder that lives as long
+    as this process (its faster session is built from the files later)."""
+    staging = Path(tempfile.mkdtemp(prefix="searchlite-int8-"))
+    atexit.register(shutil.rmtree, staging, True)
+    try:
+        _write(folder, staging, source)
+    except Exception as e:  # noqa: BLE001 - without int8 the float32 tower serves
+        log.info("cannot quantize the image tower to int8: %s", _first_line(e))
+        return None
+    return load(staging, model_key, source=source)
 
 
 def _quantize_products(model: Any) -> int:
