@@ -125,10 +125,11 @@ def cutoff(scores: np.ndarray, *, seed: int = 0) -> Cutoff:
     s = s[np.isfinite(s)]
     if len(s) < MIN_SCORES:
         return Cutoff(-math.inf, "too few scores", len(s), len(s), float(s.max()) if len(s) else math.nan)
-    found = _group(s, seed) if s.max() - s.min() > 1e-9 else None
-    if found is None:
-        found = _beyond_bulk(-np.sort(-s))
-    threshold, reason = found or (math.inf, "no group stands clear of the rest, and no score lies beyond the bulk's tail")
+    if s.max() - s.min() <= 1e-9:
+        threshold, reason = math.inf, "every score is the same"
+    else:
+        found = _group(s, seed) or _beyond_bulk(-np.sort(-s))
+        threshold, reason = found or (math.inf, "no group stands clear of the rest, and no score lies beyond the bulk's tail")
     kept = s >= threshold
     return Cutoff(threshold, "scores", len(s), int(kept.sum()), float(s.max()), _bulk(s[~kept]), reason)
 
@@ -194,7 +195,7 @@ def _beyond_bulk(desc: np.ndarray) -> tuple[float, str] | None:
         tail = _pareto_tail(desc, int(k))
         reach = tail.level(ALPHA / n)  # where the bulk's own top would be
         threshold = tail.start + BEYOND * (reach - tail.start)
-        if desc[k - 1] >= threshold:
+        if desc[k - 1] > threshold:
             found = (int(k), tail, threshold)
     if found is None:
         return None
