@@ -261,3 +261,9 @@ def test_an_unwritable_cache_still_gives_the_int8_tower(cli, photos, index_dir, 
     refused = cli(index_dir.parent / "other", "index", photos / "cats", "--precision", "int8")
     assert refused.exit_code != 0
     assert "precision int8: the int8 image tower cannot be made: the float32 image tower it is made from is not in" in refused.stderr
+
+
+def test_int8_with_regions_is_refused(cli, photos, index_dir) -> None:
+    result = cli(index_dir, "index", photos / "cats", "--precision", "int8", "--regions")
+    assert result.exit_code != 0 and "precision int8 does not go with regions" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..config import IndexSettings, model_cache_dir
+from ..errors import InvalidInputError
 from ..models import int8
 from ..models.hub import TOWER_RECORD
 from ..storage.store import INDEXED, Store
@@ -48,6 +49,9 @@ class TowerChoice:
         first images for the check (not on a Ray cluster)."""
         asked = settings.precision
         recorded = store.get_info(TOWER_RECORD) or {}
+        if asked == "int8" and (settings.regions or store.get_info("regions")):
+            raise InvalidInputError("precision int8 does not go with regions (their vectors come from the torch model's grid "
+                                    "features, in fp32)", setting="precision")
         if settings.regions or store.get_info("regions") or not models.exports_image_tower():
             return cls(models, store, None)  # the torch model (regions are its grid features)
         if asked in ("fp32", "int8"):
