@@ -10,7 +10,6 @@ from typing import Any
 from ..config import DB_FILENAME, FAISS_FILENAME
 from ..errors import IndexVersionError
 from ..models.hub import TOWER_RECORD
-from ..models.int8 import Verdict
 from ..models.spec import ModelSpec
 from ..storage.store import FAILED, INDEXED, SKIPPED, Store
 from . import scanner
@@ -53,6 +52,8 @@ def _tower_facts(record: dict[str, Any] | None) -> dict[str, Any] | None:
     precision they have come from ("mixed" when more than one), why, and the check's figures."""
     if not record:
         return None  # nothing encoded yet, or by a searchlite before the record
+    from ..models.int8 import Verdict  # it imports Pillow and the tower: info needs only the wording
+
     verdict = record.get("verdict") or {}
     precisions = record.get("precisions") or [record["precision"]]
     return {
