@@ -98,6 +98,7 @@ def test_a_first_run_judges_int8_on_its_photos_and_info_shows_the_verdict(cli, p
     second = cli(index_dir.parent / "second", "index", photos)
     assert second.exit_code == 0 and "image tower" not in second.stderr
     assert _tower(index_dir.parent / "second")["precision"] == "int8"
+    assert _tower(index_dir.parent / "second")["reason"] == f"validated on the photos of the index {index_dir}"
 
     # the verdict names the export's weights file too: rewritten, the verdict no longer holds
     with SearchEngine.open(index_dir) as engine:

@@ -68,7 +68,7 @@ class TowerChoice:
             return cls(models, store, int8.Verdict("fp32", "the index's vectors were encoded in fp32 before int8 was offered"))
         cached = models.int8_verdict()
         if cached is not None:
-            return cls(models, store, cached)
+            return cls(models, store, cached.seen_from(_index_of(store)))
         if files < int8.MIN_IMAGES:
             return cls(models, store, int8.Verdict("fp32", f"int8 not tried on a first run of {files} files (it is from {int8.MIN_IMAGES})"))
         if not can_judge:
@@ -81,6 +81,7 @@ class TowerChoice:
         again, replaced, damaged): the new one's verdict where the cache has it, else judged on
         this run's first images; failing, fp32 (a mix, said by record())."""
         cached = models.int8_verdict()
+        cached = cached.seen_from(_index_of(store)) if cached is not None else None
         if cached is not None and cached.precision == "int8":
             log.info("the model's int8 image tower changed since this index's vectors; it passed its check")
             return cls(models, store, cached)
@@ -114,6 +115,7 @@ class TowerChoice:
         sample = list(inputs[: int8.SAMPLE])
         extra = int8.sample_pictures(int8.SAMPLE - len(sample)) if len(sample) < int8.SAMPLE else []
         verdict, expected, got = int8.validate(fp32, quantized, sample + [fp32.preprocess(p) for p in extra], from_collection=len(sample))
+        verdict = replace(verdict, judged_on=_index_of(self.store))
         self.verdict = verdict
         int8.keep_verdict(model_cache_dir(self.models.key()), verdict)
         # once per model (and export): the user learns which tower their index got, and why
@@ -143,3 +145,8 @@ class TowerChoice:
             record["verdict"] = verdict.to_record()
         if record != recorded:
             self.store.set_info(TOWER_RECORD, record)
+
+
+def _index_of(store: Store) -> str:
+    """The index folder of store, as verdicts name it."""
+    return str(store.path.parent)

@@ -28,7 +28,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -245,6 +245,15 @@ class Verdict:
     mean_overlap: float | None = None  # of the top-NEIGHBOURS
     seconds: float = 0.0  # the check's own time
     export: str | None = None  # the int8 export judged (export_id)
+    judged_on: str | None = None  # the index whose photos were the sample
+
+    def seen_from(self, index: str) -> Verdict:
+        """The verdict as another index reads it from the model's cache: its reason says whose
+        photos judged it (not "this collection")."""
+        if self.judged_on == index or "this collection" not in self.reason:
+            return self
+        where = f"the photos of the index {self.judged_on}" if self.judged_on else "another index's photos"
+        return replace(self, reason=self.reason.replace("this collection", where))
 
     def to_record(self) -> dict[str, Any]:
         """As JSON holds it: a non-finite figure (never valid JSON) becomes None."""
