@@ -31,6 +31,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+# the index keeps fp32 from then on (auto keeps an index's precision): the way out, said where info shows it
+_SMALL = ("int8 not tried on a first run of {files} files (it is from {least}): this index stays fp32; "
+          "a new index's first run of {least} or more judges int8, --precision int8 here would mix int8 vectors in")
+
+
 class TowerChoice:
     """One index run's image tower: decided when the run starts, or judged on its first images."""
 
@@ -70,7 +75,7 @@ class TowerChoice:
         if cached is not None:
             return cls(models, store, cached.seen_from(_index_of(store)))
         if files < int8.MIN_IMAGES:
-            return cls(models, store, int8.Verdict("fp32", f"int8 not tried on a first run of {files} files (it is from {int8.MIN_IMAGES})"))
+            return cls(models, store, int8.Verdict("fp32", _SMALL.format(files=files, least=int8.MIN_IMAGES)))
         if not can_judge:
             return cls(models, store, int8.Verdict("fp32", "int8 is judged in an index run on this machine, not on a cluster"))
         return cls(models, store, None, judge=True)
