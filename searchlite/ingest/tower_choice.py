@@ -6,7 +6,9 @@ verdict kept in the cache on the model's int8 tower (models/int8.py); where ther
 run judges int8 on its own images: the stage holds the first int8.SAMPLE inputs (LocalEncoding),
 encodes them with both towers, and this keeps int8 only if it passes, the sample's vectors coming
 from the tower kept. Runs with fewer than int8.MIN_IMAGES files to encode keep float32 without
-judging (the check would cost them more than int8 saves). `--precision int8|fp32` forces a tower.
+judging (the check would cost them more than int8 saves). An int8 index whose int8 tower in the
+cache is no longer the export its verdict judged takes that export's kept verdict or judges it
+again, and goes on in fp32 (a mix, said) when it fails. `--precision int8|fp32` forces a tower.
 The choice, its reason and figures are recorded in index_info[TOWER_RECORD] with every precision
 the index's vectors have come from (`searchlite info` shows them).
 """

@@ -283,7 +283,7 @@ class ModelHub:
             if self.settings.precision == "int8":
                 raise InvalidInputError(f"precision int8: the int8 image tower cannot be made: {int8.unavailable(model_cache_dir(key))}",
                                         setting="precision")
-            log.warning("the int8 image tower cannot be made: encoding in fp32")
+            log.warning("the int8 image tower cannot be made (%s): encoding in fp32", int8.unavailable(model_cache_dir(key)))
         return self._fp32_tower()
 
     def _int8_for_queries(self, tower: ImageTower) -> ImageTower | None:
