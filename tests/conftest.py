@@ -38,6 +38,17 @@ from tests.kill_loop import TINY_CONFIG  # noqa: E402
 
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_caches(tmp_path_factory: pytest.TempPathFactory):
+    """The same for fixtures of any scope: a module's shared index is made before the per-test
+    setting below, and would otherwise export its towers to (and take int8 verdicts from) the
+    user's cache, which later tests of this run do not see."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HOME", str(tmp_path_factory.getbasetemp() / "hf_home"))
+        patch.setenv("SEARCHLITE_CACHE", str(tmp_path_factory.getbasetemp() / "searchlite_cache"))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     """No test reads the user's caches or reaches a hub."""
