@@ -170,3 +170,7 @@ def test_an_empty_answer_says_why_and_explain_cutoff_says_how(tmp_path) -> None:
     kept = len(explained.stdout.splitlines())
     assert kept and explained.stderr.startswith(f"searchlite: {kept} of {left} stand out (score >= 0."), explained.stderr
     assert "; " in explained.stderr  # and how the threshold was chosen
+    for sort in (["--sort", "date"], []):  # filters that leave nothing to judge say so too
+        filtered = CliRunner().invoke(app, ["query", "a red circle", "--after", "2099", *sort, *index])
+        assert filtered.exit_code == 0 and filtered.stdout == "", filtered.output
+        assert filtered.stderr == "searchlite: no indexed file matches the filters\n"

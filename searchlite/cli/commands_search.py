@@ -83,6 +83,8 @@ def query(
     verdict = hits.cutoff
     if verdict is not None and (explain_cutoff or verdict.kept == 0):  # an empty answer always says why
         typer.echo(f"searchlite: {verdict.describe() if explain_cutoff else verdict.summary()}", err=True)
+    elif not hits and (filters or tag or type_):
+        typer.echo("searchlite: no indexed file matches the filters", err=True)
 
     def record(h: Any) -> dict[str, Any]:
         out = hit_json(h)
