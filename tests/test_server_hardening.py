@@ -533,13 +533,20 @@ def test_11_an_uploaded_image_still_searches(client) -> None:
 def test_picture_locks_are_dropped_once_no_request_holds_or_waits_for_them(tmp_path) -> None:
     from searchlite.server.thumbs import PictureCache
 
-    started = threading.Barrier(8)
+    asked = [1, 1, 1, 1, 2, 2, 3, 3]
+    started = threading.Barrier(len(asked))
+    request = threading.local()
 
     class Slow(PictureCache):
         suffix = ".webp"
 
         def render(self, engine, path, at, dims, read) -> bytes:
-            time.sleep(0.05)  # the other requests wait on its lock meanwhile
+            # made only once every other request for this picture waits on its lock (which this one
+            # holds, so none of them can leave meanwhile)
+            deadline = time.monotonic() + 10
+            while sum(users for name, (_, users) in list(self._locks.items()) if name.startswith(f"{request.id}-")) < asked.count(request.id):
+                assert time.monotonic() < deadline, self._locks
+                time.sleep(0.001)
             return b"picture"
 
     picture = tmp_path / "a.png"
@@ -547,11 +554,12 @@ def test_picture_locks_are_dropped_once_no_request_holds_or_waits_for_them(tmp_p
     cache = Slow(None, tmp_path / "thumbs", 64)
 
     def get(image_id: int):
+        request.id = image_id
         started.wait()
         return cache.get(image_id, str(picture))
 
-    with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(get, [1, 1, 1, 1, 2, 2, 3, 3]))
+    with ThreadPoolExecutor(len(asked)) as pool:
+        results = list(pool.map(get, asked))
     assert {Path(found).name.split("-")[0] for found, _ in results} == {"1", "2", "3"}
     assert cache._locks == {}
 
