@@ -47,9 +47,10 @@ def browser():
         browser.close()
 
 
-@pytest.fixture
-def page(browser, server):
-    context = browser.new_context(viewport={"width": 1200, "height": 800})
+def csp_checked_page(browser, **context_options):
+    """A page in a new context (1200x800 unless told), failing the test on any Content Security
+    Policy violation it logs."""
+    context = browser.new_context(**{"viewport": {"width": 1200, "height": 800}, **context_options})
     page = context.new_page()
     page.set_default_timeout(30_000)
     page.csp_violations = []
@@ -57,6 +58,11 @@ def page(browser, server):
     yield page
     assert page.csp_violations == [], page.csp_violations
     context.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    yield from csp_checked_page(browser)
 
 
 def loaded_tiles(page, at_least: int):

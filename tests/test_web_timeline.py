@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from tests.test_server_browser import CHROMIUM, browser, sync_api  # noqa: F401  (its skip logic too)
+from tests.test_server_browser import CHROMIUM, browser, csp_checked_page, sync_api  # noqa: F401  (its skip logic too)
 from tests.timeline_photos import MONTHS, SCENES, timeline_index  # noqa: F401
 
 
@@ -33,14 +33,7 @@ def server(timeline_index, tmp_path_factory):
 
 @pytest.fixture
 def page(browser, server):  # noqa: F811
-    context = browser.new_context(viewport={"width": 1200, "height": 800}, locale="en-US")
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    page.csp_violations = []
-    page.on("console", lambda m: "Content Security Policy" in m.text and page.csp_violations.append(m.text))
-    yield page
-    assert page.csp_violations == [], page.csp_violations
-    context.close()
+    yield from csp_checked_page(browser, locale="en-US")
 
 
 IDS = "(where) => [...document.querySelectorAll(where + ' .tile')].map((t) => Number(t.dataset.id))"
