@@ -138,19 +138,16 @@ class Tuner:
         """Median seconds of one query, one thread, re-ranking included."""
         self._set_effort(nprobe)
         self.tuning["shortlist"] = shortlist
-        times = []
-        with single_thread(True):
-            for q in queries[:30]:
-                started = time.perf_counter()
-                self._top(q[None, :], 10)
-                times.append(time.perf_counter() - started)
-        return statistics.median(times)
+        return self._median(queries[:30])
 
     def median_seconds(self, queries: np.ndarray) -> float:
         """Median seconds of one query on one thread, as the structure stands."""
+        return self._median(queries[:50])
+
+    def _median(self, queries: np.ndarray) -> float:
         times = []
         with single_thread(True):
-            for q in queries[:50]:
+            for q in queries:
                 started = time.perf_counter()
                 self._top(q[None, :], 10)
                 times.append(time.perf_counter() - started)
