@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -137,18 +139,27 @@ def test_readers_beyond_the_pools_bound_wait_and_then_are_told(store: Store, mon
     from searchlite.storage import database
 
     monkeypatch.setattr(database, "BUSY_SECONDS", 0.2)
-    bounded = Store.open(store.path)
-    try:
-        reads = [bounded.iter_faiss_vectors(chunk=1) for _ in range(database.POOL_SIZE + database.POOL_OVERFLOW)]
-        for read in reads:
-            next(read)  # each holds a connection
+    with every_connection_held(store.path) as bounded:
         with pytest.raises(IndexReadError, match="is busy: 32 connections stayed in use"):
             bounded.indexed_count()
+    assert bounded.indexed_count() == 3
+    bounded.close()
+
+
+@contextmanager
+def every_connection_held(path: Path) -> Iterator[Store]:
+    """A store of path whose pool is used up by open reads, each holding a connection, until the block ends."""
+    from searchlite.storage import database
+
+    bounded = Store.open(path)
+    reads = [bounded.iter_faiss_vectors(chunk=1) for _ in range(database.POOL_SIZE + database.POOL_OVERFLOW)]
+    try:
+        for read in reads:
+            next(read)
+        yield bounded
+    finally:
         for read in reads:
             read.close()
-        assert bounded.indexed_count() == 3
-    finally:
-        bounded.close()
 
 
 def test_a_write_that_waits_too_long_for_another_writers_lock_says_so(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -178,19 +189,11 @@ def test_a_write_beyond_the_pools_bound_is_told_the_change_was_not_made(store: S
     from searchlite.storage import database
 
     monkeypatch.setattr(database, "BUSY_SECONDS", 0.2)
-    bounded = Store.open(store.path)
-    try:
-        reads = [bounded.iter_faiss_vectors(chunk=1) for _ in range(database.POOL_SIZE + database.POOL_OVERFLOW)]
-        for read in reads:
-            next(read)
+    with every_connection_held(store.path) as bounded:
         with pytest.raises(IndexWriteError, match="the change was not made"):
             with bounded.transaction():
                 pass
-        for read in reads:
-            read.close()
-    finally:
-        bounded.close()
-
+    bounded.close()
 
 def test_the_library_docs_example_joins_searchlites_tables_with_an_apps_own(
     engine_factory, photos: Path, index_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
