@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
+import make_shapes  # noqa: E402
 import render_eval_shapes  # noqa: E402
 
 KINDS = [(c, s) for c in render_eval_shapes.COLORS for s in render_eval_shapes.SHAPES]
@@ -44,38 +45,53 @@ def _encoder():
     return load_encoder(spec_from_flags("searchlite-shapes", None), "cpu")
 
 
-def _embed_chunk(job: tuple[int, int, int, int]) -> np.ndarray:
-    """Render and embed count scenes of kind (its index) from chunk's own seed."""
+def _embed_chunk(job: tuple[str, int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Render and embed count one-shape scenes from chunk's own seed: (vectors, kind of each).
+    "independent": all of kind (its index), drawn by render_eval_shapes; "training": of any kind,
+    drawn by make_shapes (the renderer the model was trained on, so held-out scenes of its own kind)."""
     from PIL import Image
 
-    seed, kind, chunk, count = job
+    renderer, seed, kind, chunk, count = job
     import torch
 
     torch.set_num_threads(1)
     encoder = _embed_chunk.encoder = getattr(_embed_chunk, "encoder", None) or _encoder()
     rng = np.random.default_rng([seed, kind, chunk])
-    batch = []
+    batch, kinds = [], []
     for _ in range(count):
-        data, _scene = render_eval_shapes.render(rng, 1, first=KINDS[kind])
-        batch.append(encoder.preprocess(Image.open(io.BytesIO(data)).convert("RGB")))
-    return encoder.encode_images(batch)
+        if renderer == "independent":
+            data, _scene = render_eval_shapes.render(rng, 1, first=KINDS[kind])
+            image = Image.open(io.BytesIO(data)).convert("RGB")
+        else:
+            scene = make_shapes.render(rng, shapes=1)
+            image, kind = scene.image, KINDS.index((scene.color, scene.shape))
+        batch.append(encoder.preprocess(image))
+        kinds.append(kind)
+    return encoder.encode_images(batch), np.array(kinds)
 
 
-def pool(seed: int, per_kind: int, cache: Path, workers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pool(renderer: str, seed: int, per_kind: int, cache: Path, workers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(image vectors (12 x per_kind, d), their kind index, the 12 query vectors), cached."""
-    path = cache / f"cutoff-pool-{seed}-{per_kind}.npz"
+    path = cache / (f"cutoff-pool-{seed}-{per_kind}.npz" if renderer == "independent" else f"cutoff-pool-{renderer}-{seed}-{per_kind}.npz")
     if path.exists():
         saved = np.load(path)
         return saved["images"], saved["kinds"], saved["queries"]
-    jobs = [(seed, kind, chunk, min(CHUNK, per_kind - chunk * CHUNK)) for kind in range(len(KINDS)) for chunk in range(-(-per_kind // CHUNK))]
+    if renderer == "independent":
+        jobs = [(renderer, seed, kind, chunk, min(CHUNK, per_kind - chunk * CHUNK)) for kind in range(len(KINDS)) for chunk in range(-(-per_kind // CHUNK))]
+    else:  # kinds at random: render 10% more than needed, then take per_kind of each
+        jobs = [(renderer, seed, len(KINDS), chunk, CHUNK) for chunk in range(-(-int(1.1 * per_kind * len(KINDS)) // CHUNK))]
     started = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(workers) as workers_pool:
         parts = []
         for done, part in enumerate(workers_pool.imap(_embed_chunk, jobs), 1):
             parts.append(part)
             print(f"pool: {done}/{len(jobs)} chunks, {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
-    images = np.concatenate(parts).astype(np.float32)
-    kinds = np.repeat(np.arange(len(KINDS)), per_kind)
+    images = np.concatenate([vectors for vectors, _ in parts]).astype(np.float32)
+    kinds = np.concatenate([k for _, k in parts])
+    taken = np.concatenate([np.flatnonzero(kinds == k)[:per_kind] for k in range(len(KINDS))])
+    if len(taken) < per_kind * len(KINDS):
+        raise SystemExit(f"too few scenes of some kind: {np.bincount(kinds, minlength=len(KINDS))}; use another --seed")
+    images, kinds = images[taken], kinds[taken]
     queries = _encoder().encode_texts([f"a {c} {s}" for c, s in KINDS]).astype(np.float32)
     cache.mkdir(parents=True, exist_ok=True)
     np.savez(path, images=images, kinds=kinds, queries=queries)
@@ -153,6 +169,9 @@ def timing(cutoff, n: int = 1_000_000, rounds: int = 5) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--renderer", choices=("training", "independent"), default="training",
+                        help="training: held-out scenes from the renderer the model learnt (make_shapes.py, a new seed); "
+                             "independent: scripts/render_eval_shapes.py's other drawing, sizes and backgrounds (the model's generalisation is tested too)")
     parser.add_argument("--seed", type=int, default=27002)
     parser.add_argument("--sizes", type=int, nargs="+", default=[5000, 50000])
     parser.add_argument("--per-kind", type=int, default=None, help="scenes rendered per kind (default: enough for 20%% of the largest size)")
@@ -162,8 +181,8 @@ def main() -> None:
     from searchlite.query.relevance import cutoff
 
     per_kind = args.per_kind or round(0.2 * max(args.sizes))
-    images, kinds, queries = pool(args.seed, per_kind, args.cache, args.workers)
-    report = {"seed": args.seed, "per_kind": per_kind, "sizes": {}}
+    images, kinds, queries = pool(args.renderer, args.seed, per_kind, args.cache, args.workers)
+    report = {"renderer": args.renderer, "seed": args.seed, "per_kind": per_kind, "sizes": {}}
     for size in args.sizes:
         report["sizes"][size] = evaluate(images, kinds, queries, size, args.seed, cutoff)
     report["seconds_on_1M_scores"] = timing(cutoff)

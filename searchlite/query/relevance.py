@@ -42,7 +42,8 @@ MIN_SCORES = 8  # fewer cannot be modelled: then every image counts as relevant
 MAX_SHARE = 0.25  # a group of matches holds at most this share of the images searched (a larger clump is the bulk's structure: a query the model cannot place puts a third of a library there)
 FITTED_SHARE = 0.5  # the mixture models the top half of the scores
 VALLEY_DEPTH = 2.0  # the mixture density at the top component is this many times that at the cut, or more
-BINS = 512  # EM runs on a histogram of the scores: fast for any number of scores, fine enough for the cut
+FINE_BINS = 4096  # one histogram of all the scores gives the quantiles and the mixture's data
+BINS = 128  # EM runs on at most this many bins of the top half: fast for any number of scores, fine enough for the cut
 RANDOM_STARTS = 8  # per number of components, besides the quantile start
 ALPHA = 0.05  # the chance that the bulk alone reaches the threshold somewhere among the images
 TAIL_ROOTS, MIN_TAIL, MAX_TAIL = 2.0, 50, 2000  # the Pareto fit sees the bulk's top TAIL_ROOTS x sqrt(its size)
@@ -52,6 +53,7 @@ SHAPE_MARGIN = 1.645  # standard errors added to the shape estimate: a one-sided
 CANDIDATES = 60  # candidate counts of matches for step 2, spaced geometrically
 BEYOND = 1.5  # step 2 keeps scores this many times as far above the fit's start as the bulk reaches
 _EM_ITERATIONS = 200
+_SHORT_RUN = 20  # EM iterations from every start before the best start of each size is run on
 _EM_TOLERANCE = 1e-6  # per score: EM stops when the log-likelihood gains less
 _MIN_SD_BINS = 0.5  # a component is at least half a bin wide (identical scores stay modelled)
 
@@ -121,24 +123,65 @@ def _bulk(s: np.ndarray) -> tuple[float, float]:
 
 def cutoff(scores: np.ndarray, *, seed: int = 0) -> Cutoff:
     """The relevance threshold for one query's scores against all the files searched."""
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    s = s[np.isfinite(s)]
+    s = np.asarray(scores).ravel()
+    if s.dtype not in (np.float32, np.float64):
+        s = s.astype(np.float64)
+    if not np.isfinite(s).all():
+        s = s[np.isfinite(s)]
     if len(s) < MIN_SCORES:
         return Cutoff(-math.inf, "too few scores", len(s), len(s), float(s.max()) if len(s) else math.nan)
-    if s.max() - s.min() <= 1e-9:
-        threshold, reason = math.inf, "every score is the same"
-    else:
-        found = _group(s, seed) or _beyond_bulk(-np.sort(-s))
-        threshold, reason = found or (math.inf, "no group stands clear of the rest, and no score lies beyond the bulk's tail")
-    kept = s >= threshold
-    return Cutoff(threshold, "scores", len(s), int(kept.sum()), float(s.max()), _bulk(s[~kept]), reason)
+    lo, hi = float(s.min()), float(s.max())
+    if hi - lo <= 1e-9:
+        return Cutoff(math.inf, "scores", len(s), 0, hi, _bulk(s), "every score is the same")
+    histogram = _Histogram(s, lo, hi)  # the one pass over all the scores; the rest works on it and on the top ones
+    found = _group(histogram, seed) or _beyond_bulk(s)
+    threshold, reason = found or (math.inf, "no group stands clear of the rest, and no score lies beyond the bulk's tail")
+    kept = int((s >= threshold).sum())
+    return Cutoff(threshold, "scores", len(s), kept, hi, histogram.bulk(len(s) - kept), reason)
 
 
-def _group(s: np.ndarray, seed: int) -> tuple[float, str] | None:
+class _Histogram:
+    """FINE_BINS equal bins over [lo, hi] of every score: the quantiles and the mixture's data,
+    to a fine bin (1/FINE_BINS of the range), from one pass."""
+
+    def __init__(self, s: np.ndarray, lo: float, hi: float) -> None:
+        self.counts, self.edges = np.histogram(s, bins=FINE_BINS, range=(lo, hi))
+        self.cumulative = np.cumsum(self.counts)
+        self.n, self.hi = len(s), hi
+
+    def at_rank(self, rank: float) -> float:
+        """The score at rank (0 = the lowest, fractional between two), interpolated in its bin."""
+        b = int(np.searchsorted(self.cumulative, rank, side="right"))
+        b = min(b, FINE_BINS - 1)
+        before = self.cumulative[b - 1] if b else 0
+        within = (rank - before + 0.5) / max(int(self.counts[b]), 1)
+        return float(self.edges[b] + min(max(within, 0.0), 1.0) * (self.edges[b + 1] - self.edges[b]))
+
+    def bulk(self, m: int) -> tuple[float, float]:
+        """(median, robust standard deviation) of the m lowest scores (the bulk below a cut)."""
+        if m <= 0:
+            return (math.nan, math.nan)
+        q1, median, q3 = (self.at_rank(q * (m - 1)) for q in (0.25, 0.5, 0.75))
+        return (median, (q3 - q1) / 1.349)
+
+    def top(self, share: float) -> tuple[np.ndarray, np.ndarray, float, int]:
+        """The top share of the scores (from the bin holding its lowest) in at most BINS bins:
+        (centres, counts) of the non-empty ones, the bin width, and how many scores they hold."""
+        first = int(np.searchsorted(self.cumulative, (1 - share) * self.n, side="left"))
+        counts = self.counts[first:]
+        merge = -(-len(counts) // BINS)
+        counts = np.pad(counts, (0, -len(counts) % merge)).reshape(-1, merge).sum(axis=1)
+        width = float(self.edges[1] - self.edges[0]) * merge
+        centres = float(self.edges[first]) + width * (np.arange(len(counts)) + 0.5)
+        keep = counts > 0
+        return centres[keep], counts[keep].astype(np.float64), width, int(counts.sum())
+
+
+def _group(histogram: _Histogram, seed: int) -> tuple[float, str] | None:
     """Step 1: (threshold, reason) for a group of matches standing clear of the rest, or None."""
-    upper = s[s >= np.quantile(s, 1 - FITTED_SHARE)]  # the matches are up here; the bulk's lower modes would take components
-    weights, means, variances = _mixture(upper, seed)
-    weights = weights * (len(upper) / len(s))  # as shares of all the scores (the lowest component stands for the rest)
+    x, c, width, fitted = histogram.top(FITTED_SHARE)  # the matches are up here; the bulk's lower modes would take components
+    weights, means, variances = _mixture(x, c, width, seed)
+    weights = weights * (fitted / histogram.n)  # as shares of all the scores (the lowest component stands for the rest)
 
     def density(x: float) -> float:
         return float(np.exp(_log_densities(np.array([x]), weights, means, variances)).sum())
@@ -156,43 +199,70 @@ def _group(s: np.ndarray, seed: int) -> tuple[float, str] | None:
     if best is None or best[0] * VALLEY_DEPTH >= peak:  # no bump of matches: the bulk's tail decaying
         return None
     valley, low, cut = best
-    if _posteriors(np.array([s.max()]), weights, means, variances)[0, low:].sum() < 0.5:
+    if _posteriors(np.array([histogram.hi]), weights, means, variances)[0, low:].sum() < 0.5:
         return None  # the best scores belong to a wider component below: this is a middle group, not the top
     return cut, (f"a group of {weights[low:].sum():.1%} of the scores, the top around {means[-1]:.3f}, whose density there is "
                  f"{peak / valley:.1f} times that at the cut, where it becomes likelier than the rest (around {means[low - 1]:.3f})")
 
 
-def _mixture(s: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The BIC-chosen Gaussian mixture of s: (weights, means, variances), lowest mean first."""
-    lo, hi = float(s.min()), float(s.max())
-    counts, edges = np.histogram(s, bins=BINS, range=(lo, hi))
-    keep = counts > 0
-    x, c = ((edges[:-1] + edges[1:]) / 2)[keep], counts[keep].astype(np.float64)
-    floor = (_MIN_SD_BINS * (hi - lo) / BINS) ** 2
+def _mixture(x: np.ndarray, c: np.ndarray, width: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The BIC-chosen Gaussian mixture of the scores binned at x with counts c, bins width wide:
+    (weights, means, variances), lowest mean first.
+
+    Short runs of EM from every start of every size at once (a k-component start fills the first k
+    of MAX_COMPONENTS slots) pick each size's best start (Biernacki, Celeux and Govaert 2003). That
+    start, and the best short run of the size below with a small tight component added at the top
+    (as greedy EM does, Verbeek, Vlassis and Krose 2003: a group of a few best scores is found this
+    way, where a start from scratch spends its components on the bulk), are run to convergence,
+    every size at once again."""
+    floor = (_MIN_SD_BINS * width) ** 2
     rng = np.random.default_rng(seed)
+    n = int(c.sum())
+    sizes = [k for k in range(1, MAX_COMPONENTS + 1) if n >= 4 * k]
+    starts = [_starts(x, c, k, floor, rng) for k in sizes]
+    ks = np.concatenate([np.full(len(w), k) for k, (w, _, _) in zip(sizes, starts)])
+    weights, means, variances, loglik = _fit(
+        x, c, _slots([w for w, _, _ in starts], 0.0), _slots([m for _, m, _ in starts], 0.0), _slots([v for _, _, v in starts], 1.0), floor, _SHORT_RUN)
+    cdf = np.cumsum(c) / n
+    tops = (x[min(int(np.searchsorted(cdf, 0.995)), len(x) - 1)], x[-1])  # the top 0.5%, and the best scores
+    best_run = {k: int(np.flatnonzero(ks == k)[np.argmax(loglik[ks == k])]) for k in sizes}
+    w, m, v, of = [], [], [], []
+    for k in sizes:
+        i = best_run[k]
+        w.append(weights[i, :k]), m.append(means[i, :k]), v.append(variances[i, :k]), of.append(k)
+        for top in tops if k > 1 else ():  # the best short run of the size below, and a small tight group at the top
+            j = best_run[k - 1]
+            w.append(np.append(weights[j, : k - 1] * 0.99, 0.01)), m.append(np.append(means[j, : k - 1], top))
+            v.append(np.append(variances[j, : k - 1], floor * 16)), of.append(k)
+    weights, means, variances, loglik = _fit(x, c, _slots(w, 0.0), _slots(m, 0.0), _slots(v, 1.0), floor, _EM_ITERATIONS)
+    bic = -2 * loglik + (3 * np.array(of) - 1) * math.log(n)  # a fit whose component emptied has bic +inf
     best = None
-    for k in range(1, MAX_COMPONENTS + 1):
-        if len(s) < 4 * k:
-            break
-        weights, means, variances, loglik = _fit(x, c, *_starts(x, c, k, floor, rng), floor)  # every start at once
-        bic = -2 * loglik + (3 * k - 1) * math.log(len(s))
-        i = int(np.argmin(bic))  # a start whose component emptied has bic +inf
-        if np.isfinite(bic[i]) and (best is None or bic[i] < best[0] - 1e-9):
-            best = (bic[i], weights[i], means[i], variances[i])
+    for i in np.argsort(np.array(of), kind="stable"):  # the fewest components within rounding of the lowest BIC
+        if np.isfinite(bic[i]) and (best is None or bic[i] < bic[best] - 1e-9):
+            best = int(i)
     assert best is not None  # k=1 always fits
-    _, weights, means, variances = best
-    order = np.argsort(means)
-    return weights[order], means[order], variances[order]
+    k = of[best]
+    order = np.argsort(means[best, :k])
+    return weights[best, :k][order], means[best, :k][order], variances[best, :k][order]
 
 
-def _beyond_bulk(desc: np.ndarray) -> tuple[float, str] | None:
-    """Step 2: (threshold, reason) for the scores far beyond the bulk's tail, desc sorted best first; or None."""
-    n = len(desc)
+def _slots(starts: list[np.ndarray], fill: float) -> np.ndarray:
+    """(starts, MAX_COMPONENTS) from rows (or blocks of rows) of k <= MAX_COMPONENTS components, the rest filled."""
+    return np.concatenate([np.pad(np.atleast_2d(s), ((0, 0), (0, MAX_COMPONENTS - np.shape(s)[-1])), constant_values=fill) for s in starts])
+
+
+def _beyond_bulk(s: np.ndarray) -> tuple[float, str] | None:
+    """Step 2: (threshold, reason) for the scores far beyond the bulk's tail; or None."""
+    n = len(s)
+    ks = np.unique(np.geomspace(1, max(1, int(MAX_SHARE * n)), CANDIDATES).round().astype(int))
+    ks = ks[MAX_TAIL_SHARE * (n - ks) >= MIN_TAIL]  # a small collection: its top is no tail to fit
+    if not len(ks):
+        return None
+    top = min(n, int(ks[-1]) + MAX_TAIL + 1)  # every score a fit below a candidate can see
+    desc = -np.sort(-np.partition(s, n - top)[n - top :].astype(np.float64))
     found = None
-    for k in np.unique(np.geomspace(1, max(1, int(MAX_SHARE * n)), CANDIDATES).round().astype(int)):
-        if MAX_TAIL_SHARE * (n - k) < MIN_TAIL:  # a small collection: its top is no tail to fit
-            break
-        tail = _pareto_tail(desc, int(k))
+    for k in ks:
+        tail = _pareto_tail(desc, int(k), n - int(k))
         reach = tail.level(ALPHA / n)  # where the bulk's own top would be
         threshold = tail.start + BEYOND * (reach - tail.start)
         if desc[k - 1] > threshold:
@@ -228,9 +298,9 @@ class _Tail:
         return self.start + self.scale / self.shape * (r ** -self.shape - 1)
 
 
-def _pareto_tail(desc: np.ndarray, k: int) -> _Tail:
-    """The Pareto tail of the bulk desc[k:] (best first), fitted by probability-weighted moments."""
-    bulk = len(desc) - k
+def _pareto_tail(desc: np.ndarray, k: int, bulk: int) -> _Tail:
+    """The Pareto tail of the bulk below the k best (desc: the top scores, best first; bulk: how
+    many scores are below them), fitted by probability-weighted moments."""
     m = int(min(max(TAIL_ROOTS * math.sqrt(bulk), MIN_TAIL), MAX_TAIL, bulk - 1))
     start = float(desc[k + m])
     y = desc[k : k + m][::-1] - start  # exceedances, ascending
@@ -263,18 +333,15 @@ def _posteriors(x: np.ndarray, weights: np.ndarray, means: np.ndarray, variances
 
 
 def _starts(x: np.ndarray, c: np.ndarray, k: int, floor: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Starting points for EM, (starts, k) weights, means and variances: equal-count groups, the
-    same with a small group at the top, then means drawn from the scores."""
+    """Starting points for EM, (starts, k) weights, means and variances: equal-count groups, then
+    means drawn from the scores."""
     total = c.sum()
     mean = float((c * x).sum() / total)
     var = max(float((c * (x - mean) ** 2).sum() / total) / (k * k), floor)
     cdf = np.cumsum(c) / total
     quantiles = x[np.minimum(np.searchsorted(cdf, (np.arange(k) + 0.5) / k), len(x) - 1)]
     weights, means, variances = [np.full(k, 1.0 / k)], [quantiles], [np.full(k, var)]
-    if k > 1:  # a small tight group at the very top, which equal-count starts miss
-        weights.append(np.append(np.full(k - 1, 0.99 / (k - 1)), 0.01))
-        means.append(np.append(quantiles[:-1], x[min(int(np.searchsorted(cdf, 0.995)), len(x) - 1)]))
-        variances.append(np.append(np.full(k - 1, var), floor * 16))
+    if k > 1:
         for _ in range(RANDOM_STARTS):
             weights.append(np.full(k, 1.0 / k))
             means.append(np.sort(rng.choice(x, size=k, replace=len(x) < k)))  # distinct scores, any density
@@ -283,31 +350,33 @@ def _starts(x: np.ndarray, c: np.ndarray, k: int, floor: float, rng: np.random.G
 
 
 def _fit(
-    x: np.ndarray, c: np.ndarray, weights: np.ndarray, means: np.ndarray, variances: np.ndarray, floor: float
+    x: np.ndarray, c: np.ndarray, weights: np.ndarray, means: np.ndarray, variances: np.ndarray, floor: float, iterations: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """EM for 1-D Gaussian mixtures on histogram points x with counts c, from several starts at once
-    ((starts, k) weights, means, variances). Returns the fitted (weights, means, variances) and each
-    start's log-likelihood, -inf for a start in which a component emptied."""
+    ((starts, slots) weights, means, variances; a slot of weight 0 is no component and stays none).
+    Returns the fitted (weights, means, variances) and each start's log-likelihood, -inf for a start
+    in which a component emptied."""
     total = c.sum()
-    k = weights.shape[1]
     weights, means, variances = weights.copy(), means.copy(), variances.copy()
+    active = weights > 0
     loglik = np.full(len(weights), -np.inf)
     running = np.arange(len(weights))  # the starts still improving
-    for _ in range(_EM_ITERATIONS):
-        w, m, v = weights[running], means[running], variances[running]
-        d = x[None, :, None] - m[:, None, :]  # (starts, points, k)
-        logp = np.log(w)[:, None, :] - 0.5 * (np.log(2 * math.pi * v)[:, None, :] + d * d / v[:, None, :])
+    for _ in range(iterations):
+        w, m, v, on = weights[running], means[running], variances[running], active[running]
+        d = x[None, :, None] - m[:, None, :]  # (starts, points, slots)
+        with np.errstate(divide="ignore"):
+            logp = np.log(w)[:, None, :] - 0.5 * (np.log(2 * math.pi * v)[:, None, :] + d * d / v[:, None, :])
         top = logp.max(axis=2, keepdims=True)
         p = np.exp(logp - top)
         norm = p.sum(axis=2, keepdims=True)
         now = (c * (np.log(norm[..., 0]) + top[..., 0])).sum(axis=1)
         r = (c[None, :, None] / norm) * p
         n_k = r.sum(axis=1)
-        emptied = (n_k < 2).any(axis=1) if k > 1 else np.zeros(len(n_k), bool)  # a component under two images models nothing
+        emptied = ((n_k < 2) & on).any(axis=1) & (on.sum(axis=1) > 1)  # a component under two images models nothing
         n_k = np.maximum(n_k, 1e-12)
         m = (r * x[None, :, None]).sum(axis=1) / n_k
         v = np.maximum((r * (x[None, :, None] - m[:, None, :]) ** 2).sum(axis=1) / n_k, floor)
-        weights[running], means[running], variances[running] = n_k / total, m, v
+        weights[running], means[running], variances[running] = np.where(on, n_k / total, 0.0), m, v
         converged = now - loglik[running] < _EM_TOLERANCE * total
         loglik[running] = np.where(emptied, -np.inf, now)
         running = running[~(converged | emptied)]
