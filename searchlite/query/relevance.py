@@ -44,13 +44,14 @@ FITTED_SHARE = 0.5  # the mixture models the top half of the scores
 VALLEY_DEPTH = 2.0  # the mixture density at the top component is this many times that at the cut, or more
 FINE_BINS = 4096  # one histogram of all the scores gives the quantiles and the mixture's data
 BINS = 128  # EM runs on at most this many bins of the top half: fast for any number of scores, fine enough for the cut
-RANDOM_STARTS = 8  # per number of components, besides the quantile start
+RANDOM_STARTS = 4  # per number of components, besides the quantile start
 ALPHA = 0.05  # the chance that the bulk alone reaches the threshold somewhere among the images
 TAIL_ROOTS, MIN_TAIL, MAX_TAIL = 2.0, 50, 2000  # the Pareto fit sees the bulk's top TAIL_ROOTS x sqrt(its size)
 MAX_TAIL_SHARE = 0.1  # and at most: below 500 images, step 2 does not run
 SHAPE_RANGE = (-0.5, 0.0)  # the Pareto shape, clamped: cosines are bounded, so a bulk tail is at most exponential
 SHAPE_MARGIN = 1.645  # standard errors added to the shape estimate: a one-sided 95% upper bound
 CANDIDATES = 60  # candidate counts of matches for step 2, spaced geometrically
+FEW_SHARE = 0.01  # step 2 looks for at most this share of the images (larger groups are step 1's)
 BEYOND = 1.5  # step 2 keeps scores this many times as far above the fit's start as the bulk reaches
 _EM_ITERATIONS = 200
 _SHORT_RUN = 20  # EM iterations from every start before the best start of each size is run on
@@ -254,7 +255,7 @@ def _slots(starts: list[np.ndarray], fill: float) -> np.ndarray:
 def _beyond_bulk(s: np.ndarray) -> tuple[float, str] | None:
     """Step 2: (threshold, reason) for the scores far beyond the bulk's tail; or None."""
     n = len(s)
-    ks = np.unique(np.geomspace(1, max(1, int(MAX_SHARE * n)), CANDIDATES).round().astype(int))
+    ks = np.unique(np.geomspace(1, max(1, int(FEW_SHARE * n)), CANDIDATES).round().astype(int))
     ks = ks[MAX_TAIL_SHARE * (n - ks) >= MIN_TAIL]  # a small collection: its top is no tail to fit
     if not len(ks):
         return None
@@ -361,21 +362,23 @@ def _fit(
     active = weights > 0
     loglik = np.full(len(weights), -np.inf)
     running = np.arange(len(weights))  # the starts still improving
+    x2 = x * x
     for _ in range(iterations):
         w, m, v, on = weights[running], means[running], variances[running], active[running]
-        d = x[None, :, None] - m[:, None, :]  # (starts, points, slots)
         with np.errstate(divide="ignore"):
-            logp = np.log(w)[:, None, :] - 0.5 * (np.log(2 * math.pi * v)[:, None, :] + d * d / v[:, None, :])
+            const = np.log(w) - 0.5 * np.log(2 * math.pi * v)  # (starts, slots)
+        d = x[None, :, None] - m[:, None, :]  # (starts, points, slots)
+        logp = const[:, None, :] - (0.5 / v)[:, None, :] * (d * d)
         top = logp.max(axis=2, keepdims=True)
         p = np.exp(logp - top)
-        norm = p.sum(axis=2, keepdims=True)
-        now = (c * (np.log(norm[..., 0]) + top[..., 0])).sum(axis=1)
-        r = (c[None, :, None] / norm) * p
+        norm = p.sum(axis=2)
+        now = (np.log(norm) + top[..., 0]) @ c
+        r = p * (c / norm)[..., None]  # responsibilities times counts
         n_k = r.sum(axis=1)
         emptied = ((n_k < 2) & on).any(axis=1) & (on.sum(axis=1) > 1)  # a component under two images models nothing
         n_k = np.maximum(n_k, 1e-12)
-        m = (r * x[None, :, None]).sum(axis=1) / n_k
-        v = np.maximum((r * (x[None, :, None] - m[:, None, :]) ** 2).sum(axis=1) / n_k, floor)
+        m = np.einsum("spk,p->sk", r, x) / n_k
+        v = np.maximum(np.einsum("spk,p->sk", r, x2) / n_k - m * m, floor)
         weights[running], means[running], variances[running] = np.where(on, n_k / total, 0.0), m, v
         converged = now - loglik[running] < _EM_TOLERANCE * total
         loglik[running] = np.where(emptied, -np.inf, now)
