@@ -41,7 +41,8 @@ MAX_COMPONENTS = 6
 MIN_SCORES = 8  # fewer cannot be modelled: then every image counts as relevant
 MAX_SHARE = 0.25  # a group of matches holds at most this share of the images searched (a larger clump is the bulk's structure: a query the model cannot place puts a third of a library there)
 FITTED_SHARE = 0.5  # the mixture models the top half of the scores
-VALLEY_DEPTH = 2.0  # the mixture density at the top component is this many times that at the cut, or more
+VALLEY_DEPTH = 1.7  # the mixture density at the top component is this many times that at the cut, or more
+MIN_PRECISION = 0.5  # the mixture expects at least this share of the scores above the cut to be the group's
 FINE_BINS = 4096  # one histogram of all the scores gives the quantiles and the mixture's data
 BINS = 128  # EM runs on at most this many bins of the top half: fast for any number of scores, fine enough for the cut
 RANDOM_STARTS = 4  # per number of components, besides the quantile start
@@ -148,7 +149,7 @@ class _Histogram:
     def __init__(self, s: np.ndarray, lo: float, hi: float) -> None:
         self.counts, self.edges = np.histogram(s, bins=FINE_BINS, range=(lo, hi))
         self.cumulative = np.cumsum(self.counts)
-        self.n, self.hi = len(s), hi
+        self.n = len(s)
 
     def at_rank(self, rank: float) -> float:
         """The score at rank (0 = the lowest, fractional between two), interpolated in its bin."""
@@ -200,10 +201,13 @@ def _group(histogram: _Histogram, seed: int) -> tuple[float, str] | None:
     if best is None or best[0] * VALLEY_DEPTH >= peak:  # no bump of matches: the bulk's tail decaying
         return None
     valley, low, cut = best
-    if _posteriors(np.array([histogram.hi]), weights, means, variances)[0, low:].sum() < 0.5:
-        return None  # the best scores belong to a wider component below: this is a middle group, not the top
+    above = weights * 0.5 * np.array([math.erfc((cut - m) / math.sqrt(2 * v)) for m, v in zip(means, variances)])  # each component's share above the cut
+    precision = above[low:].sum() / above.sum()
+    if precision < MIN_PRECISION:
+        return None  # most of what lies above the cut is a wider component's tail: a middle group, not the top
     return cut, (f"a group of {weights[low:].sum():.1%} of the scores, the top around {means[-1]:.3f}, whose density there is "
-                 f"{peak / valley:.1f} times that at the cut, where it becomes likelier than the rest (around {means[low - 1]:.3f})")
+                 f"{peak / valley:.1f} times that at the cut, where it becomes likelier than the rest (around {means[low - 1]:.3f}); "
+                 f"the mixture expects {precision:.0%} of the scores above the cut to be the group's")
 
 
 def _mixture(x: np.ndarray, c: np.ndarray, width: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
