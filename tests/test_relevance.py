@@ -86,6 +86,16 @@ def test_groups_from_one_to_twenty_percent_are_kept_and_a_third_is_taken_for_the
     assert cutoff(s).kept == 0
 
 
+def test_a_fifth_whose_tail_is_a_wide_component_reaching_past_it_is_kept() -> None:
+    # the mixture models such a group with a tight core and a wide component whose tail, not the
+    # core's, holds the very best scores: it is still the top group (most of what lies above the cut)
+    for seed in range(4):
+        s, truth = scores((25000, 0.42, 0.03), (8000, 0.50, 0.04), (1200, 0.62, 0.07), (10000, 0.75, 0.02), seed=seed)
+        truth |= s > 0.70
+        verdict = cutoff(s)
+        assert f1(verdict.relevant(s), truth) >= 0.95, (seed, verdict)
+
+
 def test_two_groups_of_matches_are_both_kept() -> None:
     # a query matching two kinds of picture, one a little better than the other
     s, truth = scores((4000, 0.20, 0.05), (900, 0.46, 0.03), (60, 0.71, 0.015), (60, 0.77, 0.015), seed=3)
