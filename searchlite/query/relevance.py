@@ -18,14 +18,14 @@ sit moves with the query and the model, so each query's scores are judged on the
 2. Else, a few images far beyond the bulk (peaks over threshold, extreme-value theory): for each
    candidate count k of matches (up to FEW_SHARE of the images) the bulk is every score below the
    k-th; the top TAIL_ROOTS x sqrt(size) of that bulk are fitted with a generalized Pareto
-   distribution (probability-weighted moments, Hosking and Wallis 1987: closed form), whose reach
-   is the score the bulk exceeds with chance ALPHA among all the images. The k-th score stands out
-   when it lies BEYOND times as far above the fit's start as that reach. Fitting below each candidate keeps the matches from pulling
-   the fit of the bulk. The shape is bounded above by 0 (cosines are bounded: a bulk's tail is at
-   most exponential) and taken at its upper 95% confidence bound. The near misses' own top is
-   irregular (a few images of other kinds score as high as matches do), so this step is strict:
-   on the bundled model's scenes it keeps nothing when nothing matches, and finds few needles
-   (docs/search.md has the figures). It needs 500 images or more.
+   distribution (probability-weighted moments, Hosking and Wallis 1987: closed form), whose reach is
+   the score the bulk exceeds with chance ALPHA among all the images. The k-th score stands out when
+   it lies BEYOND times as far above the fit's start as that reach. Fitting below each candidate
+   keeps the matches from pulling the fit of the bulk. The shape is bounded above by 0 (cosines are
+   bounded: a bulk's tail is at most exponential) and taken at its upper 95% confidence bound. The
+   near misses' own top is irregular (a few images of other kinds score as high as matches do), so
+   this step is strict: on the bundled model's scenes it keeps nothing when nothing matches, and
+   finds few needles (docs/search.md has the figures). It needs 500 images or more.
 
 Nothing in either step: nothing stands out, and nothing is relevant. Measured per prevalence with
 scripts/eval_cutoff.py (docs/search.md).
