@@ -4,6 +4,7 @@ every filter as a query parameter, pages of a by-date listing, the relevance cut
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,66 @@ def test_listings_are_kept_within_their_bounds(tmp_path) -> None:
     assert made == ["a", "a", "b", "c", "a"]  # two listings kept: a went first
     get("d", 50), get("d", 50), get("c", 3)
     assert made == ["a", "a", "b", "c", "a", "d", "c"]  # d alone is over the hits kept, yet kept while newest
+
+
+def _waiting_in_get(thread) -> bool:
+    """Whether thread is blocked in Listings.get, waiting for another request's listing."""
+    import sys
+
+    frame = sys._current_frames().get(thread.ident)
+    while frame is not None:
+        if frame.f_code.co_name == "get" and frame.f_code.co_filename.endswith("queries.py"):
+            return frame.f_lineno == _line_of(frame.f_code, "making.wait()")
+        frame = frame.f_back
+    return False
+
+
+def _line_of(code, text: str) -> int:
+    import inspect
+
+    lines, first = inspect.getsourcelines(code)
+    return first + next(i for i, line in enumerate(lines) if text in line)
+
+
+def test_requests_for_a_listing_being_made_wait_for_it_and_a_failed_one_is_made_again(tmp_path) -> None:
+    import threading
+
+    from searchlite.config import DB_FILENAME
+    from searchlite.server.queries import Listings
+
+    (tmp_path / DB_FILENAME).write_bytes(b"database")
+    listings = Listings(tmp_path)
+    started, release, made = threading.Event(), threading.Event(), []
+
+    def slow() -> list[int]:
+        made.append("slow")
+        started.set()
+        release.wait(10)
+        return [1, 2, 3]
+
+    answers: list[list[int]] = []
+    first = threading.Thread(target=lambda: answers.append(listings.get(("q",), slow)))
+    first.start()
+    assert started.wait(10)
+    others = [threading.Thread(target=lambda: answers.append(listings.get(("q",), lambda: made.append("again") or [9])))
+              for _ in range(3)]
+    for thread in others:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while not all(_waiting_in_get(thread) for thread in others):  # each waits for the listing being made
+        assert time.monotonic() < deadline, "the other requests did not wait for the listing being made"
+        time.sleep(0.001)
+    release.set()
+    for thread in (first, *others):
+        thread.join(10)
+    assert answers == [[1, 2, 3]] * 4 and made == ["slow"]  # one search for the four requests
+
+    def failing() -> list[int]:
+        raise RuntimeError("the search failed")
+
+    with pytest.raises(RuntimeError):
+        listings.get(("r",), failing)
+    assert listings.get(("r",), lambda: [4]) == [4]  # nothing was left waiting or held for it
 
 
 def test_min_score_widens_or_narrows_what_is_relevant(served) -> None:

@@ -106,23 +106,37 @@ class Listings:
         self.keep = keep
         self.hits_kept = hits_kept
         self._listings: OrderedDict[tuple[Any, ...], list[Any]] = OrderedDict()
+        self._making: dict[tuple[Any, ...], threading.Event] = {}  # the listings being made, set when done
         self._lock = threading.Lock()
 
     def get(self, key: tuple[Any, ...], make: Callable[[], list[Any]]) -> list[Any]:
-        """The listing of key (a query's fields), made by make() unless one of the index as it is now is held."""
+        """The listing of key (a query's fields), made by make() unless one of the index as it is now
+        is held. Requests for a listing being made wait for it (one search, not one each); if the
+        making fails, the next of them makes it."""
         key = (self._stamp(), *key)  # taken before make(): a change while it runs leaves the listing stale
-        with self._lock:
-            listing = self._listings.get(key)
-            if listing is not None:
-                self._listings.move_to_end(key)
-                return listing
-        listing = make()
-        with self._lock:
-            self._listings[key] = listing
-            held = sum(len(kept) for kept in self._listings.values())
-            while len(self._listings) > 1 and (len(self._listings) > self.keep or held > self.hits_kept):
-                held -= len(self._listings.popitem(last=False)[1])
-        return listing
+        while True:
+            with self._lock:
+                listing = self._listings.get(key)
+                if listing is not None:
+                    self._listings.move_to_end(key)
+                    return listing
+                making = self._making.get(key)
+                if making is None:
+                    done = self._making[key] = threading.Event()
+                    break
+            making.wait()
+        try:
+            listing = make()
+            with self._lock:
+                self._listings[key] = listing
+                held = sum(len(kept) for kept in self._listings.values())
+                while len(self._listings) > 1 and (len(self._listings) > self.keep or held > self.hits_kept):
+                    held -= len(self._listings.popitem(last=False)[1])
+            return listing
+        finally:
+            with self._lock:
+                del self._making[key]
+            done.set()
 
     def _stamp(self) -> tuple[Any, ...]:
         stamp = []
