@@ -8,13 +8,14 @@ sit moves with the query and the model, so each query's scores are judged on the
 1. A group of matches (about 1% of the images and up): one-dimensional Gaussian mixtures of 1 to
    MAX_COMPONENTS components are fitted by EM to the top half of the scores (the matches are there;
    the bulk's lower modes would use up components), the number chosen by BIC. A group is the top
-   component and those just below it (a group of matches is skewed: two components model it); of
-   the candidate groups holding at most MAX_SHARE of the images, the one whose cut (where it
-   becomes likelier than the rest) falls where the mixture is thinnest. It is kept if it is a bump,
-   not the bulk's decaying tail (the mixture is VALLEY_DEPTH times as dense at the top component as
-   at the cut), and if the mixture expects most of what lies above the cut to be the group's
-   (MIN_PRECISION; else the top is a wider middle group's tail, and the "group" is a middle group:
-   partial matches).
+   component and those just below it (a group of matches is skewed: two components model it); of the
+   candidate groups holding at most MAX_SHARE of the images, the one whose cut (where it becomes
+   likelier than the rest) falls where the mixture is thinnest. It is kept if it is a bump, not the
+   bulk's decaying tail (the mixture is VALLEY_DEPTH times as dense at the group's densest component
+   as at the cut; SMALL_GROUP_DEPTH times for a group of under SMALL_GROUP of the images, as the
+   near misses' tail has small bumps of its own), and if the mixture expects most of what lies above
+   the cut to be the group's (MIN_PRECISION; else the top is a wider middle group's tail, and the
+   "group" is a middle group: partial matches).
 2. Else, a few images far beyond the bulk (peaks over threshold, extreme-value theory): for each
    candidate count k of matches (up to FEW_SHARE of the images) the bulk is every score below the
    k-th; the top TAIL_ROOTS x sqrt(size) of that bulk are fitted with a generalized Pareto
@@ -42,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-MAX_COMPONENTS = 6
+MAX_COMPONENTS = 7
 MIN_SCORES = 8  # fewer cannot be modelled: then every image counts as relevant
 MAX_SHARE = 0.25  # a group of matches holds at most this share of the images searched (a larger clump is the bulk's structure: a query the model cannot place puts a third of a library there)
 FITTED_SHARE = 0.5  # the mixture models the top half of the scores
@@ -59,9 +60,12 @@ SHAPE_MARGIN = 1.645  # standard errors added to the shape estimate: a one-sided
 CANDIDATES = 60  # candidate counts of matches for step 2, spaced geometrically
 FEW_SHARE = 0.01  # step 2 looks for at most this share of the images (larger groups are step 1's)
 BEYOND = 1.5  # step 2 keeps scores this many times as far above the fit's start as the bulk reaches
-_EM_ITERATIONS = 200
+_EM_ITERATIONS = 100
 _SHORT_RUN = 20  # EM iterations from every start before the best start of each size is run on
-_EM_TOLERANCE = 1e-6  # per score: EM stops when the log-likelihood gains less
+_EM_TOLERANCE = 1e-5  # per score: EM stops when the log-likelihood gains less
+SMALL_GROUP = 0.005  # a group of fewer of the images must be a sharper bump: the near misses' tail has small bumps of its own
+SMALL_GROUP_DEPTH = 10.0  # times as dense at its densest as at the cut, for a small group
+MIN_COMPONENT = 5  # images: a component of fewer is a spike on a few scores (step 2 judges a few images)
 _MIN_SD_BINS = 0.5  # a component is at least half a bin wide (identical scores stay modelled)
 
 
@@ -202,15 +206,18 @@ def _group(histogram: _Histogram, seed: int) -> tuple[float, str] | None:
         cut = float(grid[claimed[0]]) if len(claimed) else float(means[low])
         if best is None or density(cut) < best[0]:
             best = (density(cut), low, cut)
-    peak = density(means[-1])
-    if best is None or best[0] * VALLEY_DEPTH >= peak:  # no bump of matches: the bulk's tail decaying
+    if best is None:
         return None
     valley, low, cut = best
+    peak = max(density(m) for m in means[low:])  # the group's densest point
+    small = weights[low:].sum() < SMALL_GROUP
+    if valley * (SMALL_GROUP_DEPTH if small else VALLEY_DEPTH) >= peak:  # no bump of matches: the bulk's tail decaying
+        return None
     above = weights * 0.5 * np.array([math.erfc((cut - m) / math.sqrt(2 * v)) for m, v in zip(means, variances)])  # each component's share above the cut
     precision = above[low:].sum() / above.sum()
     if precision < MIN_PRECISION:
         return None  # most of what lies above the cut is a wider component's tail: a middle group, not the top
-    return cut, (f"a group of {weights[low:].sum():.1%} of the scores, the top around {means[-1]:.3f}, whose density there is "
+    return cut, (f"a group of {100 * weights[low:].sum():.2g}% of the scores, up to around {means[-1]:.3f}, whose density at its densest is "
                  f"{peak / valley:.1f} times that at the cut, where it becomes likelier than the rest (around {means[low - 1]:.3f}); "
                  f"the mixture expects {precision:.0%} of the scores above the cut to be the group's")
 
@@ -220,11 +227,11 @@ def _mixture(x: np.ndarray, c: np.ndarray, width: float, seed: int) -> tuple[np.
     (weights, means, variances), lowest mean first.
 
     Short runs of EM from every start of every size at once (a k-component start fills the first k
-    of MAX_COMPONENTS slots) pick each size's best start (Biernacki, Celeux and Govaert 2003). That
-    start, and the best short run of the size below with a small tight component added at the top
-    (as greedy EM does, Verbeek, Vlassis and Krose 2003: a group of a few best scores is found this
-    way, where a start from scratch spends its components on the bulk), are run to convergence,
-    every size at once again."""
+    of MAX_COMPONENTS slots) pick each size's best start (Biernacki, Celeux and Govaert 2003), run
+    to convergence, every size at once again. Then each size's fit with a small tight component
+    added at the top is run to convergence too (as greedy EM does, Verbeek, Vlassis and Krose 2003):
+    a group of a few best scores is found this way, where a start from scratch spends its
+    components on a large bulk's shape."""
     floor = (_MIN_SD_BINS * width) ** 2
     rng = np.random.default_rng(seed)
     n = int(c.sum())
@@ -233,18 +240,19 @@ def _mixture(x: np.ndarray, c: np.ndarray, width: float, seed: int) -> tuple[np.
     ks = np.concatenate([np.full(len(w), k) for k, (w, _, _) in zip(sizes, starts)])
     weights, means, variances, loglik = _fit(
         x, c, _slots([w for w, _, _ in starts], 0.0), _slots([m for _, m, _ in starts], 0.0), _slots([v for _, _, v in starts], 1.0), floor, _SHORT_RUN)
+    best_run = [int(np.flatnonzero(ks == k)[np.argmax(loglik[ks == k])]) for k in sizes]
+    weights, means, variances, loglik = _fit(x, c, weights[best_run], means[best_run], variances[best_run], floor, _EM_ITERATIONS)
     cdf = np.cumsum(c) / n
     tops = (x[min(int(np.searchsorted(cdf, 0.995)), len(x) - 1)], x[-1])  # the top 0.5%, and the best scores
-    best_run = {k: int(np.flatnonzero(ks == k)[np.argmax(loglik[ks == k])]) for k in sizes}
     w, m, v, of = [], [], [], []
-    for k in sizes:
-        i = best_run[k]
-        w.append(weights[i, :k]), m.append(means[i, :k]), v.append(variances[i, :k]), of.append(k)
-        for top in tops if k > 1 else ():  # the best short run of the size below, and a small tight group at the top
-            j = best_run[k - 1]
-            w.append(np.append(weights[j, : k - 1] * 0.99, 0.01)), m.append(np.append(means[j, : k - 1], top))
-            v.append(np.append(variances[j, : k - 1], floor * 16)), of.append(k)
-    weights, means, variances, loglik = _fit(x, c, _slots(w, 0.0), _slots(m, 0.0), _slots(v, 1.0), floor, _EM_ITERATIONS)
+    for k in sizes[1:]:  # each size's fit, with a small tight group added at the top
+        for top in tops:
+            w.append(np.append(weights[k - 2, : k - 1] * 0.99, 0.01)), m.append(np.append(means[k - 2, : k - 1], top))
+            v.append(np.append(variances[k - 2, : k - 1], floor * 16)), of.append(k)
+    greedy = _fit(x, c, _slots(w, 0.0), _slots(m, 0.0), _slots(v, 1.0), floor, _EM_ITERATIONS) if w else None
+    of = sizes + of
+    if greedy is not None:
+        weights, means, variances, loglik = (np.concatenate([a, b]) for a, b in zip((weights, means, variances, loglik), greedy))
     bic = -2 * loglik + (3 * np.array(of) - 1) * math.log(n)  # a fit whose component emptied has bic +inf
     best = None
     for i in np.argsort(np.array(of), kind="stable"):  # the fewest components within rounding of the lowest BIC
@@ -384,7 +392,7 @@ def _fit(
         now = (np.log(norm) + top[..., 0]) @ c
         r = p * (c / norm)[..., None]  # responsibilities times counts
         n_k = r.sum(axis=1)
-        emptied = ((n_k < 2) & on).any(axis=1) & (on.sum(axis=1) > 1)  # a component under two images models nothing
+        emptied = ((n_k < MIN_COMPONENT) & on).any(axis=1) & (on.sum(axis=1) > 1)  # a component of a few images is a spike, not a group
         n_k = np.maximum(n_k, 1e-12)
         m = np.einsum("spk,p->sk", r, x) / n_k
         v = np.maximum(np.einsum("spk,p->sk", r, x2) / n_k - m * m, floor)
