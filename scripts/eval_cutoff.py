@@ -1,20 +1,23 @@
 """Measure the relevance cut-off (searchlite.query.relevance.cutoff, what `query --sort date` and
 `--all` keep) with the bundled shapes model on freshly rendered scenes, per prevalence.
 
-A pool of scenes is rendered for each of the 12 kinds "a <colour> <shape>"
-(scripts/render_eval_shapes.py, one shape per scene, a seed used nowhere else) and embedded with the
-searchlite-shapes image tower; the 12 query texts with its text tower. For each collection size and
-prevalence, and for each query, a collection is drawn from the pool: round(prevalence x size) scenes
-of the queried kind (at least one) and the rest from the other 11 kinds. The cut-off sees the query's
-cosine scores against that collection, as `query --sort date` does, and its kept set is compared with
-the truth. Also measured: "absent" (no scene of the kind: the cut-off must keep nothing), "one"
-(a single scene of the kind), "two groups" (the query "a red circle" + "a blue square", the sum of
-two text vectors as `query "a red circle" "a blue square"` makes it, each kind 1% of the
-collection) and "either kind" (the same scenes scored by the better of the two queries: two groups
-of matches at their own levels), and the time of one cut-off on 1,000,000 scores.
-"best F1" is the F1 of the best single threshold for that query (the ceiling any cut-off has).
+A pool of one-shape scenes of each of the 12 kinds "a <colour> <shape>" is rendered from a seed
+used nowhere else, by the renderer the model was trained on (--renderer training:
+scripts/make_shapes.py, so held-out scenes of the kind the model reads) or by an independent one
+(--renderer independent: scripts/render_eval_shapes.py, other drawing, sizes and backgrounds, so
+the model's generalisation is tested too), and embedded with the searchlite-shapes image tower; the
+12 query texts with its text tower. For each collection size and prevalence, and for each query, a
+collection is drawn from the pool: round(prevalence x size) scenes of the queried kind (at least
+one) and the rest from the other 11 kinds. The cut-off sees the query's cosine scores against that
+collection, as `query --sort date` does, and its kept set is compared with the truth. Also
+measured: "absent" (no scene of the kind: the cut-off must keep nothing), "one" (a single scene of
+the kind), "two groups" (the query "a red circle" + "a blue square", the sum of two text vectors as
+`query "a red circle" "a blue square"` makes it, each kind 1% of the collection) and "either kind"
+(the same scenes scored by the better of the two queries: two groups of matches at their own
+levels), and the time of one cut-off on 1,000,000 scores. "best F1" is the F1 of the best single
+threshold for that query (the ceiling any cut-off has).
 
-    python scripts/eval_cutoff.py --seed 27002 --sizes 5000 50000
+    python scripts/eval_cutoff.py --renderer training --seed 27103 --sizes 5000 50000 --per-kind 10000
 """
 
 from __future__ import annotations
