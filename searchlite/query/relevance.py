@@ -45,13 +45,13 @@ import numpy as np
 
 MAX_COMPONENTS = 7
 MIN_SCORES = 8  # fewer cannot be modelled: then every image counts as relevant
+# step 1: a group of matches
 MAX_SHARE = 0.25  # a group of matches holds at most this share of the images searched (a larger clump is the bulk's structure: a query the model cannot place puts a third of a library there)
 FITTED_SHARE = 0.5  # the mixture models the top half of the scores
-VALLEY_DEPTH = 1.7  # the mixture density at the top component is this many times that at the cut, or more
+VALLEY_DEPTH = 1.7  # the mixture is this many times as dense at the group's densest component as at the cut, or more
+SMALL_GROUP, SMALL_GROUP_DEPTH = 0.005, 10.0  # a group of under 0.5% of the images must be 10 times as dense: the near misses' tail has small bumps of its own
 MIN_PRECISION = 0.5  # the mixture expects at least this share of the scores above the cut to be the group's
-FINE_BINS = 4096  # one histogram of all the scores gives the quantiles and the mixture's data
-BINS = 128  # EM runs on at most this many bins of the top half: fast for any number of scores, fine enough for the cut
-RANDOM_STARTS = 4  # per number of components, besides the quantile start
+# step 2: a few images far beyond the bulk
 ALPHA = 0.05  # the chance that the bulk alone reaches the threshold somewhere among the images
 TAIL_ROOTS, MIN_TAIL, MAX_TAIL = 2.0, 50, 2000  # the Pareto fit sees the bulk's top TAIL_ROOTS x sqrt(its size)
 MAX_TAIL_SHARE = 0.1  # and at most: below 500 images, step 2 does not run
@@ -60,12 +60,14 @@ SHAPE_MARGIN = 1.645  # standard errors added to the shape estimate: a one-sided
 CANDIDATES = 60  # candidate counts of matches for step 2, spaced geometrically
 FEW_SHARE = 0.01  # step 2 looks for at most this share of the images (larger groups are step 1's)
 BEYOND = 1.5  # step 2 keeps scores this many times as far above the fit's start as the bulk reaches
-_EM_ITERATIONS = 100
-_SHORT_RUN = 20  # EM iterations from every start before the best start of each size is run on
-_EM_TOLERANCE = 1e-5  # per score: EM stops when the log-likelihood gains less
-SMALL_GROUP = 0.005  # a group of fewer of the images must be a sharper bump: the near misses' tail has small bumps of its own
-SMALL_GROUP_DEPTH = 10.0  # times as dense at its densest as at the cut, for a small group
+# the fit
+FINE_BINS = 4096  # one histogram of all the scores gives the quantiles and the mixture's data
+BINS = 128  # EM runs on at most this many bins of the top half: fast for any number of scores, fine enough for the cut
+RANDOM_STARTS = 4  # per number of components, besides the quantile start
 MIN_COMPONENT = 5  # images: a component of fewer is a spike on a few scores (step 2 judges a few images)
+_SHORT_RUN = 20  # EM iterations from every start before the best start of each size is run on
+_EM_ITERATIONS = 100
+_EM_TOLERANCE = 1e-5  # per score: EM stops when the log-likelihood gains less
 _MIN_SD_BINS = 0.5  # a component is at least half a bin wide (identical scores stay modelled)
 
 
