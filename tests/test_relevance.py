@@ -33,6 +33,14 @@ def test_one_clear_cluster_is_kept() -> None:
         assert 0.24 < verdict.threshold < 0.34
 
 
+def test_a_few_clear_matches_among_a_few_dozen_are_kept() -> None:
+    # a filtered timeline: 5 photos of it among 48 (a camera, a few months)
+    for seed in range(6):
+        s, truth = scores((43, 0.30, 0.12), (5, 0.75, 0.012), seed=seed)
+        verdict = cutoff(s)
+        assert f1(verdict.relevant(s), truth) >= 0.9, (seed, verdict)
+
+
 def test_nothing_stands_out_so_nothing_is_relevant() -> None:
     for seed in range(3):
         s, _ = scores((20000, 0.20, 0.03), seed=seed)

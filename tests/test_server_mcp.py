@@ -13,6 +13,7 @@ import pytest
 mcp = pytest.importorskip("mcp", reason="the mcp SDK is not installed: pip install 'searchlite[serve]'")
 
 from tests.server_fixtures import caption_of, media_index, shapes_index  # noqa: F401,E402
+from tests.timeline_photos import timeline_index  # noqa: F401,E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,6 +78,39 @@ def test_mcp_tools_answer_through_the_sdk_client(shapes_index) -> None:
     assert info["images"] == len(scenes) and "searchlite-shapes" in info["model"]
     assert classified[0]["label"] == "blue" and "error" in classified[1]
     assert field(bad, "is_error", "isError") and "empty" in " ".join(c.text for c in bad.content).lower()
+
+
+def test_mcp_timeline_lists_every_relevant_file_by_date_with_the_verdict_and_the_filters_hold(timeline_index) -> None:
+    from searchlite import SearchEngine
+
+    _, _, index = timeline_index
+    with SearchEngine.open(index, create=False) as engine:
+        expected = engine.search("a red circle", sort="date")
+        newest = engine.search("a red circle", sort="-date", camera="iPhone", after="2023-03")
+        filtered = engine.search("a red circle", k=5, camera="iPhone", after="2023-03", type="image")
+        near = engine.search("a shape", k=200, near="41.15,-8.61,30", before="2023-04")
+    assert expected.cutoff is not None and 5 < len(expected) < 144
+
+    async def steps(session):
+        pages = [structured(await session.call_tool("timeline", {"text": "a red circle", "k": 5, "offset": offset}))
+                 for offset in range(0, len(expected) + 5, 5)]
+        later = structured(await session.call_tool("timeline", {"text": "a red circle", "order": "newest", "camera": "iPhone", "after": "2023-03"}))
+        searched = structured(await session.call_tool("search", {"text": "a red circle", "k": 5, "camera": "iPhone", "after": "2023-03", "type": "image"}))
+        placed = structured(await session.call_tool("search", {"text": "a shape", "k": 200, "near": "41.15,-8.61,30", "before": "2023-04"}))
+        bad_date = await session.call_tool("timeline", {"text": "a red circle", "after": "2023-13"})
+        bad_order = await session.call_tool("timeline", {"text": "a red circle", "order": "sideways"})
+        return pages, later, searched, placed, bad_date, bad_order
+
+    pages, later, searched, placed, bad_date, bad_order = run_session(index, steps)
+    assert [h["path"] for page in pages for h in page["hits"]] == [h.path for h in expected]  # every relevant one, oldest first
+    assert all(page["total"] == len(expected) for page in pages)
+    assert pages[0]["cutoff"] == expected.cutoff.as_dict() and pages[0]["cutoff"]["summary"].startswith(f"{len(expected)} of ")
+    assert [h["path"] for h in later["hits"]] == [h.path for h in newest] and later["total"] == len(newest) > 0
+    assert [h["path"] for h in searched] == [h.path for h in filtered] and len(searched) == 5
+    assert [h["path"] for h in placed] == [h.path for h in near] and 0 < len(placed) < 144
+    message = " ".join(c.text for c in bad_date.content)
+    assert field(bad_date, "is_error", "isError") and "2023-13" in message and "Traceback" not in message
+    assert field(bad_order, "is_error", "isError") and 'order must be "oldest" or "newest"' in " ".join(c.text for c in bad_order.content)
 
 
 def test_mcp_says_which_shot_of_a_video_matched(media_index) -> None:

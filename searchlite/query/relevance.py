@@ -64,7 +64,7 @@ BEYOND = 1.5  # step 2 keeps scores this many times as far above the fit's start
 FINE_BINS = 4096  # one histogram of all the scores gives the quantiles and the mixture's data
 BINS = 128  # EM runs on at most this many bins of the top half: fast for any number of scores, fine enough for the cut
 RANDOM_STARTS = 4  # per number of components, besides the quantile start
-MIN_COMPONENT = 5  # images: a component of fewer is a spike on a few scores (step 2 judges a few images)
+MIN_COMPONENT = 5  # scores: a component of fewer is a spike on a few of them (step 2 judges a few images); 2 when fewer than 200 are fitted
 _SHORT_RUN = 20  # EM iterations from every start before the best start of each size is run on
 _EM_ITERATIONS = 100
 _EM_TOLERANCE = 1e-5  # per score: EM stops when the log-likelihood gains less
@@ -237,13 +237,14 @@ def _mixture(x: np.ndarray, c: np.ndarray, width: float, seed: int) -> tuple[np.
     floor = (_MIN_SD_BINS * width) ** 2
     rng = np.random.default_rng(seed)
     n = int(c.sum())
+    least = max(2.0, min(MIN_COMPONENT, 0.01 * n))  # a component holds this many scores or more
     sizes = [k for k in range(1, MAX_COMPONENTS + 1) if n >= 4 * k]
     starts = [_starts(x, c, k, floor, rng) for k in sizes]
     ks = np.concatenate([np.full(len(w), k) for k, (w, _, _) in zip(sizes, starts)])
     weights, means, variances, loglik = _fit(
-        x, c, _slots([w for w, _, _ in starts], 0.0), _slots([m for _, m, _ in starts], 0.0), _slots([v for _, _, v in starts], 1.0), floor, _SHORT_RUN)
+        x, c, _slots([w for w, _, _ in starts], 0.0), _slots([m for _, m, _ in starts], 0.0), _slots([v for _, _, v in starts], 1.0), floor, _SHORT_RUN, least)
     best_run = [int(np.flatnonzero(ks == k)[np.argmax(loglik[ks == k])]) for k in sizes]
-    weights, means, variances, loglik = _fit(x, c, weights[best_run], means[best_run], variances[best_run], floor, _EM_ITERATIONS)
+    weights, means, variances, loglik = _fit(x, c, weights[best_run], means[best_run], variances[best_run], floor, _EM_ITERATIONS, least)
     cdf = np.cumsum(c) / n
     tops = (x[min(int(np.searchsorted(cdf, 0.995)), len(x) - 1)], x[-1])  # the top 0.5%, and the best scores
     w, m, v, of = [], [], [], []
@@ -251,7 +252,7 @@ def _mixture(x: np.ndarray, c: np.ndarray, width: float, seed: int) -> tuple[np.
         for top in tops:
             w.append(np.append(weights[k - 2, : k - 1] * 0.99, 0.01)), m.append(np.append(means[k - 2, : k - 1], top))
             v.append(np.append(variances[k - 2, : k - 1], floor * 16)), of.append(k)
-    greedy = _fit(x, c, _slots(w, 0.0), _slots(m, 0.0), _slots(v, 1.0), floor, _EM_ITERATIONS) if w else None
+    greedy = _fit(x, c, _slots(w, 0.0), _slots(m, 0.0), _slots(v, 1.0), floor, _EM_ITERATIONS, least) if w else None
     of = sizes + of
     if greedy is not None:
         weights, means, variances, loglik = (np.concatenate([a, b]) for a, b in zip((weights, means, variances, loglik), greedy))
@@ -370,12 +371,12 @@ def _starts(x: np.ndarray, c: np.ndarray, k: int, floor: float, rng: np.random.G
 
 
 def _fit(
-    x: np.ndarray, c: np.ndarray, weights: np.ndarray, means: np.ndarray, variances: np.ndarray, floor: float, iterations: int
+    x: np.ndarray, c: np.ndarray, weights: np.ndarray, means: np.ndarray, variances: np.ndarray, floor: float, iterations: int, least: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """EM for 1-D Gaussian mixtures on histogram points x with counts c, from several starts at once
     ((starts, slots) weights, means, variances; a slot of weight 0 is no component and stays none).
     Returns the fitted (weights, means, variances) and each start's log-likelihood, -inf for a start
-    in which a component emptied."""
+    in which a component emptied (held fewer than least scores)."""
     total = c.sum()
     weights, means, variances = weights.copy(), means.copy(), variances.copy()
     active = weights > 0
@@ -394,7 +395,7 @@ def _fit(
         now = (np.log(norm) + top[..., 0]) @ c
         r = p * (c / norm)[..., None]  # responsibilities times counts
         n_k = r.sum(axis=1)
-        emptied = ((n_k < MIN_COMPONENT) & on).any(axis=1) & (on.sum(axis=1) > 1)  # a component of a few images is a spike, not a group
+        emptied = ((n_k < least) & on).any(axis=1) & (on.sum(axis=1) > 1)  # a component of a few images is a spike, not a group
         n_k = np.maximum(n_k, 1e-12)
         m = np.einsum("spk,p->sk", r, x) / n_k
         v = np.maximum(np.einsum("spk,p->sk", r, x2) / n_k - m * m, floor)

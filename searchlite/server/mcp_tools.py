@@ -1,6 +1,7 @@
 """`searchlite mcp`: a Model Context Protocol server on stdio (the official `mcp` SDK) so that AI
-agents can search the index. Tools: search, search_by_image, info, classify. stdout carries only the
-protocol: everything else goes to stderr.
+agents can search the index. Tools: search, search_by_image (both with the CLI's filters), timeline
+(every relevant file in date order, with the relevance cut-off's verdict), info, classify. stdout
+carries only the protocol: everything else goes to stderr.
 
 search_by_image and classify read files an agent names, and an agent may follow instructions hidden
 in what it reads (prompt injection): they read only regular files (never a pipe, a device, /proc,
@@ -58,22 +59,57 @@ def build_server(engine: Any, *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, f
             raise ToolError(f"k must be between 1 and {MAX_K}, got {k}")
         return k
 
-    @server.tool()
-    def search(text: str, k: int = 10, tag: str | None = None, negative: list[str] | None = None) -> list[dict[str, Any]]:
-        """Find images in the index matching a text description, best first. tag: only images
-        carrying this tag; negative: texts to steer away from. Returns paths and scores."""
+    def found(k: int, offset: int = 0, **query: Any) -> Any:
+        """engine.search(**query) with the filters given (None and "" left out), its errors as ToolError."""
+        options = {key: value for key, value in query.items() if value not in (None, "")}
         try:
-            return hits(engine.search(text, negative=negative or [], k=checked_k(k), tag=tag or None))
+            return engine.search(k=checked_k(k), **options)
         except SearchliteError as e:
             raise ToolError(str(e)) from None
 
     @server.tool()
-    def search_by_image(path: str, k: int = 10, tag: str | None = None) -> list[dict[str, Any]]:
-        """Find indexed images that look like the image file at path (indexed or not), best first."""
-        try:
-            return hits(engine.search(image=readable(path), k=checked_k(k), tag=tag or None))
-        except SearchliteError as e:
-            raise ToolError(str(e)) from None
+    def search(
+        text: str, k: int = 10, tag: str | None = None, negative: list[str] | None = None, type: str | None = None,
+        after: str | None = None, before: str | None = None, camera: str | None = None, place: str | None = None,
+        near: str | None = None, path: str | None = None, min_score: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """Find images (and videos) in the index matching a text description, best first. tag: only
+        files carrying this tag; negative: texts to steer away from; type: "image" or "video";
+        after, before: dates (2023, 2023-06, 2023-06-14); camera: part of its make or model; place:
+        a city's name; near: "LAT,LON[,KM]"; path: a folder or a glob; min_score: only scores at
+        least this. Returns paths and scores."""
+        return hits(found(k, text=text, negative=negative or None, tag=tag, type=type, after=after, before=before, camera=camera,
+                          place=place, near=near, path=path, min_score=min_score))
+
+    @server.tool()
+    def search_by_image(
+        path: str, k: int = 10, tag: str | None = None, type: str | None = None, after: str | None = None, before: str | None = None,
+        camera: str | None = None, place: str | None = None, near: str | None = None, folder: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Find indexed images that look like the image file at path (indexed or not), best first;
+        the filters as search's (folder: search's path)."""
+        return hits(found(k, image=readable(path), tag=tag, type=type, after=after, before=before, camera=camera, place=place,
+                          near=near, path=folder))
+
+    @server.tool()
+    def timeline(
+        text: str, order: str = "oldest", k: int = 50, offset: int = 0, tag: str | None = None, type: str | None = None,
+        after: str | None = None, before: str | None = None, camera: str | None = None, place: str | None = None,
+        near: str | None = None, path: str | None = None, min_score: float | None = None,
+    ) -> dict[str, Any]:
+        """Every file the text is relevant to, in capture order ("oldest" or "newest" first), as
+        `query --sort date`: which are relevant is decided from the query's own scores unless
+        min_score is given. Returns k of them from offset, how many there are in all, and the
+        cut-off's verdict ("cutoff": its summary says in words what stood out, or why nothing did).
+        The filters as search's."""
+        if order not in ("oldest", "newest"):
+            raise ToolError(f'order must be "oldest" or "newest", got {order!r}')
+        if offset < 0:
+            raise ToolError(f"offset must be 0 or more, got {offset}")
+        listing = found(1, text=text, sort="date" if order == "oldest" else "-date", tag=tag, type=type, after=after, before=before,
+                        camera=camera, place=place, near=near, path=path, min_score=min_score)
+        return {"hits": hits(listing[offset : offset + checked_k(k)]), "total": len(listing),
+                "cutoff": listing.cutoff.as_dict() if listing.cutoff is not None else None}
 
     @server.tool()
     def info() -> dict[str, Any]:
