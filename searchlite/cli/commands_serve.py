@@ -83,7 +83,7 @@ def mcp(
     ] = None,
     max_file_mb: Annotated[float, typer.Option(min=0.01, metavar="MB", help="Largest file the tools read.")] = 256.0,
 ) -> None:
-    """A Model Context Protocol server on stdio, for AI agents: tools search, search_by_image, info, classify."""
+    """A Model Context Protocol server on stdio, for AI agents: tools search, search_by_image, timeline (every relevant file by date), info, classify."""
     _need_extra("mcp")
     with user_errors(), open_index(index, device=device, create=False) as engine:
         from ..server.mcp_tools import serve_stdio
