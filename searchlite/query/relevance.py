@@ -362,11 +362,10 @@ def _starts(x: np.ndarray, c: np.ndarray, k: int, floor: float, rng: np.random.G
     cdf = np.cumsum(c) / total
     quantiles = x[np.minimum(np.searchsorted(cdf, (np.arange(k) + 0.5) / k), len(x) - 1)]
     weights, means, variances = [np.full(k, 1.0 / k)], [quantiles], [np.full(k, var)]
-    if k > 1:
-        for _ in range(RANDOM_STARTS):
-            weights.append(np.full(k, 1.0 / k))
-            means.append(np.sort(rng.choice(x, size=k, replace=len(x) < k)))  # distinct scores, any density
-            variances.append(np.full(k, var))
+    for _ in range(RANDOM_STARTS if k > 1 else 0):
+        weights.append(np.full(k, 1.0 / k))
+        means.append(np.sort(rng.choice(x, size=k, replace=len(x) < k)))  # distinct scores, any density
+        variances.append(np.full(k, var))
     return np.array(weights), np.array(means, dtype=np.float64), np.array(variances)
 
 

@@ -59,7 +59,7 @@ def build_server(engine: Any, *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, f
             raise ToolError(f"k must be between 1 and {MAX_K}, got {k}")
         return k
 
-    def found(k: int, offset: int = 0, **query: Any) -> Any:
+    def found(k: int, **query: Any) -> Any:
         """engine.search(**query) with the filters given (None and "" left out), its errors as ToolError."""
         options = {key: value for key, value in query.items() if value not in (None, "")}
         try:
