@@ -41,6 +41,16 @@ def test_a_few_clear_matches_among_a_few_dozen_are_kept() -> None:
         assert f1(verdict.relevant(s), truth) >= 0.9, (seed, verdict)
 
 
+def test_scores_a_hair_apart_or_a_world_apart_get_a_verdict() -> None:
+    rng = np.random.default_rng(0)
+    for spread in (1e-7, 1e-5, 1e-4):  # float32 scores of near-identical pictures (FAISS gives float32)
+        s = (0.3 + rng.uniform(0, spread, 100)).astype(np.float32)
+        assert cutoff(s).judged == 100
+    # a gap of dozens of standard deviations: no density is left at the cut, and the group is kept
+    s, truth = scores((95, 0.2, 0.001), (5, 0.8, 0.001), seed=1)
+    assert cutoff(s).relevant(s).tolist() == truth.tolist()
+
+
 def test_nothing_stands_out_so_nothing_is_relevant() -> None:
     for seed in range(3):
         s, _ = scores((20000, 0.20, 0.03), seed=seed)

@@ -99,9 +99,10 @@ def test_mcp_timeline_lists_every_relevant_file_by_date_with_the_verdict_and_the
         placed = structured(await session.call_tool("search", {"text": "a shape", "k": 200, "near": "41.15,-8.61,30", "before": "2023-04"}))
         bad_date = await session.call_tool("timeline", {"text": "a red circle", "after": "2023-13"})
         bad_order = await session.call_tool("timeline", {"text": "a red circle", "order": "sideways"})
-        return pages, later, searched, placed, bad_date, bad_order
+        blank = await session.call_tool("timeline", {"text": " "})
+        return pages, later, searched, placed, bad_date, bad_order, blank
 
-    pages, later, searched, placed, bad_date, bad_order = run_session(index, steps)
+    pages, later, searched, placed, bad_date, bad_order, blank = run_session(index, steps)
     assert [h["path"] for page in pages for h in page["hits"]] == [h.path for h in expected]  # every relevant one, oldest first
     assert all(page["total"] == len(expected) for page in pages)
     assert pages[0]["cutoff"] == expected.cutoff.as_dict() and pages[0]["cutoff"]["summary"].startswith(f"{len(expected)} of ")
@@ -111,6 +112,7 @@ def test_mcp_timeline_lists_every_relevant_file_by_date_with_the_verdict_and_the
     message = " ".join(c.text for c in bad_date.content)
     assert field(bad_date, "is_error", "isError") and "2023-13" in message and "Traceback" not in message
     assert field(bad_order, "is_error", "isError") and 'order must be "oldest" or "newest"' in " ".join(c.text for c in bad_order.content)
+    assert field(blank, "is_error", "isError") and "empty text" in " ".join(c.text for c in blank.content)  # not every file listed
 
 
 def test_mcp_says_which_shot_of_a_video_matched(media_index) -> None:

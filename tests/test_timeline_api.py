@@ -137,10 +137,10 @@ def test_requests_for_a_listing_being_made_wait_for_it_and_a_failed_one_is_made_
         return [1, 2, 3]
 
     answers: list[list[int]] = []
-    first = threading.Thread(target=lambda: answers.append(listings.get(("q",), slow)))
+    first = threading.Thread(target=lambda: answers.append(listings.get(("q",), slow)), daemon=True)  # daemon: a broken wait cannot hang pytest
     first.start()
     assert started.wait(10)
-    others = [threading.Thread(target=lambda: answers.append(listings.get(("q",), lambda: made.append("again") or [9])))
+    others = [threading.Thread(target=lambda: answers.append(listings.get(("q",), lambda: made.append("again") or [9])), daemon=True)
               for _ in range(3)]
     for thread in others:
         thread.start()

@@ -26,14 +26,14 @@ sit moves with the query and the model, so each query's scores are judged on the
    bounded: a bulk's tail is at most exponential) and taken at its upper 95% confidence bound. The
    near misses' own top is irregular (a few images of other kinds score as high as matches do), so
    this step is strict: on the bundled model's scenes it keeps nothing when nothing matches, and
-   finds few needles (docs/search.md has the figures). It needs 500 images or more.
+   finds few needles (docs/search.md has the figures). It needs more than 500 images.
 
 Nothing in either step: nothing stands out, and nothing is relevant. Measured per prevalence with
 scripts/eval_cutoff.py (docs/search.md).
 
 Cost: one pass over the scores (a fine histogram: the quantiles, and the mixture's data binned), EM
 on at most BINS bins whatever the number of images, and a partial sort of the top 1% for step 2:
-about 60-80 ms on a million scores."""
+about 50 ms on a million scores (scripts/eval_cutoff.py prints it)."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ MIN_PRECISION = 0.5  # the mixture expects at least this share of the scores abo
 # step 2: a few images far beyond the bulk
 ALPHA = 0.05  # the chance that the bulk alone reaches the threshold somewhere among the images
 TAIL_ROOTS, MIN_TAIL, MAX_TAIL = 2.0, 50, 2000  # the Pareto fit sees the bulk's top TAIL_ROOTS x sqrt(its size)
-MAX_TAIL_SHARE = 0.1  # and at most: below 500 images, step 2 does not run
+MAX_TAIL_SHARE = 0.1  # and at most: up to 500 images, step 2 does not run
 SHAPE_RANGE = (-0.5, 0.0)  # the Pareto shape, clamped: cosines are bounded, so a bulk tail is at most exponential
 SHAPE_MARGIN = 1.645  # standard errors added to the shape estimate: a one-sided 95% upper bound
 CANDIDATES = 60  # candidate counts of matches for step 2, spaced geometrically
@@ -158,7 +158,8 @@ class _Histogram:
     to a fine bin (1/FINE_BINS of the range), from one pass."""
 
     def __init__(self, s: np.ndarray, lo: float, hi: float) -> None:
-        self.counts, self.edges = np.histogram(s, bins=FINE_BINS, range=(lo, hi))
+        # float64 bounds: float32 ones would make float32 edges, too coarse for scores a few 1e-5 apart
+        self.counts, self.edges = np.histogram(s, bins=FINE_BINS, range=(np.float64(lo), np.float64(hi)))
         self.cumulative = np.cumsum(self.counts)
         self.n = len(s)
 
@@ -212,15 +213,15 @@ def _group(histogram: _Histogram, seed: int) -> tuple[float, str] | None:
         return None
     valley, low, cut = best
     peak = max(density(m) for m in means[low:])  # the group's densest point
-    small = weights[low:].sum() < SMALL_GROUP
-    if valley * (SMALL_GROUP_DEPTH if small else VALLEY_DEPTH) >= peak:  # no bump of matches: the bulk's tail decaying
+    depth = peak / valley if valley > 0 else math.inf  # a gap of some 40 standard deviations leaves no density at the cut
+    if depth <= (SMALL_GROUP_DEPTH if weights[low:].sum() < SMALL_GROUP else VALLEY_DEPTH):  # no bump of matches: the bulk's tail decaying
         return None
     above = weights * 0.5 * np.array([math.erfc((cut - m) / math.sqrt(2 * v)) for m, v in zip(means, variances)])  # each component's share above the cut
     precision = above[low:].sum() / above.sum()
     if precision < MIN_PRECISION:
         return None  # most of what lies above the cut is a wider component's tail: a middle group, not the top
     return cut, (f"a group of {100 * weights[low:].sum():.2g}% of the scores, up to around {means[-1]:.3f}, whose density at its densest is "
-                 f"{peak / valley:.1f} times that at the cut, where it becomes likelier than the rest (around {means[low - 1]:.3f}); "
+                 f"{depth:.1f} times that at the cut, where it becomes likelier than the rest (around {means[low - 1]:.3f}); "
                  f"the mixture expects {precision:.0%} of the scores above the cut to be the group's")
 
 

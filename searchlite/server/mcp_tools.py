@@ -59,11 +59,11 @@ def build_server(engine: Any, *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, f
             raise ToolError(f"k must be between 1 and {MAX_K}, got {k}")
         return k
 
-    def found(k: int, **query: Any) -> Any:
-        """engine.search(**query) with the filters given (None and "" left out), its errors as ToolError."""
-        options = {key: value for key, value in query.items() if value not in (None, "")}
+    def found(k: int, text: str | None = None, image: str | None = None, **options: Any) -> Any:
+        """engine.search() of text or image with the options given (None and "" left out), its errors as ToolError."""
+        options = {key: value for key, value in options.items() if value not in (None, "")}
         try:
-            return engine.search(k=checked_k(k), **options)
+            return engine.search(text, image=image, k=checked_k(k), **options)
         except SearchliteError as e:
             raise ToolError(str(e)) from None
 
@@ -106,6 +106,7 @@ def build_server(engine: Any, *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, f
             raise ToolError(f'order must be "oldest" or "newest", got {order!r}')
         if offset < 0:
             raise ToolError(f"offset must be 0 or more, got {offset}")
+        checked_k(k)  # before the search
         listing = found(1, text=text, sort="date" if order == "oldest" else "-date", tag=tag, type=type, after=after, before=before,
                         camera=camera, place=place, near=near, path=path, min_score=min_score)
         return {"hits": hits(listing[offset : offset + checked_k(k)]), "total": len(listing),
