@@ -536,6 +536,13 @@ def test_picture_locks_are_dropped_once_no_request_holds_or_waits_for_them(tmp_p
     asked = [1, 1, 1, 1, 2, 2, 3, 3]
     started = threading.Barrier(len(asked))
     request = threading.local()
+    changed = threading.Condition()
+
+    class Observed(dict):  # the picture locks' table, which says when a request joins or leaves one
+        def __setitem__(self, name, entry) -> None:
+            with changed:
+                super().__setitem__(name, entry)
+                changed.notify_all()
 
     class Slow(PictureCache):
         suffix = ".webp"
@@ -543,15 +550,17 @@ def test_picture_locks_are_dropped_once_no_request_holds_or_waits_for_them(tmp_p
         def render(self, engine, path, at, dims, read) -> bytes:
             # made only once every other request for this picture waits on its lock (which this one
             # holds, so none of them can leave meanwhile)
-            deadline = time.monotonic() + 10
-            while sum(users for name, (_, users) in list(self._locks.items()) if name.startswith(f"{request.id}-")) < asked.count(request.id):
-                assert time.monotonic() < deadline, self._locks
-                time.sleep(0.001)
+            def all_wait() -> bool:
+                return sum(users for name, (_, users) in list(self._locks.items()) if name.startswith(f"{request.id}-")) == asked.count(request.id)
+
+            with changed:
+                assert changed.wait_for(all_wait, timeout=10), self._locks
             return b"picture"
 
     picture = tmp_path / "a.png"
     picture.write_bytes(b"x")
     cache = Slow(None, tmp_path / "thumbs", 64)
+    cache._locks = Observed()
 
     def get(image_id: int):
         request.id = image_id

@@ -4,7 +4,6 @@ every filter as a query parameter, pages of a by-date listing, the relevance cut
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -101,25 +100,6 @@ def test_listings_are_kept_within_their_bounds(tmp_path) -> None:
     assert made == ["a", "a", "b", "c", "a", "d", "c"]  # d alone is over the hits kept, yet kept while newest
 
 
-def _waiting_in_get(thread) -> bool:
-    """Whether thread is blocked in Listings.get, waiting for another request's listing."""
-    import sys
-
-    frame = sys._current_frames().get(thread.ident)
-    while frame is not None:
-        if frame.f_code.co_name == "get" and frame.f_code.co_filename.endswith("queries.py"):
-            return frame.f_lineno == _line_of(frame.f_code, "making.wait()")
-        frame = frame.f_back
-    return False
-
-
-def _line_of(code, text: str) -> int:
-    import inspect
-
-    lines, first = inspect.getsourcelines(code)
-    return first + next(i for i, line in enumerate(lines) if text in line)
-
-
 def test_requests_for_a_listing_being_made_wait_for_it_and_a_failed_one_is_made_again(tmp_path) -> None:
     import threading
 
@@ -128,6 +108,24 @@ def test_requests_for_a_listing_being_made_wait_for_it_and_a_failed_one_is_made_
 
     (tmp_path / DB_FILENAME).write_bytes(b"database")
     listings = Listings(tmp_path)
+    waiting = threading.Condition()
+    waiters: list[None] = []
+
+    class Counted:  # a listing's "being made" event, as the requests that wait for it see it
+        def __init__(self, event: threading.Event) -> None:
+            self.event = event
+
+        def wait(self, timeout: float | None = None) -> bool:
+            with waiting:
+                waiters.append(None)
+                waiting.notify_all()
+            return self.event.wait(timeout)
+
+    class Observed(dict):
+        def __setitem__(self, key, event) -> None:
+            super().__setitem__(key, Counted(event))
+
+    listings._making = Observed()
     started, release, made = threading.Event(), threading.Event(), []
 
     def slow() -> list[int]:
@@ -144,10 +142,8 @@ def test_requests_for_a_listing_being_made_wait_for_it_and_a_failed_one_is_made_
               for _ in range(3)]
     for thread in others:
         thread.start()
-    deadline = time.monotonic() + 10
-    while not all(_waiting_in_get(thread) for thread in others):  # each waits for the listing being made
-        assert time.monotonic() < deadline, "the other requests did not wait for the listing being made"
-        time.sleep(0.001)
+    with waiting:  # each waits for the listing being made
+        assert waiting.wait_for(lambda: len(waiters) == len(others), timeout=10), "the other requests did not wait for the listing being made"
     release.set()
     for thread in (first, *others):
         thread.join(10)
