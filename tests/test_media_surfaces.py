@@ -120,9 +120,20 @@ def test_each_kind_through_mcp(media) -> None:
         for kind, text in WANTED.items():
             by_text = structured(await session.call_tool("search", {"text": text, "k": 1}))
             by_image = structured(await session.call_tool("search_by_image", {"path": as_image(kind, paths[kind]), "k": 1}))
-            found[kind] = (by_text[0], by_image[0])
+            # min_score: one scene of each kind among a dozen files is one match, which the cut-off does not keep
+            by_date = structured(await session.call_tool("timeline", {"text": text, "k": 200, "min_score": -1}))
+            found[kind] = (by_text[0], by_image[0], by_date)
         return found
 
-    for kind, (by_text, by_image) in run_session(index, steps).items():
+    found = run_session(index, steps)
+    for kind, (by_text, by_image, _) in found.items():
         for hit in (by_text, by_image):
             assert str(paths[kind]) in {hit["path"], *hit.get("copies", [])}, (kind, hit)
+    from searchlite import SearchEngine
+
+    with SearchEngine.open(index, create=False) as engine:  # the reference: the library's by-date listing
+        for kind, (_, _, by_date) in found.items():
+            expected = engine.search(WANTED[kind], sort="date", min_score=-1)
+            assert [(h["path"], h.get("time")) for h in by_date["hits"]] == [(h.path, h.time) for h in expected], kind
+            assert by_date["total"] == len(expected) and by_date["cutoff"] == expected.cutoff.as_dict(), kind
+            assert str(paths[kind]) in {p for h in by_date["hits"] for p in (h["path"], *h.get("copies", []))}, kind

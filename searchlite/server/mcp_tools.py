@@ -106,10 +106,10 @@ def build_server(engine: Any, *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, f
             raise ToolError(f'order must be "oldest" or "newest", got {order!r}')
         if offset < 0:
             raise ToolError(f"offset must be 0 or more, got {offset}")
-        checked_k(k)  # before the search
+        k = checked_k(k)  # before the search
         listing = found(1, text=text, sort="date" if order == "oldest" else "-date", tag=tag, type=type, after=after, before=before,
                         camera=camera, place=place, near=near, path=path, min_score=min_score)
-        return {"hits": hits(listing[offset : offset + checked_k(k)]), "total": len(listing),
+        return {"hits": hits(listing[offset : offset + k]), "total": len(listing),
                 "cutoff": listing.cutoff.as_dict() if listing.cutoff is not None else None}
 
     @server.tool()
